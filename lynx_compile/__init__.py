@@ -1,0 +1,39 @@
+"""lynx_compile: a torch.compile backend that runs DiT GEMMs on 2:4-pruned activations.
+
+    fast = torch.compile(model, backend="lynx", options={"min_rows": 256})
+    report = lynx_compile.inspect(model, *args, **kwargs)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import ops  # noqa: F401  (registers torch.ops.lynx.*)
+from .backend import lynx_backend, reports
+from .codegen.reference import compensation_scale, prune_2to4, prune_2to4_compensated
+from .config import DEFAULT_EXCLUDE, LynxConfig
+from .inspection import inspect
+from .report import LayerReport, Report
+
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "LayerReport",
+    "LynxConfig",
+    "Report",
+    "compensation_scale",
+    "inspect",
+    "lynx_backend",
+    "prune_2to4",
+    "prune_2to4_compensated",
+    "reports",
+]
+__version__ = "0.1.0"
+
+logging.getLogger("lynx_compile").addHandler(logging.NullHandler())
+# Shell: TORCH_LOGS=+lynx_compile (debug) or TORCH_LOGS=lynx_compile (info); Python:
+# torch._logging.set_logs(modules={"lynx_compile": logging.INFO}).
+
+if "lynx" not in torch._dynamo.list_backends(exclude_tags=()):
+    torch._dynamo.register_backend(lynx_backend, name="lynx")

@@ -1,0 +1,60 @@
+"""Reference 2:4 activation pruning: the semantics every fast path must reproduce bit for bit.
+
+Along the last (reduction) dimension, in consecutive groups of 4, keep the 2 values of largest
+magnitude and zero the other 2. NaN and +-inf count as the largest magnitude (NaN ties with inf);
+among equal magnitudes the lower index wins. Written with pointwise ops and a reshape only, so
+Inductor can fuse it with whatever produces the activation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+GROUP = 4
+KEEP = 2
+
+
+def _check_last_dim(x: torch.Tensor) -> None:
+    if x.dim() == 0 or x.shape[-1] % GROUP != 0:
+        raise ValueError(
+            f"2:4 pruning needs the last dimension to be a multiple of {GROUP}, got shape {tuple(x.shape)}"
+        )
+
+
+def keep_mask_2to4(x: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the kept entries, same shape as ``x``."""
+    _check_last_dim(x)
+    groups = x.reshape(*x.shape[:-1], x.shape[-1] // GROUP, GROUP)
+    mag = groups.abs()
+    mag = torch.where(torch.isnan(groups), torch.full_like(mag, float("inf")), mag)
+    # rank_i = #{j : mag_j > mag_i, or mag_j == mag_i and j < i}; keep the two of rank 0 and 1.
+    ranks = []
+    for i in range(GROUP):
+        beaten = [(mag[..., j] >= mag[..., i]) if j < i else (mag[..., j] > mag[..., i]) for j in range(GROUP) if j != i]
+        ranks.append(sum(b.to(torch.int8) for b in beaten))
+    rank = torch.stack(ranks, dim=-1)
+    return (rank < KEEP).reshape(x.shape)
+
+
+def prune_2to4(x: torch.Tensor) -> torch.Tensor:
+    """Prune ``x`` to 2:4 along its last dimension (same shape and dtype out)."""
+    return torch.where(keep_mask_2to4(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def compensation_scale(x: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """RT-Lynx norm compensation: per row, ``s = ||x||_2 / ||prune(x)||_2`` in float32.
+
+    ``s = 1`` where ``||prune(x)||`` is 0 (an all-zero row) or either norm is not finite (NaN/inf
+    rows keep the dense model's NaN/inf instead of turning into inf/inf = NaN everywhere).
+    Shape: ``x.shape[:-1]``.
+    """
+    full = x.float().square().sum(-1)
+    kept = pruned.float().square().sum(-1)
+    ok = (kept > 0) & torch.isfinite(full) & torch.isfinite(kept)
+    return torch.where(ok, torch.sqrt(full / torch.where(ok, kept, 1.0)), 1.0)
+
+
+def prune_2to4_compensated(x: torch.Tensor) -> torch.Tensor:
+    """The pruned row rescaled to the unpruned row's L2 norm (computed in float32, cast back)."""
+    pruned = prune_2to4(x)
+    return (pruned.float() * compensation_scale(x, pruned).unsqueeze(-1)).to(x.dtype)

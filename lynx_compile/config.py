@@ -1,0 +1,111 @@
+"""`LynxConfig`: every knob of the lynx backend in one typed, validated object.
+
+`torch.compile(model, backend="lynx", options={...})` and `lynx_compile.inspect(..., options=...)`
+both go through `LynxConfig.from_options`, so an unknown option or a wrong type fails the same way
+everywhere, naming the valid options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+# GEMMs a DiT should keep dense by default: embedders (patch, text, timestep, caption) and the final
+# output projection / output norm modulation. Transformer-block GEMMs never match these.
+DEFAULT_EXCLUDE: tuple[str, ...] = (
+    "*embed*",
+    "*caption_projection*",
+    "proj_out",
+    "proj_out_*",
+    "norm_out.*",
+)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_PATHS = ("auto", "reference")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LynxConfig:
+    """Options of the lynx backend.
+
+    Selection of a GEMM (by its name, see the README): it must match one of ``include``, match none
+    of ``exclude``, and match none of ``default_exclude`` unless an ``include`` pattern other than
+    ``"*"`` names it explicitly. Then its activation dtype must be in ``dtypes`` and it must have at
+    least ``min_rows`` rows (M = product of the activation's leading dims).
+    """
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    default_exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    min_rows: int = 256
+    dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32")
+    compensate: bool = False
+    path: str = "auto"
+    cost_model: bool = True
+    cudagraphs: bool = True
+    dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
+
+    def __post_init__(self) -> None:
+        for field in ("include", "exclude", "default_exclude", "dtypes"):
+            value = getattr(self, field)
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise TypeError(f"lynx option {field!r} must be a list of strings, got {value!r}")
+            value = tuple(value)
+            if not all(isinstance(v, str) for v in value):
+                raise TypeError(f"lynx option {field!r} must be a list of strings, got {value!r}")
+            object.__setattr__(self, field, value)
+        bad = [d for d in self.dtypes if d not in _DTYPES]
+        if bad:
+            raise ValueError(f"lynx option 'dtypes': unknown dtype(s) {bad}; valid: {sorted(_DTYPES)}")
+        if not isinstance(self.min_rows, int) or isinstance(self.min_rows, bool) or self.min_rows < 0:
+            raise TypeError(f"lynx option 'min_rows' must be a non-negative int, got {self.min_rows!r}")
+        for field in ("compensate", "cost_model", "cudagraphs"):
+            if not isinstance(getattr(self, field), bool):
+                raise TypeError(f"lynx option {field!r} must be a bool, got {getattr(self, field)!r}")
+        if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):
+            raise TypeError(f"lynx option 'dump_graphs' must be a directory path (str), got {self.dump_graphs!r}")
+        if self.path not in _PATHS:
+            raise ValueError(f"lynx option 'path' must be one of {_PATHS}, got {self.path!r}")
+
+    @classmethod
+    def from_options(cls, options: LynxConfig | Mapping[str, Any] | None = None) -> LynxConfig:
+        """Build from ``torch.compile(..., options=...)``; rejects unknown keys with the valid ones."""
+        if options is None:
+            return cls()
+        if isinstance(options, LynxConfig):
+            return options
+        if not isinstance(options, Mapping):
+            raise TypeError(f"lynx options must be a dict or LynxConfig, got {type(options).__name__}")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown lynx option(s) {unknown}; valid options: {valid}")
+        return cls(**options)
+
+    def select_by_name(self, name: str) -> tuple[bool, str]:
+        """Whether the name-based rules select a GEMM, and why (for the report)."""
+        hit = _first_match(name, self.exclude)
+        if hit:
+            return False, f"excluded by option exclude={hit!r}"
+        if not _first_match(name, self.include):
+            return False, f"not matched by option include={list(self.include)}"
+        explicit = _first_match(name, [p for p in self.include if p != "*"])
+        default_hit = _first_match(name, self.default_exclude)
+        if default_hit and not explicit:
+            return False, f"DiT default: embedders and output projection stay dense ({default_hit!r})"
+        return True, f"included by {explicit!r}" if explicit else "block GEMM"
+
+    def allows_dtype(self, dtype: torch.dtype) -> bool:
+        return dtype_name(dtype) in self.dtypes
+
+
+def _first_match(name: str, patterns: Iterable[str]) -> str | None:
+    return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)

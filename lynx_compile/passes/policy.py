@@ -1,0 +1,84 @@
+"""Decide, per GEMM, whether it runs on 2:4 activations and on which path, and say why.
+
+Checks run in order and the first that keeps a GEMM dense gives the reason shown in the report:
+name rules, dtype, K % 4, ``min_rows``; then, on CUDA, what the device can do (sparse tensor cores,
+K % 16, the Triton kernel's self-check) and the cost model (a measured sparse vs dense time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import torch
+
+from ..config import LynxConfig, dtype_name
+from .gemms import GemmSite
+
+log = logging.getLogger("lynx_compile")
+
+FAST_DTYPES = (torch.bfloat16, torch.float16)
+SPARSE_K_ALIGN = 16  # cuSPARSELt refuses structured matrices whose columns are not a multiple of 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    sparse: bool
+    path: str  # "dense" or one of lynx_compile.ops.PATHS
+    reason: str
+    alg_id: int = 0
+
+
+def decide(site: GemmSite, config: LynxConfig, *, measure: bool = True) -> Decision:
+    """``measure=False`` skips everything that runs on the GPU (inspection of the semantics only)."""
+    selected, why = config.select_by_name(site.name)
+    if not selected:
+        return Decision(False, "dense", why)
+    if not config.allows_dtype(site.dtype):
+        return Decision(False, "dense", f"dtype {dtype_name(site.dtype)} not in option dtypes={list(config.dtypes)}")
+    if site.k % 4:
+        return Decision(False, "dense", f"K={site.k} is not a multiple of 4")
+    if site.m < config.min_rows:
+        dyn = " (hint of a dynamic size)" if site.dynamic_m else ""
+        return Decision(False, "dense", f"M={site.m}{dyn} < min_rows={config.min_rows}")
+    if site.device.type != "cuda":
+        return Decision(True, "reference", f"{why}; reference path: {site.device.type} has no sparse tensor cores")
+    if config.path == "reference":
+        return Decision(True, "reference", f"{why}; reference path: option path='reference'")
+    return _decide_cuda(site, config, why, measure)
+
+
+def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) -> Decision:
+    from ..codegen import cusparselt
+
+    ok, reason = cusparselt.sparse_tensor_cores_available(site.device)
+    if not ok:
+        return Decision(True, "reference", f"{why}; reference path: {reason}")
+    if site.dtype not in FAST_DTYPES:
+        return Decision(True, "reference", f"{why}; reference path: no 2:4 kernel for {dtype_name(site.dtype)}")
+    if site.k % SPARSE_K_ALIGN or site.n % 8:
+        return Decision(False, "dense", f"K={site.k}, N={site.n}: cuSPARSELt needs K % 16 == 0 and N % 8 == 0")
+    path = "cusparselt" if _fast_compress_ok(site.device, site.dtype) else "cusparselt-compat"
+    if not measure:
+        return Decision(True, path, why)
+    alg_id = cusparselt.best_alg(site.m, site.k, site.n, site.dtype, site.device)
+    if config.cost_model:
+        dense_ms, sparse_ms = cusparselt.measure_speedup(site.m, site.k, site.n, site.dtype, alg_id)
+        if sparse_ms >= dense_ms:
+            return Decision(
+                False, "dense", f"cost model: sparse {sparse_ms:.3f} ms >= dense {dense_ms:.3f} ms at this shape"
+            )
+        why = f"{why}; cost model: {dense_ms / sparse_ms:.2f}x"
+    return Decision(True, path, why, alg_id)
+
+
+@functools.cache
+def _fast_compress_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    from ..codegen import cusparselt
+
+    ok = cusparselt.fast_compress_ok(device, dtype)
+    if not ok:
+        log.warning("lynx: Triton prune+compress disagrees with torch._cslt_compress on %s %s; "
+                    "using the slow exact path (cusparselt-compat)", device, dtype)
+    return ok

@@ -1,0 +1,110 @@
+"""What was sparsified and what it cost: one row per GEMM, readable as a table and as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """One GEMM. ``rel_err`` / ``energy_pruned`` are filled by ``lynx_compile.inspect`` only."""
+
+    name: str
+    sparse: bool
+    reason: str
+    m: int
+    k: int
+    n: int
+    dtype: str
+    path: str  # "dense", "reference", "cusparselt", "cusparselt-compat"
+    rel_err: float | None = None  # ||Y_pruned - Y_dense|| / ||Y_dense||, this layer alone
+    energy_pruned: float | None = None  # ||x - prune(x)||^2 / ||x||^2
+    alg_id: int | None = None
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.k * self.n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "flops": self.flops}
+
+
+@dataclasses.dataclass
+class Report:
+    """The GEMMs of one model (or of every graph one compiled model produced)."""
+
+    layers: list[LayerReport]
+    device: str = "cpu"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def total_flops(self) -> int:
+        return sum(layer.flops for layer in self.layers)
+
+    @property
+    def sparse_flops(self) -> int:
+        return sum(layer.flops for layer in self.layers if layer.sparse)
+
+    @property
+    def sparse_share(self) -> float:
+        return self.sparse_flops / self.total_flops if self.total_flops else 0.0
+
+    def layer(self, name: str) -> LayerReport:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no GEMM named {name!r}; names: {[l.name for l in self.layers]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "options": self.options,
+            "notes": self.notes,
+            "totals": {
+                "gemms": len(self.layers),
+                "sparse_gemms": sum(layer.sparse for layer in self.layers),
+                "flops": self.total_flops,
+                "sparse_flops": self.sparse_flops,
+                "sparse_share": self.sparse_share,
+            },
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def __str__(self) -> str:
+        header = ("name", "path", "M", "K", "N", "dtype", "GFLOP", "rel_err", "pruned_E", "reason")
+        rows = [
+            (
+                layer.name,
+                layer.path,
+                str(layer.m),
+                str(layer.k),
+                str(layer.n),
+                layer.dtype,
+                f"{layer.flops / 1e9:.3g}",
+                _fmt(layer.rel_err),
+                _fmt(layer.energy_pruned),
+                layer.reason,
+            )
+            for layer in self.layers
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        n_sparse = sum(layer.sparse for layer in self.layers)
+        lines.append(
+            f"{n_sparse}/{len(self.layers)} GEMMs sparse on {self.device}: "
+            f"{self.sparse_flops / 1e9:.4g} of {self.total_flops / 1e9:.4g} GFLOP "
+            f"({100 * self.sparse_share:.1f}%) run on 2:4 activations"
+        )
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

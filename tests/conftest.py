@@ -1,0 +1,25 @@
+"""Shared test setup: Triton's interpreter on CPU machines, the ``gpu`` marker, hypothesis profiles."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # must precede any import of a Triton kernel module
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU with sparse tensor cores (sm80+)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,54 @@
+"""Options: validation errors name the valid options; the selection rules."""
+
+import pytest
+import torch
+
+from lynx_compile import LynxConfig
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"min_row": 3}, ValueError, "unknown lynx option.*min_row.*valid options.*min_rows"),
+        ({"min_rows": "3"}, TypeError, "min_rows"),
+        ({"min_rows": -1}, TypeError, "min_rows"),
+        ({"exclude": "*.ff.*"}, TypeError, "list of strings"),
+        ({"dtypes": ["float64"]}, ValueError, "unknown dtype"),
+        ({"compensate": 1}, TypeError, "compensate"),
+        ({"path": "fast"}, ValueError, "path"),
+        ("min_rows=3", TypeError, "dict or LynxConfig"),
+    ],
+)
+def test_bad_options_raise_clear_errors(options, error, match):
+    with pytest.raises(error, match=match):
+        LynxConfig.from_options(options)
+
+
+def test_bad_option_through_torch_compile():
+    import lynx_compile  # noqa: F401
+
+    f = torch.compile(torch.nn.Linear(4, 4), backend="lynx", options={"min_row": 3})
+    with pytest.raises(Exception, match="unknown lynx option"):
+        f(torch.randn(2, 4))
+
+
+def test_selection_rules():
+    c = LynxConfig()
+    assert c.select_by_name("transformer_blocks.0.ff.net.2")[0]
+    assert not c.select_by_name("x_embedder")[0]
+    assert not c.select_by_name("proj_out")[0]
+    assert c.select_by_name("single_transformer_blocks.0.proj_out")[0]
+    c = LynxConfig(include=["x_embedder", "*.ff.*"], exclude=["*.ff.net.2"])
+    assert c.select_by_name("x_embedder")[0]  # explicit include beats the DiT defaults
+    assert not c.select_by_name("blocks.0.ff.net.2")[0]  # exclude beats everything
+    assert not c.select_by_name("blocks.0.attn.to_q")[0]
+    assert c.select_by_name("blocks.0.ff.net.0.proj")[0]
+    assert LynxConfig(default_exclude=[]).select_by_name("x_embedder")[0]
+
+
+def test_backend_registered_through_entry_point():
+    import subprocess
+    import sys
+
+    code = "import torch; import sys; sys.exit(0 if 'lynx' in torch._dynamo.list_backends() else 1)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
