@@ -179,15 +179,17 @@ def _source_name(node: fx.Node) -> str:
 
 
 _ROOT = re.compile(r"^[LG]\[['\"][^'\"]+['\"]\]")
-_PART = re.compile(r"\._(?:modules|parameters|buffers)\[['\"]([^'\"]+)['\"]\]|\.(\w+)|\[(\d+)\]|\[['\"]([^'\"]+)['\"]\]")
+# nn.Module storage that is not part of a parameter's path: ._modules['x'], .__dict__['_modules']['x']
+_STORAGE = re.compile(r"(\.__dict__\[['\"]_(?:modules|parameters|buffers)['\"]\]|\._(?:modules|parameters|buffers))(?=\[)")
+_PART = re.compile(r"\.(\w+)|\[(\d+)\]|\[['\"]([^'\"]+)['\"]\]")
 
 
 def _weight_path(node: fx.Node) -> str:
-    """``L['self']._modules['blocks']._modules['0']._parameters['w']`` -> ``blocks.0.w``."""
+    """``L['self']._modules['blocks'].__dict__['_modules']['0']._parameters['w']`` -> ``blocks.0.w``."""
     if node.op == "get_attr":
         return str(node.target)
     source = _source_name(node)
-    rest = _ROOT.sub("", source)
+    rest = _STORAGE.sub("", _ROOT.sub("", source))
     parts = ["".join(p for p in groups if p) for groups in _PART.findall(rest)]
     return ".".join(parts) if parts else source
 
