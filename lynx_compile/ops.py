@@ -1,16 +1,21 @@
-"""torch.library custom ops that the lynx pass puts into the graph.
+"""What the lynx pass puts into the graph: torch.library custom ops for the GPU fast path, and
+plain-torch functions that AOTAutograd traces (so Inductor fuses them with their neighbours).
 
-``lynx::sparse_linear(x, weight, path, alg_id, compensate)`` computes ``prune_2to4(x) @ weight.T``
-(rows rescaled by the compensation scale when ``compensate``) with any leading dims on ``x``. Its
-fake implementation lets Dynamo, AOTAutograd, Inductor and CUDA graphs treat it as one opaque,
-shape-known call; the bias is added outside it, in the graph, where Inductor fuses it with the
-consumer (cuSPARSELt's bias epilogue is per row of the output when the activation is the sparse
-operand, so it cannot carry nn.Linear's per-column bias).
+Fast path, per activation ``x`` (any leading dims, K last), shared by every GEMM that reads it
+(``to_q``/``to_k``/``to_v`` compress their common input once):
+
+    c = lynx::compress_2to4(x.reshape(-1, K), fused)     # rows padded; cuSPARSELt's layout
+    y = lynx::sparse_mm(c, W, rows, alg_id)              # (rows, N) = prune_2to4(x) @ W.T
+    y = y.view(*x.shape[:-1], N) [* scale] [+ bias]       # in the graph: Inductor fuses these
+
+The bias stays in the graph because cuSPARSELt's bias epilogue is per row of the output when the
+activation is the sparse operand: it cannot carry nn.Linear's per-column bias.
 
 Paths (chosen per layer at compile time, shown in the report):
-- ``reference``: prune with torch ops, dense GEMM. CPU, old GPUs, float32, ``path="reference"``.
-- ``cusparselt``: fused Triton prune+compress, cuSPARSELt sparse GEMM with a searched algorithm.
-- ``cusparselt-compat``: ``torch._cslt_compress`` of the reference pruning, for when the Triton
+- ``reference``: ``prune_2to4`` in torch ops, then the original dense GEMM. CPU, old GPUs,
+  float32, ``path="reference"``. Same numbers as the fast path, no speed-up.
+- ``cusparselt``: the fused Triton prune+compress kernel, cuSPARSELt with a searched algorithm.
+- ``cusparselt-compat``: ``torch._cslt_compress`` of the reference pruning, when the Triton
   kernel's layout self-check failed against the installed cuSPARSELt (slow, never wrong).
 """
 
@@ -19,44 +24,69 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .codegen.cusparselt_layout import compressed_shape
 from .codegen.reference import compensation_scale, prune_2to4
 
 PATHS = ("reference", "cusparselt", "cusparselt-compat")
 
 
-@torch.library.custom_op("lynx::sparse_linear", mutates_args=())
-def sparse_linear(x: torch.Tensor, weight: torch.Tensor, path: str, alg_id: int, compensate: bool) -> torch.Tensor:
-    """``prune_2to4(x) @ weight.T`` (times the compensation scale per row when ``compensate``)."""
-    k = x.shape[-1]
-    rows = x.reshape(-1, k)
-    pruned = None
-    if path == "reference":
-        pruned = prune_2to4(rows)
-        out = F.linear(pruned, weight)
-    elif path in ("cusparselt", "cusparselt-compat"):
-        out = _cusparselt_linear(rows, weight, alg_id, fused=path == "cusparselt")
-    else:
-        raise ValueError(f"unknown lynx path {path!r}; valid: {PATHS}")
-    if compensate:
-        scale = compensation_scale(rows, prune_2to4(rows) if pruned is None else pruned)
-        out = (out.float() * scale.unsqueeze(-1)).to(out.dtype)
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+def padded_rows(m: int) -> int:
+    """Rows of the compressed operand: cuSPARSELt takes multiples of 16."""
+    return -(-m // 16) * 16
 
 
-@sparse_linear.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, path: str, alg_id: int, compensate: bool) -> torch.Tensor:
-    torch._check(x.shape[-1] == weight.shape[1], lambda: "lynx::sparse_linear: K mismatch")
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-
-def _cusparselt_linear(rows: torch.Tensor, weight: torch.Tensor, alg_id: int, *, fused: bool) -> torch.Tensor:
-    from .codegen import cusparselt
-    from .codegen.prune_compress import padded_rows, prune_compress
-
-    m = rows.shape[0]
+@torch.library.custom_op("lynx::compress_2to4", mutates_args=())
+def compress_2to4(x: torch.Tensor, fused: bool) -> torch.Tensor:
+    """``torch._cslt_compress(prune_2to4(x padded to 16-row multiples))`` for a 2-D ``x``."""
     if fused:
-        compressed = prune_compress(rows)
-    else:
-        padded = F.pad(rows, (0, 0, 0, padded_rows(m) - m))
-        compressed = torch._cslt_compress(prune_2to4(padded))
-    return cusparselt.sparse_mm(compressed, weight, alg_id)[:m]
+        from .codegen.prune_compress import prune_compress
+
+        return prune_compress(x)
+    m = x.shape[0]
+    return torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, padded_rows(m) - m))))
+
+
+@compress_2to4.register_fake
+def _(x: torch.Tensor, fused: bool) -> torch.Tensor:
+    rows, cols = compressed_shape(padded_rows(x.shape[0]), x.shape[1], x.dtype)
+    return x.new_empty((rows, cols))
+
+
+@torch.library.custom_op("lynx::sparse_mm", mutates_args=())
+def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, rows: int, alg_id: int) -> torch.Tensor:
+    """``(prune_2to4(x) @ weight.T)[:rows]`` from ``compressed = compress_2to4(x)``; weight (N, K)."""
+    from .codegen import cusparselt
+
+    return cusparselt.sparse_mm(compressed, weight, alg_id)[:rows]  # padding rows dropped: a view, no copy
+
+
+@sparse_mm.register_fake
+def _(compressed: torch.Tensor, weight: torch.Tensor, rows: int, alg_id: int) -> torch.Tensor:
+    return compressed.new_empty((rows, weight.shape[0]))
+
+
+def compress_activation(x: torch.Tensor, fused: bool) -> torch.Tensor:
+    return torch.ops.lynx.compress_2to4(x.reshape(-1, x.shape[-1]), fused)
+
+
+def sparse_linear(
+    compressed: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, alg_id: int, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The GEMM of one layer on an already compressed activation; ``x`` only gives the shape."""
+    rows = x.numel() // x.shape[-1]
+    out = torch.ops.lynx.sparse_mm(compressed, weight, rows, alg_id).view(*x.shape[:-1], weight.shape[0])
+    return out if scale is None else _scaled(out, scale)
+
+
+def reference_linear(pruned: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    out = F.linear(pruned, weight)
+    return out if scale is None else _scaled(out, scale)
+
+
+def row_scale(x: torch.Tensor, pruned: torch.Tensor | None = None) -> torch.Tensor:
+    """Norm compensation factor per row (see ``compensation_scale``)."""
+    return compensation_scale(x, prune_2to4(x) if pruned is None else pruned)
+
+
+def _scaled(out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (out.float() * scale.unsqueeze(-1)).to(out.dtype)

@@ -216,3 +216,27 @@ def test_cpu_reference_path_is_logged_once(caplog, monkeypatch):
             torch.compile(nn.Linear(32, n).eval(), backend="lynx", options={"min_rows": 1})(torch.randn(8, 32))
     assert caplog.text.count("run on the reference path") == 1
     assert "cpu has no sparse tensor cores" in caplog.text
+
+
+class Qkv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_q, self.to_k, self.to_v = (nn.Linear(32, 32) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_q(x) * self.to_k(x) + self.to_v(x)
+
+
+def test_gemms_sharing_an_input_prune_it_once_and_graphs_are_dumped(tmp_path):
+    model = Qkv().eval()
+    x = torch.randn(64, 32)
+    with torch.no_grad():
+        out = torch.compile(model, backend="lynx", options={**OPTS, "dump_graphs": str(tmp_path)})(x)
+        xp = prune_2to4(x)
+        want = model.to_q(xp) * model.to_k(xp) + model.to_v(xp)
+    assert _rel(out, want) < 1e-5
+    (before,) = tmp_path.glob("graph_*_before.py")
+    (after,) = tmp_path.glob("graph_*_after.py")
+    assert before.read_text().count("torch._C._nn.linear") == 3
+    after_code = after.read_text()
+    assert after_code.count("prune_2to4(") == 1 and after_code.count("reference_linear(") == 3

@@ -1,10 +1,13 @@
-"""Rewrite each selected GEMM into ``lynx::sparse_linear`` (+ the bias, added in the graph).
+"""Rewrite the selected GEMMs; each activation is pruned (or compressed) once for all its GEMMs.
 
-    linear(x, W, b)   ->   add(sparse_linear(x, W, path, alg_id, compensate), b)
-    x @ W             ->   sparse_linear(x, W.t(), ...)          # W stored (K, N): a view, no copy
-    addmm(b, x, W.t()) ->  add(sparse_linear(x, W, ...), b)
+    linear(x, W, b)    ->   c = compress_activation(x, fused)          # once per x and path
+                            sparse_linear(c, x, W, alg_id[, scale]) + b
+    x @ W              ->   ... sparse_linear(c, x, W.t(), ...)       # W stored (K, N): a view
+    reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
 
-The bias stays a plain ``add`` so Inductor fuses it into whatever consumes the GEMM's output.
+``compress_activation``, ``sparse_linear``, ``prune_2to4`` and ``row_scale`` are plain Python over
+torch ops and ``torch.ops.lynx.*``: AOTAutograd traces through them, so Inductor sees (and fuses)
+the pruning of the reference path, the reshapes, the compensation scale and the bias add.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from .. import ops  # noqa: F401  (registers torch.ops.lynx)
+from .. import ops
+from ..codegen.reference import prune_2to4
 from .gemms import GemmSite
 from .policy import Decision
 
@@ -21,6 +25,7 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
     """Rewrite in place; returns the number of GEMMs rewritten."""
     graph = gm.graph
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
+    shared: dict[tuple[fx.Node, str], tuple[fx.Node, fx.Node | None]] = {}  # (x, path) -> (operand, scale)
     rewritten = 0
     for site, decision in plan:
         if not decision.sparse:
@@ -28,11 +33,16 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
         node = site.node
         x = replaced.get(site.x, site.x)
         bias = replaced.get(site.bias, site.bias)
-        with graph.inserting_before(node):
+        with graph.inserting_before(node):  # sites come in graph order: the first user of x
+            if (x, decision.path) not in shared:
+                shared[(x, decision.path)] = _prepare(graph, x, decision.path, compensate)
+            operand, scale = shared[(x, decision.path)]
             weight = site.weight if site.weight_is_nk else graph.call_function(torch.t, (site.weight,))
-            out = graph.call_function(
-                torch.ops.lynx.sparse_linear.default, (x, weight, decision.path, decision.alg_id, compensate)
-            )
+            extra = () if scale is None else (scale,)
+            if decision.path == "reference":
+                out = graph.call_function(ops.reference_linear, (operand, weight, *extra))
+            else:
+                out = graph.call_function(ops.sparse_linear, (operand, x, weight, decision.alg_id, *extra))
             if bias is not None:
                 out = graph.call_function(torch.add, (out, bias))
         out.meta.update(node.meta)
@@ -44,3 +54,14 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
     graph.lint()
     gm.recompile()
     return rewritten
+
+
+def _prepare(graph: fx.Graph, x: fx.Node, path: str, compensate: bool) -> tuple[fx.Node, fx.Node | None]:
+    """The pruned (reference) or compressed (cuSPARSELt) activation, and the compensation scale."""
+    if path == "reference":
+        pruned = graph.call_function(prune_2to4, (x,))
+        scale = graph.call_function(ops.row_scale, (x, pruned)) if compensate else None
+        return pruned, scale
+    compressed = graph.call_function(ops.compress_activation, (x, path == "cusparselt"))
+    scale = graph.call_function(ops.row_scale, (x,)) if compensate else None
+    return compressed, scale
