@@ -51,6 +51,7 @@ class LynxConfig:
     path: str = "auto"
     cost_model: bool = True
     cudagraphs: bool = True
+    fuse_producers: bool = True
     dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
 
     def __post_init__(self) -> None:
@@ -67,7 +68,7 @@ class LynxConfig:
             raise ValueError(f"lynx option 'dtypes': unknown dtype(s) {bad}; valid: {sorted(_DTYPES)}")
         if not isinstance(self.min_rows, int) or isinstance(self.min_rows, bool) or self.min_rows < 0:
             raise TypeError(f"lynx option 'min_rows' must be a non-negative int, got {self.min_rows!r}")
-        for field in ("compensate", "cost_model", "cudagraphs"):
+        for field in ("compensate", "cost_model", "cudagraphs", "fuse_producers"):
             if not isinstance(getattr(self, field), bool):
                 raise TypeError(f"lynx option {field!r} must be a bool, got {getattr(self, field)!r}")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):

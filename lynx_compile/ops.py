@@ -4,9 +4,12 @@ plain-torch functions that AOTAutograd traces (so Inductor fuses them with their
 Fast path, per activation ``x`` (any leading dims, K last), shared by every GEMM that reads it
 (``to_q``/``to_k``/``to_v`` compress their common input once):
 
-    c = lynx::compress_2to4(x.reshape(-1, K), fused)     # rows padded; cuSPARSELt's layout
-    y = lynx::sparse_mm(c, W, rows, alg_id)              # (rows, N) = prune_2to4(x) @ W.T
-    y = y.view(*x.shape[:-1], N) [* scale] [+ bias]       # in the graph: Inductor fuses these
+    c = lynx::compress_2to4(x.reshape(-1, K), padded, method)  # cuSPARSELt's bytes, flat int64
+    y = lynx::sparse_mm(c, W, padded, rows, alg_id)            # (rows, N) = prune_2to4(x) @ W.T
+    y = y.view(*x.shape[:-1], N) [* scale] [+ bias]             # in the graph: Inductor fuses these
+
+``compress_2to4`` has an Inductor lowering (``codegen/inductor_lowering.py``) that writes the
+compressed bytes from inside the kernel producing ``x``; its eager kernel is the Triton one.
 
 The bias stays in the graph because cuSPARSELt's bias epilogue is per row of the output when the
 activation is the sparse operand: it cannot carry nn.Linear's per-column bias.
@@ -14,7 +17,8 @@ activation is the sparse operand: it cannot carry nn.Linear's per-column bias.
 Paths (chosen per layer at compile time, shown in the report):
 - ``reference``: ``prune_2to4`` in torch ops, then the original dense GEMM. CPU, old GPUs,
   float32, ``path="reference"``. Same numbers as the fast path, no speed-up.
-- ``cusparselt``: the fused Triton prune+compress kernel, cuSPARSELt with a searched algorithm.
+- ``cusparselt``: prune+compress fused into the producer (method ``inductor``) or the standalone
+  Triton kernel (method ``triton``), then cuSPARSELt with a searched algorithm.
 - ``cusparselt-compat``: ``torch._cslt_compress`` of the reference pruning, when the Triton
   kernel's layout self-check failed against the installed cuSPARSELt (slow, never wrong).
 """
@@ -28,45 +32,56 @@ from .codegen.cusparselt_layout import compressed_shape
 from .codegen.reference import compensation_scale, prune_2to4
 
 PATHS = ("reference", "cusparselt", "cusparselt-compat")
+METHODS = ("inductor", "triton", "cusparselt")  # how compress_2to4 computes its result
+ROW_ALIGN = 64  # rows of the compressed operand: whole 64-row metadata tiles (cuSPARSELt needs 16)
 
 
 def padded_rows(m: int) -> int:
-    """Rows of the compressed operand: cuSPARSELt takes multiples of 16."""
-    return -(-m // 16) * 16
+    return -(-m // ROW_ALIGN) * ROW_ALIGN
 
 
 @torch.library.custom_op("lynx::compress_2to4", mutates_args=())
-def compress_2to4(x: torch.Tensor, fused: bool) -> torch.Tensor:
-    """``torch._cslt_compress(prune_2to4(x padded to 16-row multiples))`` for a 2-D ``x``."""
-    if fused:
+def compress_2to4(x: torch.Tensor, rows: int, method: str) -> torch.Tensor:
+    """``torch._cslt_compress(prune_2to4(x zero-padded to rows))`` as a flat int64 buffer.
+
+    ``method``: ``inductor`` (Inductor lowers it into the producer's kernel; called eagerly it runs
+    the Triton kernel), ``triton`` (the standalone Triton kernel), ``cusparselt`` (cuSPARSELt's own
+    compression of the reference pruning: slow, for when the Triton layout self-check fails).
+    """
+    if method in ("inductor", "triton"):
         from .codegen.prune_compress import prune_compress
 
-        return prune_compress(x)
-    m = x.shape[0]
-    return torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, padded_rows(m) - m))))
+        compressed = prune_compress(x, rows=rows)
+    elif method == "cusparselt":
+        compressed = torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, rows - x.shape[0]))))
+    else:
+        raise ValueError(f"unknown compress method {method!r}; valid: {METHODS}")
+    return compressed.reshape(-1).view(torch.int64)
 
 
 @compress_2to4.register_fake
-def _(x: torch.Tensor, fused: bool) -> torch.Tensor:
-    rows, cols = compressed_shape(padded_rows(x.shape[0]), x.shape[1], x.dtype)
-    return x.new_empty((rows, cols))
+def _(x: torch.Tensor, rows: int, method: str) -> torch.Tensor:
+    m, cols = compressed_shape(rows, x.shape[1], x.dtype)
+    return x.new_empty((m * cols * x.dtype.itemsize // 8,), dtype=torch.int64)
 
 
 @torch.library.custom_op("lynx::sparse_mm", mutates_args=())
-def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, rows: int, alg_id: int) -> torch.Tensor:
-    """``(prune_2to4(x) @ weight.T)[:rows]`` from ``compressed = compress_2to4(x)``; weight (N, K)."""
+def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, padded: int, rows: int, alg_id: int) -> torch.Tensor:
+    """``(prune_2to4(x) @ weight.T)[:rows]``, ``compressed = compress_2to4(x, padded, ...)``; weight (N, K)."""
     from .codegen import cusparselt
 
-    return cusparselt.sparse_mm(compressed, weight, alg_id)[:rows]  # padding rows dropped: a view, no copy
+    operand = compressed.view(weight.dtype).view(compressed_shape(padded, weight.shape[1], weight.dtype))
+    return cusparselt.sparse_mm(operand, weight, alg_id)[:rows]  # padding rows dropped: a view, no copy
 
 
 @sparse_mm.register_fake
-def _(compressed: torch.Tensor, weight: torch.Tensor, rows: int, alg_id: int) -> torch.Tensor:
-    return compressed.new_empty((rows, weight.shape[0]))
+def _(compressed: torch.Tensor, weight: torch.Tensor, padded: int, rows: int, alg_id: int) -> torch.Tensor:
+    return weight.new_empty((rows, weight.shape[0]))
 
 
-def compress_activation(x: torch.Tensor, fused: bool) -> torch.Tensor:
-    return torch.ops.lynx.compress_2to4(x.reshape(-1, x.shape[-1]), fused)
+def compress_activation(x: torch.Tensor, method: str) -> torch.Tensor:
+    rows = x.numel() // x.shape[-1]
+    return torch.ops.lynx.compress_2to4(x.reshape(-1, x.shape[-1]), padded_rows(rows), method)
 
 
 def sparse_linear(
@@ -74,7 +89,8 @@ def sparse_linear(
 ) -> torch.Tensor:
     """The GEMM of one layer on an already compressed activation; ``x`` only gives the shape."""
     rows = x.numel() // x.shape[-1]
-    out = torch.ops.lynx.sparse_mm(compressed, weight, rows, alg_id).view(*x.shape[:-1], weight.shape[0])
+    out = torch.ops.lynx.sparse_mm(compressed, weight, padded_rows(rows), rows, alg_id)
+    out = out.view(*x.shape[:-1], weight.shape[0])
     return out if scale is None else _scaled(out, scale)
 
 

@@ -28,6 +28,7 @@ class Decision:
     path: str  # "dense" or one of lynx_compile.ops.PATHS
     reason: str
     alg_id: int = 0
+    compress: str = ""  # cuSPARSELt paths: one of lynx_compile.ops.METHODS
 
 
 def decide(site: GemmSite, config: LynxConfig, *, measure: bool = True) -> Decision:
@@ -51,6 +52,8 @@ def decide(site: GemmSite, config: LynxConfig, *, measure: bool = True) -> Decis
 
 def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) -> Decision:
     from ..codegen import cusparselt
+    from ..codegen.inductor_lowering import eligible
+    from ..ops import padded_rows
 
     ok, reason = cusparselt.sparse_tensor_cores_available(site.device)
     if not ok:
@@ -59,9 +62,17 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
         return Decision(True, "reference", f"{why}; reference path: no 2:4 kernel for {dtype_name(site.dtype)}")
     if site.k % SPARSE_K_ALIGN or site.n % 8:
         return Decision(False, "dense", f"K={site.k}, N={site.n}: cuSPARSELt needs K % 16 == 0 and N % 8 == 0")
-    path = "cusparselt" if _fast_compress_ok(site.device, site.dtype) else "cusparselt-compat"
+    if not _fast_compress_ok(site.device, site.dtype):
+        path, compress = "cusparselt-compat", "cusparselt"
+        why = f"{why}; compression by torch._cslt_compress (Triton layout self-check failed)"
+    elif config.fuse_producers and eligible(padded_rows(site.m), site.k, site.dtype):
+        path, compress = "cusparselt", "inductor"
+        why = f"{why}; prune+compress fused into the producer (Inductor lowering)"
+    else:
+        path, compress = "cusparselt", "triton"
+        why = f"{why}; standalone Triton prune+compress" + ("" if not config.fuse_producers else f" (K={site.k} % 32 != 0)")
     if not measure:
-        return Decision(True, path, why)
+        return Decision(True, path, why, compress=compress)
     alg_id = cusparselt.best_alg(site.m, site.k, site.n, site.dtype, site.device)
     if config.cost_model:
         dense_ms, sparse_ms = cusparselt.measure_speedup(site.m, site.k, site.n, site.dtype, alg_id)
@@ -70,7 +81,7 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
                 False, "dense", f"cost model: sparse {sparse_ms:.3f} ms >= dense {dense_ms:.3f} ms at this shape"
             )
         why = f"{why}; cost model: {dense_ms / sparse_ms:.2f}x"
-    return Decision(True, path, why, alg_id)
+    return Decision(True, path, why, alg_id, compress)
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """Rewrite the selected GEMMs; each activation is pruned (or compressed) once for all its GEMMs.
 
-    linear(x, W, b)    ->   c = compress_activation(x, fused)          # once per x and path
+    linear(x, W, b)    ->   c = compress_activation(x, method)         # once per x and method
                             sparse_linear(c, x, W, alg_id[, scale]) + b
     x @ W              ->   ... sparse_linear(c, x, W.t(), ...)       # W stored (K, N): a view
     reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
@@ -25,7 +25,7 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
     """Rewrite in place; returns the number of GEMMs rewritten."""
     graph = gm.graph
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
-    shared: dict[tuple[fx.Node, str], tuple[fx.Node, fx.Node | None]] = {}  # (x, path) -> (operand, scale)
+    shared: dict[tuple[fx.Node, str], tuple[fx.Node, fx.Node | None]] = {}  # (x, how) -> (operand, scale)
     rewritten = 0
     for site, decision in plan:
         if not decision.sparse:
@@ -34,9 +34,10 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
         x = replaced.get(site.x, site.x)
         bias = replaced.get(site.bias, site.bias)
         with graph.inserting_before(node):  # sites come in graph order: the first user of x
-            if (x, decision.path) not in shared:
-                shared[(x, decision.path)] = _prepare(graph, x, decision.path, compensate)
-            operand, scale = shared[(x, decision.path)]
+            key = (x, decision.compress or decision.path)
+            if key not in shared:
+                shared[key] = _prepare(graph, x, decision, compensate)
+            operand, scale = shared[key]
             weight = site.weight if site.weight_is_nk else graph.call_function(torch.t, (site.weight,))
             extra = () if scale is None else (scale,)
             if decision.path == "reference":
@@ -56,12 +57,12 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
     return rewritten
 
 
-def _prepare(graph: fx.Graph, x: fx.Node, path: str, compensate: bool) -> tuple[fx.Node, fx.Node | None]:
+def _prepare(graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool) -> tuple[fx.Node, fx.Node | None]:
     """The pruned (reference) or compressed (cuSPARSELt) activation, and the compensation scale."""
-    if path == "reference":
+    if decision.path == "reference":
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(ops.row_scale, (x, pruned)) if compensate else None
         return pruned, scale
-    compressed = graph.call_function(ops.compress_activation, (x, path == "cusparselt"))
+    compressed = graph.call_function(ops.compress_activation, (x, decision.compress))
     scale = graph.call_function(ops.row_scale, (x,)) if compensate else None
     return compressed, scale
