@@ -67,7 +67,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ZOO_NAMES", "ZooModel", "build", "example_inputs", "model_config"]
+__all__ = ["ZOO_NAMES", "ZooModel", "build", "example_inputs", "flux_pipeline", "model_config"]
 
 
 @dataclass(frozen=True)
@@ -488,3 +488,39 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
         if full_name in saved and buf.is_floating_point():
             owner, _, leaf = full_name.rpartition(".")
             setattr(model.get_submodule(owner), leaf, buf.to(target(full_name)))
+
+
+def flux_pipeline(
+    *, size: str = "tiny", depth: int | None = None, width: int | None = None, dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu", seed: int = 0,
+) -> tuple[Any, dict[str, Any]]:
+    """A ``diffusers.FluxPipeline`` from zoo parts with random weights, and the kwargs to call it with.
+
+    No text encoders or tokenizers (they would need downloaded vocabularies): the call passes
+    ``prompt_embeds`` / ``pooled_prompt_embeds`` of the real shapes (T5 4096-wide, CLIP 768)
+    instead, which is what a serving stack that caches prompt embeddings does. The VAE is a
+    one-block ``AutoencoderKL`` with FLUX's 16 latent channels and scaling/shift factors.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    built = build("flux", size=size, depth=depth, width=width, dtype=dtype, device=device, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,),
+            layers_per_block=1, latent_channels=16, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
+        )
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.to(device=device, dtype=dtype).eval(), text_encoder=None,
+        tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=built.model,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    text = built.example_kwargs["encoder_hidden_states"].shape[1]
+    kwargs = {
+        "prompt_embeds": torch.randn(1, text, 4096, generator=g).to(device=device, dtype=dtype),
+        "pooled_prompt_embeds": torch.randn(1, 768, generator=g).to(device=device, dtype=dtype),
+        "guidance_scale": 3.5,
+        "output_type": "pt",
+    }
+    return pipe, kwargs
