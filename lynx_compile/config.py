@@ -51,7 +51,7 @@ class LynxConfig:
     path: str = "auto"
     cost_model: bool = True
     cudagraphs: bool = True
-    fuse_producers: bool = True
+    fuse_producers: bool = False  # experimental: correct, but Triton compiles the fused kernel for minutes
     dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
 
     def __post_init__(self) -> None:

@@ -37,6 +37,7 @@ ROW_ALIGN = 64  # rows of the compressed operand: whole 64-row metadata tiles (c
 
 
 def padded_rows(m: int) -> int:
+    """Rows the pass compresses and multiplies (``prune_compress.padded_rows`` is cuSPARSELt's minimum)."""
     return -(-m // ROW_ALIGN) * ROW_ALIGN
 
 

@@ -70,12 +70,13 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
         why = f"{why}; prune+compress fused into the producer (Inductor lowering)"
     else:
         path, compress = "cusparselt", "triton"
-        why = f"{why}; standalone Triton prune+compress" + ("" if not config.fuse_producers else f" (K={site.k} % 32 != 0)")
+        why = f"{why}; standalone Triton prune+compress" + (f" (K={site.k} % 32 != 0)" if config.fuse_producers else "")
     if not measure:
         return Decision(True, path, why, compress=compress)
-    alg_id = cusparselt.best_alg(site.m, site.k, site.n, site.dtype, site.device)
+    rows = padded_rows(site.m)  # what the compiled graph runs: search and measure that shape
+    alg_id = cusparselt.best_alg(rows, site.k, site.n, site.dtype, site.device)
     if config.cost_model:
-        dense_ms, sparse_ms = cusparselt.measure_speedup(site.m, site.k, site.n, site.dtype, alg_id)
+        dense_ms, sparse_ms = cusparselt.measure_speedup(rows, site.k, site.n, site.dtype, alg_id)
         if sparse_ms >= dense_ms:
             return Decision(
                 False, "dense", f"cost model: sparse {sparse_ms:.3f} ms >= dense {dense_ms:.3f} ms at this shape"

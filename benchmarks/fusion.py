@@ -1,0 +1,117 @@
+"""A DiT MLP block compiled three ways: where does producer fusion put the pruning's cost? (GPU)
+
+    y = x + gate * fc2(gelu(fc1(LayerNorm(x) * (1 + scale) + shift)))      FLUX widths, bf16
+
+- dense: Inductor (CUDA graphs);
+- lynx, standalone: prune+compress by the Triton kernel on a materialised activation;
+- lynx, fused: prune+compress lowered into the kernels producing the activations (adaLN and GELU).
+
+Reports the time per block (CUDA events over CUDA-graph replays of the compiled block, median,
+fresh inputs) and, per sparsified activation, the bytes the generated code moves for it: the
+dense activation written and read back (standalone) or not at all (fused). Writes
+benchmarks/results/fusion_<gpu>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch._inductor.utils import run_and_get_code
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lynx_compile  # noqa: E402
+from benchmarks.common import gpu_slug, meta, write_table  # noqa: E402
+
+
+class MlpBlock(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x) * (1 + scale) + shift
+        return x + gate * self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
+
+
+def _time_ms(fn, inputs: list[tuple[torch.Tensor, ...]], runs: int) -> float:
+    for args in inputs[:3]:
+        fn(*args)
+    times = []
+    for i in range(runs):
+        args = inputs[i % len(inputs)]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tokens", type=int, nargs="+", default=[4096, 4608, 16384])
+    p.add_argument("--dim", type=int, default=3072)
+    p.add_argument("--hidden", type=int, default=12288)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args()
+    torch.manual_seed(0)
+    block = MlpBlock(args.dim, args.hidden).cuda().to(torch.bfloat16).eval().requires_grad_(False)
+    rows = []
+    for m in args.tokens:
+        inputs = [
+            (torch.randn(m, args.dim, device="cuda", dtype=torch.bfloat16),
+             *(0.5 * torch.randn(args.dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)))
+            for _ in range(4)
+        ]
+        variants = {
+            "dense": torch.compile(block, mode="reduce-overhead"),
+            "lynx_standalone": torch.compile(block, backend="lynx", options={"fuse_producers": False, "cost_model": False}),
+            "lynx_fused": torch.compile(block, backend="lynx", options={"cost_model": False}),
+        }
+        row = {"m": m, "k1": args.dim, "n1": args.hidden}
+        with torch.no_grad():
+            ref = None
+            for name, fn in variants.items():
+                t0 = time.perf_counter()
+                _, code = run_and_get_code(fn, *inputs[0])
+                torch.cuda.synchronize()
+                row[f"{name}_compile_s"] = time.perf_counter() - t0
+                row[f"{name}_kernels"] = sum(c.count("async_compile.triton(") for c in code)
+                out = fn(*inputs[0]).clone()
+                ref = out if ref is None else ref
+                row[f"{name}_ms"] = _time_ms(fn, inputs, args.runs)
+                row[f"{name}_rel_vs_dense"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+                torch._dynamo.reset()
+        elem = 2  # bf16
+        acts = m * args.dim + m * args.hidden  # the two sparsified activations
+        row["standalone_extra_bytes"] = acts * 2 * elem  # written by the producer, read by prune+compress
+        row["fused_extra_bytes"] = 0
+        row["speedup_standalone"] = row["dense_ms"] / row["lynx_standalone_ms"]
+        row["speedup_fused"] = row["dense_ms"] / row["lynx_fused_ms"]
+        rows.append(row)
+        print(row, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"fusion_{gpu_slug()}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows}, indent=2))
+    write_table(stem.with_suffix(".md"), "FLUX-width MLP block: dense vs lynx (standalone / fused prune+compress)", rows,
+                ["m", "dense_ms", "lynx_standalone_ms", "lynx_fused_ms", "speedup_standalone", "speedup_fused",
+                 "dense_kernels", "lynx_standalone_kernels", "lynx_fused_kernels", "standalone_extra_bytes",
+                "dense_compile_s", "lynx_standalone_compile_s", "lynx_fused_compile_s",
+                 "lynx_fused_rel_vs_dense"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Per-layer benchmark of the lynx linear against cuBLAS, on the DiT GEMM shapes (GPU).
+
+For each (layer, M): cuBLAS ``F.linear`` with bias; the fused prune+compress kernel beside its
+memory floor (read 2 B/elem, write 1 B/elem of values plus the metadata, at the device-to-device
+copy bandwidth measured in the same run); the cuSPARSELt GEMM alone with its searched algorithm;
+and the whole lynx linear as the compiled model runs it (prune_compress, sparse_mm, row slice, bias
+add), also without the bias add: in a compiled DiT the add can fuse into the consumer (GELU, gated
+residual), a pointwise kernel the dense path runs too. All under CUDA-graph replay (at least 20
+calls per graph, median of 15 replays), after warm-up, on fresh random inputs rotated so that L2
+never holds them. A separate section measures the CPU time per call without graphs (cuSPARSELt
+plans its GEMM at every call).
+
+    python benchmarks/linear.py [--out DIR] [--m 1024 4096 16384] [--quick]
+
+Writes DIR/linear_<gpu>.{json,md,png} (DIR defaults to benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import gpu_slug, meta, write_table  # noqa: E402
+from lynx_compile.codegen.cusparselt import (  # noqa: E402
+    best_alg,
+    compress_compat,
+    cuda_graph_ms,
+    fast_compress_ok,
+    rotating_inputs,
+    sparse_mm,
+)
+from lynx_compile.codegen.cusparselt_layout import metadata_nbytes  # noqa: E402
+from lynx_compile.codegen.prune_compress import _prune_compress_tuned, padded_rows, prune_compress  # noqa: E402
+
+LAYERS = [  # (name, K, N): in_features -> out_features
+    ("pixart fc1", 1152, 4608), ("pixart fc2", 4608, 1152),
+    ("sd3 fc1", 1536, 6144), ("sd3 fc2", 6144, 1536),
+    ("flux proj", 3072, 3072), ("flux qkv", 3072, 9216), ("flux fc1", 3072, 12288),
+    ("flux fc2", 12288, 3072), ("flux single out", 15360, 3072),
+    ("wan fc1", 5120, 13824), ("wan fc2", 13824, 5120),
+]
+M_VALUES = (1024, 4096, 16384)
+
+
+@dataclasses.dataclass
+class Row:
+    layer: str
+    m: int
+    k: int
+    n: int
+    dtype: str
+    dense_ms: float
+    prune_ms: float
+    prune_floor_ms: float
+    sparse_gemm_ms: float
+    lynx_ms: float
+    lynx_nobias_ms: float
+    path: str
+    alg_id: int
+    search: list[int]  # everything cuSPARSELt's search returned: alg_id, split_k, split_k_mode, ...
+
+
+def compressor(dtype: torch.dtype) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The compressor the backend would pick after its self-check."""
+    if fast_compress_ok(torch.device("cuda"), dtype):
+        return "cusparselt", prune_compress
+    return "cusparselt-compat", compress_compat
+
+
+def lynx_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alg_id: int,
+                compress: Callable[[torch.Tensor], torch.Tensor] = prune_compress) -> torch.Tensor:
+    """One nn.Linear on the fast path, as the compiled graph runs it."""
+    return sparse_mm(compress(x), weight, alg_id)[: x.shape[0]] + bias
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy rate in bytes/ms (read + written), the best of 256 MiB and 1 GiB copies."""
+
+    def rate(nbytes: int) -> float:
+        src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
+        dst = torch.empty_like(src)
+        return 2 * nbytes / cuda_graph_ms(lambda i: dst.copy_(src), calls=10)
+
+    return max(rate(256 << 20), rate(1 << 30))
+
+
+def search_all(compressed: torch.Tensor, weight: torch.Tensor) -> list[int]:
+    """Everything cuSPARSELt's search returns (torch >= 2.11: alg_id, split_k, split_k_mode, ...)."""
+    search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
+    if search is None:
+        return []
+    return [int(v) for v in search(compressed, weight.t(), None, None, None, False)]
+
+
+def prune_floor_bytes(m: int, k: int, dtype: torch.dtype) -> int:
+    m_pad = padded_rows(m)
+    return m * k * dtype.itemsize + m_pad * k // 2 * dtype.itemsize + metadata_nbytes(m_pad, k)
+
+
+def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: float) -> Row:
+    path, compress = compressor(dtype)
+    w = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    b = torch.randn(n, device="cuda", dtype=dtype)
+    xs = rotating_inputs(lambda: torch.randn(m, k, device="cuda", dtype=dtype), m * k * dtype.itemsize)
+    cs = [compress(x) for x in xs]
+    alg = best_alg(m, k, n, dtype, "cuda")
+    calls = max(20, len(xs))  # every buffer once per replay
+
+    def timed(call: Callable[[int], object]) -> float:
+        return cuda_graph_ms(call, calls=calls)
+
+    return Row(
+        layer=layer, m=m, k=k, n=n, dtype=str(dtype).removeprefix("torch."),
+        dense_ms=timed(lambda i: F.linear(xs[i % len(xs)], w, b)),
+        prune_ms=timed(lambda i: compress(xs[i % len(xs)])),
+        prune_floor_ms=prune_floor_bytes(m, k, dtype) / bandwidth,
+        sparse_gemm_ms=timed(lambda i: sparse_mm(cs[i % len(cs)], w, alg)),
+        lynx_ms=timed(lambda i: lynx_linear(xs[i % len(xs)], w, b, alg, compress)),
+        lynx_nobias_ms=timed(lambda i: sparse_mm(compress(xs[i % len(xs)]), w, alg)),
+        path=path, alg_id=alg, search=search_all(cs[0], w),
+    )
+
+
+def host_ms_per_call(fn: Callable[[], object], calls: int = 50) -> float:
+    """CPU time to issue one call (no graph), with the GPU idle at the start so launches never wait."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) * 1e3 / calls
+    torch.cuda.synchronize()
+    return host
+
+
+def cpu_overhead(dtype: torch.dtype) -> dict[str, object]:
+    m, k, n = 1024, 3072, 3072
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    w = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    b = torch.randn(n, device="cuda", dtype=dtype)
+    alg = best_alg(m, k, n, dtype, "cuda")
+    c = prune_compress(x)
+    return {
+        "shape": {"m": m, "k": k, "n": n, "dtype": str(dtype).removeprefix("torch.")},
+        "note": "host ms per call without CUDA graphs (time to issue the call)",
+        "dense_linear_ms": host_ms_per_call(lambda: F.linear(x, w, b)),
+        "prune_compress_ms": host_ms_per_call(lambda: prune_compress(x)),
+        "sparse_mm_ms": host_ms_per_call(lambda: sparse_mm(c, w, alg)),
+        "lynx_linear_ms": host_ms_per_call(lambda: lynx_linear(x, w, b, alg)),
+    }
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def markdown_rows(rows: list[Row], columns: list[str]) -> list[dict[str, object]]:
+    blank = dict.fromkeys(columns, "")
+    out: list[dict[str, object]] = []
+    for r in rows:
+        out.append({**blank, **dataclasses.asdict(r),
+                    "prune/floor": r.prune_ms / r.prune_floor_ms,
+                    "gemm speedup": r.dense_ms / r.sparse_gemm_ms,
+                    "lynx speedup": r.dense_ms / r.lynx_ms,
+                    "no-bias speedup": r.dense_ms / r.lynx_nobias_ms})
+    for m in sorted({r.m for r in rows}):
+        sub = [r for r in rows if r.m == m]
+        out.append({**blank, "layer": "**geomean**", "m": m,
+                    "prune/floor": geomean([r.prune_ms / r.prune_floor_ms for r in sub]),
+                    "gemm speedup": geomean([r.dense_ms / r.sparse_gemm_ms for r in sub]),
+                    "lynx speedup": geomean([r.dense_ms / r.lynx_ms for r in sub]),
+                    "no-bias speedup": geomean([r.dense_ms / r.lynx_nobias_ms for r in sub])})
+        out.append({**blank, "layer": "**geomean, cost model**", "m": m,
+                    "lynx speedup": geomean([max(1.0, r.dense_ms / r.lynx_ms) for r in sub]),
+                    "no-bias speedup": geomean([max(1.0, r.dense_ms / r.lynx_nobias_ms) for r in sub])})
+    return out
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = sorted({r.m for r in rows})
+    fig, axes = plt.subplots(1, len(ms), figsize=(6 * len(ms), 4.5), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], ms, strict=True):
+        sub = [r for r in rows if r.m == m]
+        pos = range(len(sub))
+        for offset, label, times in [(-0.27, "sparse GEMM alone", [r.sparse_gemm_ms for r in sub]),
+                                     (0.0, "prune+compress + GEMM", [r.lynx_nobias_ms for r in sub]),
+                                     (0.27, "... + unfused bias add", [r.lynx_ms for r in sub])]:
+            speedups = [r.dense_ms / t for r, t in zip(sub, times, strict=True)]
+            ax.bar([p + offset for p in pos], speedups, 0.27, label=label)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(list(pos), [f"{r.layer}\n{r.k}->{r.n}" for r in sub], rotation=60, fontsize=7)
+        ax.set_title(f"M = {m}")
+    axes[0][0].set_ylabel("speedup over cuBLAS F.linear (bf16)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"2:4 activation-sparse linear vs dense, {meta()['gpu']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--m", type=int, nargs="+", default=list(M_VALUES))
+    parser.add_argument("--quick", action="store_true", help="three layers only")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    dtype = torch.bfloat16
+    bandwidth = copy_bandwidth()
+    print(f"device-to-device copy: {bandwidth / 1e9:.2f} TB/s", flush=True)
+    layers = LAYERS[::4] if args.quick else LAYERS
+    rows: list[Row] = []
+    failures: list[dict[str, str]] = []
+    stem = args.out / f"linear_{gpu_slug()}"
+    for m in args.m:
+        for layer, k, n in layers:
+            try:
+                rows.append(measure(layer, m, k, n, dtype, bandwidth))
+                r = rows[-1]
+                print(f"{layer:16s} M={m:5d} {k:5d}->{n:5d}  dense {r.dense_ms:.3f}  prune {r.prune_ms:.3f} "
+                      f"(floor {r.prune_floor_ms:.3f})  gemm {r.sparse_gemm_ms:.3f}  lynx {r.lynx_ms:.3f}  "
+                      f"x{r.dense_ms / r.lynx_ms:.2f}", flush=True)
+            except Exception as e:  # one failing shape must not lose the others
+                failures.append({"case": f"{layer} M={m}", "error": repr(e)[:300]})
+                print("FAILED", failures[-1], flush=True)
+            torch.cuda.empty_cache()
+    result = {"meta": {**meta(), "copy_tb_s": bandwidth / 1e9}, "rows": [dataclasses.asdict(r) for r in rows],
+              "cpu_overhead": cpu_overhead(dtype), "failures": failures,
+              # the prune kernel's autotuned tiles per (K, M bucket, dtypes): introspection only
+              "prune_configs": {str(k): str(v) for k, v in _prune_compress_tuned.cache.items()}}
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    columns = ["layer", "m", "k", "n", "dense_ms", "prune_ms", "prune_floor_ms", "prune/floor", "sparse_gemm_ms",
+               "gemm speedup", "lynx_ms", "lynx speedup", "lynx_nobias_ms", "no-bias speedup", "alg_id",
+               "path"]
+    write_table(stem.with_suffix(".md"), "Linear layers: cuBLAS dense vs lynx 2:4 (bf16, CUDA-graph replay, ms)",
+                markdown_rows(rows, columns), columns, failures)
+    with stem.with_suffix(".md").open("a") as f:
+        f.write(f"\nDevice-to-device copy {bandwidth / 1e9:.2f} TB/s (read + write). CPU time per call without "
+                f"graphs: {json.dumps(result['cpu_overhead'])}\n")
+    plot(rows, stem.with_suffix(".png"))
+    print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The GEMM side of the fast path: cuSPARSELt sparse x dense products, their algorithm search and
+profitability measurement (cached on disk), and the self-check that guards the Triton compressor.
+
+``sparse_mm`` multiplies the compressed activation (the sparse LEFT operand) by ``weight.T``. Bias
+and per-row scales stay outside: with the activation as the sparse operand cuSPARSELt's bias
+epilogue adds one value per ROW of the output, i.e. per token (checked on an H100 by
+``test_bias_epilogue_is_per_row`` and the fixtures), not nn.Linear's per-column bias, and its
+alpha-vector scaling is refused for bf16. The bias add stays in the graph, where Inductor can fuse
+it with the consumer.
+
+Everything imports on a CPU-only machine; the functions that need a GPU say so when called.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .cusparselt_layout import probe_matrix, same_compressed
+from .prune_compress import _configs, _launch, padded_rows, prune_compress
+from .reference import prune_2to4
+
+log = logging.getLogger("lynx_compile")
+
+_LOCK = threading.Lock()
+_MEMORY: dict[str, dict[str, object]] = {"alg": {}, "speed": {}}
+_SELF_CHECK: dict[tuple[str, torch.dtype, int | None], bool] = {}
+
+
+def sparse_tensor_cores_available(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """Whether cuSPARSELt can run on ``device``, and why not (or what it is)."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    device = torch.device("cuda" if device is None else device)
+    if device.type != "cuda":
+        return False, f"{device} is not a CUDA device"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 0):
+        return False, f"sm{major}{minor} has no sparse tensor cores (sm80+ needed)"
+    if not torch.backends.cusparselt.is_available():
+        return False, "this torch build has no cuSPARSELt"
+    name, version = torch.cuda.get_device_name(device), torch.backends.cusparselt.version()
+    return True, f"{name} (sm{major}{minor}), cuSPARSELt {version}"
+
+
+def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, alg_id: int) -> torch.Tensor:
+    """``X_pruned @ weight.T`` from ``compressed = compress(X_pruned)``: (padded rows, N); slice rows."""
+    return torch._cslt_sparse_mm(compressed, weight.t(), alg_id=alg_id)
+
+
+def compress_compat(x: torch.Tensor) -> torch.Tensor:
+    """The slow exact path: reference pruning of the row-padded x, then cuSPARSELt's own compressor."""
+    return torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, padded_rows(x.shape[0]) - x.shape[0]))))
+
+
+def cache_dir() -> Path:
+    """Where searched algorithms and measured times persist: $LYNX_CACHE_DIR or ~/.cache/lynx_compile."""
+    return Path(os.environ.get("LYNX_CACHE_DIR") or Path.home() / ".cache" / "lynx_compile")
+
+
+def _cache_key(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device)
+    return f"{name}|cusparselt={torch.backends.cusparselt.version()}|{dtype}|m={m},k={k},n={n}"
+
+
+def _cached(section: str, key: str, compute: Callable[[], object]) -> object:
+    """Look ``key`` up in memory, then on disk; compute and persist it on a miss."""
+    with _LOCK:
+        if key in _MEMORY[section]:
+            return _MEMORY[section][key]
+        path = cache_dir() / f"cusparselt_{section}.json"
+        try:
+            stored = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, json.JSONDecodeError) as e:  # a damaged cache costs a re-measurement only
+            log.warning("lynx: ignoring unreadable cache %s: %s", path, e)
+            stored = {}
+        if key not in stored:
+            stored[key] = compute()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))
+            tmp.replace(path)  # atomic: concurrent compiles never read half a file
+        _MEMORY[section][key] = stored[key]
+        return stored[key]
+
+
+def _weight(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.randn(n, k, dtype=dtype, device=device) / k**0.5
+
+
+def _search(compressed: torch.Tensor, weight: torch.Tensor) -> int:
+    with warnings.catch_warnings():
+        # torch 2.11 deprecates _cslt_sparse_mm_search (in favour of _C._cusparselt.mm_search) and
+        # says so at the first call; either gives the same algorithm id.
+        warnings.filterwarnings("ignore", message=".*_cslt_sparse_mm_search.*")
+        search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
+        if search is not None:
+            return int(search(compressed, weight.t(), None, None, None, False)[0])
+        return int(torch._cslt_sparse_mm_search(compressed, weight.t()))
+
+
+def best_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device | str) -> int:
+    """cuSPARSELt's fastest algorithm id for (M, K) x (K, N), searched once per GPU/version/shape."""
+    device = torch.device(device)
+    m = padded_rows(m)
+
+    def search() -> int:
+        x = prune_2to4(torch.randn(m, k, dtype=dtype, device=device))
+        return _search(torch._cslt_compress(x), _weight(n, k, dtype, device))
+
+    return int(_cached("alg", _cache_key(m, k, n, dtype, device), search))
+
+
+def cuda_graph_ms(call: Callable[[int], object], calls: int = 20, replays: int = 15) -> float:
+    """Median GPU time of one ``call(i)``, replayed from a CUDA graph of ``calls`` calls.
+
+    Graph replay leaves out CPU launch cost, which is what a compiled model pays with CUDA graphs.
+    ``call`` gets the call index, to rotate through input buffers so L2 does not hold them.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture: autotuning, handles, allocations
+        for i in range(3):
+            call(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            call(i)
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def rotating_inputs(make: Callable[[], torch.Tensor], nbytes: int, min_total: int = 256 << 20) -> list[torch.Tensor]:
+    """Enough fresh inputs of ``nbytes`` each that cycling through them overflows a 50-60 MB L2."""
+    return [make() for _ in range(max(2, min(64, -(-min_total // nbytes))))]
+
+
+def measure_speedup(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
+                    device: torch.device | str = "cuda") -> tuple[float, float]:
+    """(dense, sparse) ms per call: ``x @ w.T`` by cuBLAS vs compression + sparse_mm.
+
+    The compression is the one the layer will run (the Triton kernel, or ``compress_compat`` when
+    the self-check failed). Bias adds are left out of both: the dense GEMM fuses its bias, and the
+    sparse path's add fuses into the consumer's pointwise kernel (GELU, gated residual) when there
+    is one, which the dense path runs too.
+    """
+    device = torch.device(device)
+    fast = fast_compress_ok(device, dtype)
+    compress = prune_compress if fast else compress_compat
+
+    def measure() -> list[float]:
+        w = _weight(n, k, dtype, device)
+        xs = rotating_inputs(lambda: torch.randn(m, k, dtype=dtype, device=device), m * k * dtype.itemsize)
+        calls = max(20, len(xs))  # every buffer once per replay
+        dense = cuda_graph_ms(lambda i: F.linear(xs[i % len(xs)], w), calls=calls)
+        sparse = cuda_graph_ms(lambda i: sparse_mm(compress(xs[i % len(xs)]), w, alg_id), calls=calls)
+        return [dense, sparse]
+
+    key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast}"
+    dense_ms, sparse_ms = _cached("speed", key, measure)
+    return float(dense_ms), float(sparse_ms)
+
+
+def fast_compress_ok(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether the Triton kernel reproduces the installed cuSPARSELt's layout on this device.
+
+    Checked once per (device, dtype, cuSPARSELt version) on an adversarial matrix (ties, zeros,
+    -0.0, NaN, inf, subnormals, rows not a multiple of 16), with every tile configuration the
+    autotuner may pick. On mismatch the caller must take the slow exact path
+    (``torch._cslt_compress(prune_2to4(x))``): never a wrong result.
+    """
+    device = torch.device(device)
+    key = (str(device), dtype, torch.backends.cusparselt.version())
+    if key not in _SELF_CHECK:
+        try:
+            x = probe_matrix(200, 528, dtype, seed=0).to(device)
+            m_pad = padded_rows(x.shape[0])
+            expected = compress_compat(x)
+            candidates = [prune_compress(x)] + [
+                _launch(x, m_pad, {**c.kwargs, "num_warps": c.num_warps}) for c in _configs()]
+            ok = all(same_compressed(c, expected, m_pad, x.shape[1]) for c in candidates)
+            detail = "layout differs"
+        except Exception as e:  # a kernel that cannot run is as unusable as a wrong one
+            ok, detail = False, repr(e)
+        if not ok:
+            log.warning("lynx: Triton prune+compress does not match torch._cslt_compress on %s %s "
+                        "(cuSPARSELt %s): %s; using torch._cslt_compress", device, dtype, key[2], detail)
+        _SELF_CHECK[key] = ok
+    return _SELF_CHECK[key]

@@ -1,0 +1,184 @@
+"""Fused 2:4 prune + cuSPARSELt compress in one Triton pass.
+
+``prune_compress(x) == torch._cslt_compress(prune_2to4(pad_rows(x)))`` bit for bit over the bytes
+cuSPARSELt writes (``cusparselt_layout`` documents the layout; the rest of the buffer is zeroed).
+It reads x once (2 B/elem) and writes the kept values (1 B/elem) and the metadata (1/8 B/elem):
+``torch._cslt_compress`` alone takes about 30x that memory floor on an H100.
+
+Each program prunes a BLOCK_M x BLOCK_K tile. Magnitudes are integers (|x|'s bit pattern, NaN
+clamped to the infinity pattern, so NaN ties with inf and no float arithmetic touches the data);
+a group's top two come from a min/max network over keys (magnitude, then index), which also gives
+cuSPARSELt's index choice; each 16 x 32 block of index nibbles is then packed into the eight
+64-bit metadata words cuSPARSELt stores. The selection logic only knows the element width
+(ABS_MASK, MAG_MAX), so fp8 e4m3 needs new constants and its own (unprobed) metadata tiling, not
+new selection logic.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .cusparselt_layout import TILE_ROWS, compressed_shape, metadata_nbytes, significant_numel
+
+ROW_MULTIPLE = 16  # cuSPARSELt takes m, k multiples of 16; rows are padded, k must already be
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_TAIL_BLOCK = 512  # bytes of the unwritten tail each program of the first column zeroes
+
+# Bit patterns per dtype: |x| mask, and the largest magnitude (+inf; a NaN's |bits| is larger and
+# is clamped to it, which makes NaN tie with inf as the reference semantics say).
+_MAGNITUDE_BITS = {torch.bfloat16: (0x7FFF, 0x7F80), torch.float16: (0x7FFF, 0x7C00)}
+
+
+def padded_rows(m: int) -> int:
+    """Rows of the compressed operand for m rows of activation (cuSPARSELt needs a multiple of 16)."""
+    return -(-m // ROW_MULTIPLE) * ROW_MULTIPLE
+
+
+@triton.jit
+def _prune_compress_kernel(
+    x_ptr, values_ptr, meta_ptr, bytes_ptr,
+    M, M_PAD, K, stride_xm, META_COL_TILES, TAIL_START, TAIL_BYTES,
+    M_BUCKET,  # autotuning key only
+    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_BLOCK: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    GROUPS: tl.constexpr = BLOCK_K // 4
+    # The grid covers the metadata's rows (M_PAD rounded up to 64; BLOCK_M divides 64).
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    # Rows past M (up to the metadata tile) read as zeros: that is the row padding, never stored in x.
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :],
+                mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
+
+    # The 4 members of each group: (BLOCK_M, GROUPS) each.
+    even, odd = tl.split(tl.reshape(x, (BLOCK_M, GROUPS, 2, 2)))
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    m0 = tl.minimum(x0.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK, MAG_MAX)
+    m1 = tl.minimum(x1.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK, MAG_MAX)
+    m2 = tl.minimum(x2.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK, MAG_MAX)
+    m3 = tl.minimum(x3.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK, MAG_MAX)
+
+    # prune_2to4 keeps the two largest magnitudes, lower index winning ties: rank the elements by a
+    # key that is unique within the group (magnitude, then 3 - index) and keep the top two keys.
+    k0 = (m0 << 2) | 3
+    k1 = (m1 << 2) | 2
+    k2 = (m2 << 2) | 1
+    k3 = m3 << 2
+    hi01, lo01 = tl.maximum(k0, k1), tl.minimum(k0, k1)
+    hi23, lo23 = tl.maximum(k2, k3), tl.minimum(k2, k3)
+    top = tl.maximum(hi01, hi23)
+    second = tl.maximum(tl.minimum(hi01, hi23), tl.maximum(lo01, lo23))
+    keep2 = k2 >= second
+    keep3 = k3 >= second
+
+    # cuSPARSELt stores the indices of the pruned group's nonzeros (NaN/inf count, +-0 does not),
+    # topped up with the highest free indices (3, then 2) when there are fewer than two.
+    i_top = 3 - (top & 3)
+    i_second = 3 - (second & 3)
+    two = second >= 4  # the second-largest magnitude is nonzero
+    first = tl.where(two, tl.minimum(i_top, i_second), tl.where(top >= 4, tl.minimum(i_top, 2), 2))
+    last = tl.where(two, tl.maximum(i_top, i_second), 3)
+    # The stored values are the pruned elements bit for bit (a kept -0.0 stays -0.0).
+    zero = tl.zeros_like(x0)
+    v_first = tl.where(first == 0, x0, tl.where(first == 1, x1, tl.where(keep2, x2, zero)))
+    v_last = tl.where(last == 3, tl.where(keep3, x3, zero), tl.where(last == 2, x2, x1))
+
+    # Values: row-major (M_PAD, K/2), the two of a group side by side.
+    vals = tl.reshape(tl.join(v_first, v_last), (BLOCK_M, BLOCK_K // 2))
+    vcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    tl.store(values_ptr + rows[:, None] * (K // 2) + vcols[None, :], vals,
+             mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :])
+
+    # Metadata: the nibble of row 16b+8h+i, group 8c+4q+j lands at bit 16j+8q+4h of word (b, i, c).
+    nibble = (first | (last << 2)).to(tl.int64)
+    h = (tl.arange(0, BLOCK_M) // 8) % 2
+    g = tl.arange(0, GROUPS) % 8
+    shift = (4 * h)[:, None] + (8 * (g // 4) + 16 * (g % 4))[None, :]
+    fields = tl.reshape(nibble << shift.to(tl.int64), (BLOCK_M // 16, 2, 8, GROUPS // 8, 8))
+    words = tl.sum(tl.sum(fields, axis=4), axis=1)  # disjoint bit fields: the sum is the OR
+    block = pid_m * (BLOCK_M // 16) + tl.arange(0, BLOCK_M // 16)  # global 16-row block
+    tile_col = pid_k * (BLOCK_K // 32) + tl.arange(0, GROUPS // 8)
+    i = tl.arange(0, 8)
+    word_index = ((block // 4 * META_COL_TILES)[:, None, None] + tile_col[None, None, :]) * 32 \
+        + ((block % 4) * 8)[:, None, None] + i[None, :, None]
+    tl.store(meta_ptr + word_index, words, mask=(tile_col < META_COL_TILES)[None, None, :])
+
+    # Bytes cuSPARSELt allocates but never writes (< 6 bytes per metadata row, so a 512-byte slice
+    # per 64 rows covers them): zeros, one slice per program of the first column.
+    if pid_k == 0:
+        offs = pid_m * TAIL_BLOCK + tl.arange(0, TAIL_BLOCK)
+        tl.store(bytes_ptr + TAIL_START + offs, tl.zeros((TAIL_BLOCK,), tl.uint8), mask=offs < TAIL_BYTES)
+
+
+def _configs() -> list[triton.Config]:
+    """Tiles of 16-64 rows (a divisor of the 64-row metadata tile) by 64-512 columns."""
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w)
+        for bm, bk, w in [(16, 128, 2), (16, 256, 4), (16, 512, 4), (32, 64, 2), (32, 128, 4), (32, 256, 4),
+                          (32, 512, 8), (64, 64, 4), (64, 128, 4), (64, 128, 8), (64, 256, 8), (64, 512, 16)]
+    ]
+
+
+_prune_compress_tuned = triton.autotune(configs=_configs(), key=["K", "M_BUCKET"])(_prune_compress_kernel)
+_FIXED = {"BLOCK_M": 32, "BLOCK_K": 128, "num_warps": 4}  # small inputs and the interpreter
+_SMALL = 1 << 21  # elements: below this the kernel takes a few microseconds whatever its tiles
+
+
+def prune_compress(x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """``torch._cslt_compress(prune_2to4(x padded with zero rows to `rows`))`` in one pass.
+
+    x: 2-D (M, K) bf16/fp16 with unit column stride, K a multiple of 16, any M >= 1. ``rows``: rows
+    of the compressed operand, a multiple of 16 and >= M (default ``padded_rows(M)``); the GEMM on
+    it returns that many rows, of which the first M are meaningful. The padding is never
+    materialised: the kernel reads it as zeros.
+    """
+    if x.dtype not in _MAGNITUDE_BITS:
+        raise ValueError(f"prune_compress supports {tuple(_MAGNITUDE_BITS)}, got {x.dtype}")
+    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 16 or x.shape[1] % 16:
+        raise ValueError(f"prune_compress needs a 2-D (M >= 1, K % 16 == 0) tensor, got shape {tuple(x.shape)}")
+    if x.stride(1) != 1:
+        raise ValueError("prune_compress needs rows contiguous in memory (stride(1) == 1)")
+    m, k = x.shape
+    m_pad = padded_rows(m) if rows is None else rows
+    if m_pad < m or m_pad % ROW_MULTIPLE:
+        raise ValueError(f"rows={rows} must be a multiple of {ROW_MULTIPLE} and at least M={m}")
+    if m_pad * k >= 2**31:
+        raise ValueError(f"prune_compress indexes with 32-bit integers: {m_pad} x {k} is too large")
+    config = _FIXED if _INTERPRET or m_pad * k <= _SMALL else None  # small: launch-bound, nothing to tune
+    return _launch(x, m_pad, config)
+
+
+def _launch(x: torch.Tensor, m_pad: int, config: dict[str, int] | None) -> torch.Tensor:
+    """Run the kernel with ``config`` (tile sizes and num_warps), or autotuned when None."""
+    m, k = x.shape
+    out = torch.empty(compressed_shape(m_pad, k, x.dtype), dtype=x.dtype, device=x.device)
+    raw = out.view(-1).view(torch.uint8)
+    values_bytes = m_pad * k  # m_pad x k/2 elements of 2 bytes
+    meta = raw[values_bytes : values_bytes + metadata_nbytes(m_pad, k)].view(torch.int64)
+    tail_start = significant_numel(m_pad, k, x.dtype) * x.element_size()
+    tail_bytes = raw.numel() - tail_start
+    abs_mask, mag_max = _MAGNITUDE_BITS[x.dtype]
+    args = dict(
+        M=m, M_PAD=m_pad, K=k, stride_xm=x.stride(0),
+        META_COL_TILES=-(-k // 32), TAIL_START=tail_start, TAIL_BYTES=tail_bytes,
+        M_BUCKET=min(triton.next_power_of_2(m_pad), 16384),
+        ABS_MASK=abs_mask, MAG_MAX=mag_max, TAIL_BLOCK=_TAIL_BLOCK,
+    )
+    meta_rows = -(-m_pad // TILE_ROWS) * TILE_ROWS
+    assert tail_bytes <= meta_rows // TILE_ROWS * _TAIL_BLOCK, "tail larger than the layout allows"
+
+    def grid(cfg: dict[str, int]) -> tuple[int, int]:
+        return triton.cdiv(meta_rows, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"])
+
+    if config is None:
+        _prune_compress_tuned[grid](x, out, meta, raw, **args)
+    else:
+        _prune_compress_kernel[grid(config)](x, out, meta, raw, **args, **config)
+    return out

@@ -1,0 +1,50 @@
+"""Where does lynx's compile time go on the GPU? Times each phase separately, printing as it goes."""
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+import lynx_compile
+from lynx_compile.codegen import cusparselt
+from lynx_compile.ops import padded_rows
+
+
+def stamp(what: str, t0: float) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    print(f"{what}: {t - t0:.1f} s", flush=True)
+    return t
+
+
+m, k, n = 4608, 3072, 12288
+dt = torch.bfloat16
+t = time.perf_counter()
+alg = cusparselt.best_alg(m, k, n, dt, torch.device("cuda"))
+t = stamp(f"best_alg search ({m},{k},{n}) -> {alg}", t)
+alg = cusparselt.best_alg(m, k, n, dt, torch.device("cuda"))
+t = stamp("best_alg cached", t)
+print(cusparselt.measure_speedup(m, k, n, dt, alg), flush=True)
+t = stamp("measure_speedup", t)
+x = torch.randn(m, k, device="cuda", dtype=dt)
+rows = padded_rows(m)
+torch.ops.lynx.compress_2to4(x, rows, "triton")
+t = stamp("standalone Triton prune_compress first call (autotune)", t)
+fused = torch.compile(lambda a: torch.ops.lynx.compress_2to4(F.gelu(a), rows, "inductor"), dynamic=False)
+fused(x)
+t = stamp("compile + run of the fused lowering (gelu -> compress)", t)
+for _ in range(3):
+    fused(x)
+t = stamp("3 more calls", t)
+lin = torch.nn.Linear(k, n).cuda().to(dt).requires_grad_(False)
+with torch.no_grad():
+    f = torch.compile(lin, backend="lynx", options={"cost_model": False, "fuse_producers": False})
+    f(x)
+    t = stamp("lynx compile of one Linear, standalone kernel", t)
+    torch._dynamo.reset()
+    g = torch.compile(lambda a: lin(F.gelu(a)), backend="lynx", options={"cost_model": False})
+    g(x)
+    t = stamp("lynx compile of gelu + Linear, fused", t)
+    for _ in range(3):
+        g(x)
+    t = stamp("3 more calls (cudagraph record)", t)

@@ -1,0 +1,107 @@
+"""The fast path against live cuSPARSELt on a GPU: compressor layout, sparse GEMM, caches, self-check."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lynx_compile.codegen import cusparselt
+from lynx_compile.codegen.cusparselt_layout import compress_reference, compressed_shape, probe_matrix, same_compressed
+from lynx_compile.codegen.prune_compress import padded_rows, prune_compress
+from lynx_compile.codegen.reference import prune_2to4
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not cusparselt.sparse_tensor_cores_available()[0], reason="needs sm80+ and cuSPARSELt"),
+]
+DTYPES = (torch.bfloat16, torch.float16)
+
+
+def live_compress(x: torch.Tensor) -> torch.Tensor:
+    """What the fused kernel must reproduce: cuSPARSELt's compressor after the reference pruning."""
+    return torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, padded_rows(x.shape[0]) - x.shape[0]))))
+
+
+def with_specials(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Sprinkle NaN, +-inf, +-0 and exact ties over a large GPU tensor (1 % each)."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    u = torch.rand(x.shape, generator=g, device=x.device)
+    for i, value in enumerate((float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1.0, -1.0)):
+        x = torch.where((u >= 0.01 * i) & (u < 0.01 * (i + 1)), value, x)
+    return x
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 700), k16=st.integers(1, 80), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**20))
+def test_kernel_matches_cusparselt(m: int, k16: int, dtype: torch.dtype, seed: int) -> None:
+    x = probe_matrix(m, 16 * k16, dtype, seed=seed).cuda()
+    expected = live_compress(x)
+    got = prune_compress(x)
+    assert same_compressed(got, expected, padded_rows(m), 16 * k16)
+    assert same_compressed(compress_reference(prune_2to4(F.pad(x, (0, 0, 0, padded_rows(m) - m)))),
+                           expected, padded_rows(m), 16 * k16)
+
+
+@pytest.mark.parametrize("m, k", [(4096, 3072), (4608, 12288), (4113, 3088), (1000, 5120), (16384, 15360)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_matches_cusparselt_large(m: int, k: int, dtype: torch.dtype) -> None:
+    x = with_specials(torch.randn(m, k, device="cuda"), seed=m + k).to(dtype)
+    expected = live_compress(x)
+    assert same_compressed(prune_compress(x), expected, padded_rows(m), k)
+    del x
+    assert expected.shape == compressed_shape(padded_rows(m), k, dtype)
+
+
+@pytest.mark.parametrize("m, k, n", [(256, 512, 384), (1000, 1152, 4608), (4096, 3072, 3072)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_mm_matches_dense(m: int, k: int, n: int, dtype: torch.dtype) -> None:
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    w = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    ref = prune_2to4(x).double() @ w.double().t()
+    alg = cusparselt.best_alg(m, k, n, dtype, x.device)
+    y = cusparselt.sparse_mm(prune_compress(x), w, alg)[:m]
+    assert y.shape == (m, n) and y.dtype == dtype
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_bias_epilogue_is_per_row() -> None:
+    """Why bias stays outside sparse_mm: with X sparse, cuSPARSELt adds one bias value per token."""
+    m, k, n = 256, 512, 384
+    x = prune_2to4(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+    bias = torch.randn(m, device="cuda", dtype=torch.bfloat16)
+    ref = x.double() @ w.double().t() + bias.double()[:, None]
+    y = torch._cslt_sparse_mm(torch._cslt_compress(x), w.t(), bias)
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_self_check_passes(dtype: torch.dtype) -> None:
+    assert cusparselt.fast_compress_ok(torch.device("cuda"), dtype)
+
+
+def test_alg_search_is_cached_on_disk(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "speed": {}})
+    alg = cusparselt.best_alg(300, 1024, 2048, torch.bfloat16, "cuda")
+    assert list(json.loads((tmp_path / "cusparselt_alg.json").read_text()).values()) == [alg]
+
+    def no_search(*args: object) -> int:
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "speed": {}})  # a new process: disk only
+    monkeypatch.setattr(cusparselt, "_search", no_search)
+    assert cusparselt.best_alg(300, 1024, 2048, torch.bfloat16, "cuda") == alg
+
+
+def test_measure_speedup_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "speed": {}})
+    dense_ms, sparse_ms = cusparselt.measure_speedup(1024, 3072, 3072, torch.bfloat16, alg_id=0)
+    assert 0 < dense_ms < 10 and 0 < sparse_ms < 10
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "speed": {}})
+    monkeypatch.setattr(cusparselt, "cuda_graph_ms", lambda *a, **k: pytest.fail("measured again"))
+    assert cusparselt.measure_speedup(1024, 3072, 3072, torch.bfloat16, alg_id=0) == (dense_ms, sparse_ms)
