@@ -5,7 +5,6 @@ import logging
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import lynx_compile
 from lynx_compile import prune_2to4, prune_2to4_compensated

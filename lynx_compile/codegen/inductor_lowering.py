@@ -22,7 +22,6 @@ with fewer than two nonzeros (see ``cusparselt_layout``); tests compare the byte
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable, Sequence
 
 import sympy
@@ -32,8 +31,6 @@ from torch._inductor.lowering import fallback_handler, register_lowering
 from torch._inductor.virtualized import V, ops
 
 from .cusparselt_layout import TILE_COLS, TILE_ROWS, compressed_shape
-
-log = logging.getLogger("lynx_compile")
 
 INT64_VALUES = 4  # 16-bit values per int64 word
 
@@ -104,7 +101,6 @@ def _compress(x: ir.TensorBox, m_in: int, rows: int, k: int) -> ir.TensorBox:
 def _masked_loader(x: ir.TensorBox, m_in: int, rows: int) -> Callable[[sympy.Expr, sympy.Expr], object]:
     """Loads x[r, c]; the rows padded up to ``rows`` read as zeros."""
     loader = x.make_loader()
-    dtype = x.get_dtype()
     if m_in == rows:
         return lambda r, c: loader([r, c])
 
