@@ -75,8 +75,7 @@ def _time_ms(fn, make_inputs, runs: int) -> float:
 
 def run_case(name: str, batch: int, runs: int) -> Row:
     spec = CASES[name]
-    built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda",
-                      **{k: v for k, v in spec.items()})
+    built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
     model, kwargs0 = built.model, built.example_kwargs
     seeds = iter(range(1, 10_000))
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .codegen.cusparselt_layout import compressed_shape
+from .codegen.cusparselt_layout import compressed_int64_numel, compressed_shape
 from .codegen.reference import compensation_scale, prune_2to4
 
 PATHS = ("reference", "cusparselt", "cusparselt-compat")
@@ -54,7 +54,9 @@ def compress_2to4(x: torch.Tensor, rows: int, method: str) -> torch.Tensor:
 
         compressed = prune_compress(x, rows=rows)
     elif method == "cusparselt":
-        compressed = torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, rows - x.shape[0]))))
+        from .codegen.cusparselt import compress_compat
+
+        compressed = compress_compat(x, rows)
     else:
         raise ValueError(f"unknown compress method {method!r}; valid: {METHODS}")
     return compressed.reshape(-1).view(torch.int64)
@@ -62,8 +64,7 @@ def compress_2to4(x: torch.Tensor, rows: int, method: str) -> torch.Tensor:
 
 @compress_2to4.register_fake
 def _(x: torch.Tensor, rows: int, method: str) -> torch.Tensor:
-    m, cols = compressed_shape(rows, x.shape[1], x.dtype)
-    return x.new_empty((m * cols * x.dtype.itemsize // 8,), dtype=torch.int64)
+    return x.new_empty((compressed_int64_numel(rows, x.shape[1], x.dtype),), dtype=torch.int64)
 
 
 @torch.library.custom_op("lynx::sparse_mm", mutates_args=())

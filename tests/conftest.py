@@ -17,9 +17,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
+    from lynx_compile.codegen.cusparselt import sparse_tensor_cores_available
+
+    ok, why = sparse_tensor_cores_available()
+    if ok:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU with sparse tensor cores (sm80+)")
+    skip = pytest.mark.skip(reason=f"needs sparse tensor cores: {why}")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

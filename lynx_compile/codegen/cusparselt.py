@@ -57,9 +57,11 @@ def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, alg_id: int) -> to
     return torch._cslt_sparse_mm(compressed, weight.t(), alg_id=alg_id)
 
 
-def compress_compat(x: torch.Tensor) -> torch.Tensor:
-    """The slow exact path: reference pruning of the row-padded x, then cuSPARSELt's own compressor."""
-    return torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, padded_rows(x.shape[0]) - x.shape[0]))))
+def compress_compat(x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """The slow exact path: reference pruning of x zero-padded to ``rows`` (default: cuSPARSELt's
+    minimum, ``padded_rows``), then cuSPARSELt's own compressor."""
+    rows = padded_rows(x.shape[0]) if rows is None else rows
+    return torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, rows - x.shape[0]))))
 
 
 def cache_dir() -> Path:

@@ -82,6 +82,12 @@ def compressed_shape(m: int, k: int, dtype: torch.dtype) -> tuple[int, int]:
     return m, -(-compressed_nbytes(m, k, dtype) // (m * dtype.itemsize))
 
 
+def compressed_int64_numel(m: int, k: int, dtype: torch.dtype) -> int:
+    """The compressed tensor of ``compressed_shape`` as int64 words (how lynx's ops pass it on)."""
+    rows, cols = compressed_shape(m, k, dtype)
+    return rows * cols * dtype.itemsize // 8
+
+
 def significant_numel(m: int, k: int, dtype: torch.dtype) -> int:
     """Elements of the flattened compressed tensor that cuSPARSELt writes; the rest is unspecified."""
     _check_shape(m, k, dtype)

@@ -30,7 +30,7 @@ from torch._inductor import ir
 from torch._inductor.lowering import fallback_handler, register_lowering
 from torch._inductor.virtualized import V, ops
 
-from .cusparselt_layout import TILE_COLS, TILE_ROWS, compressed_shape
+from .cusparselt_layout import TILE_COLS, TILE_ROWS, compressed_int64_numel
 
 INT64_VALUES = 4  # 16-bit values per int64 word
 
@@ -38,11 +38,6 @@ INT64_VALUES = 4  # 16-bit values per int64 word
 def eligible(m: int, k: int, dtype: torch.dtype) -> bool:
     """What the lowering handles: 16-bit, whole 64 x 32 metadata tiles (the op pads m to 64)."""
     return dtype in (torch.bfloat16, torch.float16) and m % TILE_ROWS == 0 and k % TILE_COLS == 0
-
-
-def compressed_int64_numel(m: int, k: int, dtype: torch.dtype) -> int:
-    rows, cols = compressed_shape(m, k, dtype)
-    return rows * cols * dtype.itemsize // 8
 
 
 def _static(size: sympy.Expr) -> int | None:

@@ -8,15 +8,11 @@ K % 16, the Triton kernel's self-check) and the cost model (a measured sparse vs
 from __future__ import annotations
 
 import dataclasses
-import functools
-import logging
 
 import torch
 
 from ..config import LynxConfig, dtype_name
 from .gemms import GemmSite
-
-log = logging.getLogger("lynx_compile")
 
 FAST_DTYPES = (torch.bfloat16, torch.float16)
 SPARSE_K_ALIGN = 16  # cuSPARSELt refuses structured matrices whose columns are not a multiple of 16
@@ -62,7 +58,7 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
         return Decision(True, "reference", f"{why}; reference path: no 2:4 kernel for {dtype_name(site.dtype)}")
     if site.k % SPARSE_K_ALIGN or site.n % 8:
         return Decision(False, "dense", f"K={site.k}, N={site.n}: cuSPARSELt needs K % 16 == 0 and N % 8 == 0")
-    if not _fast_compress_ok(site.device, site.dtype):
+    if not cusparselt.fast_compress_ok(site.device, site.dtype):  # checked once, warns once
         path, compress = "cusparselt-compat", "cusparselt"
         why = f"{why}; compression by torch._cslt_compress (Triton layout self-check failed)"
     elif config.fuse_producers and eligible(padded_rows(site.m), site.k, site.dtype):
@@ -83,14 +79,3 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
             )
         why = f"{why}; cost model: {dense_ms / sparse_ms:.2f}x"
     return Decision(True, path, why, alg_id, compress)
-
-
-@functools.cache
-def _fast_compress_ok(device: torch.device, dtype: torch.dtype) -> bool:
-    from ..codegen import cusparselt
-
-    ok = cusparselt.fast_compress_ok(device, dtype)
-    if not ok:
-        log.warning("lynx: Triton prune+compress disagrees with torch._cslt_compress on %s %s; "
-                    "using the slow exact path (cusparselt-compat)", device, dtype)
-    return ok
