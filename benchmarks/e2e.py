@@ -5,7 +5,7 @@ the table) and the per-block time is reported beside the whole forward. Timing: 
 each call (the compiled models replay CUDA graphs), warm-up first, median of ``--runs``, fresh
 inputs every call. Writes benchmarks/results/e2e_<gpu>.{json,md,png}.
 
-    python benchmarks/e2e.py --cases flux:1 flux:2 sd3:1 pixart:1 wan:1 --out benchmarks/results
+    python benchmarks/e2e.py --cases flux:1 flux:2 sd3:1 pixart:1 wan:1 flux:1:fused --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ CASES: dict[str, dict[str, Any]] = {
 @dataclasses.dataclass
 class Row:
     model: str
+    variant: str  # "default" (lynx's defaults) or "fused" (fuse_producers=True)
     batch: int
     tokens: int
     depth: int
@@ -47,7 +48,9 @@ class Row:
     rel_err_vs_dense: float
     inductor_compile_s: float
     lynx_compile_s: float
+    lynx_recompile_s: float  # a second compile in the same process: Inductor's and lynx's caches warm
     layers_sparse: int
+    layers_fused: int  # sparse layers whose pruning runs inside the producer's kernel
     layers_total: int
     speedup_vs_inductor: float
     per_block_inductor_ms: float
@@ -73,7 +76,10 @@ def _time_ms(fn, make_inputs, runs: int) -> float:
     return statistics.median(times)
 
 
-def run_case(name: str, batch: int, runs: int) -> Row:
+VARIANTS: dict[str, dict[str, Any]] = {"default": {}, "fused": {"fuse_producers": True}}
+
+
+def run_case(name: str, batch: int, runs: int, variant: str = "default") -> Row:
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
     model, kwargs0 = built.model, built.example_kwargs
@@ -94,20 +100,28 @@ def run_case(name: str, batch: int, runs: int) -> Row:
         inductor_ms = _time_ms(dense, make_inputs, runs)
 
         n_reports = len(lynx_compile.reports())
-        lynx = torch.compile(model, backend="lynx")
+        lynx = torch.compile(model, backend="lynx", options=VARIANTS[variant])
         t0 = time.perf_counter()
         for _ in range(3):
             out = _sample(lynx(**kwargs0)).clone()
         torch.cuda.synchronize()
         lynx_compile_s = time.perf_counter() - t0
         lynx_ms = _time_ms(lynx, make_inputs, runs)
-    layers = [layer for r in lynx_compile.reports()[n_reports:] for layer in r.layers]
+        layers = [layer for r in lynx_compile.reports()[n_reports:] for layer in r.layers]
+        torch._dynamo.reset()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            _sample(torch.compile(model, backend="lynx", options=VARIANTS[variant])(**kwargs0))
+        torch.cuda.synchronize()
+        lynx_recompile_s = time.perf_counter() - t0
     rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     depth = spec["depth"]
     return Row(
-        model=name, batch=batch, tokens=built.tokens, depth=depth, eager_ms=eager_ms, inductor_ms=inductor_ms,
+        model=name, variant=variant, batch=batch, tokens=built.tokens, depth=depth, eager_ms=eager_ms,
+        inductor_ms=inductor_ms,
         lynx_ms=lynx_ms, rel_err_vs_dense=rel, inductor_compile_s=inductor_compile_s, lynx_compile_s=lynx_compile_s,
-        layers_sparse=sum(layer.sparse for layer in layers), layers_total=len(layers),
+        lynx_recompile_s=lynx_recompile_s, layers_sparse=sum(layer.sparse for layer in layers),
+        layers_fused=sum(layer.prune == "fused" for layer in layers), layers_total=len(layers),
         speedup_vs_inductor=inductor_ms / lynx_ms, per_block_inductor_ms=inductor_ms / depth,
         per_block_lynx_ms=lynx_ms / depth,
     )
@@ -123,9 +137,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for case in args.cases:
-        name, batch = case.split(":")
+        name, batch, *variant = case.split(":")
         try:
-            row = run_case(name, int(batch), args.runs)
+            row = run_case(name, int(batch), args.runs, *variant)
             rows.append(dataclasses.asdict(row))
             print(row, flush=True)
         except Exception as e:  # one architecture failing must not lose the others' numbers
@@ -136,8 +150,9 @@ def main() -> None:
         stem = out / f"e2e_{gpu_slug()}"
         stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows, "failures": failures}, indent=2))
         write_table(stem.with_suffix(".md"), "End-to-end transformer forward (depth reduced: see `depth`)", rows,
-                    ["model", "batch", "tokens", "depth", "eager_ms", "inductor_ms", "lynx_ms", "speedup_vs_inductor",
-                     "rel_err_vs_dense", "inductor_compile_s", "lynx_compile_s", "layers_sparse", "layers_total",
+                    ["model", "variant", "batch", "tokens", "depth", "eager_ms", "inductor_ms", "lynx_ms", "speedup_vs_inductor",
+                     "rel_err_vs_dense", "inductor_compile_s", "lynx_compile_s", "lynx_recompile_s", "layers_sparse",
+                     "layers_fused", "layers_total",
                      "per_block_inductor_ms", "per_block_lynx_ms"], failures)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import fx
 from torch._inductor.compile_fx import compile_fx
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from .config import LynxConfig, dtype_name
 from .passes.gemms import GemmSite, find_gemms
@@ -49,7 +50,12 @@ def layer_report(site: GemmSite, decision: Decision) -> LayerReport:
         dtype=dtype_name(site.dtype),
         path=decision.path,
         alg_id=decision.alg_id if decision.path.startswith("cusparselt") else None,
+        prune=_PRUNE_WHERE[decision.compress or decision.path],
     )
+
+
+# where the pruning runs, by compress method (fast paths) or path (reference, dense)
+_PRUNE_WHERE = {"inductor": "fused", "triton": "triton", "cusparselt": "cslt", "reference": "torch", "dense": "-"}
 
 
 def _needs_autograd(example_inputs: Sequence[Any]) -> bool:
@@ -79,7 +85,7 @@ def lynx_backend(
         reason = "autograd needed: lynx is inference-only (use torch.no_grad() or requires_grad_(False))"
         log.warning("lynx: %s; compiling this graph dense", reason)
         for layer in report.layers:
-            layer.sparse, layer.path, layer.reason, layer.alg_id = False, "dense", reason, None
+            layer.sparse, layer.path, layer.reason, layer.alg_id, layer.prune = False, "dense", reason, None, "-"
         plan = []
     for layer in report.layers:
         log.info("lynx: %-48s %-17s %s", layer.name, layer.path, layer.reason)
@@ -88,7 +94,8 @@ def lynx_backend(
     sparsify(gm, plan, compensate=config.compensate)
     _dump(gm, config, "after")
     _REPORTS.append(report)
-    return compile_fx(gm, example_inputs, config_patches=_inductor_patches(mode, config, report))
+    on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
+    return compile_fx(gm, example_inputs, config_patches=_inductor_patches(mode, config, on_cuda))
 
 
 def _dump(gm: fx.GraphModule, config: LynxConfig, stage: str) -> None:
@@ -119,17 +126,42 @@ def _log_reference_once(report: Report) -> None:
             log.warning("lynx: sparse GEMMs run on the reference path (prune, then dense GEMM): %s", why)
 
 
-def _inductor_patches(mode: str | None, config: LynxConfig, report: Report) -> dict[str, Any]:
-    """Inductor settings for ``mode``; CUDA graphs on by default when cuSPARSELt GEMMs are in the graph.
+def _inductor_patches(mode: str | None, config: LynxConfig, on_cuda: bool) -> dict[str, Any]:
+    """Inductor settings for ``mode``; CUDA graphs on by default for graphs on the GPU.
 
     cuSPARSELt sets its plan up on every call (about 0.5 ms of CPU on an H100), more than most DiT
-    GEMMs take on the GPU: graph replay removes that cost, so it is the default for fast-path graphs.
+    GEMMs take on the GPU: graph replay removes that cost. Graphs where the cost model kept every
+    GEMM dense get graphs too, so they run as fast as ``mode="reduce-overhead"``, not slower.
     """
-    patches: dict[str, Any] = {}
+    user_pass = torch._inductor.config.post_grad_custom_post_pass
+    patches: dict[str, Any] = {"post_grad_custom_post_pass": _KeyedOnLynx(user_pass)}
     if mode not in (None, "default"):
         patches.update(torch._inductor.list_mode_options(mode))
-    elif config.cudagraphs and any(layer.path.startswith("cusparselt") for layer in report.layers):
+    elif config.cudagraphs and on_cuda:
         patches["triton.cudagraphs"] = True
     if not config.cudagraphs:
         patches["triton.cudagraphs"] = False
     return patches
+
+
+class _KeyedOnLynx(CustomGraphPass):
+    """Runs the user's own post-grad passes, if any, and puts lynx's code into Inductor's cache key.
+
+    Inductor's FX graph cache keys on the graph, its config and custom passes' ``uuid``, not on the
+    lowerings a graph runs through: without this, a cached graph compiled by an older lynx (an
+    older ``compress_2to4`` lowering) would be served after an upgrade.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = list(inner) if isinstance(inner, (list, tuple)) else [inner] if inner else []
+
+    def __call__(self, graph: fx.Graph) -> None:
+        for p in self.inner:
+            p(graph)
+
+    def uuid(self) -> Any:
+        if not all(callable(getattr(p, "uuid", None)) for p in self.inner):
+            return None  # a plain callable has no uuid: Inductor does not cache such graphs
+        root = os.path.dirname(os.path.abspath(__file__))
+        files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names if f.endswith(".py"))
+        return (get_hash_for_files(tuple(files)), tuple(p.uuid() for p in self.inner))

@@ -51,7 +51,9 @@ class LynxConfig:
     path: str = "auto"
     cost_model: bool = True
     cudagraphs: bool = True
-    fuse_producers: bool = False  # experimental: correct, but Triton compiles the fused kernel for minutes
+    # prune+compress inside the kernel producing the activation (Inductor lowering); off by default:
+    # on the H100 it is not faster than the standalone kernel yet (benchmarks/results/fusion_*, e2e_*)
+    fuse_producers: bool = False
     dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ class LayerReport:
     rel_err: float | None = None  # ||Y_pruned - Y_dense|| / ||Y_dense||, this layer alone
     energy_pruned: float | None = None  # ||x - prune(x)||^2 / ||x||^2
     alg_id: int | None = None
+    prune: str = "-"  # where prune(+compress) runs: "fused" into the producer, "triton", "cslt", "torch"
 
     @property
     def flops(self) -> int:
@@ -77,11 +78,12 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent)
 
     def __str__(self) -> str:
-        header = ("name", "path", "M", "K", "N", "dtype", "GFLOP", "rel_err", "pruned_E", "reason")
+        header = ("name", "path", "prune", "M", "K", "N", "dtype", "GFLOP", "rel_err", "pruned_E", "reason")
         rows = [
             (
                 layer.name,
                 layer.path,
+                layer.prune,
                 str(layer.m),
                 str(layer.k),
                 str(layer.n),

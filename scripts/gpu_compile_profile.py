@@ -36,6 +36,15 @@ t = stamp("compile + run of the fused lowering (gelu -> compress)", t)
 for _ in range(3):
     fused(x)
 t = stamp("3 more calls", t)
+from lynx_compile.codegen.prune_compress import prune_compress  # noqa: E402
+
+xs = cusparselt.rotating_inputs(lambda: torch.randn(m, k, device="cuda", dtype=dt), m * k * 2)
+fused_ms = cusparselt.cuda_graph_ms(lambda i: fused(xs[i % len(xs)]), calls=len(xs))
+split_ms = cusparselt.cuda_graph_ms(lambda i: prune_compress(F.gelu(xs[i % len(xs)]), rows=rows), calls=len(xs))
+gelu_ms = cusparselt.cuda_graph_ms(lambda i: F.gelu(xs[i % len(xs)]), calls=len(xs))
+print(f"gelu->compress ({m}x{k}): fused {fused_ms:.4f} ms, gelu + standalone kernel {split_ms:.4f} ms, "
+      f"gelu alone {gelu_ms:.4f} ms", flush=True)
+t = stamp("kernel timings", t)
 lin = torch.nn.Linear(k, n).cuda().to(dt).requires_grad_(False)
 with torch.no_grad():
     f = torch.compile(lin, backend="lynx", options={"cost_model": False, "fuse_producers": False})

@@ -81,7 +81,11 @@ def test_nan_stays_nan():
 
 
 def test_mlp_producer_and_compression_are_one_kernel():
-    """fc1 + bias + GELU + prune + compress: the extern GEMM and one generated kernel, no more."""
+    """fc1 + bias + GELU + prune + compress: the extern GEMM and one generated kernel, no more.
+
+    The C++ backend puts both loop nests of the lowering (values + nibbles, then the metadata
+    tiles) into one function; on the GPU they are two Triton kernels (tests/gpu).
+    """
     w1 = torch.randn(128, 64, dtype=torch.bfloat16)
     b1 = torch.randn(128, dtype=torch.bfloat16)
 

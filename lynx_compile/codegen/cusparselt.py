@@ -159,10 +159,11 @@ def measure_speedup(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
                     device: torch.device | str = "cuda") -> tuple[float, float]:
     """(dense, sparse) ms per call: ``x @ w.T`` by cuBLAS vs compression + sparse_mm.
 
-    The compression is the one the layer will run (the Triton kernel, or ``compress_compat`` when
-    the self-check failed). Bias adds are left out of both: the dense GEMM fuses its bias, and the
-    sparse path's add fuses into the consumer's pointwise kernel (GELU, gated residual) when there
-    is one, which the dense path runs too.
+    The compression is the standalone Triton kernel (or ``compress_compat`` when the self-check
+    failed), also for layers whose pruning is fused into the producer: on the H100 the fused kernel
+    costs about what the standalone one does (``benchmarks/results/fusion_*``). Bias adds are left
+    out of both: the dense GEMM fuses its bias, and the sparse path's add fuses into the consumer's
+    pointwise kernel (GELU, gated residual) when there is one, which the dense path runs too.
     """
     device = torch.device(device)
     fast = fast_compress_ok(device, dtype)

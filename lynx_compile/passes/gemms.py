@@ -50,6 +50,13 @@ class GemmSite:
         return 2 * self.m * self.k * self.n
 
 
+def is_gemm(node: fx.Node) -> bool:
+    """Any GEMM call (with a weight operand or not): an extern kernel to Inductor."""
+    if node.op == "call_method":
+        return node.target in _MATMUL_METHODS
+    return node.op == "call_function" and (node.target in _LINEAR or node.target in _MATMUL or node.target is torch.addmm)
+
+
 def find_gemms(gm: fx.GraphModule) -> list[GemmSite]:
     """All GEMMs with a weight operand, in graph order, with unique names."""
     sites: list[GemmSite] = []

@@ -13,6 +13,7 @@ import torch
 
 from ..config import LynxConfig, dtype_name
 from .gemms import GemmSite
+from .producers import fusable_producer
 
 FAST_DTYPES = (torch.bfloat16, torch.float16)
 SPARSE_K_ALIGN = 16  # cuSPARSELt refuses structured matrices whose columns are not a multiple of 16
@@ -48,7 +49,6 @@ def decide(site: GemmSite, config: LynxConfig, *, measure: bool = True) -> Decis
 
 def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) -> Decision:
     from ..codegen import cusparselt
-    from ..codegen.inductor_lowering import eligible
     from ..ops import padded_rows
 
     ok, reason = cusparselt.sparse_tensor_cores_available(site.device)
@@ -61,12 +61,9 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
     if not cusparselt.fast_compress_ok(site.device, site.dtype):  # checked once, warns once
         path, compress = "cusparselt-compat", "cusparselt"
         why = f"{why}; compression by torch._cslt_compress (Triton layout self-check failed)"
-    elif config.fuse_producers and eligible(padded_rows(site.m), site.k, site.dtype):
-        path, compress = "cusparselt", "inductor"
-        why = f"{why}; prune+compress fused into the producer (Inductor lowering)"
     else:
-        path, compress = "cusparselt", "triton"
-        why = f"{why}; standalone Triton prune+compress" + (f" (K={site.k} % 32 != 0)" if config.fuse_producers else "")
+        path, (compress, how) = "cusparselt", _compress_method(site, config)
+        why = f"{why}; {how}"
     if not measure:
         return Decision(True, path, why, compress=compress)
     rows = padded_rows(site.m)  # what the compiled graph runs: search and measure that shape
@@ -79,3 +76,18 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
             )
         why = f"{why}; cost model: {dense_ms / sparse_ms:.2f}x"
     return Decision(True, path, why, alg_id, compress)
+
+
+def _compress_method(site: GemmSite, config: LynxConfig) -> tuple[str, str]:
+    """("inductor" | "triton", why): fused into the producer's kernel where Inductor can do it."""
+    from ..codegen.inductor_lowering import eligible
+    from ..ops import padded_rows
+
+    if not config.fuse_producers:
+        return "triton", "standalone Triton prune+compress (fuse_producers=False)"
+    if not eligible(padded_rows(site.m), site.k, site.dtype):
+        return "triton", f"standalone Triton prune+compress (K={site.k} % 32 != 0: not lowered)"
+    fusable, producer = fusable_producer(site.x)
+    if not fusable:
+        return "triton", f"standalone Triton prune+compress (activation is a {producer}: nothing to fuse)"
+    return "inductor", f"prune+compress fused into the producer ({producer})"
