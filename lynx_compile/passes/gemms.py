@@ -57,6 +57,15 @@ def is_gemm(node: fx.Node) -> bool:
     return node.op == "call_function" and (node.target in _LINEAR or node.target in _MATMUL or node.target is torch.addmm)
 
 
+def is_transpose(node: fx.Node) -> bool:
+    """t / transpose / permute / .T / .mT of the first argument, as Dynamo records them."""
+    if node.op == "call_method":
+        return node.target in _TRANSPOSE_METHODS
+    return node.op == "call_function" and (
+        node.target in _TRANSPOSE_FUNCTIONS or node.target is getattr and node.args[1] in ("T", "mT")
+    )
+
+
 def find_gemms(gm: fx.GraphModule) -> list[GemmSite]:
     """All GEMMs with a weight operand, in graph order, with unique names."""
     sites: list[GemmSite] = []
@@ -149,13 +158,9 @@ def _strip_transpose(w: fx.Node) -> tuple[fx.Node | None, bool]:
     """Follow one 2-D transpose back to the stored weight; returns (weight node, transposed?)."""
     if _is_weight(w):
         return w, False
-    is_t = (w.op == "call_method" and w.target in _TRANSPOSE_METHODS) or (
-        w.op == "call_function" and w.target in _TRANSPOSE_FUNCTIONS
-    )
-    is_attr = w.op == "call_function" and w.target is getattr and w.args[1] in ("T", "mT")
-    if not (is_t or is_attr) or not isinstance(w.args[0], fx.Node):
+    if not is_transpose(w) or not isinstance(w.args[0], fx.Node):
         return None, False
-    if is_t and w.target in ("permute", torch.permute):
+    if w.target in ("permute", torch.permute):
         dims = w.args[1:] if w.op == "call_method" else w.args[1]
         dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else tuple(dims)
         if dims != (1, 0):

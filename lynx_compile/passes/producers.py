@@ -17,17 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .gemms import is_gemm
+from .gemms import is_gemm, is_transpose
 
 _VIEW_METHODS = {"view", "reshape", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze", "to", "type_as"}
 _VIEW_FUNCTIONS = {torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze, operator.getitem}
-_PERMUTE_METHODS = {"permute", "transpose", "t", "mT", "swapaxes"}
-_PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.t, torch.swapaxes}
+_SWAPAXES = {"swapaxes", torch.swapaxes}  # the one permute gemms' weight matching does not take
 _EXTERN_FUNCTIONS = {F.scaled_dot_product_attention, torch.bmm, torch.baddbmm, torch.conv2d, F.conv2d, F.conv3d}
 
 
 def fusable_producer(x: fx.Node) -> tuple[bool, str]:
-    """(fusable, what produces ``x``), e.g. ``(True, "gelu")`` or ``(False, "GEMM linear output")``."""
+    """(fusable, what produces ``x``), e.g. ``(True, "gelu")`` or ``(False, "linear output")``."""
     node, permuted = x, False
     while True:
         if node.op == "placeholder":
@@ -35,7 +34,7 @@ def fusable_producer(x: fx.Node) -> tuple[bool, str]:
         if node.op == "get_attr":
             return permuted, "constant"
         target = node.target
-        if node.op == "call_method" and target in _PERMUTE_METHODS or target in _PERMUTE_FUNCTIONS:
+        if is_transpose(node) or target in _SWAPAXES:
             permuted = True
         elif not (node.op == "call_method" and target in _VIEW_METHODS or target in _VIEW_FUNCTIONS):
             break
