@@ -50,6 +50,11 @@ class LynxConfig:
     compensate: bool = False
     path: str = "auto"
     cost_model: bool = True
+    # the cost model's bar: a GEMM goes sparse when dense_ms / (prune + sparse GEMM)_ms >= this. Above
+    # 1: the per-shape measurement misses what a layer costs inside a model (the bias add cuBLAS fuses,
+    # one more kernel, the producer's output no longer read straight from L2): PixArt's 1.08x layers
+    # made the whole model 7% slower (benchmarks/results/e2e_*)
+    min_speedup: float = 1.1
     cudagraphs: bool = True
     # prune+compress inside the kernel producing the activation (Inductor lowering); off by default:
     # on the H100 it is not faster than the standalone kernel yet (benchmarks/results/fusion_*, e2e_*)
@@ -70,6 +75,9 @@ class LynxConfig:
             raise ValueError(f"lynx option 'dtypes': unknown dtype(s) {bad}; valid: {sorted(_DTYPES)}")
         if not isinstance(self.min_rows, int) or isinstance(self.min_rows, bool) or self.min_rows < 0:
             raise TypeError(f"lynx option 'min_rows' must be a non-negative int, got {self.min_rows!r}")
+        speedup = self.min_speedup
+        if isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not speedup > 0:
+            raise TypeError(f"lynx option 'min_speedup' must be a positive number, got {speedup!r}")
         for field in ("compensate", "cost_model", "cudagraphs", "fuse_producers"):
             if not isinstance(getattr(self, field), bool):
                 raise TypeError(f"lynx option {field!r} must be a bool, got {getattr(self, field)!r}")

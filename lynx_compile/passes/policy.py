@@ -70,11 +70,13 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
     alg_id = cusparselt.best_alg(rows, site.k, site.n, site.dtype, site.device)
     if config.cost_model:
         dense_ms, sparse_ms = cusparselt.measure_speedup(rows, site.k, site.n, site.dtype, alg_id)
-        if sparse_ms >= dense_ms:
+        speedup = dense_ms / sparse_ms
+        if speedup < config.min_speedup:
             return Decision(
-                False, "dense", f"cost model: sparse {sparse_ms:.3f} ms >= dense {dense_ms:.3f} ms at this shape"
+                False, "dense", f"cost model: sparse {sparse_ms:.3f} ms vs dense {dense_ms:.3f} ms = {speedup:.2f}x "
+                f"< min_speedup={config.min_speedup:g}",
             )
-        why = f"{why}; cost model: {dense_ms / sparse_ms:.2f}x"
+        why = f"{why}; cost model: {speedup:.2f}x"
     return Decision(True, path, why, alg_id, compress)
 
 
