@@ -11,6 +11,22 @@ from typing import Any
 import torch
 
 
+# Bytes moved per element of a bf16 activation from its producer's store to one GEMM's load, by
+# where the report says it was pruned ("-": a dense layer). Analytic, from the kernels' loads/stores.
+BYTES_PER_ELEMENT = {
+    "-": 2 + 2,  # written by the producer, read by cuBLAS
+    "triton": 2 + 2 + 9 / 8 + 9 / 8,  # + read by prune+compress, kept values + metadata written and read
+    "fused": 1 + 3 / 8 + 9 / 8,  # values + nibbles written, nibbles read, metadata written; read by cuSPARSELt
+    "torch": 2 + 2,  # reference path: the pruned activation, fused into its producer, read by cuBLAS
+    "cslt": 2 + 2 + 2 + 2 + 9 / 8 + 9 / 8,  # + pruned copy written and read by torch._cslt_compress
+}
+
+
+def activation_mb(layers: Sequence[Any], dense: bool = False) -> float:
+    """MB moved for the inputs of the sparsified GEMMs (a shared input counted once per GEMM)."""
+    return sum(l.m * l.k * BYTES_PER_ELEMENT["-" if dense else l.prune] for l in layers if l.sparse) / 1e6
+
+
 def meta() -> dict[str, Any]:
     import triton
 
@@ -30,10 +46,12 @@ def gpu_slug() -> str:
 
 
 def write_table(path: Path, title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
-                failures: Sequence[dict[str, Any]] = ()) -> None:
-    m = meta()
+                failures: Sequence[dict[str, Any]] = (), stamp: dict[str, Any] | None = None,
+                notes: str = "") -> None:
+    """``stamp``: the machine the numbers come from (default: this one)."""
+    m = stamp or meta()
     lines = [f"# {title}", "", f"{m['gpu']}, torch {m['torch']}, Triton {m['triton']}, "
-             f"cuSPARSELt {m['cusparselt']}, {m['date']}", "",
+             f"cuSPARSELt {m['cusparselt']}, {m['date']}", "", *([notes, ""] if notes else []),
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
@@ -42,6 +60,8 @@ def write_table(path: Path, title: str, rows: Sequence[dict[str, Any]], columns:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return str(value)

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lynx_compile  # noqa: E402
-from benchmarks.common import gpu_slug, meta, write_table  # noqa: E402
+from benchmarks.common import activation_mb, gpu_slug, meta, write_table  # noqa: E402
 from lynx_compile import zoo  # noqa: E402
 
 # (depth used, depth of the real model) per architecture; resolution/frames as in issue 4
@@ -52,7 +52,15 @@ class Row:
     layers_sparse: int
     layers_fused: int  # sparse layers whose pruning runs inside the producer's kernel
     layers_total: int
+    act_mb_dense: float  # bytes moved for the sparsified GEMMs' inputs had they stayed dense
+    act_mb_lynx: float  # the same under lynx (``benchmarks.common.BYTES_PER_ELEMENT``)
+    sparse_names: list[str]  # the GEMMs lynx sparsified (JSON only)
     speedup_vs_inductor: float
+    inductor_loop_ms: float  # per call, 10 calls back to back (``_loop_ms``)
+    lynx_loop_ms: float
+    loop_speedup: float
+    max_autotune_ms: float | None  # dense torch.compile(mode="max-autotune"), only with --max-autotune
+    max_autotune_compile_s: float | None
     per_block_inductor_ms: float
     per_block_lynx_ms: float
 
@@ -61,25 +69,51 @@ def _sample(out: Any) -> torch.Tensor:
     return out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
 
 
-def _time_ms(fn, make_inputs, runs: int) -> float:
-    """Median of CUDA-event times, one fresh input set per call (made outside the timed region)."""
-    times = []
-    for _ in range(runs):
-        kwargs = make_inputs()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
+def _call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
+    """CUDA-event time per call of ``calls`` back-to-back calls, after a synchronisation."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.compiler.cudagraph_mark_step_begin()  # a new generation of the CUDA-graph tree per timing
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(calls):
         fn(**kwargs)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / calls
+
+
+def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int = 10) -> dict[str, float]:
+    """Per model: the median single call, and the per-call time of ``loop`` calls back to back (as
+    in a denoising loop, where the CPU's launch work overlaps the previous call's kernels). Models
+    take turns within each run, so drift (clocks, temperature) hits them alike; fresh inputs every
+    run, made outside the timed region; two untimed warm-up rounds."""
+    times: dict[str, list[float]] = {f"{k}{s}": [] for k in fns for s in ("", "_loop")}
+    for i in range(runs + 2):
+        kwargs = make_inputs()
+        for key, fn in fns.items():
+            single = _call_ms(fn, kwargs)
+            looped = _call_ms(fn, kwargs, loop) if i % 3 == 0 else None  # every third run: enough for a median
+            if i >= 2:
+                times[key].append(single)
+                if looped is not None:
+                    times[f"{key}_loop"].append(looped)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 VARIANTS: dict[str, dict[str, Any]] = {"default": {}, "fused": {"fuse_producers": True}}
 
 
-def run_case(name: str, batch: int, runs: int, variant: str = "default") -> Row:
+def _compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
+    """(compiled model, its output, seconds to compile it and record its CUDA graphs)."""
+    t0 = time.perf_counter()
+    model = make()
+    for _ in range(3):  # cudagraph trees record on the second/third call
+        out = _sample(model(**kwargs)).clone()
+    torch.cuda.synchronize()
+    return model, out, time.perf_counter() - t0
+
+
+def run_case(name: str, batch: int, runs: int, variant: str = "default", max_autotune: bool = False) -> Row:
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
     model, kwargs0 = built.model, built.example_kwargs
@@ -89,57 +123,111 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default") -> Row:
         return zoo.example_inputs(name, model, resolution=spec["resolution"], frames=spec.get("frames"),
                                   batch=batch, dtype=torch.bfloat16, device="cuda", seed=next(seeds))
 
-    with torch.no_grad():
-        eager_ms = _time_ms(model, make_inputs, runs)
-        dense = torch.compile(model, mode="reduce-overhead")
-        t0 = time.perf_counter()
-        for _ in range(3):  # cudagraph trees record on the second/third call
-            ref = _sample(dense(**kwargs0)).clone()
-        torch.cuda.synchronize()
-        inductor_compile_s = time.perf_counter() - t0
-        inductor_ms = _time_ms(dense, make_inputs, runs)
+    def lynx_model():
+        return torch.compile(model, backend="lynx", options=VARIANTS[variant])
 
+    with torch.no_grad():
+        eager_ms = _time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=1)["eager"]
+        dense, ref, inductor_compile_s = _compile(lambda: torch.compile(model, mode="reduce-overhead"), kwargs0)
+        fns = {"inductor": dense}
+        max_autotune_compile_s = None
+        if max_autotune:
+            fns["max_autotune"], _, max_autotune_compile_s = _compile(
+                lambda: torch.compile(model, mode="max-autotune"), kwargs0)
         n_reports = len(lynx_compile.reports())
-        lynx = torch.compile(model, backend="lynx", options=VARIANTS[variant])
-        t0 = time.perf_counter()
-        for _ in range(3):
-            out = _sample(lynx(**kwargs0)).clone()
-        torch.cuda.synchronize()
-        lynx_compile_s = time.perf_counter() - t0
-        lynx_ms = _time_ms(lynx, make_inputs, runs)
+        fns["lynx"], out, lynx_compile_s = _compile(lynx_model, kwargs0)
         layers = [layer for r in lynx_compile.reports()[n_reports:] for layer in r.layers]
+        ms = _time_interleaved(fns, make_inputs, runs)
+        del fns, dense
         torch._dynamo.reset()
-        t0 = time.perf_counter()
-        for _ in range(3):
-            _sample(torch.compile(model, backend="lynx", options=VARIANTS[variant])(**kwargs0))
-        torch.cuda.synchronize()
-        lynx_recompile_s = time.perf_counter() - t0
+        _, _, lynx_recompile_s = _compile(lynx_model, kwargs0)
     rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     depth = spec["depth"]
     return Row(
         model=name, variant=variant, batch=batch, tokens=built.tokens, depth=depth, eager_ms=eager_ms,
-        inductor_ms=inductor_ms,
-        lynx_ms=lynx_ms, rel_err_vs_dense=rel, inductor_compile_s=inductor_compile_s, lynx_compile_s=lynx_compile_s,
+        inductor_ms=ms["inductor"], lynx_ms=ms["lynx"], rel_err_vs_dense=rel, inductor_compile_s=inductor_compile_s, lynx_compile_s=lynx_compile_s,
         lynx_recompile_s=lynx_recompile_s, layers_sparse=sum(layer.sparse for layer in layers),
         layers_fused=sum(layer.prune == "fused" for layer in layers), layers_total=len(layers),
-        speedup_vs_inductor=inductor_ms / lynx_ms, per_block_inductor_ms=inductor_ms / depth,
-        per_block_lynx_ms=lynx_ms / depth,
+        act_mb_dense=activation_mb(layers, dense=True), act_mb_lynx=activation_mb(layers),
+        sparse_names=[layer.name for layer in layers if layer.sparse], speedup_vs_inductor=ms["inductor"] / ms["lynx"],
+        inductor_loop_ms=ms["inductor_loop"], lynx_loop_ms=ms["lynx_loop"], loop_speedup=ms["inductor_loop"] / ms["lynx_loop"],
+        max_autotune_ms=ms.get("max_autotune"), max_autotune_compile_s=max_autotune_compile_s,
+        per_block_inductor_ms=ms["inductor"] / depth, per_block_lynx_ms=ms["lynx"] / depth,
     )
+
+
+NOTES = """Depth reduced (column `depth`; for flux, depth 2 = 2 double-stream + 4 single-stream blocks), full
+width, random weights, bf16. dense = `torch.compile(mode="reduce-overhead")`; lynx = `backend="lynx"`
+defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=fused` adds
+`fuse_producers=True`. `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
+call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
+every run; `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
+models take turns within each run (drift hits them alike), after two warm-up rounds.
+`lynx_recompile_s`: `torch._dynamo.reset()` and compile again in the same process (caches warm).
+`inductor_compile_s` of later cases can be low: Inductor's caches were warm from an earlier case.
+`act_mb_*`: bytes moved for the inputs of the sparsified GEMMs (analytic, `benchmarks/common.py`).
+`rel_err_vs_dense` is large because weights and inputs are random Gaussians: not an accuracy figure.
+`max_autotune_*`: dense `mode="max-autotune"`, only where run (`--max-autotune`)."""
+
+COLUMNS = ["model", "variant", "batch", "tokens", "depth", "eager_ms", "inductor_ms", "lynx_ms", "speedup_vs_inductor",
+           "inductor_loop_ms", "lynx_loop_ms", "loop_speedup", "max_autotune_ms", "max_autotune_compile_s",
+           "rel_err_vs_dense", "inductor_compile_s", "lynx_compile_s",
+           "lynx_recompile_s", "layers_sparse", "layers_fused", "layers_total", "act_mb_dense", "act_mb_lynx",
+           "per_block_inductor_ms", "per_block_lynx_ms"]
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Speed-up over dense reduce-overhead per case (eager and max-autotune beside it where run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['model']} b{r['batch']}" + ("" if r["variant"] == "default" else f"\n{r['variant']}") for r in rows]
+    series = [("eager", "inductor_ms", "eager_ms"), ("max-autotune", "inductor_ms", "max_autotune_ms"),
+              ("lynx", "inductor_ms", "lynx_ms"), ("lynx, 10-call loop", "inductor_loop_ms", "lynx_loop_ms")]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2, 4))
+    for n, (label, base, key) in enumerate(series):
+        speedups = [r[base] / r[key] if r.get(key) and r.get(base) else 0.0 for r in rows]
+        ax.bar([i + (n - (len(series) - 1) / 2) * width for i in range(len(rows))], speedups, width, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("speed-up over torch.compile reduce-overhead")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write(rows: list[dict[str, Any]], failures: list[dict[str, Any]], stem: Path, stamp: dict[str, Any]) -> None:
+    stem.with_suffix(".json").write_text(json.dumps({"meta": stamp, "rows": rows, "failures": failures}, indent=2))
+    write_table(stem.with_suffix(".md"), "End-to-end transformer forward (depth reduced: see `depth`)", rows, COLUMNS,
+                failures, stamp, NOTES)
+    try:
+        plot(rows, stem.with_suffix(".png"))
+    except ImportError:
+        print("matplotlib missing: no plot (python benchmarks/e2e.py --replot JSON draws it later)", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cases", nargs="+", default=["flux:1", "flux:2", "sd3:1", "pixart:1", "wan:1"])
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--max-autotune", action="store_true", help="also time dense mode='max-autotune' (slow compile)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--replot", type=Path, help="redraw the table and plot of this e2e JSON (no GPU)")
     args = p.parse_args()
+    if args.replot:
+        data = json.loads(args.replot.read_text())
+        write(data["rows"], data.get("failures", []), args.replot.with_suffix(""), data["meta"])
+        return
     rows, failures = [], []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for case in args.cases:
         name, batch, *variant = case.split(":")
         try:
-            row = run_case(name, int(batch), args.runs, *variant)
+            row = run_case(name, int(batch), args.runs, *variant, max_autotune=args.max_autotune)
             rows.append(dataclasses.asdict(row))
             print(row, flush=True)
         except Exception as e:  # one architecture failing must not lose the others' numbers
@@ -147,13 +235,7 @@ def main() -> None:
             print(f"{case} FAILED: {e!r}", flush=True)
         torch._dynamo.reset()
         torch.cuda.empty_cache()
-        stem = out / f"e2e_{gpu_slug()}"
-        stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows, "failures": failures}, indent=2))
-        write_table(stem.with_suffix(".md"), "End-to-end transformer forward (depth reduced: see `depth`)", rows,
-                    ["model", "variant", "batch", "tokens", "depth", "eager_ms", "inductor_ms", "lynx_ms", "speedup_vs_inductor",
-                     "rel_err_vs_dense", "inductor_compile_s", "lynx_compile_s", "lynx_recompile_s", "layers_sparse",
-                     "layers_fused", "layers_total",
-                     "per_block_inductor_ms", "per_block_lynx_ms"], failures)
+        write(rows, failures, out / f"e2e_{gpu_slug()}", meta())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lynx_compile  # noqa: E402
-from benchmarks.common import gpu_slug, meta, write_table  # noqa: E402
+from benchmarks.common import BYTES_PER_ELEMENT, gpu_slug, meta, write_table  # noqa: E402
 
 
 class MlpBlock(nn.Module):
@@ -41,14 +41,6 @@ class MlpBlock(nn.Module):
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         h = self.norm(x) * (1 + scale) + shift
         return x + gate * self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
-
-
-# bytes moved per element of a bf16 activation, from its producer's store to the GEMM's load
-BYTES_PER_ELEMENT = {
-    "dense": 2 + 2,  # written by the producer, read by cuBLAS
-    "standalone": 2 + 2 + 9 / 8 + 9 / 8,  # + read by prune+compress, kept values + metadata written and read
-    "fused": 1 + 3 / 8 + 9 / 8,  # values + nibbles written, nibbles read, metadata written; read by cuSPARSELt
-}
 
 
 def _time_ms(fn, inputs: list[tuple[torch.Tensor, ...]], runs: int) -> float:
@@ -103,8 +95,8 @@ def main() -> None:
                 row[f"{name}_rel_vs_dense"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
                 torch._dynamo.reset()
         acts = m * args.dim + m * args.hidden  # elements of the two sparsified activations
-        for variant, per_elem in BYTES_PER_ELEMENT.items():
-            row[f"{variant}_act_MB"] = acts * per_elem / 1e6
+        for variant, prune in (("dense", "-"), ("standalone", "triton"), ("fused", "fused")):
+            row[f"{variant}_act_MB"] = acts * BYTES_PER_ELEMENT[prune] / 1e6
         row["speedup_standalone"] = row["dense_ms"] / row["lynx_standalone_ms"]
         row["speedup_fused"] = row["dense_ms"] / row["lynx_fused_ms"]
         rows.append(row)

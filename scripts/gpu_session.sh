@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU call: GPU tests, compile-time profile, MLP-block fusion benchmark, e2e cases. Results into $OUT.
-#   bash scripts/gpu_session.sh [tests] [profile] [fusion] [e2e CASE...]
+#   bash scripts/gpu_session.sh [tests] [profile] [overhead] [fusion] [breakdown "CASE [--cudagraphs]"] [e2e [--max-autotune] CASE...]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -12,8 +12,10 @@ while [ $# -gt 0 ]; do
     tests) python3 -m pytest -q -p no:cacheprovider -s -m gpu tests/gpu --tb=short 2>&1 | tee "$OUT/gpu_tests.log" \
              | grep -E "^(flux|sd3|pixart|wan|dit):|passed|failed|Error|assert" | head -40
            python3 -m pytest -q -p no:cacheprovider tests/test_inductor_lowering.py tests/test_producers.py 2>&1 | tail -1 ;;
+    overhead) timeout 300 python3 scripts/gpu_call_overhead.py 2>&1 | grep -v Warning | tee "$OUT/call_overhead.log" ;;
     profile) timeout 200 python3 scripts/gpu_compile_profile.py 2>&1 | grep -v Warning | tee "$OUT/compile_profile.log" ;;
     fusion) timeout 300 python3 benchmarks/fusion.py --tokens 4096 16384 --out "$OUT" 2>&1 | grep -v Warning | tail -3 ;;
+    breakdown) shift; python3 benchmarks/breakdown.py --out "$OUT" --cases $1 2>&1 | grep -v Warning | tail -3 ;;
     e2e) shift; python3 benchmarks/e2e.py --runs 15 --cases "$@" --out "$OUT" 2>&1 | grep -v Warning | tail -8; break ;;
   esac
   shift

@@ -1,0 +1,132 @@
+"""Where the GPU time of one transformer forward goes, dense vs lynx (GPU): the per-kernel answer to
+"why is the end-to-end speed-up below the per-layer one".
+
+Profiles the same full-width zoo model as ``e2e.py`` compiled three ways (dense Inductor; lynx with
+the standalone prune+compress kernel; lynx with ``fuse_producers``), by default with CUDA graphs off
+(``--cudagraphs``: dense ``reduce-overhead`` and lynx's default graphs; the profiler still sees each
+kernel of a replayed graph). Sums the device time of each kernel over ``--calls`` back-to-back
+forwards and sorts it into categories by kernel name:
+
+- ``dense_gemm``: cuBLAS / CUTLASS / Inductor GEMM templates;
+- ``sparse_gemm``: cuSPARSELt;
+- ``prune_compress``: the standalone Triton kernel, or the Inductor kernels of the lowering (which
+  then also carry the fused producer's work, e.g. a GELU);
+- ``attention``: flash / cuDNN / efficient attention;
+- ``other``: norms, RoPE, elementwise, copies.
+
+``idle_ms``: the GPU's idle time per forward (span of the profiled forwards minus kernel time; with
+graphs off it includes waiting for the CPU to launch). ``amdahl_bound`` is the speed-up the whole forward would get if only the GEMMs lynx sparsified ran at
+the measured ``sparse_gemm`` speed and pruning were free. Writes breakdown_<gpu>.{json,md}.
+
+    python benchmarks/breakdown.py --cases flux:1 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lynx_compile  # noqa: E402
+from benchmarks.common import gpu_slug, meta, write_table  # noqa: E402
+from benchmarks.e2e import CASES  # noqa: E402
+from lynx_compile import zoo  # noqa: E402
+
+CATEGORIES = ("dense_gemm", "sparse_gemm", "prune_compress", "attention", "other")
+_PATTERNS = [  # first match wins
+    ("prune_compress", re.compile(r"compress", re.I)),
+    ("sparse_gemm", re.compile(r"sparse|cusparselt|sptensor|_sp_|spmma|spgemm", re.I)),
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn", re.I)),
+    ("dense_gemm", re.compile(r"gemm|nvjet|cutlass|xmma|matmul|triton_tem_fused_(?:add)?mm|_mm_|addmm", re.I)),
+]
+VARIANTS = {"dense": {}, "lynx": {}, "lynx_fused": {"fuse_producers": True}}
+
+
+def category(kernel: str) -> str:
+    return next((cat for cat, pattern in _PATTERNS if pattern.search(kernel)), "other")
+
+
+def _profile(fn, kwargs: dict[str, Any], calls: int) -> tuple[dict[str, float], dict[str, float], float]:
+    """(ms per forward per category, per kernel name, and idle) over ``calls`` forwards."""
+    for _ in range(3):
+        fn(**kwargs)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn(**kwargs)
+        torch.cuda.synchronize()
+    per_kernel: dict[str, float] = collections.defaultdict(float)
+    spans = []
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time_total > 0:
+            per_kernel[event.name] += event.device_time_total / 1e3 / calls
+            spans.append((event.time_range.start, event.time_range.end))
+    span_ms = (max(e for _, e in spans) - min(s for s, _ in spans)) / 1e3 / calls
+    per_cat = dict.fromkeys(CATEGORIES, 0.0)
+    for name, ms in per_kernel.items():
+        per_cat[category(name)] += ms
+    return per_cat, dict(per_kernel), span_ms - sum(per_kernel.values())
+
+
+def run_case(name: str, batch: int, calls: int, cudagraphs: bool) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    spec = CASES[name]
+    built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
+    rows, top = [], {}
+    with torch.no_grad():
+        for variant, options in VARIANTS.items():
+            torch._dynamo.reset()
+            n = len(lynx_compile.reports())
+            if variant == "dense":
+                model = torch.compile(built.model, mode="reduce-overhead" if cudagraphs else None)
+            else:
+                model = torch.compile(built.model, backend="lynx", options={**options, "cudagraphs": cudagraphs})
+            per_cat, per_kernel, idle_ms = _profile(model, built.example_kwargs, calls)
+            layers = [layer for r in lynx_compile.reports()[n:] for layer in r.layers]
+            rows.append({"model": name, "batch": batch, "tokens": built.tokens, "depth": spec["depth"],
+                         "variant": variant, "cudagraphs": cudagraphs, "total_ms": sum(per_cat.values()),
+                         **{f"{c}_ms": per_cat[c] for c in CATEGORIES}, "idle_ms": idle_ms,
+                         "layers_sparse": sum(layer.sparse for layer in layers)})
+            top[f"{variant}{'_graphs' if cudagraphs else ''}"] = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:25]
+    dense, lynx = rows[0], rows[1]
+    # GEMM time lynx moved to the sparse path, and what it became there
+    moved = dense["dense_gemm_ms"] - lynx["dense_gemm_ms"]
+    for row in rows[1:]:
+        row["amdahl_bound"] = dense["total_ms"] / (dense["total_ms"] - moved + row["sparse_gemm_ms"])
+    for row in rows:
+        row["speedup_vs_dense"] = dense["total_ms"] / row["total_ms"]
+    return rows, top
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--cases", nargs="+", default=["flux:1"])
+    p.add_argument("--calls", type=int, default=5)
+    p.add_argument("--cudagraphs", action="store_true", help="profile graph replays (dense: reduce-overhead)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args()
+    rows, tops = [], {}
+    for case in args.cases:
+        name, batch = case.split(":")
+        case_rows, tops[case] = run_case(name, int(batch), args.calls, args.cudagraphs)
+        rows.extend(case_rows)
+        for row in case_rows:
+            print(row, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"breakdown_{gpu_slug()}{'_cudagraphs' if args.cudagraphs else ''}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows, "top_kernels": tops}, indent=2))
+    write_table(stem.with_suffix(".md"), f"GPU time per forward by kernel category (ms, CUDA graphs {'on' if args.cudagraphs else 'off'})", rows,
+                ["model", "batch", "tokens", "depth", "variant", "total_ms", *(f"{c}_ms" for c in CATEGORIES), "idle_ms",
+                 "speedup_vs_dense", "amdahl_bound", "layers_sparse"])
+
+
+if __name__ == "__main__":
+    main()
