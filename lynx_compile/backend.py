@@ -17,8 +17,9 @@ from torch._inductor.compile_fx import compile_fx
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from .config import LynxConfig, dtype_name
+from .passes import policy
 from .passes.gemms import GemmSite, find_gemms
-from .passes.policy import Decision, decide
+from .passes.policy import Decision
 from .passes.sparsify import sparsify
 from .report import LayerReport, Report
 
@@ -36,7 +37,8 @@ def reports() -> list[Report]:
 def plan_graph(
     gm: fx.GraphModule, config: LynxConfig, *, measure: bool = True
 ) -> list[tuple[GemmSite, Decision]]:
-    return [(site, decide(site, config, measure=measure)) for site in find_gemms(gm)]
+    sites = find_gemms(gm)
+    return list(zip(sites, policy.plan(sites, config, measure=measure)))
 
 
 def layer_report(site: GemmSite, decision: Decision) -> LayerReport:

@@ -21,7 +21,7 @@ from .backend import layer_report
 from .codegen.reference import prune_2to4, prune_2to4_compensated
 from .config import LynxConfig
 from .passes.gemms import GemmSite, find_gemms
-from .passes.policy import decide
+from .passes.policy import plan
 from .report import LayerReport, Report
 
 
@@ -92,9 +92,10 @@ class _MeasuringInterpreter(fx.Interpreter):
         super().__init__(gm, garbage_collect_values=False)  # weights are read after their last use
         self.session = session
         self.sites = {site.node: site for site in sites}
+        new = [site for site in sites if site.name not in session.layers]
+        for site, decision in zip(new, plan(new, session.config)):
+            session.layers[site.name] = layer_report(site, decision)
         for site in sites:
-            if site.name not in session.layers:
-                session.layers[site.name] = layer_report(site, decide(site, session.config))
             session.sums.setdefault(site.name, _Sums())
 
     def run_node(self, node: fx.Node) -> Any:

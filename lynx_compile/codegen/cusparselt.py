@@ -1,5 +1,5 @@
 """The GEMM side of the fast path: cuSPARSELt sparse x dense products, their algorithm search and
-profitability measurement (cached on disk), and the self-check that guards the Triton compressor.
+cost measurement (cached on disk), and the self-check that guards the Triton compressor.
 
 ``sparse_mm`` multiplies the compressed activation (the sparse LEFT operand) by ``weight.T``. Bias
 and per-row scales stay outside: with the activation as the sparse operand cuSPARSELt's bias
@@ -13,6 +13,7 @@ Everything imports on a CPU-only machine; the functions that need a GPU say so w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from .reference import prune_2to4
 log = logging.getLogger("lynx_compile")
 
 _LOCK = threading.Lock()
-_MEMORY: dict[str, dict[str, object]] = {"alg": {}, "speed": {}}
+_MEMORY: dict[str, dict[str, object]] = {"alg": {}, "costs": {}}
 _SELF_CHECK: dict[tuple[str, torch.dtype, int | None], bool] = {}
 
 
@@ -155,14 +156,25 @@ def rotating_inputs(make: Callable[[], torch.Tensor], nbytes: int, min_total: in
     return [make() for _ in range(max(2, min(64, -(-min_total // nbytes))))]
 
 
-def measure_speedup(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
-                    device: torch.device | str = "cuda") -> tuple[float, float]:
-    """(dense, sparse) ms per call: ``x @ w.T`` by cuBLAS vs compression + sparse_mm.
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """GPU ms per call of one GEMM shape: dense ``x @ w.T`` (cuBLAS), the activation's
+    prune+compress, and the sparse GEMM on the compressed activation."""
+
+    dense_ms: float
+    prune_ms: float
+    sparse_gemm_ms: float
+
+
+def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
+                  device: torch.device | str = "cuda") -> Costs:
+    """Time the three parts separately (cached on disk), so that a caller can charge one
+    prune+compress to all the GEMMs that share an activation (q, k, v, and FLUX's MLP input).
 
     The compression is the standalone Triton kernel (or ``compress_compat`` when the self-check
     failed), also for layers whose pruning is fused into the producer: on the H100 the fused kernel
     costs about what the standalone one does (``benchmarks/results/fusion_*``). Bias adds are left
-    out of both: the dense GEMM fuses its bias, and the sparse path's add fuses into the consumer's
+    out: the dense GEMM fuses its bias, and the sparse path's add fuses into the consumer's
     pointwise kernel (GELU, gated residual) when there is one, which the dense path runs too.
     """
     device = torch.device(device)
@@ -172,14 +184,15 @@ def measure_speedup(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
     def measure() -> list[float]:
         w = _weight(n, k, dtype, device)
         xs = rotating_inputs(lambda: torch.randn(m, k, dtype=dtype, device=device), m * k * dtype.itemsize)
+        cs = [compress(x) for x in xs]
         calls = max(20, len(xs))  # every buffer once per replay
         dense = cuda_graph_ms(lambda i: F.linear(xs[i % len(xs)], w), calls=calls)
-        sparse = cuda_graph_ms(lambda i: sparse_mm(compress(xs[i % len(xs)]), w, alg_id), calls=calls)
-        return [dense, sparse]
+        prune = cuda_graph_ms(lambda i: compress(xs[i % len(xs)]), calls=calls)
+        gemm = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w, alg_id), calls=calls)
+        return [dense, prune, gemm]
 
     key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast}"
-    dense_ms, sparse_ms = _cached("speed", key, measure)
-    return float(dense_ms), float(sparse_ms)
+    return Costs(*(float(t) for t in _cached("costs", key, measure)))
 
 
 def fast_compress_ok(device: torch.device | str, dtype: torch.dtype) -> bool:

@@ -2,12 +2,15 @@
 
 Checks run in order and the first that keeps a GEMM dense gives the reason shown in the report:
 name rules, dtype, K % 4, ``min_rows``; then, on CUDA, what the device can do (sparse tensor cores,
-K % 16, the Triton kernel's self-check) and the cost model (a measured sparse vs dense time).
+K % 16, the Triton kernel's self-check) and last the cost model, which looks at all the GEMMs that
+read one activation together: they share its prune+compress (q, k and v; FLUX's single-stream
+q, k, v and MLP projections), so it is charged once to the group, not once per GEMM.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 
@@ -28,8 +31,17 @@ class Decision:
     compress: str = ""  # cuSPARSELt paths: one of lynx_compile.ops.METHODS
 
 
+def plan(sites: Sequence[GemmSite], config: LynxConfig, *, measure: bool = True) -> list[Decision]:
+    """One decision per site. ``measure=False`` skips everything that runs on the GPU (algorithm
+    search, cost model): inspection of the semantics only."""
+    decisions = [decide(site, config, measure=measure) for site in sites]
+    if measure and config.cost_model:
+        return apply_cost_model(sites, decisions, config.min_speedup)
+    return decisions
+
+
 def decide(site: GemmSite, config: LynxConfig, *, measure: bool = True) -> Decision:
-    """``measure=False`` skips everything that runs on the GPU (inspection of the semantics only)."""
+    """Every check but the cost model (which needs the whole graph's GEMMs: ``plan``)."""
     selected, why = config.select_by_name(site.name)
     if not selected:
         return Decision(False, "dense", why)
@@ -66,18 +78,51 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
         why = f"{why}; {how}"
     if not measure:
         return Decision(True, path, why, compress=compress)
-    rows = padded_rows(site.m)  # what the compiled graph runs: search and measure that shape
-    alg_id = cusparselt.best_alg(rows, site.k, site.n, site.dtype, site.device)
-    if config.cost_model:
-        dense_ms, sparse_ms = cusparselt.measure_speedup(rows, site.k, site.n, site.dtype, alg_id)
-        speedup = dense_ms / sparse_ms
-        if speedup < config.min_speedup:
-            return Decision(
-                False, "dense", f"cost model: sparse {sparse_ms:.3f} ms vs dense {dense_ms:.3f} ms = {speedup:.2f}x "
-                f"< min_speedup={config.min_speedup:g}",
-            )
-        why = f"{why}; cost model: {speedup:.2f}x"
+    alg_id = cusparselt.best_alg(padded_rows(site.m), site.k, site.n, site.dtype, site.device)
     return Decision(True, path, why, alg_id, compress)
+
+
+def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_speedup: float) -> list[Decision]:
+    """Keep dense what would not gain ``min_speedup`` from going sparse, by measured times.
+
+    GEMMs reading the same activation by the same compression share one prune+compress. In each
+    such group the GEMMs whose sparse product alone gains ``min_speedup`` go sparse together if the
+    group, prune+compress included, still gains it; the others stay dense. (Adding a GEMM whose own
+    ratio clears the bar can only raise the group's ratio toward it, and always saves time.)
+    """
+    from ..codegen import cusparselt
+    from ..ops import padded_rows
+
+    groups: dict[tuple[object, str], list[int]] = {}
+    for i, (site, decision) in enumerate(zip(sites, decisions)):
+        if decision.sparse and decision.path.startswith("cusparselt"):
+            groups.setdefault((site.x, decision.compress), []).append(i)
+    out = list(decisions)
+    for members in groups.values():
+        costs = {i: cusparselt.measure_costs(padded_rows(sites[i].m), sites[i].k, sites[i].n, sites[i].dtype,
+                                             decisions[i].alg_id, sites[i].device) for i in members}
+        gaining = [i for i in members if costs[i].dense_ms / costs[i].sparse_gemm_ms >= min_speedup]
+        prune_ms = costs[members[0]].prune_ms  # same activation: same (M, K)
+        dense_ms = sum(costs[i].dense_ms for i in gaining)
+        sparse_ms = prune_ms + sum(costs[i].sparse_gemm_ms for i in gaining)
+        group_ok = bool(gaining) and dense_ms / sparse_ms >= min_speedup
+        shared = f", prune+compress shared by {len(gaining)} GEMMs: {dense_ms / sparse_ms:.2f}x" if len(gaining) > 1 else ""
+        for i in members:
+            c, d = costs[i], decisions[i]
+            gemm = c.dense_ms / c.sparse_gemm_ms
+            if i not in gaining:
+                reason = (f"cost model: sparse GEMM {c.sparse_gemm_ms:.3f} ms vs dense {c.dense_ms:.3f} ms = "
+                          f"{gemm:.2f}x < min_speedup={min_speedup:g}")
+            elif not group_ok:
+                reason = (f"cost model: prune+compress {prune_ms:.3f} ms + sparse GEMM{'s' if len(gaining) > 1 else ''} "
+                          f"{sparse_ms - prune_ms:.3f} ms vs dense {dense_ms:.3f} ms = {dense_ms / sparse_ms:.2f}x "
+                          f"< min_speedup={min_speedup:g}")
+            else:
+                alone = c.dense_ms / (prune_ms + c.sparse_gemm_ms)
+                out[i] = dataclasses.replace(d, reason=f"{d.reason}; cost model: {alone:.2f}x (GEMM {gemm:.2f}x{shared})")
+                continue
+            out[i] = Decision(False, "dense", reason)
+    return out
 
 
 def _compress_method(site: GemmSite, config: LynxConfig) -> tuple[str, str]:

@@ -85,23 +85,24 @@ def test_self_check_passes(dtype: torch.dtype) -> None:
 
 def test_alg_search_is_cached_on_disk(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "speed": {}})
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "costs": {}})
     alg = cusparselt.best_alg(300, 1024, 2048, torch.bfloat16, "cuda")
     assert list(json.loads((tmp_path / "cusparselt_alg.json").read_text()).values()) == [alg]
 
     def no_search(*args: object) -> int:
         raise AssertionError("searched again")
 
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "speed": {}})  # a new process: disk only
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "costs": {}})  # a new process: disk only
     monkeypatch.setattr(cusparselt, "_search", no_search)
     assert cusparselt.best_alg(300, 1024, 2048, torch.bfloat16, "cuda") == alg
 
 
-def test_measure_speedup_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_measure_costs_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "speed": {}})
-    dense_ms, sparse_ms = cusparselt.measure_speedup(1024, 3072, 3072, torch.bfloat16, alg_id=0)
-    assert 0 < dense_ms < 10 and 0 < sparse_ms < 10
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "speed": {}})
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "costs": {}})
+    costs = cusparselt.measure_costs(1024, 3072, 3072, torch.bfloat16, alg_id=0)
+    assert all(0 < t < 10 for t in (costs.dense_ms, costs.prune_ms, costs.sparse_gemm_ms))
+    assert costs.prune_ms < costs.sparse_gemm_ms  # a memory pass vs a 19 GFLOP product
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "costs": {}})
     monkeypatch.setattr(cusparselt, "cuda_graph_ms", lambda *a, **k: pytest.fail("measured again"))
-    assert cusparselt.measure_speedup(1024, 3072, 3072, torch.bfloat16, alg_id=0) == (dense_ms, sparse_ms)
+    assert cusparselt.measure_costs(1024, 3072, 3072, torch.bfloat16, alg_id=0) == costs
