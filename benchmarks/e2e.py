@@ -235,7 +235,7 @@ def main() -> None:
             print(f"{case} FAILED: {e!r}", flush=True)
         torch._dynamo.reset()
         torch.cuda.empty_cache()
-        write(rows, failures, out / f"e2e_{gpu_slug()}", meta())
+        write(rows, failures, out / f"e2e_{gpu_slug()}{'_max_autotune' if args.max_autotune else ''}", meta())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ Paths (chosen per layer at compile time, shown in the report):
 - ``reference``: ``prune_2to4`` in torch ops, then the original dense GEMM. CPU, old GPUs,
   float32, ``path="reference"``. Same numbers as the fast path, no speed-up.
 - ``cusparselt``: prune+compress fused into the producer (method ``inductor``) or the standalone
-  Triton kernel (method ``triton``), then cuSPARSELt with a searched algorithm.
+  Triton kernel (method ``triton``), then cuSPARSELt with the algorithm id timed fastest for
+  the shape.
 - ``cusparselt-compat``: ``torch._cslt_compress`` of the reference pruning, when the Triton
   kernel's layout self-check failed against the installed cuSPARSELt (slow, never wrong).
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU call: GPU tests, compile-time profile, MLP-block fusion benchmark, e2e cases. Results into $OUT.
-#   bash scripts/gpu_session.sh [tests] [profile] [overhead] [fusion] [breakdown "CASE [--cudagraphs]"] [e2e [--max-autotune] CASE...]
+# One GPU call: GPU tests, compile-time profile, linear and MLP-block fusion benchmarks, e2e cases. Results into $OUT.
+#   bash scripts/gpu_session.sh [tests] [profile] [overhead] [linear] [fusion] [breakdown "CASE [--cudagraphs]"] [e2e CASE... [--max-autotune]]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -16,7 +16,8 @@ while [ $# -gt 0 ]; do
     profile) timeout 200 python3 scripts/gpu_compile_profile.py 2>&1 | grep -v Warning | tee "$OUT/compile_profile.log" ;;
     fusion) timeout 300 python3 benchmarks/fusion.py --tokens 4096 16384 --out "$OUT" 2>&1 | grep -v Warning | tail -3 ;;
     breakdown) shift; python3 benchmarks/breakdown.py --out "$OUT" --cases $1 2>&1 | grep -v Warning | tail -3 ;;
-    e2e) shift; python3 benchmarks/e2e.py --runs 15 --cases "$@" --out "$OUT" 2>&1 | grep -v Warning | tail -8; break ;;
+    linear) timeout 400 python3 benchmarks/linear.py --out "$OUT" 2>&1 | grep -v Warning | tail -6 ;;
+    e2e) shift; python3 benchmarks/e2e.py --runs 15 --out "$OUT" --cases "$@" 2>&1 | grep -v Warning | tail -8; break ;;
   esac
   shift
 done

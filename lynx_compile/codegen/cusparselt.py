@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import statistics
 import threading
@@ -33,7 +34,7 @@ from .reference import prune_2to4
 log = logging.getLogger("lynx_compile")
 
 _LOCK = threading.Lock()
-_MEMORY: dict[str, dict[str, object]] = {"alg": {}, "costs": {}}
+_MEMORY: dict[str, dict[str, object]] = {"alg_timed": {}, "costs": {}}
 _SELF_CHECK: dict[tuple[str, torch.dtype, int | None], bool] = {}
 
 
@@ -100,27 +101,52 @@ def _weight(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.T
     return torch.randn(n, k, dtype=dtype, device=device) / k**0.5
 
 
-def _search(compressed: torch.Tensor, weight: torch.Tensor) -> int:
-    with warnings.catch_warnings():
-        # torch 2.11 deprecates _cslt_sparse_mm_search (in favour of _C._cusparselt.mm_search) and
-        # says so at the first call; either gives the same algorithm id.
-        warnings.filterwarnings("ignore", message=".*_cslt_sparse_mm_search.*")
-        search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
-        if search is not None:
-            return int(search(compressed, weight.t(), None, None, None, False)[0])
-        return int(torch._cslt_sparse_mm_search(compressed, weight.t()))
+def _operands(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device
+              ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """A weight, rotating activations and their compressed forms (by the path the model will take)."""
+    compress = prune_compress if fast_compress_ok(device, dtype) else compress_compat
+    xs = rotating_inputs(lambda: torch.randn(m, k, dtype=dtype, device=device), m * k * dtype.itemsize)
+    return _weight(n, k, dtype, device), xs, [compress(x) for x in xs]
+
+
+def _alg_ids(compressed: torch.Tensor, weight: torch.Tensor) -> range | list[int]:
+    """The algorithm ids cuSPARSELt offers for this product: 0 .. its ALG_CONFIG_MAX_ID."""
+    search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
+    if search is None:  # a torch without the full binding: cuSPARSELt's own pick only
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*_cslt_sparse_mm_search.*")
+            return [int(torch._cslt_sparse_mm_search(compressed, weight.t()))]
+    return range(int(search(compressed, weight.t(), None, None, None, False)[3]) + 1)
+
+
+def _search(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Time every algorithm id under CUDA-graph replay and keep the fastest.
+
+    cuSPARSELt's own search is not enough: on an H100 it returned id 1 for a shape in one call and
+    20 in the next, and its pick was up to 1.2x slower than the fastest id (15360 -> 3072 at
+    M=4608); split-k never won (``scripts/probe_split_k.py``, NOTES_kernels.md). A short replay of
+    each id picks three finalists, a longer one the winner.
+    """
+    w, _, cs = _operands(m, k, n, dtype, device)
+
+    def ms(alg: int, calls: int, replays: int) -> float:
+        try:
+            return cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w, alg), calls=calls, replays=replays)
+        except RuntimeError:  # an id this product does not support (raised before any capture)
+            return math.inf
+
+    quick = {alg: ms(alg, 8, 3) for alg in _alg_ids(cs[0], w)}
+    finalists = [alg for alg in sorted(quick, key=quick.get)[:3] if quick[alg] < math.inf]
+    if not finalists:
+        raise RuntimeError(f"cuSPARSELt ran none of its algorithms for ({m}, {k}) x ({k}, {n}) {dtype}")
+    return min(finalists, key=lambda alg: ms(alg, max(20, len(cs)), 15))
 
 
 def best_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device | str) -> int:
-    """cuSPARSELt's fastest algorithm id for (M, K) x (K, N), searched once per GPU/version/shape."""
+    """The fastest cuSPARSELt algorithm id for (M, K) x (K, N), timed once per GPU/version/shape."""
     device = torch.device(device)
     m = padded_rows(m)
-
-    def search() -> int:
-        x = prune_2to4(torch.randn(m, k, dtype=dtype, device=device))
-        return _search(torch._cslt_compress(x), _weight(n, k, dtype, device))
-
-    return int(_cached("alg", _cache_key(m, k, n, dtype, device), search))
+    return int(_cached("alg_timed", _cache_key(m, k, n, dtype, device), lambda: _search(m, k, n, dtype, device)))
 
 
 def cuda_graph_ms(call: Callable[[int], object], calls: int = 20, replays: int = 15) -> float:
@@ -182,9 +208,7 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
     compress = prune_compress if fast else compress_compat
 
     def measure() -> list[float]:
-        w = _weight(n, k, dtype, device)
-        xs = rotating_inputs(lambda: torch.randn(m, k, dtype=dtype, device=device), m * k * dtype.itemsize)
-        cs = [compress(x) for x in xs]
+        w, xs, cs = _operands(m, k, n, dtype, device)
         calls = max(20, len(xs))  # every buffer once per replay
         dense = cuda_graph_ms(lambda i: F.linear(xs[i % len(xs)], w), calls=calls)
         prune = cuda_graph_ms(lambda i: compress(xs[i % len(xs)]), calls=calls)

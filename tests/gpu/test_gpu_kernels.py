@@ -85,24 +85,37 @@ def test_self_check_passes(dtype: torch.dtype) -> None:
 
 def test_alg_search_is_cached_on_disk(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "costs": {}})
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})
     alg = cusparselt.best_alg(300, 1024, 2048, torch.bfloat16, "cuda")
-    assert list(json.loads((tmp_path / "cusparselt_alg.json").read_text()).values()) == [alg]
+    assert list(json.loads((tmp_path / "cusparselt_alg_timed.json").read_text()).values()) == [alg]
 
     def no_search(*args: object) -> int:
         raise AssertionError("searched again")
 
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "costs": {}})  # a new process: disk only
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})  # a new process: disk only
     monkeypatch.setattr(cusparselt, "_search", no_search)
     assert cusparselt.best_alg(300, 1024, 2048, torch.bfloat16, "cuda") == alg
 
 
+def test_alg_search_times_the_offered_ids_and_skips_refused_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    offered: list[range] = []
+
+    def ids(compressed: torch.Tensor, weight: torch.Tensor) -> list[int]:
+        offered.append(real_ids(compressed, weight))
+        return [10_000, *offered[0]]  # an id cuSPARSELt refuses comes first
+
+    real_ids = cusparselt._alg_ids
+    monkeypatch.setattr(cusparselt, "_alg_ids", ids)
+    alg = cusparselt._search(512, 1024, 2048, torch.bfloat16, torch.device("cuda"))
+    assert len(offered[0]) > 1 and alg in offered[0]
+
+
 def test_measure_costs_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "costs": {}})
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})
     costs = cusparselt.measure_costs(1024, 3072, 3072, torch.bfloat16, alg_id=0)
     assert all(0 < t < 10 for t in (costs.dense_ms, costs.prune_ms, costs.sparse_gemm_ms))
     assert costs.prune_ms < costs.sparse_gemm_ms  # a memory pass vs a 19 GFLOP product
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg": {}, "costs": {}})
+    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})
     monkeypatch.setattr(cusparselt, "cuda_graph_ms", lambda *a, **k: pytest.fail("measured again"))
     assert cusparselt.measure_costs(1024, 3072, 3072, torch.bfloat16, alg_id=0) == costs
