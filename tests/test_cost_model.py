@@ -63,3 +63,40 @@ def test_cost_model_group_properties(monkeypatch, group, prune_ms, min_speedup):
         assert sum(d for d, _ in chosen) / (prune_ms + sum(g for _, g in chosen)) >= min_speedup
         assert len(chosen) == sum(dense / gemm >= min_speedup for dense, gemm in group)
     assert all(d.reason for d in decisions)
+
+
+def _stub_timings(monkeypatch, quick: list[float], long: list[float], refused: set[int]) -> None:
+    """``_search`` with the GPU stubbed out: id a times ``quick[a]`` in the short replay, ``long[a]``
+    in the long one, and the ids in ``refused`` raise as cuSPARSELt does for an unsupported id."""
+    last: list[int] = []
+
+    def sparse_mm(compressed: object, weight: object, alg: int) -> None:
+        if alg in refused:
+            raise RuntimeError("CUSPARSE_STATUS_INVALID_VALUE")
+        last.append(alg)
+
+    def graph_ms(call, calls: int = 20, replays: int = 15) -> float:
+        call(0)
+        return (quick if replays == 3 else long)[last[-1]]
+
+    monkeypatch.setattr(cusparselt, "_operands", lambda *args: (None, [None], [None]))
+    monkeypatch.setattr(cusparselt, "_alg_ids", lambda c, w: range(len(quick)))
+    monkeypatch.setattr(cusparselt, "sparse_mm", sparse_mm)
+    monkeypatch.setattr(cusparselt, "cuda_graph_ms", graph_ms)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.floats(0.01, 1.0), st.floats(0.01, 1.0), st.booleans()), min_size=1, max_size=22))
+def test_alg_search_keeps_the_fastest_finalist(monkeypatch, ids):
+    """The three fastest ids of the short replay go to the long one, whose fastest wins; refused
+    ids never do, and when every id is refused the search says so instead of returning one."""
+    quick, long = [q for q, _, _ in ids], [t for _, t, _ in ids]
+    refused = {a for a, (_, _, no) in enumerate(ids) if no}
+    _stub_timings(monkeypatch, quick, long, refused)
+    usable = sorted((a for a in range(len(ids)) if a not in refused), key=lambda a: quick[a])
+    if not usable:
+        with pytest.raises(RuntimeError, match="none of its algorithms"):
+            cusparselt._search(4096, 3072, 3072, torch.bfloat16, torch.device("cuda"))
+        return
+    alg = cusparselt._search(4096, 3072, 3072, torch.bfloat16, torch.device("cuda"))
+    assert alg in usable[:3] and long[alg] == min(long[a] for a in usable[:3])
