@@ -3,9 +3,9 @@
 For each (layer, M): cuBLAS ``F.linear`` with bias; the fused prune+compress kernel beside its
 memory floor (read 2 B/elem, write 1 B/elem of values plus the metadata, at the device-to-device
 copy bandwidth measured in the same run); the cuSPARSELt GEMM alone with the fastest algorithm
-id (``best_alg``); and the whole lynx linear as the compiled model runs it (prune_compress, sparse_mm, row slice, bias
-add), also without the bias add: in a compiled DiT the add can fuse into the consumer (GELU, gated
-residual), a pointwise kernel the dense path runs too. All under CUDA-graph replay (at least 20
+id (``best_alg``); and the whole lynx linear as the compiled model runs it (prune_compress,
+sparse_mm, row slice, bias add), also without the bias add: in a compiled DiT the add can fuse
+into the consumer (GELU, gated residual), a pointwise kernel the dense path runs too. All under CUDA-graph replay (at least 20
 calls per graph, median of 15 replays), after warm-up, on fresh random inputs rotated so that L2
 never holds them. A separate section measures the CPU time per call without graphs (cuSPARSELt
 plans its GEMM at every call).

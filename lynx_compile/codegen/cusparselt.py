@@ -101,10 +101,16 @@ def _weight(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.T
     return torch.randn(n, k, dtype=dtype, device=device) / k**0.5
 
 
-def _operands(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device
+def _compressor(device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The compression the model will run: the Triton kernel, or the exact slow path where the
+    kernel failed its self-check."""
+    return prune_compress if fast_compress_ok(device, dtype) else compress_compat
+
+
+def _operands(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device,
+              compress: Callable[[torch.Tensor], torch.Tensor]
               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """A weight, rotating activations and their compressed forms (by the path the model will take)."""
-    compress = prune_compress if fast_compress_ok(device, dtype) else compress_compat
+    """A weight, rotating activations and their compressed forms."""
     xs = rotating_inputs(lambda: torch.randn(m, k, dtype=dtype, device=device), m * k * dtype.itemsize)
     return _weight(n, k, dtype, device), xs, [compress(x) for x in xs]
 
@@ -127,7 +133,7 @@ def _search(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) ->
     M=4608); split-k never won (``scripts/probe_split_k.py``, NOTES_kernels.md). A short replay of
     each id picks three finalists, a longer one the winner.
     """
-    w, _, cs = _operands(m, k, n, dtype, device)
+    w, _, cs = _operands(m, k, n, dtype, device, _compressor(device, dtype))
 
     def ms(alg: int, calls: int, replays: int) -> float:
         try:
@@ -204,18 +210,17 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
     pointwise kernel (GELU, gated residual) when there is one, which the dense path runs too.
     """
     device = torch.device(device)
-    fast = fast_compress_ok(device, dtype)
-    compress = prune_compress if fast else compress_compat
+    compress = _compressor(device, dtype)
 
     def measure() -> list[float]:
-        w, xs, cs = _operands(m, k, n, dtype, device)
+        w, xs, cs = _operands(m, k, n, dtype, device, compress)
         calls = max(20, len(xs))  # every buffer once per replay
         dense = cuda_graph_ms(lambda i: F.linear(xs[i % len(xs)], w), calls=calls)
         prune = cuda_graph_ms(lambda i: compress(xs[i % len(xs)]), calls=calls)
         gemm = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w, alg_id), calls=calls)
         return [dense, prune, gemm]
 
-    key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast}"
+    key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast_compress_ok(device, dtype)}"
     return Costs(*(float(t) for t in _cached("costs", key, measure)))
 
 
