@@ -16,7 +16,7 @@ import torch
 BYTES_PER_ELEMENT = {
     "-": 2 + 2,  # written by the producer, read by cuBLAS
     "triton": 2 + 2 + 9 / 8 + 9 / 8,  # + read by prune+compress, kept values + metadata written and read
-    "fused": 1 + 3 / 8 + 9 / 8,  # values + nibbles written, nibbles read, metadata written; read by cuSPARSELt
+    "fused": 9 / 8 + 9 / 8,  # the template writes kept values + metadata; cuSPARSELt reads them
     "torch": 2 + 2,  # reference path: the pruned activation, fused into its producer, read by cuBLAS
     "cslt": 2 + 2 + 2 + 2 + 9 / 8 + 9 / 8,  # + pruned copy written and read by torch._cslt_compress
 }

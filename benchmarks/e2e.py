@@ -216,6 +216,7 @@ def main() -> None:
     p.add_argument("--max-autotune", action="store_true", help="also time dense mode='max-autotune' (slow compile)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--replot", type=Path, help="redraw the table and plot of this e2e JSON (no GPU)")
+    p.add_argument("--tag", help="suffix of the result files (a partial run must not overwrite the full table)")
     args = p.parse_args()
     if args.replot:
         data = json.loads(args.replot.read_text())
@@ -235,7 +236,8 @@ def main() -> None:
             print(f"{case} FAILED: {e!r}", flush=True)
         torch._dynamo.reset()
         torch.cuda.empty_cache()
-        write(rows, failures, out / f"e2e_{gpu_slug()}{'_max_autotune' if args.max_autotune else ''}", meta())
+        tags = ["max_autotune"] * args.max_autotune + [args.tag] * bool(args.tag)
+        write(rows, failures, out / "_".join([f"e2e_{gpu_slug()}", *tags]), meta())
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@
 
 - dense: Inductor (CUDA graphs);
 - lynx, standalone: prune+compress by the Triton kernel on a materialised activation;
-- lynx, fused: prune+compress lowered into the kernels producing the activations (adaLN and GELU).
+- lynx, fused: prune+compress in Inductor's template, GELU fused in as its prologue (the adaLN
+  output comes from the norm's reduction kernel: standalone kernel).
 
 Reports the time per block (CUDA events over CUDA-graph replays of the compiled block, median,
 fresh inputs) and, per sparsified activation, the bytes the generated code moves for it: the
-dense activation written and read back (standalone) or not at all (fused): ``BYTES_PER_ELEMENT``. Writes
+dense activation written and read back (standalone) or not at all (fused), per layer as the report
+says it was pruned (``common.BYTES_PER_ELEMENT``). Writes
 benchmarks/results/fusion_<gpu>.{json,md}.
 """
 
@@ -17,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -28,7 +31,7 @@ from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lynx_compile  # noqa: E402
-from benchmarks.common import BYTES_PER_ELEMENT, gpu_slug, meta, write_table  # noqa: E402
+from benchmarks.common import activation_mb, gpu_slug, meta, write_table  # noqa: E402
 
 
 class MlpBlock(nn.Module):
@@ -65,6 +68,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=12288)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--dump-code", metavar="DIR", help="write each variant's generated code there")
     args = p.parse_args()
     torch.manual_seed(0)
     block = MlpBlock(args.dim, args.hidden).cuda().to(torch.bfloat16).eval().requires_grad_(False)
@@ -81,22 +85,28 @@ def main() -> None:
             "lynx_fused": torch.compile(block, backend="lynx", options={"fuse_producers": True, "cost_model": False}),
         }
         row = {"m": m, "k1": args.dim, "n1": args.hidden}
+        # what dense moves for the same two activations (fc1's and fc2's inputs)
+        dense_layers = [SimpleNamespace(m=m, k=k, sparse=True, prune="-") for k in (args.dim, args.hidden)]
         with torch.no_grad():
             ref = None
             for name, fn in variants.items():
+                n_reports = len(lynx_compile.reports())
                 t0 = time.perf_counter()
                 _, code = run_and_get_code(fn, *inputs[0])
                 torch.cuda.synchronize()
                 row[f"{name}_compile_s"] = time.perf_counter() - t0
+                layers = [layer for r in lynx_compile.reports()[n_reports:] for layer in r.layers]
+                row[f"{name}_act_MB"] = activation_mb(layers or dense_layers, dense=not layers)
+                row[f"{name}_prune"] = " ".join(f"{layer.name}:{layer.prune}" for layer in layers) or "-"
                 row[f"{name}_kernels"] = sum(c.count("async_compile.triton(") for c in code)
+                if args.dump_code:
+                    Path(args.dump_code).mkdir(parents=True, exist_ok=True)
+                    Path(args.dump_code, f"fusion_{name}_{m}.py").write_text("\n\n".join(code))
                 out = fn(*inputs[0]).clone()
                 ref = out if ref is None else ref
                 row[f"{name}_ms"] = _time_ms(fn, inputs, args.runs)
                 row[f"{name}_rel_vs_dense"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
                 torch._dynamo.reset()
-        acts = m * args.dim + m * args.hidden  # elements of the two sparsified activations
-        for variant, prune in (("dense", "-"), ("standalone", "triton"), ("fused", "fused")):
-            row[f"{variant}_act_MB"] = acts * BYTES_PER_ELEMENT[prune] / 1e6
         row["speedup_standalone"] = row["dense_ms"] / row["lynx_standalone_ms"]
         row["speedup_fused"] = row["dense_ms"] / row["lynx_fused_ms"]
         rows.append(row)
@@ -108,7 +118,7 @@ def main() -> None:
     write_table(stem.with_suffix(".md"), "FLUX-width MLP block: dense vs lynx (standalone / fused prune+compress)", rows,
                 ["m", "dense_ms", "lynx_standalone_ms", "lynx_fused_ms", "speedup_standalone", "speedup_fused",
                  "dense_kernels", "lynx_standalone_kernels", "lynx_fused_kernels",
-                 "dense_act_MB", "standalone_act_MB", "fused_act_MB",
+                 "dense_act_MB", "lynx_standalone_act_MB", "lynx_fused_act_MB", "lynx_fused_prune",
                 "dense_compile_s", "lynx_standalone_compile_s", "lynx_fused_compile_s",
                  "lynx_fused_rel_vs_dense"])
 

@@ -56,8 +56,10 @@ class LynxConfig:
     # made the whole model 7% slower (benchmarks/results/e2e_*)
     min_speedup: float = 1.1
     cudagraphs: bool = True
-    # prune+compress inside the kernel producing the activation (Inductor lowering); off by default:
-    # on the H100 it is not faster than the standalone kernel yet (benchmarks/results/fusion_*, e2e_*)
+    # prune+compress in an Inductor template that takes a pointwise producer (GELU, residual add) as its
+    # prologue. Off by default: it moves 35% less activation data in FLUX and wins 1.5-4% on an MLP block,
+    # but whole FLUX is a tie on the H100 (tanh-GELU + selection are instruction-bound: benchmarks/
+    # results/fusion_*, e2e_*_fused_template; benchmarks/NOTES_kernels.md)
     fuse_producers: bool = False
     dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
 

@@ -8,8 +8,8 @@ Fast path, per activation ``x`` (any leading dims, K last), shared by every GEMM
     y = lynx::sparse_mm(c, W, padded, rows, alg_id)            # (rows, N) = prune_2to4(x) @ W.T
     y = y.view(*x.shape[:-1], N) [* scale] [+ bias]             # in the graph: Inductor fuses these
 
-``compress_2to4`` has an Inductor lowering (``codegen/inductor_lowering.py``) that writes the
-compressed bytes from inside the kernel producing ``x``; its eager kernel is the Triton one.
+``compress_2to4`` has an Inductor lowering on CUDA (``codegen/inductor_lowering.py``): a Triton
+template that takes a pointwise producer of ``x`` as its prologue; its eager kernel is the Triton one.
 
 The bias stays in the graph because cuSPARSELt's bias epilogue is per row of the output when the
 activation is the sparse operand: it cannot carry nn.Linear's per-column bias.
@@ -17,7 +17,7 @@ activation is the sparse operand: it cannot carry nn.Linear's per-column bias.
 Paths (chosen per layer at compile time, shown in the report):
 - ``reference``: ``prune_2to4`` in torch ops, then the original dense GEMM. CPU, old GPUs,
   float32, ``path="reference"``. Same numbers as the fast path, no speed-up.
-- ``cusparselt``: prune+compress fused into the producer (method ``inductor``) or the standalone
+- ``cusparselt``: prune+compress with the producer fused in (method ``inductor``) or the standalone
   Triton kernel (method ``triton``), then cuSPARSELt with the algorithm id timed fastest for
   the shape.
 - ``cusparselt-compat``: ``torch._cslt_compress`` of the reference pruning, when the Triton

@@ -14,7 +14,7 @@ while [ $# -gt 0 ]; do
            python3 -m pytest -q -p no:cacheprovider tests/test_inductor_lowering.py tests/test_producers.py 2>&1 | tail -1 ;;
     overhead) timeout 300 python3 scripts/gpu_call_overhead.py 2>&1 | grep -v Warning | tee "$OUT/call_overhead.log" ;;
     profile) timeout 200 python3 scripts/gpu_compile_profile.py 2>&1 | grep -v Warning | tee "$OUT/compile_profile.log" ;;
-    fusion) timeout 300 python3 benchmarks/fusion.py --tokens 4096 16384 --out "$OUT" 2>&1 | grep -v Warning | tail -3 ;;
+    fusion) timeout 300 python3 benchmarks/fusion.py --tokens 4096 16384 --out "$OUT" --dump-code "$OUT/code" 2>&1 | grep -v Warning | tail -3 ;;
     breakdown) shift; python3 benchmarks/breakdown.py --out "$OUT" --cases $1 2>&1 | grep -v Warning | tail -3 ;;
     linear) timeout 400 python3 benchmarks/linear.py --out "$OUT" 2>&1 | grep -v Warning | tail -6 ;;
     e2e) shift; python3 benchmarks/e2e.py --runs 15 --out "$OUT" --cases "$@" 2>&1 | grep -v Warning | tail -8; break ;;

@@ -53,8 +53,8 @@ def test_fusable_producers_of_a_dit_block():
     d = 32
     got = _producers(Block(d).eval(), torch.randn(2, 8, d), torch.randn(2, 1, d), torch.randn(2, 1, d))
     assert got["embed"] == (False, "graph input")
-    for name in ("to_q", "to_k", "to_v"):  # adaLN: layer_norm * (1 + scale) + shift
-        assert got[name] == (True, "add"), got[name]
+    for name in ("to_q", "to_k", "to_v"):  # adaLN: layer_norm * (1 + scale) + shift, in the norm's kernel
+        assert got[name] == (False, "add after layer_norm (computed in the norm's reduction kernel)"), got[name]
     fused, producer = got["to_out"]  # attention output, read through its transpose
     assert fused and producer == "permuted scaled_dot_product_attention output"
     assert got["fc1"] == (True, "add")  # the residual add

@@ -204,8 +204,8 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
     prune+compress to all the GEMMs that share an activation (q, k, v, and FLUX's MLP input).
 
     The compression is the standalone Triton kernel (or ``compress_compat`` when the self-check
-    failed), also for layers whose pruning is fused into the producer: on the H100 the fused kernel
-    costs about what the standalone one does (``benchmarks/results/fusion_*``). Bias adds are left
+    failed), also for layers whose producer is fused into the template: on the H100 the fused kernel
+    costs about what the producer and the standalone one do (``benchmarks/results/fusion_*``). Bias adds are left
     out: the dense GEMM fuses its bias, and the sparse path's add fuses into the consumer's
     pointwise kernel (GELU, gated residual) when there is one, which the dense path runs too.
     """

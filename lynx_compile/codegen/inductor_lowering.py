@@ -1,43 +1,92 @@
-"""Inductor lowering of ``lynx::compress_2to4``: prune + compress as Pointwise IR, fused with the producer.
+"""Inductor lowering of ``lynx::compress_2to4``: a Triton template that takes the producer as its prologue.
 
-Inductor inlines a pointwise producer (bias + GELU after an MLP up-projection, LayerNorm * (1 +
-scale) + shift, a residual add) into whatever loads it. So instead of calling the standalone Triton
-kernel on a materialised activation, this lowering describes cuSPARSELt's compressed buffer as
-Pointwise IR and lets Inductor generate, and fuse, the kernels::
+The kernel is the standalone one (``prune_compress``: ``select_2to4`` and ``metadata_words`` on a
+(BLOCK_M, BLOCK_K) tile per program), but the activation comes in through the template's
+``load_input``. When the producer is pointwise (bias + GELU after an MLP up-projection, a residual
+add, a pointwise ``cat``) and feeds only this kernel, Inductor's prologue fusion computes it right
+there, on the whole tile with vector loads, and the dense activation is never written. Otherwise
+(a norm's output, which Inductor computes inside the norm's reduction kernel; a GEMM's or
+attention's output) ``load_input`` is a plain load of the tensor in memory.
 
-    1. over (r, w), w < k/8, fused with the producer: reads x[r, 8w .. 8w + 7] (two groups), writes
-       values[r, w]   the 4 kept values as one int64 word, straight into the compressed buffer
-       nibbles[r, w]  the two groups' index nibbles as one byte (a small uint8 buffer, k/8 per row)
-    2. over the 64 x 32 metadata tiles: packs 16 nibbles into each 64-bit word of cuSPARSELt's
-       metadata layout, right after the values
+The output is the op's flat int64 buffer: the kept values four to a word (row-major, rows x k/8
+words), then cuSPARSELt's metadata tiles, written by two ``store_output`` calls. Rows past the
+activation's (up to ``rows``, a multiple of 64) are masked loads: zeros, as cuSPARSELt's padding.
 
-Each lane of step 1 touches 8 elements, as the standalone kernel's threads do, so the fused kernel
-stays small (Triton compiles it in seconds). Packing the metadata tiles in the same kernel would
-need 64 elements per lane, and a kernel that took minutes to compile. The activation is read once
-and never written dense; step 2 moves 2 x 1/8 byte per element more than a perfect single kernel.
-Both steps write into views of one flat int64 buffer, as ``ConcatKernel`` does for ``cat``.
+History (``benchmarks/NOTES_kernels.md``): two earlier designs described the compressed buffer
+as Inductor Pointwise IR. Inductor then gives each lane its 8 elements as 8 scalar loads, and the
+fused kernel was instruction-bound and slower than the unfused pair; this one compiles to the
+standalone kernel's 16-byte loads.
 
-The semantics are ``lynx_compile.prune_2to4`` followed by cuSPARSELt's choice of indices for groups
-with fewer than two nonzeros (see ``cusparselt_layout``); tests compare the bytes with
-``compress_reference`` and with the Triton kernel.
+Templates need a Triton GPU device: elsewhere (and for shapes the template does not take) the
+op's own kernel runs.
 """
 
 from __future__ import annotations
-
-import functools
-from collections.abc import Callable, Sequence
 
 import sympy
 import torch
 from torch._inductor import ir
 from torch._inductor.lowering import fallback_handler, register_lowering
-from torch._inductor.virtualized import V, ops
+from torch._inductor.select_algorithm import SymbolicGridFn, TritonTemplate
 
 from .cusparselt_layout import TILE_COLS, TILE_ROWS, compressed_int64_numel
+from .prune_compress import MAGNITUDE_BITS
+
+_SOURCE = r"""
+{{def_kernel("X")}}
+    M = {{size("X", 0)}}
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    idx_m = rows[:, None]
+    idx_k = cols[None, :]
+    # rows past M (up to the padded row count) read as zeros: the padding is never materialised
+    x_mask = (idx_m < M) & (idx_k < K)
+    {{load_input("X", "x", ("idx_m", "idx_k"), mask="x_mask", index_shape=("BLOCK_M", "BLOCK_K"))}}
+    # A fused prologue computes in float32 and Inductor rounds it to X's dtype, as a producer kernel
+    # would when storing it; the cast keeps the selection on 16-bit patterns whatever Inductor does.
+    # Inductor's prologue loads leave masked lanes undefined (no `other`): zero the padding rows here.
+    x = tl.where(x_mask, x.to(DTYPE), 0.0)
+    first, last, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
+
+    # kept values of groups 2w and 2w + 1 as one little-endian int64 word w of the row
+    f_even, f_odd = tl.split(tl.reshape(v_first.to(tl.int16, bitcast=True).to(tl.int64) & 0xFFFF,
+                                        (BLOCK_M, BLOCK_K // 8, 2)))
+    l_even, l_odd = tl.split(tl.reshape(v_last.to(tl.int16, bitcast=True).to(tl.int64) & 0xFFFF,
+                                        (BLOCK_M, BLOCK_K // 8, 2)))
+    values = f_even | (l_even << 16) | (f_odd << 32) | (l_odd << 48)
+    value_index = rows[:, None] * (K // 8) + (pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8))[None, :]
+    value_mask = value_index < ROWS * (K // 8)  # always true; store_output wants a mask
+    {{store_output(("value_index",), "values", "value_mask", val_shape=("BLOCK_M", "BLOCK_K // 8"))}}
+
+    # cuSPARSELt's metadata tiles, right after the values
+    words, word_index = metadata_words(first, last, pid_m, pid_k, K // 32)
+    meta_index = ROWS * (K // 8) + word_index
+    meta_mask = word_index < ROWS * K // 64  # always true
+    {{store_output(("meta_index",), "words", "meta_mask", val_shape=("BLOCK_M // 16", "8", "BLOCK_K // 32"))}}
+"""
+
+_IMPORTS = "from lynx_compile.codegen.prune_compress import metadata_words, select_2to4\n"
+
+
+@SymbolicGridFn
+def _grid(rows, k, meta, *, cdiv):
+    return cdiv(rows, meta["BLOCK_M"]), cdiv(k, meta["BLOCK_K"]), 1
+
+
+_TEMPLATE = TritonTemplate(name="lynx_prune_compress", grid=_grid, source=_IMPORTS + _SOURCE)
+
+# (BLOCK_M, BLOCK_K, num_warps), the first whose BLOCK_K divides K. BLOCK_M divides the 64-row
+# metadata tile. With a GELU prologue the kernel is instruction-bound and 16-32 elements per thread
+# beat 64 (16 x 512, 4 warps: 1.4x slower at 4096 x 12288; scripts/probe_template_tiles.py)
+_TILES = ((16, 256, 4), (16, 128, 4), (16, 64, 2), (16, 32, 1))
+TEMPLATE_DEVICES = ("cuda",)  # where Inductor builds Triton templates (sparse tensor cores are CUDA's)
+
 
 def eligible(m: int, k: int, dtype: torch.dtype) -> bool:
-    """What the lowering handles: 16-bit, whole 64 x 32 metadata tiles (the op pads m to 64)."""
-    return dtype in (torch.bfloat16, torch.float16) and m % TILE_ROWS == 0 and k % TILE_COLS == 0
+    """What the template handles: 16-bit, whole 64 x 32 metadata tiles (the op pads m to 64)."""
+    return dtype in MAGNITUDE_BITS and m % TILE_ROWS == 0 and k % TILE_COLS == 0
 
 
 def _static(size: sympy.Expr) -> int | None:
@@ -45,7 +94,7 @@ def _static(size: sympy.Expr) -> int | None:
 
 
 def register() -> None:
-    """Install the lowering (idempotent). Ineligible inputs fall back to the custom op's kernel."""
+    """Install the lowering (idempotent). Everything it does not take runs the custom op's kernel."""
     if getattr(register, "done", False):
         return
     register.done = True
@@ -54,155 +103,24 @@ def register() -> None:
 
     @register_lowering(op, type_promotion_kind=None)
     def _lower(x: ir.TensorBox, rows: int, method: str) -> ir.TensorBox:
-        m_in, k = (_static(s) for s in x.get_size())
-        if method != "inductor" or m_in is None or k is None or not eligible(rows, k, x.get_dtype()):
+        k = _static(x.get_size()[1])
+        device = x.get_device()
+        if method != "inductor" or k is None or not eligible(rows, k, x.get_dtype()) or device.type not in TEMPLATE_DEVICES:
             return fallback(x, rows, method)
-        return _compress(x, m_in, rows, k)
+        return _compress(x, rows, k)
 
 
-def _compress(x: ir.TensorBox, m_in: int, rows: int, k: int) -> ir.TensorBox:
-    dtype, device = x.get_dtype(), x.get_device()
-    load = _masked_loader(x, m_in, rows)
-    words = k // 8  # int64 words per row of kept values (2 groups each) = bytes per row of nibbles
-    out = ir.ConcatKernel(
-        name=None,
-        layout=ir.FixedLayout(
-            device=device, dtype=torch.int64, size=[compressed_int64_numel(rows, k, dtype)], stride=[1]
-        ),
-        inputs=[],
+def _compress(x: ir.TensorBox, rows: int, k: int) -> ir.TensorBox:
+    dtype = x.get_dtype()
+    x = ir.ExternKernel.realize_input(x)  # a pointwise producer stays a candidate for prologue fusion
+    layout = ir.FixedLayout(
+        device=x.get_device(), dtype=torch.int64, size=[compressed_int64_numel(rows, k, dtype)], stride=[1]
     )
-    storage = ir.StorageBox(out)
-    # 1. fused with the producer: the kept values, and the two groups' nibbles as one byte
-    values = ir.Pointwise.create(
-        device=device, dtype=torch.int64, inner_fn=functools.partial(_values_word, load, dtype), ranges=[rows, words]
+    abs_mask, mag_max = MAGNITUDE_BITS[dtype]
+    block_m, block_k, warps = next(t for t in _TILES if k % t[1] == 0)
+    choice = _TEMPLATE.generate(
+        input_nodes=(x,), layout=layout, num_stages=1, num_warps=warps, call_sizes=[rows, k],
+        BLOCK_M=block_m, BLOCK_K=block_k, K=k, ROWS=rows, ABS_MASK=abs_mask, MAG_MAX=mag_max,
+        DTYPE="tl.bfloat16" if dtype == torch.bfloat16 else "tl.float16",
     )
-    nibbles = ir.Pointwise.create(
-        device=device, dtype=torch.uint8, inner_fn=functools.partial(_nibble_byte, load, dtype), ranges=[rows, words]
-    )
-    nibbles.realize()
-    # 2. a small second kernel: nibbles -> cuSPARSELt's 64 x 32 metadata tiles
-    tiles = [rows // TILE_ROWS, 4, 8, k // TILE_COLS]  # (tr, b, i, tc)
-    metadata = ir.Pointwise.create(
-        device=device, dtype=torch.int64, inner_fn=functools.partial(_metadata_word, nibbles.make_loader()), ranges=tiles
-    )
-    parts = [
-        (values, [rows, words], [words, 1], 0),
-        # a tile is 256 B = 32 words, row tiles outermost; the metadata starts right after the values
-        (metadata, tiles, [(k // TILE_COLS) * 32, 8, 1, 32], rows * words),
-    ]
-    for node, size, stride, offset in parts:
-        dst = ir.ReinterpretView(
-            data=storage, layout=ir.FixedLayout(device=device, dtype=torch.int64, size=size, stride=stride, offset=offset)
-        )
-        out.inputs.append(ir.ConcatKernel.realize_into(node, dst))
-    out.name = V.graph.register_buffer(out)
-    out.inputs = ir.ConcatKernel.unwrap_storage(out.inputs)
-    V.graph.register_operation(out)
-    return ir.TensorBox(storage)
-
-
-def _masked_loader(x: ir.TensorBox, m_in: int, rows: int) -> Callable[[sympy.Expr, sympy.Expr], object]:
-    """Loads x[r, c]; the rows padded up to ``rows`` read as zeros."""
-    loader = x.make_loader()
-    if m_in == rows:
-        return lambda r, c: loader([r, c])
-
-    def load(r: sympy.Expr, c: sympy.Expr):
-        inside = ops.lt(ops.index_expr(r, torch.int64), ops.constant(m_in, torch.int64))
-        return ops.masked(inside, lambda: loader([r, c]), 0.0)
-
-    return load
-
-
-def _row(index: Sequence[sympy.Expr], h: int) -> sympy.Expr:
-    tr, b, i, _ = index
-    return 64 * tr + 16 * b + 8 * h + i
-
-
-_INF_BITS = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}
-
-
-def _group(load, dtype: torch.dtype, r: sympy.Expr, g: sympy.Expr) -> tuple[object, object, object, object]:
-    """(i0, i1, bits at i0, bits at i1) of group g of row r, each an int32 value.
-
-    The selection of the standalone kernel (``prune_compress``), in Inductor's ops. Everything works
-    on the 16-bit patterns: the bitcast rounds the activation to its dtype (an inlined producer
-    computes in float32 and rounds only when it stores, so this is exactly the tensor a separate
-    producer kernel would write), and for IEEE formats the order of |x| is the integer order of
-    ``bits & 0x7FFF``; NaN patterns clamp to inf's, so NaN ties with inf. Keys (magnitude, then
-    3 - index) are unique in a group: a min/max network gives the top two and their indices.
-    """
-    bits = [_bits(load(r, 4 * g + j), dtype) for j in range(4)]
-    mags = [ops.minimum(ops.bitwise_and(b, _i32(0x7FFF)), _i32(_INF_BITS[dtype])) for b in bits]
-    keys = [ops.bitwise_or(ops.bitwise_left_shift(m, _i32(2)), _i32(3 - j)) for j, m in enumerate(mags)]
-    hi01, lo01 = ops.maximum(keys[0], keys[1]), ops.minimum(keys[0], keys[1])
-    hi23, lo23 = ops.maximum(keys[2], keys[3]), ops.minimum(keys[2], keys[3])
-    top = ops.maximum(hi01, hi23)
-    second = ops.maximum(ops.minimum(hi01, hi23), ops.maximum(lo01, lo23))
-    # cuSPARSELt stores the indices of the pruned group's nonzeros (NaN/inf count, +-0 does not),
-    # topped up with the highest free indices (3, then 2) when there are fewer than two.
-    i_top = ops.sub(_i32(3), ops.bitwise_and(top, _i32(3)))
-    i_second = ops.sub(_i32(3), ops.bitwise_and(second, _i32(3)))
-    two = ops.ge(second, _i32(4))  # the second-largest magnitude is nonzero
-    one = ops.ge(top, _i32(4))
-    first = ops.where(two, ops.minimum(i_top, i_second), ops.where(one, ops.minimum(i_top, _i32(2)), _i32(2)))
-    last = ops.where(two, ops.maximum(i_top, i_second), _i32(3))
-    # the stored values are the pruned group's elements bit for bit (a kept -0.0 stays -0.0)
-    kept2 = ops.where(ops.ge(keys[2], second), bits[2], _i32(0))
-    kept3 = ops.where(ops.ge(keys[3], second), bits[3], _i32(0))
-    v_first = ops.where(
-        ops.eq(first, _i32(0)), bits[0], ops.where(ops.eq(first, _i32(1)), bits[1], kept2)
-    )
-    v_last = ops.where(ops.eq(last, _i32(3)), kept3, ops.where(ops.eq(last, _i32(2)), bits[2], bits[1]))
-    return first, last, v_first, v_last
-
-
-def _i32(value: int):
-    return ops.constant(value, torch.int32)
-
-
-def _i64(value: int):
-    return ops.constant(value, torch.int64)
-
-
-def _bits(value, dtype: torch.dtype):
-    """The 16 bits of ``value`` stored as ``dtype``, as a non-negative int32."""
-    raw = ops.to_dtype(ops.to_dtype_bitcast(ops.to_dtype(value, dtype), torch.int16, dtype), torch.int32)
-    return ops.bitwise_and(raw, _i32(0xFFFF))
-
-
-def _values_word(load, dtype: torch.dtype, index: Sequence[sympy.Expr]):
-    """Kept values of groups 2w and 2w + 1 of row r, low bits first."""
-    r, w = index
-    word = _i64(0)
-    for n in range(2):
-        _, _, v0, v1 = _group(load, dtype, r, 2 * w + n)
-        for value, shift in ((v0, 32 * n), (v1, 32 * n + 16)):
-            word = ops.bitwise_or(word, ops.bitwise_left_shift(ops.to_dtype(value, torch.int64), _i64(shift)))
-    return word
-
-
-def _nibble_byte(load, dtype: torch.dtype, index: Sequence[sympy.Expr]):
-    """Nibbles (i0 | i1 << 2) of groups 2w (low) and 2w + 1 (high) of row r."""
-    r, w = index
-    byte = _i32(0)
-    for n in range(2):
-        i0, i1, _, _ = _group(load, dtype, r, 2 * w + n)
-        nibble = ops.bitwise_or(i0, ops.bitwise_left_shift(i1, _i32(2)))
-        byte = ops.bitwise_or(byte, ops.bitwise_left_shift(nibble, _i32(4 * n)))
-    return ops.to_dtype(byte, torch.uint8)
-
-
-def _metadata_word(load_nibbles, index: Sequence[sympy.Expr]):
-    """Nibble of row r_h = 64 tr + 16 b + 8 h + i, group 8 tc + 4 q + j at bit 16 j + 8 q + 4 h."""
-    tc = index[3]
-    word = _i64(0)
-    for h in range(2):
-        r = _row(index, h)
-        for q in range(2):
-            for j in range(4):
-                g = 4 * q + j  # group of the tile: byte 4 tc + g // 2, nibble g % 2
-                byte = ops.to_dtype(load_nibbles([r, 4 * tc + g // 2]), torch.int64)
-                nibble = ops.bitwise_and(ops.bitwise_right_shift(byte, _i64(4 * (g % 2))), _i64(0xF))
-                word = ops.bitwise_or(word, ops.bitwise_left_shift(nibble, _i64(16 * j + 8 * q + 4 * h)))
-    return word
+    return choice.output_node()

@@ -30,7 +30,7 @@ _TAIL_BLOCK = 512  # bytes of the unwritten tail each program of the first colum
 
 # Bit patterns per dtype: |x| mask, and the largest magnitude (+inf; a NaN's |bits| is larger and
 # is clamped to it, which makes NaN tie with inf as the reference semantics say).
-_MAGNITUDE_BITS = {torch.bfloat16: (0x7FFF, 0x7F80), torch.float16: (0x7FFF, 0x7C00)}
+MAGNITUDE_BITS = {torch.bfloat16: (0x7FFF, 0x7F80), torch.float16: (0x7FFF, 0x7C00)}
 
 
 def padded_rows(m: int) -> int:
@@ -39,24 +39,14 @@ def padded_rows(m: int) -> int:
 
 
 @triton.jit
-def _prune_compress_kernel(
-    x_ptr, values_ptr, meta_ptr, bytes_ptr,
-    M, M_PAD, K, stride_xm, META_COL_TILES, TAIL_START, TAIL_BYTES,
-    M_BUCKET,  # autotuning key only
-    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_BLOCK: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    GROUPS: tl.constexpr = BLOCK_K // 4
-    # The grid covers the metadata's rows (M_PAD rounded up to 64; BLOCK_M divides 64).
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    # Rows past M (up to the metadata tile) read as zeros: that is the row padding, never stored in x.
-    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :],
-                mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
+def select_2to4(x, ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr):
+    """Top two of each group of 4 along the last dim of a (BLOCK_M, BLOCK_K) tile.
 
-    # The 4 members of each group: (BLOCK_M, GROUPS) each.
+    Returns (first, last, v_first, v_last), each (BLOCK_M, BLOCK_K // 4): the two indices
+    cuSPARSELt stores (first < last) and the values at them (x's bits; pruned members read as 0).
+    """
+    BLOCK_M: tl.constexpr = x.shape[0]
+    GROUPS: tl.constexpr = x.shape[1] // 4
     even, odd = tl.split(tl.reshape(x, (BLOCK_M, GROUPS, 2, 2)))
     x0, x2 = tl.split(even)
     x1, x3 = tl.split(odd)
@@ -89,14 +79,18 @@ def _prune_compress_kernel(
     zero = tl.zeros_like(x0)
     v_first = tl.where(first == 0, x0, tl.where(first == 1, x1, tl.where(keep2, x2, zero)))
     v_last = tl.where(last == 3, tl.where(keep3, x3, zero), tl.where(last == 2, x2, x1))
+    return first, last, v_first, v_last
 
-    # Values: row-major (M_PAD, K/2), the two of a group side by side.
-    vals = tl.reshape(tl.join(v_first, v_last), (BLOCK_M, BLOCK_K // 2))
-    vcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    tl.store(values_ptr + rows[:, None] * (K // 2) + vcols[None, :], vals,
-             mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :])
 
-    # Metadata: the nibble of row 16b+8h+i, group 8c+4q+j lands at bit 16j+8q+4h of word (b, i, c).
+@triton.jit
+def metadata_words(first, last, pid_m, pid_k, META_COL_TILES):
+    """cuSPARSELt's metadata words of a (BLOCK_M, 4 * GROUPS) tile at (pid_m, pid_k), and where they go.
+
+    The nibble of row 16b+8h+i, group 8c+4q+j lands at bit 16j+8q+4h of word (b, i, c); a 64 x 32
+    tile is 32 words, row tiles outermost. Returns (words, word_index), (BLOCK_M // 16, 8, GROUPS // 8).
+    """
+    BLOCK_M: tl.constexpr = first.shape[0]
+    GROUPS: tl.constexpr = first.shape[1]
     nibble = (first | (last << 2)).to(tl.int64)
     h = (tl.arange(0, BLOCK_M) // 8) % 2
     g = tl.arange(0, GROUPS) % 8
@@ -104,10 +98,39 @@ def _prune_compress_kernel(
     fields = tl.reshape(nibble << shift.to(tl.int64), (BLOCK_M // 16, 2, 8, GROUPS // 8, 8))
     words = tl.sum(tl.sum(fields, axis=4), axis=1)  # disjoint bit fields: the sum is the OR
     block = pid_m * (BLOCK_M // 16) + tl.arange(0, BLOCK_M // 16)  # global 16-row block
-    tile_col = pid_k * (BLOCK_K // 32) + tl.arange(0, GROUPS // 8)
+    tile_col = pid_k * (GROUPS // 8) + tl.arange(0, GROUPS // 8)
     i = tl.arange(0, 8)
     word_index = ((block // 4 * META_COL_TILES)[:, None, None] + tile_col[None, None, :]) * 32 \
         + ((block % 4) * 8)[:, None, None] + i[None, :, None]
+    return words, word_index
+
+
+@triton.jit
+def _prune_compress_kernel(
+    x_ptr, values_ptr, meta_ptr, bytes_ptr,
+    M, M_PAD, K, stride_xm, META_COL_TILES, TAIL_START, TAIL_BYTES,
+    M_BUCKET,  # autotuning key only
+    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_BLOCK: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    # The grid covers the metadata's rows (M_PAD rounded up to 64; BLOCK_M divides 64).
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    # Rows past M (up to the metadata tile) read as zeros: that is the row padding, never stored in x.
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :],
+                mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
+    first, last, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
+
+    # Values: row-major (M_PAD, K/2), the two of a group side by side.
+    vals = tl.reshape(tl.join(v_first, v_last), (BLOCK_M, BLOCK_K // 2))
+    vcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    tl.store(values_ptr + rows[:, None] * (K // 2) + vcols[None, :], vals,
+             mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :])
+
+    words, word_index = metadata_words(first, last, pid_m, pid_k, META_COL_TILES)
+    tile_col = pid_k * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
     tl.store(meta_ptr + word_index, words, mask=(tile_col < META_COL_TILES)[None, None, :])
 
     # Bytes cuSPARSELt allocates but never writes (< 6 bytes per metadata row, so a 512-byte slice
@@ -139,8 +162,8 @@ def prune_compress(x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     it returns that many rows, of which the first M are meaningful. The padding is never
     materialised: the kernel reads it as zeros.
     """
-    if x.dtype not in _MAGNITUDE_BITS:
-        raise ValueError(f"prune_compress supports {tuple(_MAGNITUDE_BITS)}, got {x.dtype}")
+    if x.dtype not in MAGNITUDE_BITS:
+        raise ValueError(f"prune_compress supports {tuple(MAGNITUDE_BITS)}, got {x.dtype}")
     if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 16 or x.shape[1] % 16:
         raise ValueError(f"prune_compress needs a 2-D (M >= 1, K % 16 == 0) tensor, got shape {tuple(x.shape)}")
     if x.stride(1) != 1:
@@ -164,7 +187,7 @@ def _launch(x: torch.Tensor, m_pad: int, config: dict[str, int] | None) -> torch
     meta = raw[values_bytes : values_bytes + metadata_nbytes(m_pad, k)].view(torch.int64)
     tail_start = significant_numel(m_pad, k, x.dtype) * x.element_size()
     tail_bytes = raw.numel() - tail_start
-    abs_mask, mag_max = _MAGNITUDE_BITS[x.dtype]
+    abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
     args = dict(
         M=m, M_PAD=m_pad, K=k, stride_xm=x.stride(0),
         META_COL_TILES=-(-k // 32), TAIL_START=tail_start, TAIL_BYTES=tail_bytes,

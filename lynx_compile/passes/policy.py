@@ -126,7 +126,7 @@ def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_s
 
 
 def _compress_method(site: GemmSite, config: LynxConfig) -> tuple[str, str]:
-    """("inductor" | "triton", why): fused into the producer's kernel where Inductor can do it."""
+    """("inductor" | "triton", why): in Inductor's template with the producer as its prologue where it can."""
     from ..codegen.inductor_lowering import eligible
     from ..ops import padded_rows
 
@@ -137,4 +137,4 @@ def _compress_method(site: GemmSite, config: LynxConfig) -> tuple[str, str]:
     fusable, producer = fusable_producer(site.x)
     if not fusable:
         return "triton", f"standalone Triton prune+compress (activation is a {producer}: nothing to fuse)"
-    return "inductor", f"prune+compress fused into the producer ({producer})"
+    return "inductor", f"prune+compress in Inductor's template, the producer ({producer}) fused in as its prologue"
