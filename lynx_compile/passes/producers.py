@@ -27,7 +27,7 @@ _SWAPAXES = {"swapaxes", torch.swapaxes}  # the one permute gemms' weight matchi
 _EXTERN_FUNCTIONS = {F.scaled_dot_product_attention, torch.bmm, torch.baddbmm, torch.conv2d, F.conv2d, F.conv3d}
 # reductions whose pointwise tail Inductor puts into the reduction's own kernel
 _NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.rms_norm, F.normalize, F.softmax, torch.layer_norm, torch.group_norm,
-                   torch.mean, torch.sum, torch.var, torch.var_mean, torch.rsqrt}
+                   torch.mean, torch.sum, torch.var, torch.var_mean}
 _NORM_METHODS = {"mean", "sum", "var", "std", "norm", "softmax"}
 _TAIL_DEPTH = 8  # pointwise ops to look through for a norm: adaLN is 2-3, hand-written RMSNorm ~5
 
