@@ -62,6 +62,25 @@ def test_fusable_producers_of_a_dit_block():
     assert got["after_down"] == (False, "linear output")
 
 
+class RmsNormLinear(nn.Module):
+    """A hand-written RMSNorm (as in many DiT codebases) feeding a GEMM, and a GELU after it."""
+
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+        return self.down(F.gelu(self.up(h)))
+
+
+def test_a_norms_pointwise_tail_is_not_fusable_but_gelu_is():
+    got = _producers(RmsNormLinear().eval(), torch.randn(2, 8, 32))
+    assert got["up"] == (False, "mul after mean (computed in the norm's reduction kernel)"), got["up"]
+    assert got["down"] == (True, "gelu")
+
+
 class _UserPass:
     """Stands for a user's CustomGraphPass."""
 
