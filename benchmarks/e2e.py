@@ -225,6 +225,8 @@ def main() -> None:
     rows, failures = [], []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    tags = [tag for tag in ("max_autotune" if args.max_autotune else "", args.tag) if tag]
+    stem = out / "_".join([f"e2e_{gpu_slug()}", *tags])
     for case in args.cases:
         name, batch, *variant = case.split(":")
         try:
@@ -236,8 +238,7 @@ def main() -> None:
             print(f"{case} FAILED: {e!r}", flush=True)
         torch._dynamo.reset()
         torch.cuda.empty_cache()
-        tags = ["max_autotune"] * args.max_autotune + [args.tag] * bool(args.tag)
-        write(rows, failures, out / "_".join([f"e2e_{gpu_slug()}", *tags]), meta())
+        write(rows, failures, stem, meta())
 
 
 if __name__ == "__main__":

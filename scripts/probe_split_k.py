@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from lynx_compile.codegen.cusparselt import cuda_graph_ms, rotating_inputs  # noqa: E402
+from lynx_compile.codegen.cusparselt import _operands, cuda_graph_ms  # noqa: E402
 from lynx_compile.codegen.prune_compress import prune_compress  # noqa: E402
 
 SHAPES = [(3072, 3072), (3072, 9216), (3072, 12288), (12288, 3072), (15360, 3072),
@@ -36,9 +36,7 @@ def main() -> None:
     for m, (k, n) in itertools.product(MS, SHAPES):
         if m == 16384 and (k, n) not in SHAPES[:5]:
             continue
-        w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
-        xs = rotating_inputs(lambda: torch.randn(m, k, dtype=dtype, device=dev), m * k * 2)
-        cs = [prune_compress(x) for x in xs]
+        w, xs, cs = _operands(m, k, n, dtype, torch.device(dev), prune_compress)
         calls = max(20, len(xs))
 
         def sparse(alg: int, sk: int = 1, mode: int = -1, replays: int = 15) -> float:

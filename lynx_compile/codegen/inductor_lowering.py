@@ -104,8 +104,8 @@ def register() -> None:
     @register_lowering(op, type_promotion_kind=None)
     def _lower(x: ir.TensorBox, rows: int, method: str) -> ir.TensorBox:
         k = _static(x.get_size()[1])
-        device = x.get_device()
-        if method != "inductor" or k is None or not eligible(rows, k, x.get_dtype()) or device.type not in TEMPLATE_DEVICES:
+        lowered = method == "inductor" and x.get_device().type in TEMPLATE_DEVICES
+        if not lowered or k is None or not eligible(rows, k, x.get_dtype()):
             return fallback(x, rows, method)
         return _compress(x, rows, k)
 
