@@ -16,9 +16,10 @@ forwards and sorts it into categories by kernel name:
 
 ``idle_ms``: the GPU's idle time per forward (span of the profiled forwards minus kernel time; with
 graphs off it includes waiting for the CPU to launch). ``amdahl_bound`` is the speed-up the whole forward would get if only the GEMMs lynx sparsified ran at
-the measured ``sparse_gemm`` speed and pruning were free. Writes breakdown_<gpu>.{json,md}.
+the measured ``sparse_gemm`` speed and pruning were free. Writes breakdown_<gpu>[_cudagraphs][_TAG].{json,md}.
 
     python benchmarks/breakdown.py --cases flux:1 --out benchmarks/results
+    python benchmarks/breakdown.py --cases sd3:1 --cudagraphs --tag sd3
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--cudagraphs", action="store_true", help="profile graph replays (dense: reduce-overhead)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--tag", help="suffix of the result files (e.g. the model, so runs do not overwrite each other)")
     args = p.parse_args()
     rows, tops = [], {}
     for case in args.cases:
@@ -121,7 +123,8 @@ def main() -> None:
             print(row, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"breakdown_{gpu_slug()}{'_cudagraphs' if args.cudagraphs else ''}"
+    stem = out / "_".join([f"breakdown_{gpu_slug()}", *(["cudagraphs"] if args.cudagraphs else []),
+                           *([args.tag] if args.tag else [])])
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows, "top_kernels": tops}, indent=2))
     write_table(stem.with_suffix(".md"), f"GPU time per forward by kernel category (ms, CUDA graphs {'on' if args.cudagraphs else 'off'})", rows,
                 ["model", "batch", "tokens", "depth", "variant", "total_ms", *(f"{c}_ms" for c in CATEGORIES), "idle_ms",

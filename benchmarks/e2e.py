@@ -38,7 +38,7 @@ CASES: dict[str, dict[str, Any]] = {
 @dataclasses.dataclass
 class Row:
     model: str
-    variant: str  # "default" (lynx's defaults) or "fused" (fuse_producers=True)
+    variant: str  # "default" (lynx's defaults), "fused" (fuse_producers=True) or "fold" (fold_bias=True)
     batch: int
     tokens: int
     depth: int
@@ -51,6 +51,7 @@ class Row:
     lynx_recompile_s: float  # a second compile in the same process: Inductor's and lynx's caches warm
     layers_sparse: int
     layers_fused: int  # sparse layers whose pruning runs inside the producer's kernel
+    layers_folded: int  # sparse layers with the bias inside the sparse GEMM (fold_bias)
     layers_total: int
     act_mb_dense: float  # bytes moved for the sparsified GEMMs' inputs had they stayed dense
     act_mb_lynx: float  # the same under lynx (``benchmarks.common.BYTES_PER_ELEMENT``)
@@ -100,7 +101,7 @@ def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int = 1
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-VARIANTS: dict[str, dict[str, Any]] = {"default": {}, "fused": {"fuse_producers": True}}
+VARIANTS: dict[str, dict[str, Any]] = {"default": {}, "fused": {"fuse_producers": True}, "fold": {"fold_bias": True}}
 
 
 def _compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
@@ -147,7 +148,8 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
         model=name, variant=variant, batch=batch, tokens=built.tokens, depth=depth, eager_ms=eager_ms,
         inductor_ms=ms["inductor"], lynx_ms=ms["lynx"], rel_err_vs_dense=rel, inductor_compile_s=inductor_compile_s, lynx_compile_s=lynx_compile_s,
         lynx_recompile_s=lynx_recompile_s, layers_sparse=sum(layer.sparse for layer in layers),
-        layers_fused=sum(layer.prune == "fused" for layer in layers), layers_total=len(layers),
+        layers_fused=sum(layer.prune == "fused" for layer in layers),
+        layers_folded=sum(layer.bias_folded for layer in layers), layers_total=len(layers),
         act_mb_dense=activation_mb(layers, dense=True), act_mb_lynx=activation_mb(layers),
         sparse_names=[layer.name for layer in layers if layer.sparse], speedup_vs_inductor=ms["inductor"] / ms["lynx"],
         inductor_loop_ms=ms["inductor_loop"], lynx_loop_ms=ms["lynx_loop"], loop_speedup=ms["inductor_loop"] / ms["lynx_loop"],
@@ -159,7 +161,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
 NOTES = """Depth reduced (column `depth`; for flux, depth 2 = 2 double-stream + 4 single-stream blocks), full
 width, random weights, bf16. dense = `torch.compile(mode="reduce-overhead")`; lynx = `backend="lynx"`
 defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=fused` adds
-`fuse_producers=True`. `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
+`fuse_producers=True`, `variant=fold` adds `fold_bias=True`. `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
 call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
 every run; `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
 models take turns within each run (drift hits them alike), after two warm-up rounds.
@@ -172,7 +174,7 @@ models take turns within each run (drift hits them alike), after two warm-up rou
 COLUMNS = ["model", "variant", "batch", "tokens", "depth", "eager_ms", "inductor_ms", "lynx_ms", "speedup_vs_inductor",
            "inductor_loop_ms", "lynx_loop_ms", "loop_speedup", "max_autotune_ms", "max_autotune_compile_s",
            "rel_err_vs_dense", "inductor_compile_s", "lynx_compile_s",
-           "lynx_recompile_s", "layers_sparse", "layers_fused", "layers_total", "act_mb_dense", "act_mb_lynx",
+           "lynx_recompile_s", "layers_sparse", "layers_fused", "layers_folded", "layers_total", "act_mb_dense", "act_mb_lynx",
            "per_block_inductor_ms", "per_block_lynx_ms"]
 
 

@@ -18,6 +18,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 from .config import LynxConfig, dtype_name
 from .passes import policy
+from .passes.fold_bias import FoldedWeights
 from .passes.gemms import GemmSite, find_gemms
 from .passes.policy import Decision
 from .passes.sparsify import sparsify
@@ -53,6 +54,7 @@ def layer_report(site: GemmSite, decision: Decision) -> LayerReport:
         path=decision.path,
         alg_id=decision.alg_id if decision.path.startswith("cusparselt") else None,
         prune=_PRUNE_WHERE[decision.compress or decision.path],
+        bias_folded=decision.fold_bias,
     )
 
 
@@ -93,11 +95,14 @@ def lynx_backend(
         log.info("lynx: %-48s %-17s %s", layer.name, layer.path, layer.reason)
     _log_reference_once(report)
     _dump(gm, config, "before")
-    sparsify(gm, plan, compensate=config.compensate)
+    folds = FoldedWeights(gm)
+    sparsify(gm, plan, compensate=config.compensate, folds=folds, example_inputs=example_inputs)
+    if folds.nbytes:
+        report.notes.append(f"fold_bias: {len(folds)} weight copies with the bias appended, {folds.nbytes / 2**20:.1f} MiB")
     _dump(gm, config, "after")
     _REPORTS.append(report)
     on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
-    return compile_fx(gm, example_inputs, config_patches=_inductor_patches(mode, config, on_cuda))
+    return folds.wrap(compile_fx(gm, example_inputs, config_patches=_inductor_patches(mode, config, on_cuda)))
 
 
 def _dump(gm: fx.GraphModule, config: LynxConfig, stage: str) -> None:

@@ -61,6 +61,10 @@ class LynxConfig:
     # but whole FLUX is a tie on the H100 (tanh-GELU + selection are instruction-bound: benchmarks/
     # results/fusion_*, e2e_*_fused_template; benchmarks/NOTES_kernels.md)
     fuse_producers: bool = False
+    # add the bias inside the sparse GEMM where an add in the graph would feed a norm or attention (FLUX's
+    # q, k, v): a copy [W | b | 0...] of each such weight, kept current (passes/fold_bias.py). Costs that
+    # memory (shown in the report); ignored with compensate (the per-row scale must not scale the bias)
+    fold_bias: bool = False
     dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
 
     def __post_init__(self) -> None:
@@ -80,7 +84,7 @@ class LynxConfig:
         speedup = self.min_speedup
         if isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not speedup > 0:
             raise TypeError(f"lynx option 'min_speedup' must be a positive number, got {speedup!r}")
-        for field in ("compensate", "cost_model", "cudagraphs", "fuse_producers"):
+        for field in ("compensate", "cost_model", "cudagraphs", "fuse_producers", "fold_bias"):
             if not isinstance(getattr(self, field), bool):
                 raise TypeError(f"lynx option {field!r} must be a bool, got {getattr(self, field)!r}")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):

@@ -12,7 +12,10 @@ Fast path, per activation ``x`` (any leading dims, K last), shared by every GEMM
 template that takes a pointwise producer of ``x`` as its prologue; its eager kernel is the Triton one.
 
 The bias stays in the graph because cuSPARSELt's bias epilogue is per row of the output when the
-activation is the sparse operand: it cannot carry nn.Linear's per-column bias.
+activation is the sparse operand: it cannot carry nn.Linear's per-column bias. With option
+``fold_bias`` it goes into the GEMM instead, where an add in the graph would cost a kernel
+(``passes/fold_bias.py``): ``c = compress_2to4(x, ..., ones_column=True)`` is the compression of
+``[x | 1 | 0...]`` and ``sparse_mm(c, [W | b | 0...], ...)`` returns ``prune_2to4(x) @ W.T + b``.
 
 Paths (chosen per layer at compile time, shown in the report):
 - ``reference``: ``prune_2to4`` in torch ops, then the original dense GEMM. CPU, old GPUs,
@@ -30,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .codegen.cusparselt_layout import compressed_int64_numel, compressed_shape
-from .codegen.reference import compensation_scale, prune_2to4
+from .codegen.reference import BIAS_COLUMNS, compensation_scale, prune_2to4
 
 PATHS = ("reference", "cusparselt", "cusparselt-compat")
 METHODS = ("inductor", "triton", "cusparselt")  # how compress_2to4 computes its result
@@ -43,29 +46,32 @@ def padded_rows(m: int) -> int:
 
 
 @torch.library.custom_op("lynx::compress_2to4", mutates_args=())
-def compress_2to4(x: torch.Tensor, rows: int, method: str) -> torch.Tensor:
+def compress_2to4(x: torch.Tensor, rows: int, method: str, ones_column: bool = False) -> torch.Tensor:
     """``torch._cslt_compress(prune_2to4(x zero-padded to rows))`` as a flat int64 buffer.
 
     ``method``: ``inductor`` (Inductor lowers it into the producer's kernel; called eagerly it runs
     the Triton kernel), ``triton`` (the standalone Triton kernel), ``cusparselt`` (cuSPARSELt's own
     compression of the reference pruning: slow, for when the Triton layout self-check fails).
+    ``ones_column``: compress ``with_ones_column(x)`` (K + BIAS_COLUMNS), for a GEMM whose weight
+    carries the bias (``passes/fold_bias.py``).
     """
     if method in ("inductor", "triton"):
         from .codegen.prune_compress import prune_compress
 
-        compressed = prune_compress(x, rows=rows)
+        compressed = prune_compress(x, rows=rows, ones_column=ones_column)
     elif method == "cusparselt":
         from .codegen.cusparselt import compress_compat
 
-        compressed = compress_compat(x, rows)
+        compressed = compress_compat(x, rows, ones_column)
     else:
         raise ValueError(f"unknown compress method {method!r}; valid: {METHODS}")
     return compressed.reshape(-1).view(torch.int64)
 
 
 @compress_2to4.register_fake
-def _(x: torch.Tensor, rows: int, method: str) -> torch.Tensor:
-    return x.new_empty((compressed_int64_numel(rows, x.shape[1], x.dtype),), dtype=torch.int64)
+def _(x: torch.Tensor, rows: int, method: str, ones_column: bool = False) -> torch.Tensor:
+    k = x.shape[1] + (BIAS_COLUMNS if ones_column else 0)
+    return x.new_empty((compressed_int64_numel(rows, k, x.dtype),), dtype=torch.int64)
 
 
 @torch.library.custom_op("lynx::sparse_mm", mutates_args=())
@@ -82,9 +88,9 @@ def _(compressed: torch.Tensor, weight: torch.Tensor, padded: int, rows: int, al
     return weight.new_empty((rows, weight.shape[0]))
 
 
-def compress_activation(x: torch.Tensor, method: str) -> torch.Tensor:
+def compress_activation(x: torch.Tensor, method: str, ones_column: bool = False) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
-    return torch.ops.lynx.compress_2to4(x.reshape(-1, x.shape[-1]), padded_rows(rows), method)
+    return torch.ops.lynx.compress_2to4(x.reshape(-1, x.shape[-1]), padded_rows(rows), method, ones_column)
 
 
 def sparse_linear(

@@ -23,6 +23,7 @@ class LayerReport:
     energy_pruned: float | None = None  # ||x - prune(x)||^2 / ||x||^2
     alg_id: int | None = None
     prune: str = "-"  # where prune(+compress) runs: "fused" into the producer, "triton", "cslt", "torch"
+    bias_folded: bool = False  # the bias is added inside the sparse GEMM (option fold_bias)
 
     @property
     def flops(self) -> int:

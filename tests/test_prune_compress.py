@@ -27,7 +27,7 @@ from lynx_compile.codegen.cusparselt_layout import (  # noqa: E402
     same_compressed,
 )
 from lynx_compile.codegen.prune_compress import _configs, _launch, padded_rows, prune_compress  # noqa: E402
-from lynx_compile.codegen.reference import prune_2to4  # noqa: E402
+from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4, with_ones_column  # noqa: E402
 
 FIXTURES = torch.load(Path(__file__).parent / "data" / "cslt_fixtures.pt", weights_only=False)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,6 +75,24 @@ def test_kernel_matches_reference(m: int, k16: int, dtype: torch.dtype, seed: in
     expected = compress_reference(prune_2to4(pad_rows(x)))
     # Both zero the bytes cuSPARSELt leaves unwritten, so the whole tensors agree.
     assert torch.equal(got.view(torch.int16), expected.view(torch.int16))
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(1, 70), k16=st.integers(1, 9), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_ones_column_compresses_x_with_a_ones_column(m: int, k16: int, dtype: torch.dtype, seed: int) -> None:
+    """The activation side of a folded bias: [x | 1 | 0...] compressed, the extra columns never in memory."""
+    x = probe_matrix(m, 16 * k16, dtype, seed=seed)
+    got = prune_compress(x.to(DEVICE), ones_column=True).cpu()
+    expected = compress_reference(prune_2to4(pad_rows(with_ones_column(x))))
+    assert torch.equal(got.view(torch.int16), expected.view(torch.int16))
+
+
+def test_ones_column_is_already_2to4_and_carries_the_bias() -> None:
+    x, w, b = torch.randn(5, 32), torch.randn(8, 32), torch.randn(8)
+    xo = with_ones_column(prune_2to4(x))
+    assert torch.equal(prune_2to4(xo), xo)
+    w_folded = F.pad(torch.cat([w, b[:, None]], 1), (0, BIAS_COLUMNS - 1))
+    torch.testing.assert_close(xo @ w_folded.T, F.linear(prune_2to4(x), w, b))
 
 
 @pytest.mark.parametrize("config", _configs(), ids=str)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .cusparselt_layout import probe_matrix, same_compressed
 from .prune_compress import _configs, _launch, padded_rows, prune_compress
-from .reference import prune_2to4
+from .reference import prune_2to4, with_ones_column
 
 log = logging.getLogger("lynx_compile")
 
@@ -59,10 +59,11 @@ def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, alg_id: int) -> to
     return torch._cslt_sparse_mm(compressed, weight.t(), alg_id=alg_id)
 
 
-def compress_compat(x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-    """The slow exact path: reference pruning of x zero-padded to ``rows`` (default: cuSPARSELt's
-    minimum, ``padded_rows``), then cuSPARSELt's own compressor."""
+def compress_compat(x: torch.Tensor, rows: int | None = None, ones_column: bool = False) -> torch.Tensor:
+    """The slow exact path: reference pruning of x (``with_ones_column(x)``) zero-padded to ``rows``
+    (default: cuSPARSELt's minimum, ``padded_rows``), then cuSPARSELt's own compressor."""
     rows = padded_rows(x.shape[0]) if rows is None else rows
+    x = with_ones_column(x) if ones_column else x
     return torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, rows - x.shape[0]))))
 
 

@@ -102,11 +102,12 @@ def register() -> None:
     fallback = fallback_handler(op, add_to_fallback_set=False)
 
     @register_lowering(op, type_promotion_kind=None)
-    def _lower(x: ir.TensorBox, rows: int, method: str) -> ir.TensorBox:
+    def _lower(x: ir.TensorBox, rows: int, method: str, ones_column: bool = False) -> ir.TensorBox:
         k = _static(x.get_size()[1])
-        lowered = method == "inductor" and x.get_device().type in TEMPLATE_DEVICES
+        # the template has no ones column (a folded bias): the policy never asks for both
+        lowered = method == "inductor" and not ones_column and x.get_device().type in TEMPLATE_DEVICES
         if not lowered or k is None or not eligible(rows, k, x.get_dtype()):
-            return fallback(x, rows, method)
+            return fallback(x, rows, method, ones_column)
         return _compress(x, rows, k)
 
 

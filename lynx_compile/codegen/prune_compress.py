@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .cusparselt_layout import TILE_ROWS, compressed_shape, metadata_nbytes, significant_numel
+from .reference import BIAS_COLUMNS
 
 ROW_MULTIPLE = 16  # cuSPARSELt takes m, k multiples of 16; rows are padded, k must already be
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -108,9 +109,9 @@ def metadata_words(first, last, pid_m, pid_k, META_COL_TILES):
 @triton.jit
 def _prune_compress_kernel(
     x_ptr, values_ptr, meta_ptr, bytes_ptr,
-    M, M_PAD, K, stride_xm, META_COL_TILES, TAIL_START, TAIL_BYTES,
+    M, M_PAD, K_X, K, stride_xm, META_COL_TILES, TAIL_START, TAIL_BYTES,
     M_BUCKET,  # autotuning key only
-    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr,
+    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, ONES_COLUMN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_BLOCK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -119,8 +120,11 @@ def _prune_compress_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     # Rows past M (up to the metadata tile) read as zeros: that is the row padding, never stored in x.
+    # K_X columns come from x; with ONES_COLUMN, K = K_X + BIAS_COLUMNS and column K_X is 1 (``with_ones_column``).
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :],
-                mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
+                mask=(rows < M)[:, None] & (cols < K_X)[None, :], other=0.0)
+    if ONES_COLUMN:
+        x = tl.where((rows < M)[:, None] & (cols == K_X)[None, :], 1.0, x).to(x.dtype)
     first, last, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
 
     # Values: row-major (M_PAD, K/2), the two of a group side by side.
@@ -154,13 +158,14 @@ _FIXED = {"BLOCK_M": 32, "BLOCK_K": 128, "num_warps": 4}  # small inputs and the
 _SMALL = 1 << 21  # elements: below this the kernel takes a few microseconds whatever its tiles
 
 
-def prune_compress(x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+def prune_compress(x: torch.Tensor, rows: int | None = None, ones_column: bool = False) -> torch.Tensor:
     """``torch._cslt_compress(prune_2to4(x padded with zero rows to `rows`))`` in one pass.
 
     x: 2-D (M, K) bf16/fp16 with unit column stride, K a multiple of 16, any M >= 1. ``rows``: rows
     of the compressed operand, a multiple of 16 and >= M (default ``padded_rows(M)``); the GEMM on
     it returns that many rows, of which the first M are meaningful. The padding is never
-    materialised: the kernel reads it as zeros.
+    materialised: the kernel reads it as zeros. ``ones_column``: compress ``with_ones_column(x)``
+    (K + BIAS_COLUMNS columns) instead, so that a weight with the bias appended adds it inside the GEMM.
     """
     if x.dtype not in MAGNITUDE_BITS:
         raise ValueError(f"prune_compress supports {tuple(MAGNITUDE_BITS)}, got {x.dtype}")
@@ -175,12 +180,13 @@ def prune_compress(x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     if m_pad * k >= 2**31:
         raise ValueError(f"prune_compress indexes with 32-bit integers: {m_pad} x {k} is too large")
     config = _FIXED if _INTERPRET or m_pad * k <= _SMALL else None  # small: launch-bound, nothing to tune
-    return _launch(x, m_pad, config)
+    return _launch(x, m_pad, config, ones_column)
 
 
-def _launch(x: torch.Tensor, m_pad: int, config: dict[str, int] | None) -> torch.Tensor:
+def _launch(x: torch.Tensor, m_pad: int, config: dict[str, int] | None, ones_column: bool = False) -> torch.Tensor:
     """Run the kernel with ``config`` (tile sizes and num_warps), or autotuned when None."""
-    m, k = x.shape
+    m, k_x = x.shape
+    k = k_x + BIAS_COLUMNS if ones_column else k_x
     out = torch.empty(compressed_shape(m_pad, k, x.dtype), dtype=x.dtype, device=x.device)
     raw = out.view(-1).view(torch.uint8)
     values_bytes = m_pad * k  # m_pad x k/2 elements of 2 bytes
@@ -189,10 +195,10 @@ def _launch(x: torch.Tensor, m_pad: int, config: dict[str, int] | None) -> torch
     tail_bytes = raw.numel() - tail_start
     abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
     args = dict(
-        M=m, M_PAD=m_pad, K=k, stride_xm=x.stride(0),
+        M=m, M_PAD=m_pad, K_X=k_x, K=k, stride_xm=x.stride(0),
         META_COL_TILES=-(-k // 32), TAIL_START=tail_start, TAIL_BYTES=tail_bytes,
         M_BUCKET=min(triton.next_power_of_2(m_pad), 16384),
-        ABS_MASK=abs_mask, MAG_MAX=mag_max, TAIL_BLOCK=_TAIL_BLOCK,
+        ABS_MASK=abs_mask, MAG_MAX=mag_max, ONES_COLUMN=ones_column, TAIL_BLOCK=_TAIL_BLOCK,
     )
     meta_rows = -(-m_pad // TILE_ROWS) * TILE_ROWS
     assert tail_bytes <= meta_rows // TILE_ROWS * _TAIL_BLOCK, "tail larger than the layout allows"

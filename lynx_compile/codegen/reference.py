@@ -12,6 +12,10 @@ import torch
 
 GROUP = 4
 KEEP = 2
+# Columns appended to an activation whose GEMM carries its bias in the weight (``with_ones_column``).
+# cuSPARSELt takes K in multiples of 16, but its Hopper kernels step K by 64: K + 16 for FLUX's
+# q/k/v made the whole model slower than K + 64 (scripts/probe_bias_columns.py, results/bias_columns_*).
+BIAS_COLUMNS = 64
 
 
 def _check_last_dim(x: torch.Tensor) -> None:
@@ -39,6 +43,18 @@ def keep_mask_2to4(x: torch.Tensor) -> torch.Tensor:
 def prune_2to4(x: torch.Tensor) -> torch.Tensor:
     """Prune ``x`` to 2:4 along its last dimension (same shape and dtype out)."""
     return torch.where(keep_mask_2to4(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def with_ones_column(x: torch.Tensor) -> torch.Tensor:
+    """``[x | 1 | 0 ... 0]``: BIAS_COLUMNS more columns, the first of them ones.
+
+    Times a weight with its bias as column K (``[W | b | 0 ... 0]``) this gives ``x @ W.T + b``, so
+    the bias is added inside the sparse GEMM. The new groups, ``[1, 0, 0, 0]`` and zeros, are already
+    2:4: pruning leaves them as they are.
+    """
+    out = torch.nn.functional.pad(x, (0, BIAS_COLUMNS))
+    out[..., x.shape[-1]] = 1
+    return out
 
 
 def compensation_scale(x: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:

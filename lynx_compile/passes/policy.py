@@ -14,11 +14,14 @@ from collections.abc import Sequence
 
 import torch
 
+from ..codegen.reference import BIAS_COLUMNS
 from ..config import LynxConfig, dtype_name
+from .fold_bias import costly_bias_add
 from .gemms import GemmSite
 from .producers import fusable_producer
 
 FAST_DTYPES = (torch.bfloat16, torch.float16)
+_STORED = ("placeholder", "get_attr")  # a parameter or buffer: what a folded weight copy can be made from
 SPARSE_K_ALIGN = 16  # cuSPARSELt refuses structured matrices whose columns are not a multiple of 16
 
 
@@ -29,18 +32,26 @@ class Decision:
     reason: str
     alg_id: int = 0
     compress: str = ""  # cuSPARSELt paths: one of lynx_compile.ops.METHODS
+    fold_bias: bool = False  # the bias is added inside the sparse GEMM (``passes/fold_bias.py``)
+
+    def gemm_k(self, k: int) -> int:
+        """K of the sparse GEMM: a folded bias adds BIAS_COLUMNS."""
+        return k + BIAS_COLUMNS if self.fold_bias else k
 
 
 def plan(sites: Sequence[GemmSite], config: LynxConfig, *, measure: bool = True) -> list[Decision]:
-    """One decision per site. ``measure=False`` skips everything that runs on the GPU (algorithm
-    search, cost model): inspection of the semantics only."""
-    decisions = [decide(site, config, measure=measure) for site in sites]
-    if measure and config.cost_model:
-        return apply_cost_model(sites, decisions, config.min_speedup)
-    return decisions
+    """One decision per site. ``measure=False`` skips the timing on the GPU (algorithm search, cost
+    model): inspection of the semantics only."""
+    decisions = [decide(site, config) for site in sites]
+    if config.fold_bias and not config.compensate:  # a per-row scale must not multiply the bias
+        decisions = fold_biases(sites, decisions)
+    if not measure:
+        return decisions
+    decisions = [_with_alg(site, d) for site, d in zip(sites, decisions)]
+    return apply_cost_model(sites, decisions, config.min_speedup) if config.cost_model else decisions
 
 
-def decide(site: GemmSite, config: LynxConfig, *, measure: bool = True) -> Decision:
+def decide(site: GemmSite, config: LynxConfig) -> Decision:
     """Every check but the cost model (which needs the whole graph's GEMMs: ``plan``)."""
     selected, why = config.select_by_name(site.name)
     if not selected:
@@ -56,12 +67,11 @@ def decide(site: GemmSite, config: LynxConfig, *, measure: bool = True) -> Decis
         return Decision(True, "reference", f"{why}; reference path: {site.device.type} has no sparse tensor cores")
     if config.path == "reference":
         return Decision(True, "reference", f"{why}; reference path: option path='reference'")
-    return _decide_cuda(site, config, why, measure)
+    return _decide_cuda(site, config, why)
 
 
-def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) -> Decision:
+def _decide_cuda(site: GemmSite, config: LynxConfig, why: str) -> Decision:
     from ..codegen import cusparselt
-    from ..ops import padded_rows
 
     ok, reason = cusparselt.sparse_tensor_cores_available(site.device)
     if not ok:
@@ -76,10 +86,45 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str, measure: bool) ->
     else:
         path, (compress, how) = "cusparselt", _compress_method(site, config)
         why = f"{why}; {how}"
-    if not measure:
-        return Decision(True, path, why, compress=compress)
-    alg_id = cusparselt.best_alg(padded_rows(site.m), site.k, site.n, site.dtype, site.device)
-    return Decision(True, path, why, alg_id, compress)
+    return Decision(True, path, why, compress=compress)
+
+
+def fold_biases(sites: Sequence[GemmSite], decisions: list[Decision]) -> list[Decision]:
+    """Option ``fold_bias``: the GEMMs sharing an activation take their bias into the sparse GEMM
+    together (they share its compression, ones column included) when all have a bias and one's
+    output goes to a norm or attention (``fold_bias.costly_bias_add``), and the biases are
+    parameters (not computed in the graph). Activations pruned in
+    Inductor's template keep their bias add: the template writes no ones column."""
+    out = list(decisions)
+    for (_, compress, _), members in _activation_groups(sites, decisions).items():
+        costly = next(filter(None, (costly_bias_add(sites[i]) for i in members)), None)
+        biases = [sites[i].bias for i in members]
+        if costly is None or compress == "inductor" or any(b is None or b.op not in _STORED for b in biases):
+            continue
+        for i in members:
+            out[i] = dataclasses.replace(
+                out[i], fold_bias=True, reason=f"{out[i].reason}; bias folded into the sparse GEMM (an add would feed {costly})")
+    return out
+
+
+def _activation_groups(sites: Sequence[GemmSite], decisions: Sequence[Decision]) -> dict[tuple[object, ...], list[int]]:
+    """The cuSPARSELt GEMMs by the activation (and compression) they share."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for i, (site, decision) in enumerate(zip(sites, decisions)):
+        if decision.sparse and decision.path.startswith("cusparselt"):
+            groups.setdefault((site.x, decision.compress, decision.fold_bias), []).append(i)
+    return groups
+
+
+def _with_alg(site: GemmSite, decision: Decision) -> Decision:
+    """The fastest cuSPARSELt algorithm for the GEMM (timed once per shape, cached)."""
+    from ..codegen import cusparselt
+    from ..ops import padded_rows
+
+    if not decision.path.startswith("cusparselt"):
+        return decision
+    k = decision.gemm_k(site.k)
+    return dataclasses.replace(decision, alg_id=cusparselt.best_alg(padded_rows(site.m), k, site.n, site.dtype, site.device))
 
 
 def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_speedup: float) -> list[Decision]:
@@ -93,14 +138,10 @@ def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_s
     from ..codegen import cusparselt
     from ..ops import padded_rows
 
-    groups: dict[tuple[object, str], list[int]] = {}
-    for i, (site, decision) in enumerate(zip(sites, decisions)):
-        if decision.sparse and decision.path.startswith("cusparselt"):
-            groups.setdefault((site.x, decision.compress), []).append(i)
     out = list(decisions)
-    for members in groups.values():
-        costs = {i: cusparselt.measure_costs(padded_rows(sites[i].m), sites[i].k, sites[i].n, sites[i].dtype,
-                                             decisions[i].alg_id, sites[i].device) for i in members}
+    for members in _activation_groups(sites, decisions).values():
+        costs = {i: cusparselt.measure_costs(padded_rows(sites[i].m), decisions[i].gemm_k(sites[i].k), sites[i].n,
+                                             sites[i].dtype, decisions[i].alg_id, sites[i].device) for i in members}
         gaining = [i for i in members if costs[i].dense_ms / costs[i].sparse_gemm_ms >= min_speedup]
         prune_ms = costs[members[0]].prune_ms  # same activation: same (M, K)
         dense_ms = sum(costs[i].dense_ms for i in gaining)

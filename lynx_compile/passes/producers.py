@@ -21,14 +21,14 @@ from torch import fx
 
 from .gemms import is_gemm, is_transpose
 
-_VIEW_METHODS = {"view", "reshape", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze", "to", "type_as"}
-_VIEW_FUNCTIONS = {torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze, operator.getitem}
+VIEW_METHODS = {"view", "reshape", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze", "to", "type_as"}
+VIEW_FUNCTIONS = {torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze, operator.getitem}
 _SWAPAXES = {"swapaxes", torch.swapaxes}  # the one permute gemms' weight matching does not take
-_EXTERN_FUNCTIONS = {F.scaled_dot_product_attention, torch.bmm, torch.baddbmm, torch.conv2d, F.conv2d, F.conv3d}
+EXTERN_FUNCTIONS = {F.scaled_dot_product_attention, torch.bmm, torch.baddbmm, torch.conv2d, F.conv2d, F.conv3d}
 # reductions whose pointwise tail Inductor puts into the reduction's own kernel
-_NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.rms_norm, F.normalize, F.softmax, torch.layer_norm, torch.group_norm,
-                   torch.mean, torch.sum, torch.var, torch.var_mean}
-_NORM_METHODS = {"mean", "sum", "var", "std", "norm", "softmax"}
+NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.rms_norm, F.normalize, F.softmax, torch.layer_norm, torch.group_norm,
+                  torch.rms_norm, torch.mean, torch.sum, torch.var, torch.var_mean}
+NORM_METHODS = {"mean", "sum", "var", "std", "norm", "softmax"}
 _TAIL_DEPTH = 8  # pointwise ops to look through for a norm: adaLN is 2-3, hand-written RMSNorm ~5
 
 
@@ -43,18 +43,23 @@ def fusable_producer(x: fx.Node) -> tuple[bool, str]:
         target = node.target
         if is_transpose(node) or target in _SWAPAXES:
             permuted = True
-        elif not (node.op == "call_method" and target in _VIEW_METHODS or target in _VIEW_FUNCTIONS):
+        elif not is_view(node):
             break
         if not node.args or not isinstance(node.args[0], fx.Node):
             break
         node = node.args[0]
     name = _name(node)
-    if is_gemm(node) or target in _EXTERN_FUNCTIONS or node.op == "call_module":
+    if is_gemm(node) or target in EXTERN_FUNCTIONS or node.op == "call_module":
         return permuted, f"{'permuted ' if permuted else ''}{name} output"
     norm = _norm_behind(node)
     if norm:
         return False, f"{name} after {norm} (computed in the norm's reduction kernel)"
     return True, name
+
+
+def is_view(node: fx.Node) -> bool:
+    """A reshape-like op (``view``, ``reshape``, ``unflatten``, ``to``, ...), not a permute."""
+    return node.op == "call_method" and node.target in VIEW_METHODS or node.target in VIEW_FUNCTIONS
 
 
 def _norm_behind(node: fx.Node) -> str | None:
@@ -63,9 +68,9 @@ def _norm_behind(node: fx.Node) -> str | None:
     for _ in range(_TAIL_DEPTH):
         nxt = []
         for n in frontier:
-            if n.target in _NORM_FUNCTIONS or n.op == "call_method" and n.target in _NORM_METHODS:
+            if n.target in NORM_FUNCTIONS or n.op == "call_method" and n.target in NORM_METHODS:
                 return _name(n)
-            if n.op != "call_function" and n.op != "call_method" or is_gemm(n) or n.target in _EXTERN_FUNCTIONS:
+            if n.op != "call_function" and n.op != "call_method" or is_gemm(n) or n.target in EXTERN_FUNCTIONS:
                 continue  # a graph input, a module, an extern kernel: the walk stops there
             nxt += [a for a in n.all_input_nodes if a not in seen]
             seen.update(nxt)

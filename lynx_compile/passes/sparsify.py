@@ -3,6 +3,8 @@
     linear(x, W, b)    ->   c = compress_activation(x, method)         # once per x and method
                             sparse_linear(c, x, W, alg_id[, scale]) + b
     x @ W              ->   ... sparse_linear(c, x, W.t(), ...)       # W stored (K, N): a view
+    bias folded        ->   c = compress_activation(x, method, ones_column=True)
+                            sparse_linear(c, x, Wb, alg_id)           # Wb = [W | b | 0...], a buffer
     reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
 
 ``compress_activation``, ``sparse_linear``, ``prune_2to4`` and ``row_scale`` are plain Python over
@@ -12,20 +14,26 @@ the pruning of the reference path, the reshapes, the compensation scale and the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import fx
 
 from .. import ops
 from ..codegen.reference import prune_2to4
+from .fold_bias import FoldedWeights
 from .gemms import GemmSite
 from .policy import Decision
 
 
-def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compensate: bool) -> int:
-    """Rewrite in place; returns the number of GEMMs rewritten."""
+def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compensate: bool,
+             folds: FoldedWeights | None = None, example_inputs: Sequence[Any] = ()) -> int:
+    """Rewrite in place; returns the number of GEMMs rewritten. Decisions with ``fold_bias`` need
+    ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them)."""
     graph = gm.graph
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
-    shared: dict[tuple[fx.Node, str], tuple[fx.Node, fx.Node | None]] = {}  # (x, how) -> (operand, scale)
+    shared: dict[tuple[fx.Node, str, bool], tuple[fx.Node, fx.Node | None]] = {}  # (x, how, folded) -> (operand, scale)
     rewritten = 0
     for site, decision in plan:
         if not decision.sparse:
@@ -34,11 +42,17 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
         x = replaced.get(site.x, site.x)
         bias = replaced.get(site.bias, site.bias)
         with graph.inserting_before(node):  # sites come in graph order: the first user of x
-            key = (x, decision.compress or decision.path)
+            key = (x, decision.compress or decision.path, decision.fold_bias)
             if key not in shared:
                 shared[key] = _prepare(graph, x, decision, compensate)
             operand, scale = shared[key]
-            weight = site.weight if site.weight_is_nk else graph.call_function(torch.t, (site.weight,))
+            if decision.fold_bias:
+                assert folds is not None, "fold_bias decisions need a FoldedWeights"
+                weight, bias = graph.get_attr(folds.add(site, example_inputs)), None
+            elif site.weight_is_nk:
+                weight = site.weight
+            else:
+                weight = graph.call_function(torch.t, (site.weight,))
             extra = () if scale is None else (scale,)
             if decision.path == "reference":
                 out = graph.call_function(ops.reference_linear, (operand, weight, *extra))
@@ -63,6 +77,6 @@ def _prepare(graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool) 
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(ops.row_scale, (x, pruned)) if compensate else None
         return pruned, scale
-    compressed = graph.call_function(ops.compress_activation, (x, decision.compress))
+    compressed = graph.call_function(ops.compress_activation, (x, decision.compress, decision.fold_bias))
     scale = graph.call_function(ops.row_scale, (x,)) if compensate else None
     return compressed, scale

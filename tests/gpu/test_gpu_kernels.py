@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lynx_compile.codegen import cusparselt
 from lynx_compile.codegen.cusparselt_layout import compress_reference, compressed_shape, probe_matrix, same_compressed
 from lynx_compile.codegen.prune_compress import padded_rows, prune_compress
-from lynx_compile.codegen.reference import prune_2to4
+from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4, with_ones_column
 
 pytestmark = [
     pytest.mark.gpu,
@@ -64,6 +64,24 @@ def test_sparse_mm_matches_dense(m: int, k: int, n: int, dtype: torch.dtype) -> 
     alg = cusparselt.best_alg(m, k, n, dtype, x.device)
     y = cusparselt.sparse_mm(prune_compress(x), w, alg)[:m]
     assert y.shape == (m, n) and y.dtype == dtype
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.parametrize("m, k, n", [(1000, 1152, 4608), (4608, 3072, 3072)])
+def test_folded_bias_in_the_sparse_gemm(m: int, k: int, n: int) -> None:
+    """fold_bias: [x | 1 | 0...] compressed by the kernel == cuSPARSELt's own compression of it, and
+    the GEMM with [W | b | 0...] adds nn.Linear's bias."""
+    x = with_specials(torch.randn(m, k, device="cuda"), seed=m).to(torch.bfloat16)
+    expected = live_compress(with_ones_column(x))
+    got = prune_compress(x, ones_column=True)
+    assert same_compressed(got, expected, padded_rows(m), k + BIAS_COLUMNS)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=x.dtype) / k**0.5
+    b = torch.randn(n, device="cuda", dtype=x.dtype)
+    folded = torch.cat([w, b[:, None], w.new_zeros(n, BIAS_COLUMNS - 1)], 1)
+    alg = cusparselt.best_alg(m, k + BIAS_COLUMNS, n, x.dtype, x.device)
+    y = cusparselt.sparse_mm(prune_compress(x, ones_column=True), folded, alg)[:m]
+    ref = F.linear(prune_2to4(x).double(), w.double(), b.double())
     assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
 
 

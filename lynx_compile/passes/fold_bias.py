@@ -1,0 +1,150 @@
+"""Option ``fold_bias``: add a GEMM's bias inside the sparse GEMM where an add in the graph costs a kernel.
+
+cuSPARSELt's bias epilogue cannot add nn.Linear's per-column bias when the activation is the
+sparse operand (``codegen/cusparselt.py``), so by default ``+ b`` stays in the graph for Inductor.
+That is free where the GEMM's output goes to a pointwise consumer (GELU, a gated residual: the add
+joins that kernel), not where it goes, through views only, to a norm or to attention: FLUX's q and k
+feed an RMSNorm + RoPE reduction kernel that took 0.53 ms with the add against 0.33 ms without, and
+a v straight into SDPA needs the sum in memory, one more kernel
+(``benchmarks/results/breakdown_*_cudagraphs.json``). There the bias goes into the GEMM:
+
+    [x | 1 | 0 ... 0] @ [W | b | 0 ... 0].T  =  x @ W.T + b        (BIAS_COLUMNS = 64 more columns)
+
+The activation's columns come from the prune+compress kernel (``ones_column``, never in memory).
+The weight's are a copy, (N, K + 64), made at compile time and registered on the graph module as a
+buffer, which AOTAutograd lifts like a parameter (a static input under CUDA graphs). Before every
+call the compiled function checks the weight and bias it was made from (address and version
+counter) and refreshes the copy in place when they changed, so in-place weight updates
+(``load_state_dict``, fused LoRA) are never missed. The cost is memory: one weight copy per folded
+GEMM, in the report, and 64 more K per GEMM (one more K step of cuSPARSELt's kernels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import fx
+from torch._dynamo.source import ConstantSource
+
+from ..codegen.reference import BIAS_COLUMNS
+from .gemms import GemmSite, is_transpose
+from .producers import EXTERN_FUNCTIONS, NORM_FUNCTIONS, NORM_METHODS, is_view
+
+log = logging.getLogger("lynx_compile")
+
+
+def costly_bias_add(site: GemmSite) -> str | None:
+    """What makes the bias add in the graph cost a kernel: the norm or attention that the GEMM's
+    output reaches through views only (``"rms_norm"``, ``"scaled_dot_product_attention"``), or None."""
+    frontier, seen = [site.node], {site.node}
+    while frontier:
+        node = frontier.pop()
+        for user in node.users:
+            if user.target in NORM_FUNCTIONS or user.target in EXTERN_FUNCTIONS or (
+                user.op == "call_method" and user.target in NORM_METHODS
+            ):
+                return getattr(user.target, "__name__", str(user.target))
+            if (is_view(user) or is_transpose(user)) and user not in seen:
+                seen.add(user)
+                frontier.append(user)
+    return None
+
+
+@dataclasses.dataclass
+class _Fold:
+    buffer: torch.Tensor  # (N, K + BIAS_COLUMNS): [W | b | 0 ...]
+    weight: Callable[[Sequence[Any]], torch.Tensor]  # the call's weight and bias
+    bias: Callable[[Sequence[Any]], torch.Tensor]
+    weight_is_nk: bool
+    stamp: tuple[Any, ...]
+
+
+class FoldedWeights:
+    """The weight copies of one compiled graph, and the per-call check that keeps them current."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self._gm = gm
+        self._position = {n: i for i, n in enumerate(gm.graph.find_nodes(op="placeholder"))}
+        self._folds: list[_Fold] = []
+
+    def __len__(self) -> int:
+        return len(self._folds)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.buffer.numel() * f.buffer.element_size() for f in self._folds)
+
+    def add(self, site: GemmSite, example_inputs: Sequence[Any]) -> str:
+        """Make ``[W | b | 0 ...]`` for ``site``, register it on the graph module; returns its name."""
+        assert site.bias is not None, "only GEMMs with a bias are folded"
+        weight, bias = self._source(site.weight), self._source(site.bias)
+        w, b = weight(example_inputs), bias(example_inputs)
+        if _version(w) is None or _version(b) is None:
+            _warn_unversioned()
+        buffer = torch.zeros(site.n, site.k + BIAS_COLUMNS, dtype=w.dtype, device=w.device)
+        fold = _Fold(buffer, weight, bias, site.weight_is_nk, ())
+        _fill(fold, w, b)
+        self._folds.append(fold)
+        name = f"_lynx_folded_weight_{len(self._folds) - 1}"
+        self._gm.register_buffer(name, buffer)
+        sources = getattr(self._gm, "_param_name_to_source", None)
+        if sources is not None:  # Dynamo's map for the buffers AOTAutograd lifts (static inputs): ours too
+            sources[name] = ConstantSource(name)
+        return name
+
+    def refresh(self, args: Sequence[Any]) -> None:
+        """Re-copy every fold whose weight or bias is another tensor or was changed in place."""
+        for fold in self._folds:
+            w, b = fold.weight(args), fold.bias(args)
+            if _stamp(w, b) != fold.stamp:
+                _fill(fold, w, b)
+
+    def wrap(self, compiled: Callable[..., Any]) -> Callable[..., Any]:
+        """``compiled`` (as Dynamo calls it: ``compiled(*args)``), refreshing the folds first."""
+        if not self._folds:
+            return compiled
+
+        @functools.wraps(compiled)
+        def run(*args: Any) -> Any:
+            self.refresh(args)
+            return compiled(*args)
+
+        return run
+
+    def _source(self, node: fx.Node) -> Callable[[Sequence[Any]], torch.Tensor]:
+        if node.op == "placeholder":
+            return operator.itemgetter(self._position[node])
+        tensor = operator.attrgetter(str(node.target))(self._gm)  # get_attr: the module's own tensor
+        return lambda args: tensor
+
+
+def _fill(fold: _Fold, w: torch.Tensor, b: torch.Tensor) -> None:
+    k = fold.buffer.shape[1] - BIAS_COLUMNS
+    with torch.no_grad():
+        fold.buffer[:, :k].copy_(w if fold.weight_is_nk else w.t())
+        fold.buffer[:, k].copy_(b)
+    fold.stamp = _stamp(w, b)
+
+
+def _stamp(*tensors: torch.Tensor) -> tuple[Any, ...]:
+    """What changes when a tensor is replaced or updated in place."""
+    return tuple((t.data_ptr(), _version(t)) for t in tensors)
+
+
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # a tensor made under torch.inference_mode() has no version counter
+        return None
+
+
+@functools.cache
+def _warn_unversioned() -> None:
+    log.warning("lynx: fold_bias: weights created under torch.inference_mode() have no version counter; "
+                "in-place changes to them are not seen by the folded copies: compile again after changing them")

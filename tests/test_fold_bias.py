@@ -1,0 +1,177 @@
+"""Option ``fold_bias`` on CPU: which GEMMs fold, and a compiled model with cuSPARSELt emulated.
+
+cuSPARSELt needs a GPU, so ``codegen.cusparselt.sparse_mm`` is replaced here by the decompression of
+its operand (``decompress_reference``) times the weight, and the policy by one that sends every
+block GEMM to the cuSPARSELt path. Everything else is what runs on a GPU: the Triton prune+compress
+kernel with its ones column (under Triton's interpreter), the pass, the weight copies registered on
+the graph, AOTAutograd and Inductor, and the per-call refresh of the copies.
+"""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lynx_compile
+from lynx_compile import ops
+from lynx_compile.codegen import cusparselt
+from lynx_compile.codegen.cusparselt_layout import compressed_shape, decompress_reference
+from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4
+from lynx_compile.passes import policy
+from lynx_compile.passes.fold_bias import FoldedWeights, costly_bias_add
+from lynx_compile.passes.gemms import GemmSite, find_gemms
+from lynx_compile.passes.policy import Decision
+
+
+class Block(nn.Module):
+    """adaLN -> q/k/v -> RMSNorm / attention, GELU MLP: q, k, v fold (norm, SDPA), the rest do not."""
+
+    def __init__(self, d: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.to_q, self.to_k, self.to_v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.norm_q = nn.RMSNorm(d // heads)
+        self.to_out = nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        h = self.norm(x) * (1 + scale)
+        q, k, v = (f(h).unflatten(-1, (self.heads, -1)) for f in (self.to_q, self.to_k, self.to_v))
+        q = self.norm_q(q)
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        x = x + self.to_out(a.transpose(1, 2).reshape(b, s, d))
+        return x + self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def _inputs(d: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, 40, d, generator=g, dtype=torch.bfloat16),
+            torch.randn(2, 1, d, generator=g, dtype=torch.bfloat16))
+
+
+def _sites(model: nn.Module, *args: torch.Tensor):
+    found = []
+
+    def backend(gm, example_inputs):
+        found.extend(find_gemms(gm))
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend)(*args)
+    return found
+
+
+def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold():
+    model = Block().to(torch.bfloat16)
+    sites = _sites(model, *_inputs())
+    assert {s.name: costly_bias_add(s) for s in sites} == {
+        "to_q": "rms_norm", "to_k": "scaled_dot_product_attention", "to_v": "scaled_dot_product_attention",
+        "to_out": None, "fc1": None, "fc2": None}
+    fast = [Decision(True, "cusparselt", "block GEMM", compress="triton") for _ in sites]
+    folded = policy.fold_biases(sites, fast)
+    assert {s.name for s, d in zip(sites, folded) if d.fold_bias} == {"to_q", "to_k", "to_v"}
+    assert all(d.gemm_k(s.k) == s.k + BIAS_COLUMNS for s, d in zip(sites, folded) if d.fold_bias)
+    # a group whose activation is pruned in Inductor's template keeps its bias add (no ones column there)
+    fused = [Decision(True, "cusparselt", "block GEMM", compress="inductor") for _ in sites]
+    assert not any(d.fold_bias for d in policy.fold_biases(sites, fused))
+
+
+def _emulated_sparse_mm(operand: torch.Tensor, weight: torch.Tensor, alg_id: int) -> torch.Tensor:
+    k = weight.shape[1]
+    m = next(m for m in range(16, 1 << 14, 16) if compressed_shape(m, k, weight.dtype) == tuple(operand.shape))
+    return (decompress_reference(operand, m, k).float() @ weight.float().t()).to(weight.dtype)
+
+
+def _fast_path(site, config) -> Decision:
+    if not config.select_by_name(site.name)[0] or site.m < config.min_rows:
+        return Decision(False, "dense", "not selected")
+    return Decision(True, "cusparselt", "block GEMM (emulated)", compress="triton")
+
+
+FOLD_OPTIONS = {"fold_bias": True, "cost_model": False, "cudagraphs": False, "min_rows": 16}
+
+
+@pytest.fixture(scope="module")
+def folded_model():
+    """One compile, shared: Block on the (emulated) cuSPARSELt path with fold_bias."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
+    patch.setattr(cusparselt, "best_alg", lambda *shape: 0)
+    patch.setattr(policy, "decide", _fast_path)
+    model = Block().to(torch.bfloat16)
+    n = len(lynx_compile.reports())
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="lynx", options=FOLD_OPTIONS)
+    with torch.no_grad():
+        compiled(*_inputs())
+    yield model, compiled, lynx_compile.reports()[n:]
+    patch.undo()
+
+
+def _eager_pruned(model: Block, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The block in eager bf16 with every GEMM's input pruned."""
+    hooks = [m.register_forward_pre_hook(lambda mod, args: (prune_2to4(args[0]),))
+             for m in (model.to_q, model.to_k, model.to_v, model.to_out, model.fc1, model.fc2)]
+    try:
+        with torch.no_grad():
+            return model(x, scale)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def test_a_folded_gemm_adds_its_bias_to_rounding_level(monkeypatch):
+    monkeypatch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
+    x, w, b = (torch.randn(*shape, dtype=torch.bfloat16) for shape in ((80, 64), (48, 64), (48,)))
+    folded = torch.cat([w, b[:, None], torch.zeros(48, BIAS_COLUMNS - 1, dtype=w.dtype)], 1)
+    y = ops.sparse_linear(ops.compress_activation(x, "triton", ones_column=True), x, folded, alg_id=0)
+    assert _rel(y, F.linear(prune_2to4(x).float(), w.float(), b.float())) < 1e-2
+
+
+def test_folded_model_equals_the_pruned_model_and_reports_the_folds(folded_model):
+    model, compiled, reports = folded_model
+    x, scale = _inputs(seed=1)
+    with torch.no_grad():
+        out = compiled(x, scale)
+    # not rounding level: eager rounds q before the bias add, the GEMM after it, and such differences
+    # flip near-ties in the next layer's pruning (the GEMM itself: the test above)
+    assert _rel(out, _eager_pruned(model, x, scale)) < 5e-2
+    assert _rel(out, model(x, scale)) > 5e-2  # pruning ran
+    layers = {layer.name: layer for r in reports for layer in r.layers}
+    assert {n for n, layer in layers.items() if layer.bias_folded} == {"to_q", "to_k", "to_v"}
+    assert "bias folded into the sparse GEMM (an add would feed rms_norm)" in layers["to_q"].reason
+    assert any(note.startswith("fold_bias: 3 weight copies") for r in reports for note in r.notes)
+
+
+def test_in_place_weight_and_bias_updates_reach_the_folded_copies(folded_model):
+    """After load_state_dict-like updates the compiled model computes what a fresh compile does."""
+    model, compiled, _ = folded_model
+    x, scale = _inputs(seed=2)
+    with torch.no_grad():
+        model.to_q.weight.mul_(-2.0)  # in place: the version counter moves
+        model.to_v.bias.add_(3.0)
+        updated = compiled(x, scale)
+        torch._dynamo.reset()
+        fresh = torch.compile(model, backend="lynx", options=FOLD_OPTIONS)(x, scale)
+    assert torch.equal(updated, fresh)
+
+
+def test_refresh_follows_a_replaced_tensor():
+    gm = torch.fx.GraphModule({}, torch.fx.Graph())
+    w_node, b_node = gm.graph.placeholder("w"), gm.graph.placeholder("b")
+    folds = FoldedWeights(gm)
+    w, b = torch.randn(16, 32, dtype=torch.bfloat16), torch.randn(16, dtype=torch.bfloat16)
+    site = GemmSite(node=None, name="layer", x=None, weight=w_node, weight_is_nk=True, bias=b_node, m=64, k=32, n=16,
+                    dtype=w.dtype, device=w.device, dynamic_m=False)
+    buffer = getattr(gm, folds.add(site, [w, b]))
+    assert torch.equal(buffer, torch.cat([w, b[:, None], torch.zeros(16, BIAS_COLUMNS - 1, dtype=w.dtype)], 1))
+    run = folds.wrap(lambda w, b: buffer[:, 32].clone())
+    b2 = torch.randn(16, dtype=torch.bfloat16)  # another tensor, same shape: found by its address
+    assert torch.equal(run(w, b2), b2)
+    assert folds.nbytes == 16 * (32 + BIAS_COLUMNS) * 2
