@@ -37,7 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lynx_compile  # noqa: E402
-from benchmarks.common import gpu_slug, meta, write_table  # noqa: E402
+from benchmarks.common import meta, result_stem, write_table  # noqa: E402
 from benchmarks.e2e import CASES  # noqa: E402
 from lynx_compile import zoo  # noqa: E402
 
@@ -123,8 +123,7 @@ def main() -> None:
             print(row, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / "_".join([f"breakdown_{gpu_slug()}", *(["cudagraphs"] if args.cudagraphs else []),
-                           *([args.tag] if args.tag else [])])
+    stem = result_stem(out, "breakdown", "cudagraphs" if args.cudagraphs else None, args.tag)
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows, "top_kernels": tops}, indent=2))
     write_table(stem.with_suffix(".md"), f"GPU time per forward by kernel category (ms, CUDA graphs {'on' if args.cudagraphs else 'off'})", rows,
                 ["model", "batch", "tokens", "depth", "variant", "total_ms", *(f"{c}_ms" for c in CATEGORIES), "idle_ms",

@@ -45,6 +45,11 @@ def gpu_slug() -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower().removeprefix("nvidia ")).strip("_")
 
 
+def result_stem(out: Path, kind: str, *tags: str | None) -> Path:
+    """``out/<kind>_<gpu>[_tag...]``: where a benchmark writes its .json/.md/.png (empty tags left out)."""
+    return Path(out) / "_".join([f"{kind}_{gpu_slug()}", *(tag for tag in tags if tag)])
+
+
 def write_table(path: Path, title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
                 failures: Sequence[dict[str, Any]] = (), stamp: dict[str, Any] | None = None,
                 notes: str = "") -> None:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lynx_compile  # noqa: E402
-from benchmarks.common import activation_mb, gpu_slug, meta, write_table  # noqa: E402
+from benchmarks.common import activation_mb, meta, result_stem, write_table  # noqa: E402
 from lynx_compile import zoo  # noqa: E402
 
 # (depth used, depth of the real model) per architecture; resolution/frames as in issue 4
@@ -227,8 +227,7 @@ def main() -> None:
     rows, failures = [], []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tags = [tag for tag in ("max_autotune" if args.max_autotune else "", args.tag) if tag]
-    stem = out / "_".join([f"e2e_{gpu_slug()}", *tags])
+    stem = result_stem(out, "e2e", "max_autotune" if args.max_autotune else None, args.tag)
     for case in args.cases:
         name, batch, *variant = case.split(":")
         try:

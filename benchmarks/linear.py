@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import gpu_slug, meta, write_table  # noqa: E402
+from benchmarks.common import meta, result_stem, write_table  # noqa: E402
 from lynx_compile.codegen.cusparselt import (  # noqa: E402
     best_alg,
     compress_compat,
@@ -43,7 +43,7 @@ from lynx_compile.codegen.cusparselt import (  # noqa: E402
     sparse_mm,
 )
 from lynx_compile.codegen.cusparselt_layout import metadata_nbytes  # noqa: E402
-from lynx_compile.codegen.reference import BIAS_COLUMNS  # noqa: E402
+from lynx_compile.codegen.reference import BIAS_COLUMNS, with_bias_column  # noqa: E402
 from lynx_compile.codegen.prune_compress import _prune_compress_tuned, padded_rows, prune_compress  # noqa: E402
 
 LAYERS = [  # (name, K, N): in_features -> out_features
@@ -119,7 +119,7 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
     xs = rotating_inputs(lambda: torch.randn(m, k, device="cuda", dtype=dtype), m * k * dtype.itemsize)
     cs = [compress(x) for x in xs]
     alg = best_alg(m, k, n, dtype, "cuda")
-    folded_w = torch.cat([w, b[:, None], w.new_zeros(n, BIAS_COLUMNS - 1)], 1)
+    folded_w = with_bias_column(w, b)
     folded_alg = best_alg(m, k + BIAS_COLUMNS, n, dtype, "cuda")
     calls = max(20, len(xs))  # every buffer once per replay
 
@@ -239,7 +239,7 @@ def main() -> None:
     layers = LAYERS[::4] if args.quick else LAYERS
     rows: list[Row] = []
     failures: list[dict[str, str]] = []
-    stem = args.out / "_".join([f"linear_{gpu_slug()}", *([args.tag] if args.tag else [])])
+    stem = result_stem(args.out, "linear", args.tag)
     for m in args.m:
         for layer, k, n in layers:
             try:

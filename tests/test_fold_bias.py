@@ -16,7 +16,7 @@ import lynx_compile
 from lynx_compile import ops
 from lynx_compile.codegen import cusparselt
 from lynx_compile.codegen.cusparselt_layout import compressed_shape, decompress_reference
-from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4
+from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4, with_bias_column
 from lynx_compile.passes import policy
 from lynx_compile.passes.fold_bias import FoldedWeights, costly_bias_add
 from lynx_compile.passes.gemms import GemmSite, find_gemms
@@ -129,7 +129,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_a_folded_gemm_adds_its_bias_to_rounding_level(monkeypatch):
     monkeypatch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
     x, w, b = (torch.randn(*shape, dtype=torch.bfloat16) for shape in ((80, 64), (48, 64), (48,)))
-    folded = torch.cat([w, b[:, None], torch.zeros(48, BIAS_COLUMNS - 1, dtype=w.dtype)], 1)
+    folded = with_bias_column(w, b)
     y = ops.sparse_linear(ops.compress_activation(x, "triton", ones_column=True), x, folded, alg_id=0)
     assert _rel(y, F.linear(prune_2to4(x).float(), w.float(), b.float())) < 1e-2
 

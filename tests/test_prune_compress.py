@@ -27,7 +27,7 @@ from lynx_compile.codegen.cusparselt_layout import (  # noqa: E402
     same_compressed,
 )
 from lynx_compile.codegen.prune_compress import _configs, _launch, padded_rows, prune_compress  # noqa: E402
-from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4, with_ones_column  # noqa: E402
+from lynx_compile.codegen.reference import prune_2to4, with_bias_column, with_ones_column  # noqa: E402
 
 FIXTURES = torch.load(Path(__file__).parent / "data" / "cslt_fixtures.pt", weights_only=False)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -91,7 +91,7 @@ def test_ones_column_is_already_2to4_and_carries_the_bias() -> None:
     x, w, b = torch.randn(5, 32), torch.randn(8, 32), torch.randn(8)
     xo = with_ones_column(prune_2to4(x))
     assert torch.equal(prune_2to4(xo), xo)
-    w_folded = F.pad(torch.cat([w, b[:, None]], 1), (0, BIAS_COLUMNS - 1))
+    w_folded = with_bias_column(w, b)
     torch.testing.assert_close(xo @ w_folded.T, F.linear(prune_2to4(x), w, b))
 
 

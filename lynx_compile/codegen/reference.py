@@ -57,6 +57,14 @@ def with_ones_column(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def with_bias_column(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[W | b | 0 ... 0]``: the (N, K) weight with its bias as column K, the partner of
+    ``with_ones_column`` (BIAS_COLUMNS more columns)."""
+    out = torch.nn.functional.pad(w, (0, BIAS_COLUMNS))
+    out[:, w.shape[1]] = b
+    return out
+
+
 def compensation_scale(x: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     """RT-Lynx norm compensation: per row, ``s = ||x||_2 / ||prune(x)||_2`` in float32.
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lynx_compile.codegen import cusparselt
 from lynx_compile.codegen.cusparselt_layout import compress_reference, compressed_shape, probe_matrix, same_compressed
 from lynx_compile.codegen.prune_compress import padded_rows, prune_compress
-from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4, with_ones_column
+from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4, with_bias_column, with_ones_column
 
 pytestmark = [
     pytest.mark.gpu,
@@ -78,7 +78,7 @@ def test_folded_bias_in_the_sparse_gemm(m: int, k: int, n: int) -> None:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(n, k, device="cuda", dtype=x.dtype) / k**0.5
     b = torch.randn(n, device="cuda", dtype=x.dtype)
-    folded = torch.cat([w, b[:, None], w.new_zeros(n, BIAS_COLUMNS - 1)], 1)
+    folded = with_bias_column(w, b)
     alg = cusparselt.best_alg(m, k + BIAS_COLUMNS, n, x.dtype, x.device)
     y = cusparselt.sparse_mm(prune_compress(x, ones_column=True), folded, alg)[:m]
     ref = F.linear(prune_2to4(x).double(), w.double(), b.double())
