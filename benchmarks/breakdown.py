@@ -1,8 +1,9 @@
 """Where the GPU time of one transformer forward goes, dense vs lynx (GPU): the per-kernel answer to
 "why is the end-to-end speed-up below the per-layer one".
 
-Profiles the same full-width zoo model as ``e2e.py`` compiled three ways (dense Inductor; lynx with
-the standalone prune+compress kernel; lynx with ``fuse_producers``), by default with CUDA graphs off
+Profiles the same full-width zoo model as ``e2e.py`` compiled as dense Inductor and as the lynx
+``--variants`` (default: ``lynx``, with the standalone prune+compress kernel, and ``lynx_fused``, with
+``fuse_producers``; also ``lynx_fold``, ``lynx_fold_fused``), by default with CUDA graphs off
 (``--cudagraphs``: dense ``reduce-overhead`` and lynx's default graphs; the profiler still sees each
 kernel of a replayed graph). Sums the device time of each kernel over ``--calls`` back-to-back
 forwards and sorts it into categories by kernel name:
@@ -48,7 +49,8 @@ _PATTERNS = [  # first match wins
     ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn", re.I)),
     ("dense_gemm", re.compile(r"gemm|nvjet|cutlass|xmma|matmul|triton_tem_fused_(?:add)?mm|_mm_|addmm", re.I)),
 ]
-VARIANTS = {"dense": {}, "lynx": {}, "lynx_fused": {"fuse_producers": True}}
+VARIANTS = {"dense": {}, "lynx": {}, "lynx_fused": {"fuse_producers": True}, "lynx_fold": {"fold_bias": True},
+            "lynx_fold_fused": {"fold_bias": True, "fuse_producers": True}}
 
 
 def category(kernel: str) -> str:
@@ -77,12 +79,14 @@ def _profile(fn, kwargs: dict[str, Any], calls: int) -> tuple[dict[str, float], 
     return per_cat, dict(per_kernel), span_ms - sum(per_kernel.values())
 
 
-def run_case(name: str, batch: int, calls: int, cudagraphs: bool) -> tuple[list[dict[str, Any]], dict[str, list]]:
+def run_case(name: str, batch: int, calls: int, cudagraphs: bool, variants: list[str]
+             ) -> tuple[list[dict[str, Any]], dict[str, list]]:
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
-    rows, top = [], {}
+    rows, kernels = [], {}
     with torch.no_grad():
-        for variant, options in VARIANTS.items():
+        for variant in ["dense", *variants]:
+            options = VARIANTS[variant]
             torch._dynamo.reset()
             n = len(lynx_compile.reports())
             if variant == "dense":
@@ -94,40 +98,43 @@ def run_case(name: str, batch: int, calls: int, cudagraphs: bool) -> tuple[list[
             rows.append({"model": name, "batch": batch, "tokens": built.tokens, "depth": spec["depth"],
                          "variant": variant, "cudagraphs": cudagraphs, "total_ms": sum(per_cat.values()),
                          **{f"{c}_ms": per_cat[c] for c in CATEGORIES}, "idle_ms": idle_ms,
-                         "layers_sparse": sum(layer.sparse for layer in layers)})
-            top[f"{variant}{'_graphs' if cudagraphs else ''}"] = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:25]
-    dense, lynx = rows[0], rows[1]
-    # GEMM time lynx moved to the sparse path, and what it became there
-    moved = dense["dense_gemm_ms"] - lynx["dense_gemm_ms"]
-    for row in rows[1:]:
+                         "layers_sparse": sum(layer.sparse for layer in layers),
+                         "layers_fused": sum(layer.prune == "fused" for layer in layers)})
+            kernels[variant] = sorted(per_kernel.items(), key=lambda kv: -kv[1])
+            kernels[f"{variant}_layers"] = [(layer.name, layer.m, layer.k, layer.n, layer.prune) for layer in layers if layer.sparse]
+    dense = rows[0]
+    for row in rows[1:]:  # the dense GEMM time lynx moved to the sparse path, and what it became there
+        moved = dense["dense_gemm_ms"] - row["dense_gemm_ms"]
         row["amdahl_bound"] = dense["total_ms"] / (dense["total_ms"] - moved + row["sparse_gemm_ms"])
     for row in rows:
         row["speedup_vs_dense"] = dense["total_ms"] / row["total_ms"]
-    return rows, top
+    return rows, kernels
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cases", nargs="+", default=["flux:1"])
     p.add_argument("--calls", type=int, default=5)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS)[1:], default=["lynx", "lynx_fused"],
+                   help="lynx variants profiled beside dense")
     p.add_argument("--cudagraphs", action="store_true", help="profile graph replays (dense: reduce-overhead)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--tag", help="suffix of the result files (e.g. the model, so runs do not overwrite each other)")
     args = p.parse_args()
-    rows, tops = [], {}
+    rows, kernels = [], {}
     for case in args.cases:
         name, batch = case.split(":")
-        case_rows, tops[case] = run_case(name, int(batch), args.calls, args.cudagraphs)
+        case_rows, kernels[case] = run_case(name, int(batch), args.calls, args.cudagraphs, args.variants)
         rows.extend(case_rows)
         for row in case_rows:
             print(row, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = result_stem(out, "breakdown", "cudagraphs" if args.cudagraphs else None, args.tag)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows, "top_kernels": tops}, indent=2))
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows, "kernels": kernels}, indent=2))
     write_table(stem.with_suffix(".md"), f"GPU time per forward by kernel category (ms, CUDA graphs {'on' if args.cudagraphs else 'off'})", rows,
                 ["model", "batch", "tokens", "depth", "variant", "total_ms", *(f"{c}_ms" for c in CATEGORIES), "idle_ms",
-                 "speedup_vs_dense", "amdahl_bound", "layers_sparse"])
+                 "speedup_vs_dense", "amdahl_bound", "layers_sparse", "layers_fused"])
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ CASES: dict[str, dict[str, Any]] = {
 @dataclasses.dataclass
 class Row:
     model: str
-    variant: str  # "default" (lynx's defaults), "fused" (fuse_producers=True) or "fold" (fold_bias=True)
+    variant: str  # "default" (lynx's defaults), "fused" (fuse_producers=True), "fold" (fold_bias=True), "fold_fused"
     batch: int
     tokens: int
     depth: int
@@ -101,7 +101,8 @@ def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int = 1
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-VARIANTS: dict[str, dict[str, Any]] = {"default": {}, "fused": {"fuse_producers": True}, "fold": {"fold_bias": True}}
+VARIANTS: dict[str, dict[str, Any]] = {"default": {}, "fused": {"fuse_producers": True}, "fold": {"fold_bias": True},
+                                       "fold_fused": {"fold_bias": True, "fuse_producers": True}}
 
 
 def _compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
@@ -161,7 +162,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
 NOTES = """Depth reduced (column `depth`; for flux, depth 2 = 2 double-stream + 4 single-stream blocks), full
 width, random weights, bf16. dense = `torch.compile(mode="reduce-overhead")`; lynx = `backend="lynx"`
 defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=fused` adds
-`fuse_producers=True`, `variant=fold` adds `fold_bias=True`. `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
+`fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both. `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
 call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
 every run; `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
 models take turns within each run (drift hits them alike), after two warm-up rounds.

@@ -61,9 +61,10 @@ class LynxConfig:
     # but whole FLUX is a tie on the H100 (tanh-GELU + selection are instruction-bound: benchmarks/
     # results/fusion_*, e2e_*_fused_template; benchmarks/NOTES_kernels.md)
     fuse_producers: bool = False
-    # add the bias inside the sparse GEMM where an add in the graph would feed a norm or attention (FLUX's
-    # q, k, v): a copy [W | b | 0...] of each such weight, kept current (passes/fold_bias.py). Costs that
-    # memory (shown in the report); ignored with compensate (the per-row scale must not scale the bias)
+    # add a GEMM's bias inside the sparse GEMM where an add in the graph would feed a norm or attention
+    # (FLUX's q, k, v): a copy [W | b | 0...] of each such weight, kept current (passes/fold_bias.py). Costs
+    # that memory (shown in the report); ignored with compensate (the per-row scale must not scale the
+    # bias). A tie on FLUX and Wan (benchmarks/results/breakdown_*_fold, e2e_*_fold*)
     fold_bias: bool = False
     dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
 

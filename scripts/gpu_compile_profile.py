@@ -57,3 +57,9 @@ with torch.no_grad():
     for _ in range(3):
         g(x)
     t = stamp("3 more calls (cudagraph record)", t)
+for shape in [(4096, 12288), (512, 3072), (200, 1152), (1, 3072)]:  # other sizes: compiled again, or shared?
+    prune_compress(torch.randn(*shape, device="cuda", dtype=dt))
+t = stamp("standalone kernel on 4 more shapes", t)
+kernel = prune_compress.__globals__["_prune_compress_kernel"]
+print(f"standalone kernel: {sum(len(cache[0]) for cache in kernel.device_caches.values())} compiled variants "
+      "(tile configs x specialisations)", flush=True)

@@ -3,7 +3,8 @@
     TORCH_LOGS=output_code python ... 2> run.log      # or a generated module saved to a file
     python scripts/sass_count.py run.log triton_tem_fused_add_compress_2to4_gelu_0 [--warps 4]
 
-(`benchmarks/fusion.py --dump-code DIR` saves the generated modules of its variants.)
+(`benchmarks/fusion.py --dump-code DIR` saves the generated modules of its variants; a module file from
+Inductor's cache directory works as it is.)
 
 Takes the kernel's source from the log, drops Inductor's launcher decorator, compiles it with the
 installed Triton for sm_90 and disassembles it (Triton's bundled cuobjdump). Every program runs
@@ -28,10 +29,14 @@ _LOG_PREFIX = re.compile(r"^[VIWE]\d+ [^]]*\] \[[^]]*\] \[__output_code\] ")
 
 
 def kernel_source(log: str, name: str) -> str:
+    """The kernel's module, from an output_code log or as it is (a module file of Inductor's cache)."""
     lines = [_LOG_PREFIX.sub("", line.rstrip("\n")) for line in open(log)]
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"{name} = async_compile.triton("))
-    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("''', device_str"))
-    source = "\n".join(lines[start + 1 : end])
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"{name} = async_compile.triton(")), None)
+    if start is None:
+        source = "\n".join(lines)
+    else:
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("''', device_str"))
+        source = "\n".join(lines[start + 1 : end])
     return re.sub(r"@triton_heuristics\.\w+\(.*?\n\)\n(?=@triton\.jit)", "", source, count=1, flags=re.S)
 
 

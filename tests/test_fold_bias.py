@@ -24,7 +24,8 @@ from lynx_compile.passes.policy import Decision
 
 
 class Block(nn.Module):
-    """adaLN -> q/k/v -> RMSNorm / attention, GELU MLP: q, k, v fold (norm, SDPA), the rest do not."""
+    """adaLN -> q/k/v -> RMSNorm / attention, and a GELU MLP on the same input (FLUX's single-stream
+    block): q, k, v fold (norm, SDPA), the rest do not."""
 
     def __init__(self, d: int = 32, heads: int = 2) -> None:
         super().__init__()
@@ -42,7 +43,7 @@ class Block(nn.Module):
         q = self.norm_q(q)
         a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         x = x + self.to_out(a.transpose(1, 2).reshape(b, s, d))
-        return x + self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return x + self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
 
 
 def _inputs(d: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +74,11 @@ def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold():
     folded = policy.fold_biases(sites, fast)
     assert {s.name for s, d in zip(sites, folded) if d.fold_bias} == {"to_q", "to_k", "to_v"}
     assert all(d.gemm_k(s.k) == s.k + BIAS_COLUMNS for s, d in zip(sites, folded) if d.fold_bias)
+    # fc1 reads q/k/v's input, feeds a GELU: it keeps its add and gets a compression of its own
+    groups = policy._activation_groups(sites, folded)
+    assert sorted(len(members) for (x, _, _), members in groups.items() if x is sites[0].x) == [1, 3]
+    [fc1] = [d for s, d in zip(sites, folded) if s.name == "fc1"]
+    assert "compressed apart from the 3 folded GEMMs" in fc1.reason
     # a group whose activation is pruned in Inductor's template keeps its bias add (no ones column there)
     fused = [Decision(True, "cusparselt", "block GEMM", compress="inductor") for _ in sites]
     assert not any(d.fold_bias for d in policy.fold_biases(sites, fused))
@@ -146,6 +152,7 @@ def test_folded_model_equals_the_pruned_model_and_reports_the_folds(folded_model
     layers = {layer.name: layer for r in reports for layer in r.layers}
     assert {n for n, layer in layers.items() if layer.bias_folded} == {"to_q", "to_k", "to_v"}
     assert "bias folded into the sparse GEMM (an add would feed rms_norm)" in layers["to_q"].reason
+    assert "compressed apart from the 3 folded GEMMs" in layers["fc1"].reason
     assert any(note.startswith("fold_bias: 3 weight copies") for r in reports for note in r.notes)
 
 

@@ -200,7 +200,7 @@ class Costs:
 
 
 def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
-                  device: torch.device | str = "cuda") -> Costs:
+                  device: torch.device | str = "cuda", sparse_k: int | None = None) -> Costs:
     """Time the three parts separately (cached on disk), so that a caller can charge one
     prune+compress to all the GEMMs that share an activation (q, k, v, and FLUX's MLP input).
 
@@ -209,19 +209,26 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
     costs about what the producer and the standalone one do (``benchmarks/results/fusion_*``). Bias adds are left
     out: the dense GEMM fuses its bias, and the sparse path's add fuses into the consumer's
     pointwise kernel (GELU, gated residual) when there is one, which the dense path runs too.
+    ``sparse_k``: K of the compression and the sparse GEMM when it differs from the dense GEMM's
+    (a folded bias: K + BIAS_COLUMNS).
     """
     device = torch.device(device)
     compress = _compressor(device, dtype)
+    sparse_k = sparse_k or k
 
     def measure() -> list[float]:
-        w, xs, cs = _operands(m, k, n, dtype, device, compress)
+        w, xs, cs = _operands(m, sparse_k, n, dtype, device, compress)
         calls = max(20, len(xs))  # every buffer once per replay
-        dense = cuda_graph_ms(lambda i: F.linear(xs[i % len(xs)], w), calls=calls)
+        # the dense GEMM at its own K (a folded bias's columns are the sparse side's cost only)
+        dense_w, dense_xs = (w, xs) if sparse_k == k else (w[:, :k].contiguous(), [x[:, :k].contiguous() for x in xs])
+        dense = cuda_graph_ms(lambda i: F.linear(dense_xs[i % len(xs)], dense_w), calls=calls)
         prune = cuda_graph_ms(lambda i: compress(xs[i % len(xs)]), calls=calls)
         gemm = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w, alg_id), calls=calls)
         return [dense, prune, gemm]
 
     key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast_compress_ok(device, dtype)}"
+    if sparse_k != k:
+        key += f",sparse_k={sparse_k}"
     return Costs(*(float(t) for t in _cached("costs", key, measure)))
 
 
@@ -240,8 +247,7 @@ def fast_compress_ok(device: torch.device | str, dtype: torch.dtype) -> bool:
             x = probe_matrix(200, 528, dtype, seed=0).to(device)
             m_pad = padded_rows(x.shape[0])
             expected = compress_compat(x)
-            candidates = [prune_compress(x)] + [
-                _launch(x, m_pad, {**c.kwargs, "num_warps": c.num_warps}) for c in _configs()]
+            candidates = [prune_compress(x)] + [_launch(x, m_pad, c) for c in _configs()]
             ok = all(same_compressed(c, expected, m_pad, x.shape[1]) for c in candidates)
             detail = "layout differs"
         except Exception as e:  # a kernel that cannot run is as unusable as a wrong one

@@ -61,7 +61,7 @@ _SOURCE = r"""
     {{store_output(("value_index",), "values", "value_mask", val_shape=("BLOCK_M", "BLOCK_K // 8"))}}
 
     # cuSPARSELt's metadata tiles, right after the values
-    words, word_index = metadata_words(first, last, pid_m, pid_k, K // 32)
+    words, word_index, _ = metadata_words(first, last, pid_m, pid_k, K // 32)  # K % 32 == 0: all in K
     meta_index = ROWS * (K // 8) + word_index
     meta_mask = word_index < ROWS * K // 64  # always true
     {{store_output(("meta_index",), "words", "meta_mask", val_shape=("BLOCK_M // 16", "8", "BLOCK_K // 32"))}}

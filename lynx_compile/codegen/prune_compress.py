@@ -88,7 +88,8 @@ def metadata_words(first, last, pid_m, pid_k, META_COL_TILES):
     """cuSPARSELt's metadata words of a (BLOCK_M, 4 * GROUPS) tile at (pid_m, pid_k), and where they go.
 
     The nibble of row 16b+8h+i, group 8c+4q+j lands at bit 16j+8q+4h of word (b, i, c); a 64 x 32
-    tile is 32 words, row tiles outermost. Returns (words, word_index), (BLOCK_M // 16, 8, GROUPS // 8).
+    tile is 32 words, row tiles outermost. Returns (words, word_index, in_k), shapes
+    (BLOCK_M // 16, 8, GROUPS // 8) and (1, 1, GROUPS // 8): in_k is false for 32-column tiles past K.
     """
     BLOCK_M: tl.constexpr = first.shape[0]
     GROUPS: tl.constexpr = first.shape[1]
@@ -103,10 +104,12 @@ def metadata_words(first, last, pid_m, pid_k, META_COL_TILES):
     i = tl.arange(0, 8)
     word_index = ((block // 4 * META_COL_TILES)[:, None, None] + tile_col[None, None, :]) * 32 \
         + ((block % 4) * 8)[:, None, None] + i[None, :, None]
-    return words, word_index
+    return words, word_index, (tile_col < META_COL_TILES)[None, None, :]
 
 
-@triton.jit
+# Sizes that only bound masks or index the tail are not specialised (divisibility by 16, == 1): the
+# self-check's odd-sized probe and every model shape then share one compiled kernel per tile.
+@triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES", "TAIL_START", "TAIL_BYTES", "M_BUCKET"])
 def _prune_compress_kernel(
     x_ptr, values_ptr, meta_ptr, bytes_ptr,
     M, M_PAD, K_X, K, stride_xm, META_COL_TILES, TAIL_START, TAIL_BYTES,
@@ -133,9 +136,8 @@ def _prune_compress_kernel(
     tl.store(values_ptr + rows[:, None] * (K // 2) + vcols[None, :], vals,
              mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :])
 
-    words, word_index = metadata_words(first, last, pid_m, pid_k, META_COL_TILES)
-    tile_col = pid_k * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
-    tl.store(meta_ptr + word_index, words, mask=(tile_col < META_COL_TILES)[None, None, :])
+    words, word_index, in_k = metadata_words(first, last, pid_m, pid_k, META_COL_TILES)
+    tl.store(meta_ptr + word_index, words, mask=in_k)
 
     # Bytes cuSPARSELt allocates but never writes (< 6 bytes per metadata row, so a 512-byte slice
     # per 64 rows covers them): zeros, one slice per program of the first column.
@@ -154,7 +156,7 @@ def _configs() -> list[triton.Config]:
 
 
 _prune_compress_tuned = triton.autotune(configs=_configs(), key=["K", "M_BUCKET"])(_prune_compress_kernel)
-_FIXED = {"BLOCK_M": 32, "BLOCK_K": 128, "num_warps": 4}  # small inputs and the interpreter
+_FIXED = triton.Config({"BLOCK_M": 32, "BLOCK_K": 128}, num_warps=4)  # small inputs and the interpreter
 _SMALL = 1 << 21  # elements: below this the kernel takes a few microseconds whatever its tiles
 
 
@@ -183,8 +185,9 @@ def prune_compress(x: torch.Tensor, rows: int | None = None, ones_column: bool =
     return _launch(x, m_pad, config, ones_column)
 
 
-def _launch(x: torch.Tensor, m_pad: int, config: dict[str, int] | None, ones_column: bool = False) -> torch.Tensor:
-    """Run the kernel with ``config`` (tile sizes and num_warps), or autotuned when None."""
+def _launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_column: bool = False) -> torch.Tensor:
+    """Run the kernel with ``config``, or autotuned when None. A config is launched with the same
+    options as the autotuner launches it (``all_kwargs``), so both find the same compiled kernel."""
     m, k_x = x.shape
     k = k_x + BIAS_COLUMNS if ones_column else k_x
     out = torch.empty(compressed_shape(m_pad, k, x.dtype), dtype=x.dtype, device=x.device)
@@ -209,5 +212,5 @@ def _launch(x: torch.Tensor, m_pad: int, config: dict[str, int] | None, ones_col
     if config is None:
         _prune_compress_tuned[grid](x, out, meta, raw, **args)
     else:
-        _prune_compress_kernel[grid(config)](x, out, meta, raw, **args, **config)
+        _prune_compress_kernel[grid(config.kwargs)](x, out, meta, raw, **args, **config.all_kwargs())
     return out
