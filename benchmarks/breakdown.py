@@ -39,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lynx_compile  # noqa: E402
 from benchmarks.common import meta, result_stem, write_table  # noqa: E402
-from benchmarks.e2e import CASES  # noqa: E402
+from benchmarks.e2e import CASES, VARIANTS as E2E_VARIANTS  # noqa: E402
 from lynx_compile import zoo  # noqa: E402
 
 CATEGORIES = ("dense_gemm", "sparse_gemm", "prune_compress", "attention", "other")
@@ -49,8 +49,8 @@ _PATTERNS = [  # first match wins
     ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn", re.I)),
     ("dense_gemm", re.compile(r"gemm|nvjet|cutlass|xmma|matmul|triton_tem_fused_(?:add)?mm|_mm_|addmm", re.I)),
 ]
-VARIANTS = {"dense": {}, "lynx": {}, "lynx_fused": {"fuse_producers": True}, "lynx_fold": {"fold_bias": True},
-            "lynx_fold_fused": {"fold_bias": True, "fuse_producers": True}}
+# dense, then e2e's lynx variants: lynx (defaults), lynx_fused, lynx_fold, lynx_fold_fused
+VARIANTS = {"dense": {}, **{"lynx" if v == "default" else f"lynx_{v}": o for v, o in E2E_VARIANTS.items()}}
 
 
 def category(kernel: str) -> str:

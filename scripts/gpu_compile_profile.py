@@ -36,7 +36,7 @@ t = stamp("compile + run of the fused lowering (gelu -> compress)", t)
 for _ in range(3):
     fused(x)
 t = stamp("3 more calls", t)
-from lynx_compile.codegen.prune_compress import prune_compress  # noqa: E402
+from lynx_compile.codegen.prune_compress import _prune_compress_kernel, prune_compress  # noqa: E402
 
 xs = cusparselt.rotating_inputs(lambda: torch.randn(m, k, device="cuda", dtype=dt), m * k * 2)
 fused_ms = cusparselt.cuda_graph_ms(lambda i: fused(xs[i % len(xs)]), calls=len(xs))
@@ -60,6 +60,5 @@ with torch.no_grad():
 for shape in [(4096, 12288), (512, 3072), (200, 1152), (1, 3072)]:  # other sizes: compiled again, or shared?
     prune_compress(torch.randn(*shape, device="cuda", dtype=dt))
 t = stamp("standalone kernel on 4 more shapes", t)
-kernel = prune_compress.__globals__["_prune_compress_kernel"]
-print(f"standalone kernel: {sum(len(cache[0]) for cache in kernel.device_caches.values())} compiled variants "
+print(f"standalone kernel: {sum(len(cache[0]) for cache in _prune_compress_kernel.device_caches.values())} compiled variants "
       "(tile configs x specialisations)", flush=True)

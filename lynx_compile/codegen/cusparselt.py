@@ -14,6 +14,7 @@ Everything imports on a CPU-only machine; the functions that need a GPU say so w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from .cusparselt_layout import probe_matrix, same_compressed
 from .prune_compress import _configs, _launch, padded_rows, prune_compress
-from .reference import prune_2to4, with_ones_column
+from .reference import BIAS_COLUMNS, prune_2to4, with_ones_column
 
 log = logging.getLogger("lynx_compile")
 
@@ -200,7 +201,7 @@ class Costs:
 
 
 def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
-                  device: torch.device | str = "cuda", sparse_k: int | None = None) -> Costs:
+                  device: torch.device | str = "cuda", ones_column: bool = False) -> Costs:
     """Time the three parts separately (cached on disk), so that a caller can charge one
     prune+compress to all the GEMMs that share an activation (q, k, v, and FLUX's MLP input).
 
@@ -209,27 +210,23 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
     costs about what the producer and the standalone one do (``benchmarks/results/fusion_*``). Bias adds are left
     out: the dense GEMM fuses its bias, and the sparse path's add fuses into the consumer's
     pointwise kernel (GELU, gated residual) when there is one, which the dense path runs too.
-    ``sparse_k``: K of the compression and the sparse GEMM when it differs from the dense GEMM's
-    (a folded bias: K + BIAS_COLUMNS).
+    ``ones_column``: a folded bias; the compression and the sparse GEMM then have K + BIAS_COLUMNS
+    columns, the dense GEMM it replaces has K.
     """
     device = torch.device(device)
-    compress = _compressor(device, dtype)
-    sparse_k = sparse_k or k
+    compress = functools.partial(_compressor(device, dtype), ones_column=ones_column)
 
     def measure() -> list[float]:
-        w, xs, cs = _operands(m, sparse_k, n, dtype, device, compress)
+        w, xs, cs = _operands(m, k, n, dtype, device, compress)
+        w_sparse = _weight(n, k + BIAS_COLUMNS, dtype, device) if ones_column else w  # [W | b | 0...]
         calls = max(20, len(xs))  # every buffer once per replay
-        # the dense GEMM at its own K (a folded bias's columns are the sparse side's cost only)
-        dense_w, dense_xs = (w, xs) if sparse_k == k else (w[:, :k].contiguous(), [x[:, :k].contiguous() for x in xs])
-        dense = cuda_graph_ms(lambda i: F.linear(dense_xs[i % len(xs)], dense_w), calls=calls)
+        dense = cuda_graph_ms(lambda i: F.linear(xs[i % len(xs)], w), calls=calls)
         prune = cuda_graph_ms(lambda i: compress(xs[i % len(xs)]), calls=calls)
-        gemm = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w, alg_id), calls=calls)
+        gemm = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w_sparse, alg_id), calls=calls)
         return [dense, prune, gemm]
 
     key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast_compress_ok(device, dtype)}"
-    if sparse_k != k:
-        key += f",sparse_k={sparse_k}"
-    return Costs(*(float(t) for t in _cached("costs", key, measure)))
+    return Costs(*(float(t) for t in _cached("costs", key + (",ones_column" if ones_column else ""), measure)))
 
 
 def fast_compress_ok(device: torch.device | str, dtype: torch.dtype) -> bool:

@@ -148,7 +148,7 @@ def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_s
     out = list(decisions)
     for members in _activation_groups(sites, decisions).values():
         costs = {i: cusparselt.measure_costs(padded_rows(sites[i].m), sites[i].k, sites[i].n, sites[i].dtype,
-                                             decisions[i].alg_id, sites[i].device, decisions[i].gemm_k(sites[i].k))
+                                             decisions[i].alg_id, sites[i].device, decisions[i].fold_bias)
                  for i in members}
         gaining = [i for i in members if costs[i].dense_ms / costs[i].sparse_gemm_ms >= min_speedup]
         prune_ms = costs[members[0]].prune_ms  # same activation: same (M, K)
