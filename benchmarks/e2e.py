@@ -3,7 +3,9 @@
 Full-width zoo architectures at realistic sizes; depth is reduced to fit the GPU time (say so in
 the table) and the per-block time is reported beside the whole forward. Timing: CUDA events around
 each call (the compiled models replay CUDA graphs), warm-up first, median of ``--runs``, fresh
-inputs every call. Writes benchmarks/results/e2e_<gpu>.{json,md,png}.
+inputs every call. Each case runs in a process of its own and compiles cold (fresh Inductor,
+Triton and lynx caches), so compile times are those of a first compile on a new machine.
+Writes benchmarks/results/e2e_<gpu>.{json,md,png}; ``--append`` adds cases to them.
 
     python benchmarks/e2e.py --cases flux:1 flux:2 sd3:1 pixart:1 wan:1 flux:1:fused --out benchmarks/results
 """
@@ -11,15 +13,21 @@ inputs every call. Writes benchmarks/results/e2e_<gpu>.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch._inductor.utils import fresh_cache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lynx_compile  # noqa: E402
@@ -48,7 +56,7 @@ class Row:
     rel_err_vs_dense: float
     inductor_compile_s: float
     lynx_compile_s: float
-    lynx_recompile_s: float  # a second compile in the same process: Inductor's and lynx's caches warm
+    lynx_recompile_s: float  # torch._dynamo.reset() and compile again: Inductor's and lynx's caches warm
     layers_sparse: int
     layers_fused: int  # sparse layers whose pruning runs inside the producer's kernel
     layers_folded: int  # sparse layers with the bias inside the sparse GEMM (fold_bias)
@@ -56,6 +64,7 @@ class Row:
     act_mb_dense: float  # bytes moved for the sparsified GEMMs' inputs had they stayed dense
     act_mb_lynx: float  # the same under lynx (``benchmarks.common.BYTES_PER_ELEMENT``)
     sparse_names: list[str]  # the GEMMs lynx sparsified (JSON only)
+    dense_reasons: dict[str, str]  # why each other GEMM stayed dense: the report's reason (JSON only)
     speedup_vs_inductor: float
     inductor_loop_ms: float  # per call, 10 calls back to back (``_loop_ms``)
     lynx_loop_ms: float
@@ -115,6 +124,20 @@ def _compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
     return model, out, time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def cold_caches(root: str) -> Iterator[None]:
+    """Compile as on a fresh machine: Inductor's and Triton's caches in a new directory under
+    ``root`` (Inductor's own ``fresh_cache``, which also empties Inductor's in-memory caches), and
+    lynx's algorithm and cost cache in another."""
+    saved = os.environ.get("LYNX_CACHE_DIR")
+    os.environ["LYNX_CACHE_DIR"] = tempfile.mkdtemp(dir=root)
+    try:
+        with fresh_cache(dir=root, delete=False):  # the compiled model keeps using its files
+            yield
+    finally:
+        os.environ.pop("LYNX_CACHE_DIR") if saved is None else os.environ.update(LYNX_CACHE_DIR=saved)
+
+
 def run_case(name: str, batch: int, runs: int, variant: str = "default", max_autotune: bool = False) -> Row:
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
@@ -128,21 +151,30 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
     def lynx_model():
         return torch.compile(model, backend="lynx", options=VARIANTS[variant])
 
-    with torch.no_grad():
+    with torch.no_grad(), tempfile.TemporaryDirectory() as root:
         eager_ms = _time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=1)["eager"]
-        dense, ref, inductor_compile_s = _compile(lambda: torch.compile(model, mode="reduce-overhead"), kwargs0)
-        fns = {"inductor": dense}
+        # Every compile starts cold (a dense compile before would warm the next one's Inductor and
+        # Triton caches) after a throw-away one has paid what any first compile of a process pays
+        # (imports, Inductor's compile workers). Lynx first: its recompile after
+        # torch._dynamo.reset() (caches warm) drops every compiled model of the process.
+        with cold_caches(root):
+            torch.compile(lambda t: t.sin() * 2)(torch.ones(8, device="cuda"))
+        with cold_caches(root):
+            n_reports = len(lynx_compile.reports())
+            _, _, lynx_compile_s = _compile(lynx_model, kwargs0)
+            layers = [layer for r in lynx_compile.reports()[n_reports:] for layer in r.layers]
+            torch._dynamo.reset()
+            lynx, out, lynx_recompile_s = _compile(lynx_model, kwargs0)
+        with cold_caches(root):
+            dense, ref, inductor_compile_s = _compile(lambda: torch.compile(model, mode="reduce-overhead"), kwargs0)
+        fns = {"inductor": dense, "lynx": lynx}
         max_autotune_compile_s = None
         if max_autotune:
-            fns["max_autotune"], _, max_autotune_compile_s = _compile(
-                lambda: torch.compile(model, mode="max-autotune"), kwargs0)
-        n_reports = len(lynx_compile.reports())
-        fns["lynx"], out, lynx_compile_s = _compile(lynx_model, kwargs0)
-        layers = [layer for r in lynx_compile.reports()[n_reports:] for layer in r.layers]
+            with cold_caches(root):
+                fns["max_autotune"], _, max_autotune_compile_s = _compile(
+                    lambda: torch.compile(model, mode="max-autotune"), kwargs0)
         ms = _time_interleaved(fns, make_inputs, runs)
-        del fns, dense
-        torch._dynamo.reset()
-        _, _, lynx_recompile_s = _compile(lynx_model, kwargs0)
+        del fns, dense, lynx
     rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     depth = spec["depth"]
     return Row(
@@ -152,7 +184,8 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
         layers_fused=sum(layer.prune == "fused" for layer in layers),
         layers_folded=sum(layer.bias_folded for layer in layers), layers_total=len(layers),
         act_mb_dense=activation_mb(layers, dense=True), act_mb_lynx=activation_mb(layers),
-        sparse_names=[layer.name for layer in layers if layer.sparse], speedup_vs_inductor=ms["inductor"] / ms["lynx"],
+        sparse_names=[layer.name for layer in layers if layer.sparse],
+        dense_reasons={layer.name: layer.reason for layer in layers if not layer.sparse}, speedup_vs_inductor=ms["inductor"] / ms["lynx"],
         inductor_loop_ms=ms["inductor_loop"], lynx_loop_ms=ms["lynx_loop"], loop_speedup=ms["inductor_loop"] / ms["lynx_loop"],
         max_autotune_ms=ms.get("max_autotune"), max_autotune_compile_s=max_autotune_compile_s,
         per_block_inductor_ms=ms["inductor"] / depth, per_block_lynx_ms=ms["lynx"] / depth,
@@ -166,8 +199,9 @@ defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=f
 call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
 every run; `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
 models take turns within each run (drift hits them alike), after two warm-up rounds.
-`lynx_recompile_s`: `torch._dynamo.reset()` and compile again in the same process (caches warm).
-`inductor_compile_s` of later cases can be low: Inductor's caches were warm from an earlier case.
+Compile times start cold: each compile gets fresh Inductor, Triton and lynx caches (Inductor's
+`fresh_cache`), as on a new machine; the process has run eager CUDA and, after the first case,
+lynx's self-check. `lynx_recompile_s`: `torch._dynamo.reset()` and compile again (caches warm).
 `act_mb_*`: bytes moved for the inputs of the sparsified GEMMs (analytic, `benchmarks/common.py`).
 `rel_err_vs_dense` is large because weights and inputs are random Gaussians: not an accuracy figure.
 `max_autotune_*`: dense `mode="max-autotune"`, only where run (`--max-autotune`)."""
@@ -212,6 +246,31 @@ def write(rows: list[dict[str, Any]], failures: list[dict[str, Any]], stem: Path
         print("matplotlib missing: no plot (python benchmarks/e2e.py --replot JSON draws it later)", flush=True)
 
 
+def _run_isolated(case: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One case in a process of its own, so that nothing compiled or measured for one case (Triton's
+    kernels in memory, lynx's self-check, cuSPARSELt's handles) makes the next one's compile look cheap."""
+    with tempfile.TemporaryDirectory() as tmp:
+        row_json = Path(tmp) / "row.json"
+        cmd = [sys.executable, __file__, "--case", case, "--runs", str(args.runs), "--row-json", str(row_json)]
+        proc = subprocess.run(cmd + (["--max-autotune"] if args.max_autotune else []), check=False)
+        if not row_json.exists():
+            raise RuntimeError(f"exit status {proc.returncode}, no result (its output is above)")
+        return json.loads(row_json.read_text())
+
+
+def _earlier_rows(stem: Path, stamp: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows already in ``stem``.json, which must have been measured on this GPU with these versions."""
+    old = json.loads(stem.with_suffix(".json").read_text())
+    differ = {k: (old["meta"][k], stamp[k]) for k in ("gpu", "torch", "triton", "cusparselt") if old["meta"][k] != stamp[k]}
+    if differ:
+        raise SystemExit(f"--append: {stem}.json was measured with other {differ}; use --tag")
+    return old["rows"]
+
+
+def _case_key(row: dict[str, Any]) -> tuple[str, int, str]:
+    return row["model"], row["batch"], row["variant"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cases", nargs="+", default=["flux:1", "flux:2", "sd3:1", "pixart:1", "wan:1"])
@@ -220,27 +279,34 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--replot", type=Path, help="redraw the table and plot of this e2e JSON (no GPU)")
     p.add_argument("--tag", help="suffix of the result files (a partial run must not overwrite the full table)")
+    p.add_argument("--append", action="store_true", help="add the cases to the rows already in the result files")
+    p.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case in this process, its row to --row-json
+    p.add_argument("--row-json", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.replot:
         data = json.loads(args.replot.read_text())
         write(data["rows"], data.get("failures", []), args.replot.with_suffix(""), data["meta"])
         return
+    if args.case:
+        name, batch, *variant = args.case.split(":")
+        row = run_case(name, int(batch), args.runs, *variant, max_autotune=args.max_autotune)
+        print(row, flush=True)
+        args.row_json.write_text(json.dumps(dataclasses.asdict(row)))
+        return
     rows, failures = [], []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = result_stem(out, "e2e", "max_autotune" if args.max_autotune else None, args.tag)
+    stamp = meta()
+    earlier = _earlier_rows(stem, stamp) if args.append and stem.with_suffix(".json").exists() else []
     for case in args.cases:
-        name, batch, *variant = case.split(":")
         try:
-            row = run_case(name, int(batch), args.runs, *variant, max_autotune=args.max_autotune)
-            rows.append(dataclasses.asdict(row))
-            print(row, flush=True)
+            rows.append(_run_isolated(case, args))
         except Exception as e:  # one architecture failing must not lose the others' numbers
             failures.append({"case": case, "error": repr(e)[:500]})
             print(f"{case} FAILED: {e!r}", flush=True)
-        torch._dynamo.reset()
-        torch.cuda.empty_cache()
-        write(rows, failures, stem, meta())
+        rerun = {_case_key(r) for r in rows}  # a case run again replaces its earlier row
+        write([r for r in earlier if _case_key(r) not in rerun] + rows, failures, stem, stamp)
 
 
 if __name__ == "__main__":

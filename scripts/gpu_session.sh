@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU call: GPU tests, compile-time profile, linear and MLP-block fusion benchmarks, e2e cases. Results into $OUT.
-#   bash scripts/gpu_session.sh [tests] [profile] [overhead] [linear] [fusion] [breakdown "CASE [--cudagraphs]"] [e2e CASE... [--max-autotune]]
+#   bash scripts/gpu_session.sh [tests] [profile] [phases CASE] [overhead] [linear] [fusion] [breakdown "CASE [--cudagraphs]"] [e2e CASE... [--max-autotune]]
 #   TESTS_K=EXPR: only the GPU tests pytest -k selects; E2E_TAG=TAG: e2e_<gpu>_TAG.* (a partial run keeps the full table)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -15,6 +15,7 @@ while [ $# -gt 0 ]; do
            python3 -m pytest -q -p no:cacheprovider tests/test_inductor_lowering.py tests/test_producers.py 2>&1 | tail -1 ;;
     overhead) timeout 300 python3 scripts/gpu_call_overhead.py 2>&1 | grep -v Warning | tee "$OUT/call_overhead.log" ;;
     profile) timeout 200 python3 scripts/gpu_compile_profile.py 2>&1 | grep -v Warning | tee "$OUT/compile_profile.log" ;;
+    phases) shift; timeout 300 python3 scripts/gpu_compile_phases.py $1 ${PHASES_ARGS:-} 2>&1 | grep -v Warning | tee -a "$OUT/compile_phases.log" | tail -16 ;;
     fusion) timeout 300 python3 benchmarks/fusion.py --tokens 4096 16384 --out "$OUT" --dump-code "$OUT/code" 2>&1 | grep -v Warning | tail -3 ;;
     breakdown) shift; python3 benchmarks/breakdown.py --out "$OUT" --cases $1 2>&1 | grep -v Warning | tail -3 ;;
     linear) timeout 400 python3 benchmarks/linear.py --out "$OUT" 2>&1 | grep -v Warning | tail -6 ;;

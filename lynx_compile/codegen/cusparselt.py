@@ -21,7 +21,6 @@ import math
 import os
 import statistics
 import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,14 +116,9 @@ def _operands(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device,
     return _weight(n, k, dtype, device), xs, [compress(x) for x in xs]
 
 
-def _alg_ids(compressed: torch.Tensor, weight: torch.Tensor) -> range | list[int]:
-    """The algorithm ids cuSPARSELt offers for this product: 0 .. its ALG_CONFIG_MAX_ID."""
-    search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
-    if search is None:  # a torch without the full binding: cuSPARSELt's own pick only
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*_cslt_sparse_mm_search.*")
-            return [int(torch._cslt_sparse_mm_search(compressed, weight.t()))]
-    return range(int(search(compressed, weight.t(), None, None, None, False)[3]) + 1)
+# cuSPARSELt numbers its algorithms from 0 and refuses an id past the last (0-20 for bf16 on an H100
+# with cuSPARSELt 0.8, whose ALG_CONFIG_MAX_ID reads 21); the bound only stops a runaway loop
+_MAX_ALG_IDS = 256
 
 
 def _search(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> int:
@@ -133,21 +127,26 @@ def _search(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) ->
     cuSPARSELt's own search is not enough: on an H100 it returned id 1 for a shape in one call and
     20 in the next, and its pick was up to 1.2x slower than the fastest id (15360 -> 3072 at
     M=4608); split-k never won (``scripts/probe_split_k.py``, NOTES_kernels.md). A short replay of
-    each id picks three finalists, a longer one the winner.
+    each id, from 0 up to the first one cuSPARSELt refuses, picks three finalists, a longer one the
+    winner. (Asking cuSPARSELt for its number of ids runs its whole search: 0.5 s for a large shape.)
     """
     w, _, cs = _operands(m, k, n, dtype, device, _compressor(device, dtype))
 
-    def ms(alg: int, calls: int, replays: int) -> float:
+    def ms(alg: int, calls: int, replays: int, warmup: int) -> float:
         try:
-            return cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w, alg), calls=calls, replays=replays)
-        except RuntimeError:  # an id this product does not support (raised before any capture)
+            return cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w, alg), calls, replays, warmup)
+        except RuntimeError:  # past the last id (raised before any capture)
             return math.inf
 
-    quick = {alg: ms(alg, 8, 3) for alg in _alg_ids(cs[0], w)}
+    quick: dict[int, float] = {}
+    for alg in range(_MAX_ALG_IDS):
+        quick[alg] = ms(alg, 4, 3, warmup=1)
+        if quick[alg] == math.inf:
+            break
     finalists = [alg for alg in sorted(quick, key=quick.get)[:3] if quick[alg] < math.inf]
     if not finalists:
         raise RuntimeError(f"cuSPARSELt ran none of its algorithms for ({m}, {k}) x ({k}, {n}) {dtype}")
-    return min(finalists, key=lambda alg: ms(alg, max(20, len(cs)), 15))
+    return min(finalists, key=lambda alg: ms(alg, max(20, len(cs)), 10, warmup=3))
 
 
 def best_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device | str) -> int:
@@ -157,22 +156,29 @@ def best_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device | 
     return int(_cached("alg_timed", _cache_key(m, k, n, dtype, device), lambda: _search(m, k, n, dtype, device)))
 
 
-def cuda_graph_ms(call: Callable[[int], object], calls: int = 20, replays: int = 15) -> float:
+def cuda_graph_ms(call: Callable[[int], object], calls: int = 20, replays: int = 15, warmup: int = 3) -> float:
     """Median GPU time of one ``call(i)``, replayed from a CUDA graph of ``calls`` calls.
 
     Graph replay leaves out CPU launch cost, which is what a compiled model pays with CUDA graphs.
-    ``call`` gets the call index, to rotate through input buffers so L2 does not hold them.
+    ``call`` gets the call index, to rotate through input buffers so L2 does not hold them. The
+    capture is begun by hand: ``torch.cuda.graph`` also runs ``gc.collect()`` and empties the
+    allocator's cache, 5 ms per capture inside a compile, and a model's first compile captures a
+    few hundred of these (``scripts/gpu_compile_phases.py --cprofile``).
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capture: autotuning, handles, allocations
-        for i in range(3):
-            call(i)
-    torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
+    with torch.cuda.stream(side):
+        for i in range(warmup):  # off the capture: autotuning, handles, allocations
             call(i)
+        side.synchronize()
+        graph.capture_begin()
+        try:
+            for i in range(calls):
+                call(i)
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream().wait_stream(side)
     graph.replay()
     times = []
     for _ in range(replays):
@@ -220,9 +226,9 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
         w, xs, cs = _operands(m, k, n, dtype, device, compress)
         w_sparse = _weight(n, k + BIAS_COLUMNS, dtype, device) if ones_column else w  # [W | b | 0...]
         calls = max(20, len(xs))  # every buffer once per replay
-        dense = cuda_graph_ms(lambda i: F.linear(xs[i % len(xs)], w), calls=calls)
-        prune = cuda_graph_ms(lambda i: compress(xs[i % len(xs)]), calls=calls)
-        gemm = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w_sparse, alg_id), calls=calls)
+        dense = cuda_graph_ms(lambda i: F.linear(xs[i % len(xs)], w), calls=calls, replays=10)
+        prune = cuda_graph_ms(lambda i: compress(xs[i % len(xs)]), calls=calls, replays=10)
+        gemm = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w_sparse, alg_id), calls=calls, replays=10)
         return [dense, prune, gemm]
 
     key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast_compress_ok(device, dtype)}"
