@@ -135,7 +135,10 @@ def cold_caches(root: str) -> Iterator[None]:
         with fresh_cache(dir=root, delete=False):  # the compiled model keeps using its files
             yield
     finally:
-        os.environ.pop("LYNX_CACHE_DIR") if saved is None else os.environ.update(LYNX_CACHE_DIR=saved)
+        if saved is None:
+            del os.environ["LYNX_CACHE_DIR"]
+        else:
+            os.environ["LYNX_CACHE_DIR"] = saved
 
 
 def run_case(name: str, batch: int, runs: int, variant: str = "default", max_autotune: bool = False) -> Row:
@@ -199,9 +202,10 @@ defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=f
 call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
 every run; `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
 models take turns within each run (drift hits them alike), after two warm-up rounds.
-Compile times start cold: each compile gets fresh Inductor, Triton and lynx caches (Inductor's
-`fresh_cache`), as on a new machine; the process has run eager CUDA and, after the first case,
-lynx's self-check. `lynx_recompile_s`: `torch._dynamo.reset()` and compile again (caches warm).
+Compile times start cold: each case runs in a process of its own, which times the eager model and
+makes a throw-away compile first; then each compile gets fresh Inductor, Triton and lynx caches
+(Inductor's `fresh_cache`), as on a new machine, and lynx's includes its kernel self-check.
+`lynx_recompile_s`: `torch._dynamo.reset()` and compile again (caches warm).
 `act_mb_*`: bytes moved for the inputs of the sparsified GEMMs (analytic, `benchmarks/common.py`).
 `rel_err_vs_dense` is large because weights and inputs are random Gaussians: not an accuracy figure.
 `max_autotune_*`: dense `mode="max-autotune"`, only where run (`--max-autotune`)."""
