@@ -141,6 +141,13 @@ def cold_caches(root: str) -> Iterator[None]:
             os.environ["LYNX_CACHE_DIR"] = saved
 
 
+def pay_first_compile(root: str) -> None:
+    """A throw-away compile: what any first compile of a process pays (imports, Inductor's compile
+    workers), so that the compiles timed after it pay only their own work."""
+    with cold_caches(root):
+        torch.compile(lambda t: t.sin() * 2)(torch.ones(8, device="cuda"))
+
+
 def run_case(name: str, batch: int, runs: int, variant: str = "default", max_autotune: bool = False) -> Row:
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
@@ -157,11 +164,9 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
     with torch.no_grad(), tempfile.TemporaryDirectory() as root:
         eager_ms = _time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=1)["eager"]
         # Every compile starts cold (a dense compile before would warm the next one's Inductor and
-        # Triton caches) after a throw-away one has paid what any first compile of a process pays
-        # (imports, Inductor's compile workers). Lynx first: its recompile after
-        # torch._dynamo.reset() (caches warm) drops every compiled model of the process.
-        with cold_caches(root):
-            torch.compile(lambda t: t.sin() * 2)(torch.ones(8, device="cuda"))
+        # Triton caches). Lynx first: its recompile after torch._dynamo.reset() (caches warm) drops
+        # every compiled model of the process.
+        pay_first_compile(root)
         with cold_caches(root):
             n_reports = len(lynx_compile.reports())
             _, _, lynx_compile_s = _compile(lynx_model, kwargs0)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU call: GPU tests, compile-time profile, linear and MLP-block fusion benchmarks, e2e cases. Results into $OUT.
-#   bash scripts/gpu_session.sh [tests] [profile] [phases CASE] [overhead] [linear] [fusion] [breakdown "CASE [--cudagraphs]"] [e2e CASE... [--max-autotune]]
+#   bash scripts/gpu_session.sh [tests] [profile] [phases CASE] [overhead] [linear] [fusion] [breakdown "CASE [--cudagraphs]"] [e2e CASE... [--max-autotune] [--append]]
 #   TESTS_K=EXPR: only the GPU tests pytest -k selects; E2E_TAG=TAG: e2e_<gpu>_TAG.* (a partial run keeps the full table)
 set -uo pipefail
 export PYTHONUNBUFFERED=1

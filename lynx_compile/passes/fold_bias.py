@@ -32,9 +32,9 @@ import torch
 from torch import fx
 from torch._dynamo.source import ConstantSource
 
-from ..codegen.reference import BIAS_COLUMNS
+from ..codegen.reference import with_bias_column
 from .gemms import GemmSite, is_transpose
-from .producers import EXTERN_FUNCTIONS, NORM_FUNCTIONS, NORM_METHODS, is_view
+from .producers import EXTERN_FUNCTIONS, is_norm, is_view
 
 log = logging.getLogger("lynx_compile")
 
@@ -46,9 +46,7 @@ def costly_bias_add(site: GemmSite) -> str | None:
     while frontier:
         node = frontier.pop()
         for user in node.users:
-            if user.target in NORM_FUNCTIONS or user.target in EXTERN_FUNCTIONS or (
-                user.op == "call_method" and user.target in NORM_METHODS
-            ):
+            if is_norm(user) or user.target in EXTERN_FUNCTIONS:
                 return getattr(user.target, "__name__", str(user.target))
             if (is_view(user) or is_transpose(user)) and user not in seen:
                 seen.add(user)
@@ -87,12 +85,10 @@ class FoldedWeights:
         w, b = weight(example_inputs), bias(example_inputs)
         if _version(w) is None or _version(b) is None:
             _warn_unversioned()
-        buffer = torch.zeros(site.n, site.k + BIAS_COLUMNS, dtype=w.dtype, device=w.device)
-        fold = _Fold(buffer, weight, bias, site.weight_is_nk, ())
-        _fill(fold, w, b)
+        fold = _Fold(_folded(w, b, site.weight_is_nk), weight, bias, site.weight_is_nk, _stamp(w, b))
         self._folds.append(fold)
         name = f"_lynx_folded_weight_{len(self._folds) - 1}"
-        self._gm.register_buffer(name, buffer)
+        self._gm.register_buffer(name, fold.buffer)
         sources = getattr(self._gm, "_param_name_to_source", None)
         if sources is not None:  # Dynamo's map for the buffers AOTAutograd lifts (static inputs): ours too
             sources[name] = ConstantSource(name)
@@ -124,11 +120,13 @@ class FoldedWeights:
         return lambda args: tensor
 
 
-def _fill(fold: _Fold, w: torch.Tensor, b: torch.Tensor) -> None:
-    k = fold.buffer.shape[1] - BIAS_COLUMNS
+def _folded(w: torch.Tensor, b: torch.Tensor, weight_is_nk: bool) -> torch.Tensor:
     with torch.no_grad():
-        fold.buffer[:, :k].copy_(w if fold.weight_is_nk else w.t())
-        fold.buffer[:, k].copy_(b)
+        return with_bias_column(w if weight_is_nk else w.t(), b)
+
+
+def _fill(fold: _Fold, w: torch.Tensor, b: torch.Tensor) -> None:
+    fold.buffer.copy_(_folded(w, b, fold.weight_is_nk))  # in place: the compiled graph holds the buffer
     fold.stamp = _stamp(w, b)
 
 

@@ -62,13 +62,18 @@ def is_view(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in VIEW_METHODS or node.target in VIEW_FUNCTIONS
 
 
+def is_norm(node: fx.Node) -> bool:
+    """A norm or reduction (``layer_norm``, ``rms_norm``, ``.mean()``, ``softmax``, ...)."""
+    return node.target in NORM_FUNCTIONS or node.op == "call_method" and node.target in NORM_METHODS
+
+
 def _norm_behind(node: fx.Node) -> str | None:
     """The norm or reduction that ``node``'s chain of pointwise ops starts from, if any."""
     seen, frontier = {node}, [node]
     for _ in range(_TAIL_DEPTH):
         nxt = []
         for n in frontier:
-            if n.target in NORM_FUNCTIONS or n.op == "call_method" and n.target in NORM_METHODS:
+            if is_norm(n):
                 return _name(n)
             if n.op != "call_function" and n.op != "call_method" or is_gemm(n) or n.target in EXTERN_FUNCTIONS:
                 continue  # a graph input, a module, an extern kernel: the walk stops there
