@@ -6,15 +6,16 @@ autotuner for every new shape).
    activation shapes; ``prune_compress._configs`` keeps the three that cover them all.
 2. Sweep: the time of its parts (the rotating operands, whose compression autotunes the kernel
    for a new shape; the quick pass over every id; the finalists), and the id it picks, for four
-   shapes. The run in benchmarks/results/ also timed cuSPARSELt's own search, which the sweep then
+   shapes; then the cost model's timing of the same shape. The run in benchmarks/results/ also timed cuSPARSELt's own search, which the sweep then
    called to learn the number of ids (0.5 s for 4608 x 3072 x 12288; since replaced).
 
-    python scripts/gpu_compile_cost_probe.py OUT_DIR
+    python scripts/gpu_compile_cost_probe.py OUT_DIR [--sweep-only]   # --sweep-only: part 2 into compile_sweep_probe_<gpu>.json
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -52,7 +53,10 @@ def tiles() -> list[dict[str, object]]:
 
 
 def sweep() -> list[dict[str, object]]:
+    """Each shape's sweep and cost timing, split into parts (first calls of a process included:
+    the first shape runs again at the end)."""
     parts: dict[str, float] = {}
+    phase = ["sweep"]
 
     def timed(name, fn):
         def wrapper(*a, **kw):
@@ -61,27 +65,40 @@ def sweep() -> list[dict[str, object]]:
                 return fn(*a, **kw)
             finally:
                 torch.cuda.synchronize()
-                parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
+                parts[f"{phase[0]}: {name}"] = parts.get(f"{phase[0]}: {name}", 0.0) + time.perf_counter() - t0
         return wrapper
 
+    cusparselt._cached = lambda section, key, compute: compute()  # time every call, cache or not
     cusparselt._operands = timed("operands", cusparselt._operands)
-    graph_ms = cusparselt.cuda_graph_ms
-    cusparselt.cuda_graph_ms = lambda call, calls, replays, warmup=3: timed(  # quick pass: 3 replays; finalists: 10
-        f"graph timings, {replays} replays", graph_ms)(call, calls, replays, warmup)
+    queued_ms = cusparselt.queued_ms
+    cusparselt.queued_ms = lambda call, keys, calls, rounds=1, refused=(): timed(  # the walk over ids: refused
+        "quick pass" if refused else "timings", queued_ms)(call, keys, calls, rounds, refused)
+    logging.getLogger("lynx_compile").setLevel(logging.DEBUG)
+    logging.getLogger("lynx_compile").addHandler(logging.StreamHandler(sys.stdout))
     cusparselt.fast_compress_ok(torch.device("cuda"), DT)
     out = []
-    for m, k, n in [(4608, 3072, 12288), (512, 3072, 3072), (4096, 1536, 1536), (4096, 12288, 3072)]:
+    shapes = [(4608, 3072, 12288), (512, 3072, 3072), (4096, 1536, 1536), (4096, 12288, 3072)]
+    for m, k, n in [*shapes, shapes[0]]:
         parts.clear()
+        phase[0] = "sweep"
         t0 = time.perf_counter()
         alg = cusparselt._search(m, k, n, DT, torch.device("cuda"))
         total = time.perf_counter() - t0
-        out.append({"m": m, "k": k, "n": n, "alg": alg, "total_s": total, **parts})
-        print(f"sweep {m},{k},{n} -> {alg}: {total:.2f} s {parts}", flush=True)
+        phase[0] = "costs"
+        t0 = time.perf_counter()
+        cusparselt.measure_costs(m, k, n, DT, alg)
+        costs = time.perf_counter() - t0
+        out.append({"m": m, "k": k, "n": n, "alg": alg, "sweep_s": total, "costs_s": costs, **parts})
+        print(f"sweep {m},{k},{n} -> {alg}: {total:.2f} s, costs {costs:.2f} s {parts}", flush=True)
     return out
 
 
 def main() -> None:
     out = Path(sys.argv[1])
+    if "--sweep-only" in sys.argv:
+        result = {"meta": meta(), "sweep": sweep()}
+        result_stem(out, "compile_sweep_probe").with_suffix(".json").write_text(json.dumps(result, indent=1))
+        return
     result = {"meta": meta(), "sweep": sweep(), "tiles": tiles()}
     result_stem(out, "compile_cost_probe").with_suffix(".json").write_text(json.dumps(result, indent=1))
 

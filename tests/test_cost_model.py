@@ -65,39 +65,95 @@ def test_cost_model_group_properties(monkeypatch, group, prune_ms, min_speedup):
     assert all(d.reason for d in decisions)
 
 
-def _stub_timings(monkeypatch, quick: list[float], long: list[float]) -> list[int]:
-    """``_search`` with the GPU stubbed out: id a times ``quick[a]`` in the short replay and
-    ``long[a]`` in the long one; ids from len(quick) on raise, as cuSPARSELt does past its last id.
-    Returns the ids the search called, in order."""
+class _FakeGPU:
+    """Enough of ``torch.cuda`` for ``queued_ms`` on a CPU: kernels advance a clock, events read it,
+    and the sleep that holds the stream has ended (``query``) on the tries listed in ``woken``."""
+
+    def __init__(self, woken: set[int]) -> None:
+        self.clock, self.tries, self.woken = 0.0, 0, woken
+        gpu = self
+
+        class Event:
+            def __init__(self, enable_timing: bool = False) -> None:
+                self.t = 0.0
+
+            def record(self) -> None:
+                self.t = gpu.clock
+
+            def query(self) -> bool:
+                return gpu.tries in gpu.woken
+
+            def elapsed_time(self, end: "Event") -> float:
+                return end.t - self.t
+
+        self.Event = Event
+
+    def _sleep(self, cycles: int) -> None:
+        self.tries += 1
+
+    def synchronize(self) -> None:
+        pass
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr(cusparselt, "_sleep_cycles_per_ms", lambda: 1.0)
+        for name in ("Event", "_sleep", "synchronize"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.floats(0.01, 1.0), min_size=0, max_size=22), st.sets(st.integers(1, 3)),
+       st.integers(1, 4), st.integers(1, 5), st.booleans())
+def test_queued_ms_times_each_key(monkeypatch, per_call, woken, calls, rounds, refusal):
+    """Each key's time per call, the two warm-up calls left out (a key's first call is slow, as a
+    first launch is); keys end at the first one whose warm-up raises the ``refused`` error, and any other error
+    is raised; the timed calls run again while the GPU woke up before they were all queued, at most
+    three times."""
+    gpu = _FakeGPU(set(woken))
+    gpu.install(monkeypatch)
     called: list[int] = []
 
-    def sparse_mm(compressed: object, weight: object, alg: int) -> None:
-        called.append(alg)
-        if alg >= len(quick):
+    def call(key: int, i: int) -> None:
+        called.append(key)
+        if key >= len(per_call):
             raise RuntimeError("CUSPARSE_STATUS_INVALID_VALUE")
+        gpu.clock += per_call[key] + (100.0 if called.count(key) == 1 else 0.0)
 
-    def graph_ms(call, calls: int = 20, replays: int = 15, warmup: int = 3) -> float:
-        call(0)
-        return (quick if replays == 3 else long)[called[-1]]
-
-    monkeypatch.setattr(cusparselt, "_operands", lambda *args: (None, [None], [None]))
-    monkeypatch.setattr(cusparselt, "sparse_mm", sparse_mm)
-    monkeypatch.setattr(cusparselt, "cuda_graph_ms", graph_ms)
-    return called
+    keys = range(len(per_call) + 1)
+    if not refusal:
+        with pytest.raises(RuntimeError):
+            cusparselt.queued_ms(call, keys, calls, rounds)
+        return
+    ms = cusparselt.queued_ms(call, keys, calls, rounds, refused=RuntimeError)
+    assert ms == pytest.approx(dict(enumerate(per_call)))
+    tries = min(3, next(t for t in range(1, 5) if t not in woken))
+    one_try = [key for _ in range(rounds) for key in range(len(per_call)) for _ in range(calls)]
+    warm_up = [key for key in range(len(per_call)) for _ in range(2)] + [len(per_call)]  # two each, then the refused key
+    assert called == warm_up + one_try * tries
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.floats(0.01, 1.0), st.floats(0.01, 1.0)), min_size=0, max_size=22))
 def test_alg_search_keeps_the_fastest_finalist(monkeypatch, ids):
-    """Every id from 0 up to the first refused one is timed briefly, the three fastest go to the
-    long replay, whose fastest wins; when cuSPARSELt refuses id 0 the search says so."""
-    quick, long = [q for q, _ in ids], [t for _, t in ids]
-    called = _stub_timings(monkeypatch, quick, long)
+    """Every id from 0 up to the first refused one is timed briefly, the three fastest go to a
+    longer timing, whose fastest wins; when cuSPARSELt refuses id 0 the search says so."""
+    quick, long = dict(enumerate(q for q, _ in ids)), [t for _, t in ids]
+    passes: list[tuple[list[int], int, int]] = []
+
+    def queued_ms(call, keys, calls, rounds=1, refused=()):
+        keys = list(keys)
+        passes.append((keys, calls, rounds))
+        if refused:  # the walk over every id
+            assert keys == list(range(cusparselt._MAX_ALG_IDS)) and refused is RuntimeError
+            return quick
+        return {alg: long[alg] for alg in keys}
+
+    monkeypatch.setattr(cusparselt, "_operands", lambda *args: (None, [None], [None]))
+    monkeypatch.setattr(cusparselt, "queued_ms", queued_ms)
     if not ids:
         with pytest.raises(RuntimeError, match="none of its algorithms"):
             cusparselt._search(4096, 3072, 3072, torch.bfloat16, torch.device("cuda"))
         return
     alg = cusparselt._search(4096, 3072, 3072, torch.bfloat16, torch.device("cuda"))
-    usable = sorted(range(len(ids)), key=lambda a: quick[a])
-    assert called[: len(ids) + 1] == [*range(len(ids)), len(ids)]  # the quick pass, then one refused id
-    assert alg in usable[:3] and long[alg] == min(long[a] for a in usable[:3])
+    finalists = sorted(quick, key=quick.get)[:3]
+    assert sorted(passes[1][0]) == sorted(finalists) and passes[1][2] > 1  # several rounds: a median
+    assert long[alg] == min(long[a] for a in finalists)

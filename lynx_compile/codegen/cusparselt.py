@@ -15,24 +15,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
-import math
 import os
 import statistics
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable, Iterable
+from typing import TypeVar
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .cusparselt_layout import probe_matrix, same_compressed
-from .prune_compress import _configs, _launch, padded_rows, prune_compress
+from .prune_compress import _configs, _launch, compile_tiles, padded_rows, prune_compress
 from .reference import BIAS_COLUMNS, prune_2to4, with_ones_column
 
 log = logging.getLogger("lynx_compile")
 
+K = TypeVar("K", bound=Hashable)
 _LOCK = threading.Lock()
 _MEMORY: dict[str, dict[str, object]] = {"alg_timed": {}, "costs": {}}
 _SELF_CHECK: dict[tuple[str, torch.dtype, int | None], bool] = {}
@@ -122,31 +125,26 @@ _MAX_ALG_IDS = 256
 
 
 def _search(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Time every algorithm id under CUDA-graph replay and keep the fastest.
+    """Time every algorithm id and keep the fastest.
 
     cuSPARSELt's own search is not enough: on an H100 it returned id 1 for a shape in one call and
     20 in the next, and its pick was up to 1.2x slower than the fastest id (15360 -> 3072 at
-    M=4608); split-k never won (``scripts/probe_split_k.py``, NOTES_kernels.md). A short replay of
-    each id, from 0 up to the first one cuSPARSELt refuses, picks three finalists, a longer one the
-    winner. (Asking cuSPARSELt for its number of ids runs its whole search: 0.5 s for a large shape.)
+    M=4608); split-k never won (``scripts/probe_split_k.py``, NOTES_kernels.md). A quick pass over
+    every id, from 0 up to the first one cuSPARSELt refuses, picks three finalists; five rounds of
+    those pick the winner. (Asking cuSPARSELt for its number of ids runs its whole
+    search: 0.5 s for a large shape.)
     """
     w, _, cs = _operands(m, k, n, dtype, device, _compressor(device, dtype))
 
-    def ms(alg: int, calls: int, replays: int, warmup: int) -> float:
-        try:
-            return cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w, alg), calls, replays, warmup)
-        except RuntimeError:  # past the last id (raised before any capture)
-            return math.inf
+    def run(alg: int, i: int) -> torch.Tensor:
+        return sparse_mm(cs[i % len(cs)], w, alg)
 
-    quick: dict[int, float] = {}
-    for alg in range(_MAX_ALG_IDS):
-        quick[alg] = ms(alg, 4, 3, warmup=1)
-        if quick[alg] == math.inf:
-            break
-    finalists = [alg for alg in sorted(quick, key=quick.get)[:3] if quick[alg] < math.inf]
+    quick = queued_ms(run, range(_MAX_ALG_IDS), calls=2, refused=RuntimeError)
+    finalists = sorted(quick, key=quick.get)[:3]
     if not finalists:
         raise RuntimeError(f"cuSPARSELt ran none of its algorithms for ({m}, {k}) x ({k}, {n}) {dtype}")
-    return min(finalists, key=lambda alg: ms(alg, max(20, len(cs)), 10, warmup=3))
+    final = queued_ms(run, finalists, calls=4, rounds=5)
+    return min(final, key=final.get)
 
 
 def best_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device | str) -> int:
@@ -159,11 +157,10 @@ def best_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device | 
 def cuda_graph_ms(call: Callable[[int], object], calls: int = 20, replays: int = 15, warmup: int = 3) -> float:
     """Median GPU time of one ``call(i)``, replayed from a CUDA graph of ``calls`` calls.
 
-    Graph replay leaves out CPU launch cost, which is what a compiled model pays with CUDA graphs.
-    ``call`` gets the call index, to rotate through input buffers so L2 does not hold them. The
-    capture is begun by hand: ``torch.cuda.graph`` also runs ``gc.collect()`` and empties the
-    allocator's cache, 5 ms per capture inside a compile, and a model's first compile captures a
-    few hundred of these (``scripts/gpu_compile_phases.py --cprofile``).
+    Graph replay leaves out CPU launch cost, which is what a compiled model pays with CUDA graphs:
+    the benchmarks' timer (a compile times with the cheaper ``queued_ms``). ``call`` gets the call
+    index, to rotate through input buffers so L2 does not hold them. The capture is begun by hand:
+    ``torch.cuda.graph`` also runs ``gc.collect()`` and empties the allocator's cache (5 ms).
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -189,6 +186,73 @@ def cuda_graph_ms(call: Callable[[int], object], calls: int = 20, replays: int =
         end.synchronize()
         times.append(start.elapsed_time(end) / calls)
     return statistics.median(times)
+
+
+def queued_ms(call: Callable[[K, int], object], keys: Iterable[K], calls: int, rounds: int = 1,
+              refused: type[Exception] | tuple[type[Exception], ...] = ()) -> dict[K, float]:
+    """Median GPU ms per ``call(key, i)`` for each key: ``rounds`` samples of ``calls`` calls, the
+    keys taking turns in each round, after two warm-up calls per key. With ``refused``, the keys end
+    before the first one whose first call raises it (cuSPARSELt's first unknown algorithm id). ``i``
+    counts the calls, for rotating through input buffers.
+
+    What the compile-time search and cost model time with. A CUDA graph per key costs ~15 ms to
+    capture and instantiate, and a model's first compile captured ~300. Here a GPU sleep holds the
+    stream while the CPU queues every call between CUDA events, so the events see the calls back to
+    back on the GPU and none of the CPU time between them (cuSPARSELt's is about 1 ms a call). The
+    sleep lasts twice what the second warm-up calls took to issue (a first call may load kernels or
+    autotune; queued calls took up to 1.7x the second's time), at most 250 ms at first; if it ends
+    before the last call is queued (the events would see launch gaps), the rounds run again with a
+    longer one, three times at most (a debug log says so). Launches from a stream leave ~1.3 us
+    more between kernels than a CUDA graph's replay does: a 6 us kernel reads 7.3 us (H100), a
+    30 us GEMM within 5%.
+    """
+    index = itertools.count()
+    issue_ms: dict[K, float] = {}  # CPU time of each key's second warm-up call
+    for key in keys:
+        try:
+            call(key, next(index))
+        except refused:
+            break
+        t0 = time.perf_counter()
+        call(key, next(index))
+        issue_ms[key] = (time.perf_counter() - t0) * 1e3
+    hold_ms = min(2.0 * sum(issue_ms.values()) * calls * rounds + 1.0, 250.0)
+    for attempt in range(3):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(int(hold_ms * _sleep_cycles_per_ms()))
+        held = torch.cuda.Event()
+        held.record()
+        t0 = time.perf_counter()
+        marks: dict[K, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {key: [] for key in issue_ms}
+        for _ in range(rounds):
+            for key in issue_ms:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(calls):
+                    call(key, next(index))
+                end.record()
+                marks[key].append((start, end))
+        queue_ms = (time.perf_counter() - t0) * 1e3
+        if not held.query():  # still asleep: every call was queued before the GPU reached it
+            break
+        log.debug("lynx: timed calls outran their GPU sleep of %.1f ms (try %d, %.1f ms to queue)",
+                  hold_ms, attempt + 1, queue_ms)
+        hold_ms = 1.5 * queue_ms
+    torch.cuda.synchronize()
+    return {key: statistics.median(start.elapsed_time(end) for start, end in pairs) / calls
+            for key, pairs in marks.items()}
+
+
+@functools.cache
+def _sleep_cycles_per_ms() -> float:
+    """``torch.cuda._sleep`` counts GPU clock cycles; how many make a millisecond here."""
+    torch.cuda._sleep(1000)  # loads the kernel
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(2_000_000)
+    end.record()
+    end.synchronize()
+    return 2_000_000 / start.elapsed_time(end)
 
 
 def rotating_inputs(make: Callable[[], torch.Tensor], nbytes: int, min_total: int = 256 << 20) -> list[torch.Tensor]:
@@ -225,11 +289,13 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
     def measure() -> list[float]:
         w, xs, cs = _operands(m, k, n, dtype, device, compress)
         w_sparse = _weight(n, k + BIAS_COLUMNS, dtype, device) if ones_column else w  # [W | b | 0...]
-        calls = max(20, len(xs))  # every buffer once per replay
-        dense = cuda_graph_ms(lambda i: F.linear(xs[i % len(xs)], w), calls=calls, replays=10)
-        prune = cuda_graph_ms(lambda i: compress(xs[i % len(xs)]), calls=calls, replays=10)
-        gemm = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)], w_sparse, alg_id), calls=calls, replays=10)
-        return [dense, prune, gemm]
+        parts: dict[str, Callable[[int], torch.Tensor]] = {
+            "dense": lambda i: F.linear(xs[i % len(xs)], w),
+            "prune": lambda i: compress(xs[i % len(xs)]),
+            "sparse_gemm": lambda i: sparse_mm(cs[i % len(cs)], w_sparse, alg_id),
+        }
+        ms = queued_ms(lambda part, i: parts[part](i), parts, calls=4, rounds=5)
+        return [ms["dense"], ms["prune"], ms["sparse_gemm"]]
 
     key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast_compress_ok(device, dtype)}"
     return Costs(*(float(t) for t in _cached("costs", key + (",ones_column" if ones_column else ""), measure)))
@@ -250,6 +316,7 @@ def fast_compress_ok(device: torch.device | str, dtype: torch.dtype) -> bool:
             x = probe_matrix(200, 528, dtype, seed=0).to(device)
             m_pad = padded_rows(x.shape[0])
             expected = compress_compat(x)
+            compile_tiles(x, m_pad)
             candidates = [prune_compress(x)] + [_launch(x, m_pad, c) for c in _configs()]
             ok = all(same_compressed(c, expected, m_pad, x.shape[1]) for c in candidates)
             detail = "layout differs"

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lynx_compile.codegen import cusparselt
+from lynx_compile.codegen import prune_compress as prune_compress_module
 from lynx_compile.codegen.cusparselt_layout import compress_reference, compressed_shape, probe_matrix, same_compressed
 from lynx_compile.codegen.prune_compress import padded_rows, prune_compress
 from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4, with_bias_column, with_ones_column
@@ -101,6 +102,39 @@ def test_self_check_passes(dtype: torch.dtype) -> None:
     assert cusparselt.fast_compress_ok(torch.device("cuda"), dtype)
 
 
+def test_tiles_compile_side_by_side() -> None:
+    """``compile_tiles`` compiles every tile for a new specialisation (a row stride that is not a
+    multiple of 16), after which the tiles' launches compile nothing and stay exact."""
+    kernel = prune_compress_module._prune_compress_kernel
+    x = torch.randn(300, 1000, dtype=torch.bfloat16, device="cuda")[:, :528]
+    cache = kernel.device_caches[torch.cuda.current_device()][0]
+    before = len(cache)
+    prune_compress_module.compile_tiles(x, padded_rows(300))
+    compiled = len(cache)
+    outs = [prune_compress_module._launch(x, padded_rows(300), c) for c in prune_compress_module._configs()]
+    assert compiled == before + len(prune_compress_module._configs()) and len(cache) == compiled
+    expected = cusparselt.compress_compat(x)
+    assert all(same_compressed(out, expected, padded_rows(300), 528) for out in outs)
+
+
+@pytest.mark.parametrize("part", ["sparse_gemm", "dense", "prune"])
+def test_queued_timing_sees_gpu_time(part: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Events around calls queued behind a GPU sleep time what CUDA-graph replay times, not the CPU
+    time between the calls (cuSPARSELt's ~1 ms a call, against ~0.03 ms of GPU time on this
+    shape), and the sleep covers the queueing once the calls are warm; within 10%, or a launch gap."""
+    w, xs, cs = cusparselt._operands(1024, 3072, 3072, torch.bfloat16, torch.device("cuda"), prune_compress)
+    call = {"sparse_gemm": lambda i: cusparselt.sparse_mm(cs[i % len(cs)], w, 0),
+            "dense": lambda i: F.linear(xs[i % len(xs)], w),
+            "prune": lambda i: prune_compress(xs[i % len(xs)])}[part]
+    call(0)
+    with caplog.at_level("DEBUG", logger="lynx_compile"):
+        queued = cusparselt.queued_ms(lambda key, i: call(i), [part], calls=4, rounds=5)[part]
+    graph = cusparselt.cuda_graph_ms(call, calls=20, replays=10)
+    print(f"{part}: queued {queued:.4f} ms, graph {graph:.4f} ms")
+    assert "outran" not in caplog.text
+    assert queued == pytest.approx(graph, rel=0.1, abs=0.002)  # a stream's launch gap: ~1.3 us
+
+
 def test_alg_search_is_cached_on_disk(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})
@@ -143,5 +177,5 @@ def test_measure_costs_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     assert all(0 < t < 10 for t in (costs.dense_ms, costs.prune_ms, costs.sparse_gemm_ms))
     assert costs.prune_ms < costs.sparse_gemm_ms  # a memory pass vs a 19 GFLOP product
     monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})
-    monkeypatch.setattr(cusparselt, "cuda_graph_ms", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(cusparselt, "queued_ms", lambda *a, **k: pytest.fail("measured again"))
     assert cusparselt.measure_costs(1024, 3072, 3072, torch.bfloat16, alg_id=0) == costs
