@@ -95,18 +95,18 @@ def _call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
 def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int = 10) -> dict[str, float]:
     """Per model: the median single call, and the per-call time of ``loop`` calls back to back (as
     in a denoising loop, where the CPU's launch work overlaps the previous call's kernels). Models
-    take turns within each run, so drift (clocks, temperature) hits them alike; fresh inputs every
-    run, made outside the timed region; two untimed warm-up rounds."""
+    take turns within each run, the order reversed every other run and the number of runs made
+    even, so drift (clocks, temperature) and going first or second hit them alike; fresh inputs
+    every run, made outside the timed region; two untimed warm-up rounds."""
     times: dict[str, list[float]] = {f"{k}{s}": [] for k in fns for s in ("", "_loop")}
-    for i in range(runs + 2):
+    for i in range(runs + runs % 2 + 2):
         kwargs = make_inputs()
-        for key, fn in fns.items():
-            single = _call_ms(fn, kwargs)
-            looped = _call_ms(fn, kwargs, loop) if i % 3 == 0 else None  # every third run: enough for a median
+        turns = list(fns.items())
+        for key, fn in turns if i % 2 == 0 else reversed(turns):
+            single, looped = _call_ms(fn, kwargs), _call_ms(fn, kwargs, loop)
             if i >= 2:
                 times[key].append(single)
-                if looped is not None:
-                    times[f"{key}_loop"].append(looped)
+                times[f"{key}_loop"].append(looped)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -206,7 +206,8 @@ defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=f
 `fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both. `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
 call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
 every run; `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
-models take turns within each run (drift hits them alike), after two warm-up rounds.
+models take turns within each run, in reversed order every other run, over an even number of runs
+(drift and going first hit them alike), after two warm-up rounds.
 Compile times start cold: each case runs in a process of its own, which times the eager model and
 makes a throw-away compile first; then each compile gets fresh Inductor, Triton and lynx caches
 (Inductor's `fresh_cache`), as on a new machine, and lynx's includes its kernel self-check.
