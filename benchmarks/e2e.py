@@ -99,9 +99,9 @@ def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int = 1
     even, so drift (clocks, temperature) and going first or second hit them alike; fresh inputs
     every run, made outside the timed region; two untimed warm-up rounds."""
     times: dict[str, list[float]] = {f"{k}{s}": [] for k in fns for s in ("", "_loop")}
+    turns = list(fns.items())
     for i in range(runs + runs % 2 + 2):
         kwargs = make_inputs()
-        turns = list(fns.items())
         for key, fn in turns if i % 2 == 0 else reversed(turns):
             single, looped = _call_ms(fn, kwargs), _call_ms(fn, kwargs, loop)
             if i >= 2:
