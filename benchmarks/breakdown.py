@@ -50,7 +50,9 @@ _PATTERNS = [  # first match wins
     ("dense_gemm", re.compile(r"gemm|nvjet|cutlass|xmma|matmul|triton_tem_fused_(?:add)?mm|_mm_|addmm", re.I)),
 ]
 # dense, then e2e's lynx variants: lynx (defaults), lynx_fused, lynx_fold, lynx_fold_fused
-VARIANTS = {"dense": {}, **{"lynx" if v == "default" else f"lynx_{v}": o for v, o in E2E_VARIANTS.items()}}
+# (not e2e's model-side variants: the dense model profiled beside them would have to change too)
+VARIANTS = {"dense": {}, **{"lynx" if v == "default" else f"lynx_{v}": e.options for v, e in E2E_VARIANTS.items()
+                            if not e.fuse_qkv}}
 
 
 def category(kernel: str) -> str:

@@ -46,7 +46,7 @@ CASES: dict[str, dict[str, Any]] = {
 @dataclasses.dataclass
 class Row:
     model: str
-    variant: str  # "default" (lynx's defaults), "fused" (fuse_producers=True), "fold" (fold_bias=True), "fold_fused"
+    variant: str  # a key of VARIANTS: "default" (lynx's defaults), "fused", "fold", "fold_fused", "qkv"
     batch: int
     tokens: int
     depth: int
@@ -110,8 +110,27 @@ def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int = 1
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-VARIANTS: dict[str, dict[str, Any]] = {"default": {}, "fused": {"fuse_producers": True}, "fold": {"fold_bias": True},
-                                       "fold_fused": {"fold_bias": True, "fuse_producers": True}}
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """lynx options over the defaults, and whether the model's q/k/v projections are fused into one
+    GEMM first (diffusers' ``fuse_qkv_projections()``, common in serving recipes): then eager, dense
+    and lynx all run the fused model."""
+
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fuse_qkv: bool = False
+
+
+VARIANTS: dict[str, Variant] = {"default": Variant(), "fused": Variant({"fuse_producers": True}),
+                                "fold": Variant({"fold_bias": True}),
+                                "fold_fused": Variant({"fold_bias": True, "fuse_producers": True}),
+                                "qkv": Variant(fuse_qkv=True)}
+
+
+def prepare(model: torch.nn.Module, variant: str) -> dict[str, Any]:
+    """Apply ``variant`` to ``model`` (in place) and return the lynx options it compiles with."""
+    if VARIANTS[variant].fuse_qkv:
+        model.fuse_qkv_projections()
+    return VARIANTS[variant].options
 
 
 def _compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
@@ -152,6 +171,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
     model, kwargs0 = built.model, built.example_kwargs
+    options = prepare(model, variant)
     seeds = iter(range(1, 10_000))
 
     def make_inputs() -> dict[str, Any]:
@@ -159,7 +179,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
                                   batch=batch, dtype=torch.bfloat16, device="cuda", seed=next(seeds))
 
     def lynx_model():
-        return torch.compile(model, backend="lynx", options=VARIANTS[variant])
+        return torch.compile(model, backend="lynx", options=options)
 
     with torch.no_grad(), tempfile.TemporaryDirectory() as root:
         eager_ms = _time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=1)["eager"]
@@ -203,7 +223,9 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
 NOTES = """Depth reduced (column `depth`; for flux, depth 2 = 2 double-stream + 4 single-stream blocks), full
 width, random weights, bf16. dense = `torch.compile(mode="reduce-overhead")`; lynx = `backend="lynx"`
 defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=fused` adds
-`fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both. `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
+`fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both; `variant=qkv` runs
+diffusers' `fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM
+per attention, lynx defaults). `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
 call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
 every run; `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
 models take turns within each run, in reversed order every other run, over an even number of runs

@@ -34,3 +34,23 @@ def test_going_second_costs_both_models_alike(runs: int, second_penalty: float, 
     assert run["count"] >= runs + 2  # two warm-up rounds, then at least ``runs``
     assert times["a"] == times["b"] and times["a_loop"] == times["b_loop"]
     assert times["a"] == pytest.approx(1.0 + second_penalty / 2)  # the median of as many firsts as seconds
+
+
+def test_qkv_variant_fuses_projections_for_every_model() -> None:
+    """Variant "qkv": the model computes the same with one q/k/v GEMM per attention, and that GEMM is
+    what lynx sees and sparsifies (the separate q/k/v projections are no longer called)."""
+    import torch
+
+    import lynx_compile
+    from lynx_compile import zoo
+
+    built = zoo.build("sd3", size="tiny")
+    with torch.no_grad():
+        before = built.model(**built.example_kwargs).sample
+        assert e2e.prepare(built.model, "qkv") == {}
+        after = built.model(**built.example_kwargs).sample
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    report = lynx_compile.inspect(built.model, **built.example_kwargs, options={"min_rows": 1})
+    names = {layer.name: layer.sparse for layer in report.layers}
+    assert names["transformer_blocks.0.attn.to_qkv"] and names["transformer_blocks.0.attn.to_added_qkv"]
+    assert not any(name.endswith((".to_q", ".to_k", ".to_v")) for name in names)
