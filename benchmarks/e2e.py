@@ -40,6 +40,8 @@ CASES: dict[str, dict[str, Any]] = {
     "sd3": {"depth": 4, "resolution": 1024},
     "pixart": {"depth": 4, "resolution": 1024},
     "wan": {"depth": 4, "resolution": 480, "frames": 17},
+    "qwen": {"depth": 4, "resolution": 1024},
+    "zimage": {"depth": 4, "resolution": 1024},
 }
 
 
@@ -73,10 +75,6 @@ class Row:
     max_autotune_compile_s: float | None
     per_block_inductor_ms: float
     per_block_lynx_ms: float
-
-
-def _sample(out: Any) -> torch.Tensor:
-    return out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
 
 
 def _call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
@@ -138,7 +136,7 @@ def _compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
     t0 = time.perf_counter()
     model = make()
     for _ in range(3):  # cudagraph trees record on the second/third call
-        out = _sample(model(**kwargs)).clone()
+        out = zoo.sample(model(**kwargs)).clone()
     torch.cuda.synchronize()
     return model, out, time.perf_counter() - t0
 
@@ -220,8 +218,9 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
     )
 
 
-NOTES = """Depth reduced (column `depth`; for flux, depth 2 = 2 double-stream + 4 single-stream blocks), full
-width, random weights, bf16. dense = `torch.compile(mode="reduce-overhead")`; lynx = `backend="lynx"`
+NOTES = """Depth reduced (column `depth`; for flux, depth 2 = 2 double-stream + 4 single-stream blocks;
+qwen = Qwen-Image's double-stream blocks, zimage = Z-Image's main blocks after its 2 + 2 refiner
+blocks; both with 256 text tokens), full width, random weights, bf16. dense = `torch.compile(mode="reduce-overhead")`; lynx = `backend="lynx"`
 defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=fused` adds
 `fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both; `variant=qkv` runs
 diffusers' `fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM

@@ -101,10 +101,10 @@ def _demo(built: zoo.ZooModel, options: dict[str, Any], runs: int) -> int:
         dense_fn = torch.compile(built.model, backend="inductor")
         lynx_fn = torch.compile(built.model, backend="lynx", options=options)
         t0 = time.perf_counter()
-        dense = _sample(dense_fn(**built.example_kwargs))
+        dense = zoo.sample(dense_fn(**built.example_kwargs))
         t_dense_compile = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sparse = _sample(lynx_fn(**built.example_kwargs))
+        sparse = zoo.sample(lynx_fn(**built.example_kwargs))
         t_lynx_compile = time.perf_counter() - t0
         dense_ms = _median_ms(lambda: dense_fn(**built.example_kwargs), runs, device)
         lynx_ms = _median_ms(lambda: lynx_fn(**built.example_kwargs), runs, device)
@@ -119,10 +119,6 @@ def _demo(built: zoo.ZooModel, options: dict[str, Any], runs: int) -> int:
     else:
         print("no speed-up is expected here: the reference path prunes on top of a dense GEMM")
     return 0
-
-
-def _sample(out: Any) -> torch.Tensor:
-    return out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
 
 
 def _median_ms(fn: Callable[[], Any], runs: int, device: torch.device) -> float:

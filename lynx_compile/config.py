@@ -14,11 +14,15 @@ from typing import Any
 
 import torch
 
-# GEMMs a DiT should keep dense by default: embedders (patch, text, timestep, caption) and the final
-# output projection / output norm modulation. Transformer-block GEMMs never match these.
+# GEMMs a DiT should keep dense by default: embedders (patch, text, timestep, caption; Qwen-Image
+# names its patch and text embedders img_in / txt_in) and the final output projection / output norm
+# modulation (Z-Image, like DiT's reference code: final_layer). Transformer-block GEMMs never match these.
 DEFAULT_EXCLUDE: tuple[str, ...] = (
     "*embed*",
     "*caption_projection*",
+    "img_in",
+    "txt_in",
+    "*final_layer*",
     "proj_out",
     "proj_out_*",
     "norm_out.*",

@@ -18,6 +18,10 @@ flux     FluxTransformer2DModel       black-forest-labs/FLUX.1-dev              
                                                                                   512 T5 tokens, guidance
 wan      WanTransformer3DModel        Wan-AI/Wan2.1-T2V-14B-Diffusers             480x832, 81 frames:
                                                                                   32760 tokens, 512 T5
+qwen     QwenImageTransformer2DModel  Qwen/Qwen-Image                             1024 px: 4096 tokens,
+                                                                                  256 Qwen2.5-VL tokens
+zimage   ZImageTransformer2DModel     Tongyi-MAI/Z-Image-Turbo                    1024 px: 4096 tokens,
+                                                                                  256 Qwen3 tokens
 =======  ===========================  ==========================================  =========================
 
 (each mirrors ``<repo>/transformer/config.json``). The GEMMs that matter, as module paths (``*``: a
@@ -46,10 +50,24 @@ block index; q/k/v/out: ``attn.to_q``, ``attn.to_k``, ``attn.to_v``, ``attn.to_o
   ``ffn.net.2``; ``condition_embedder.time_embedder.linear_1/2``, ``condition_embedder.time_proj``
   (6 x width, shared by all blocks), ``condition_embedder.text_embedder.linear_1/2``, ``proj_out``;
   ``patch_embedding`` is a patchify Conv3d.
+- qwen: ``transformer_blocks.*.`` (double stream, FLUX's layout at 60 blocks): q/k/v/out,
+  ``attn.add_q_proj/add_k_proj/add_v_proj`` and ``attn.to_add_out``, ``img_mlp.net.0.proj`` /
+  ``img_mlp.net.2``, ``txt_mlp.net.0.proj`` / ``txt_mlp.net.2``, ``img_mod.1`` / ``txt_mod.1``
+  (adaLN, 6 x width); ``img_in`` (patch embedder), ``txt_in`` (text embedder, from 3584),
+  ``time_text_embed.timestep_embedder.linear_1/2``, ``norm_out.linear``, ``proj_out``.
+- zimage: single stream (image and caption tokens in one sequence): ``layers.*.``, and before them
+  ``noise_refiner.*.`` (image tokens) and ``context_refiner.*.`` (caption tokens), each with
+  ``attention.to_q/to_k/to_v/to_out.0``, a SwiGLU ``feed_forward.w1`` / ``w3`` (gate and up, one
+  input) and ``w2`` (down, from 8/3 x width), ``adaLN_modulation.0`` (4 x width; not in the context
+  refiner); ``all_x_embedder.2-1`` (patch embedder), ``cap_embedder.1`` (from 2560),
+  ``t_embedder.mlp.0/2``, ``all_final_layer.2-1.adaLN_modulation.1`` and ``.linear`` (output).
+  Its forward takes lists, one latent (C, 1, h, w) and one caption (tokens, 2560) per image, and
+  returns a list; ``ZooModel`` and ``sample`` stack it.
 
 Sizes: ``size="full"`` is the published config; ``size="tiny"`` the same architecture with 2 heads
-of 32 channels and 2 blocks (FLUX: 1 double-stream + 2 single-stream) at 128 px (Wan: 128x224,
-5 frames), a few milliseconds on a CPU. Text encoder widths (T5 4096, CLIP pooled 2048/768) are
+of 32 channels and 2 blocks (FLUX: 1 double-stream + 2 single-stream; Z-Image: 3 heads, so that its
+SwiGLU width int(8/3 x 96) = 256 stays a multiple of 16, and one refiner block each) at 128 px
+(Wan: 128x224, 5 frames), a few milliseconds on a CPU. Text encoder widths (T5 4096, CLIP pooled 2048/768) are
 the real ones at every size, so inputs have the shapes the real pipelines feed.
 """
 
@@ -67,7 +85,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ZOO_NAMES", "ZooModel", "build", "example_inputs", "flux_pipeline", "model_config"]
+__all__ = ["ZOO_NAMES", "ZooModel", "build", "example_inputs", "flux_pipeline", "model_config", "sample"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +173,34 @@ _ARCHS: dict[str, _Arch] = {
         text_tokens=512,
         frames=81,
     ),
+    # Qwen/Qwen-Image transformer/config.json (20B MMDiT; text from Qwen2.5-VL-7B, 3584 wide)
+    "qwen": _Arch(
+        cls_name="QwenImageTransformer2DModel",
+        config={
+            "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60, "attention_head_dim": 128,
+            "num_attention_heads": 24, "joint_attention_dim": 3584, "guidance_embeds": False,
+            "axes_dims_rope": (16, 56, 56),
+        },
+        tiny={**_TINY_HEADS, "num_layers": 2, "axes_dims_rope": (4, 14, 14)},
+        resolution=1024,
+        # the pipeline passes a prompt's own length (no padding, mask None for one prompt); 256 stands
+        # for a long descriptive prompt, Qwen-Image's usual input
+        text_tokens=256,
+    ),
+    # Tongyi-MAI/Z-Image-Turbo transformer/config.json (6B single-stream DiT; captions from Qwen3-4B)
+    "zimage": _Arch(
+        cls_name="ZImageTransformer2DModel",
+        config={
+            "all_patch_size": (2,), "all_f_patch_size": (1,), "in_channels": 16, "dim": 3840, "n_layers": 30,
+            "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "norm_eps": 1e-5, "qk_norm": True,
+            "cap_feat_dim": 2560, "rope_theta": 256.0, "t_scale": 1000.0, "axes_dims": (32, 48, 48),
+            "axes_lens": (1536, 512, 512),
+        },
+        # rope axes sum to head_dim: (32, 48, 48) scaled from 128 to 32 channels
+        tiny={"dim": 96, "n_heads": 3, "n_kv_heads": 3, "n_layers": 2, "n_refiner_layers": 1, "axes_dims": (8, 12, 12)},
+        resolution=1024,
+        text_tokens=256,  # the pipeline passes each prompt's own tokens (no padding); as for qwen
+    ),
 }
 
 ZOO_NAMES: tuple[str, ...] = tuple(_ARCHS)
@@ -175,7 +221,14 @@ class ZooModel:
     def __call__(self) -> torch.Tensor:
         """Forward on the example inputs; the predicted sample (noise, velocity or flow) tensor."""
         with torch.no_grad():
-            return self.model(**self.example_kwargs, return_dict=False)[0]
+            return sample(self.model(**self.example_kwargs))
+
+
+def sample(out: Any) -> torch.Tensor:
+    """The predicted sample in a transformer's output (``Transformer2DModelOutput``, the tuple of
+    ``return_dict=False``, or a tensor); Z-Image's list of per-image samples stacked on dim 0."""
+    out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)
+    return torch.stack(out) if isinstance(out, list) else out
 
 
 def _arch(name: str) -> _Arch:
@@ -199,7 +252,8 @@ def model_config(
     layouts stay those of the real model); sizes tied to the hidden size follow it (PixArt's
     cross_attention_dim, SD3's caption_projection_dim, Wan's ffn_dim at the published ratio).
     ``depth`` is the number of transformer blocks; for FLUX it sets the double-stream blocks and
-    twice as many single-stream blocks, the published 19:38 ratio.
+    twice as many single-stream blocks, the published 19:38 ratio; for Z-Image the main blocks (its
+    two refiner stacks keep their depth).
     """
     arch = _arch(name)
     if size not in _SIZES:
@@ -208,6 +262,12 @@ def model_config(
         if value is not None and value < 1:
             raise ValueError(f"{knob} must be >= 1, got {value}")
     cfg = {**arch.config, **(arch.tiny if size == "tiny" else {})}
+    if name == "zimage":  # its own names: dim (= heads x 128), n_heads, n_kv_heads, n_layers
+        if width is not None:
+            cfg.update(dim=width * cfg["dim"] // cfg["n_heads"], n_heads=width, n_kv_heads=width)
+        if depth is not None:
+            cfg["n_layers"] = depth
+        return cfg
     if width is not None:
         cfg["num_attention_heads"] = width
     inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
@@ -272,8 +332,8 @@ def example_inputs(
 
     Drawn on the CPU from a seeded generator, then moved, so a seed gives the same inputs on every
     device. ``text_tokens=None`` uses the real pipeline's count (FLUX 512, SD3 333, PixArt 300,
-    Wan 512). ``frames`` (video frames, 4k+1) is required for wan and refused for image models.
-    Widths (channels, text embedding sizes) come from ``model.config``, so a checkpoint works too.
+    Wan 512, Qwen-Image and Z-Image 256). ``frames`` (video frames, 4k+1) is required for wan and refused for
+    image models. Widths (channels, text embedding sizes) come from ``model.config``, so a checkpoint works too.
     """
     arch = _arch(name)
     if type(model).__name__ != arch.cls_name:
@@ -329,6 +389,24 @@ def example_inputs(
         }
         if cfg.guidance_embeds:
             kwargs["guidance"] = torch.full((batch,), 3.5)  # FLUX.1-dev's default guidance scale
+    elif name == "qwen":
+        # as FLUX, 2x2 latent patches of 16 channels packed into 64-channel tokens; the pipeline passes
+        # timestep / 1000 (sigma) and, for a prompt without padding, no text mask
+        gh, gw = h // 16, w // 16
+        kwargs = {
+            "hidden_states": randn(batch, gh * gw, cfg.in_channels),
+            "encoder_hidden_states": text(cfg.joint_attention_dim),
+            "timestep": torch.rand(batch, generator=g),
+            "img_shapes": [[(1, gh, gw)]] * batch,
+        }
+    elif name == "zimage":
+        # lists, one entry per image: its latent (C, frames = 1, h/8, w/8) and its prompt's caption
+        # features; t = the pipeline's (1000 - timestep) / 1000, in [0, 1]
+        kwargs = {
+            "x": [randn(cfg.in_channels, 1, h // 8, w // 8) for _ in range(batch)],
+            "t": torch.rand(batch, generator=g),
+            "cap_feats": [randn(n_text, cfg.cap_feat_dim) for _ in range(batch)],
+        }
     else:  # wan
         assert frames is not None
         kwargs = {
@@ -340,11 +418,14 @@ def example_inputs(
 
 
 def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """Move tensors (nested in dicts too) to device; floating ones to dtype, integer ones keep theirs."""
+    """Move tensors (nested in dicts and lists too) to device; floating ones to dtype, integer ones keep
+    theirs."""
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
     if isinstance(value, dict):
         return {k: _to(v, device, dtype) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to(v, device, dtype) for v in value]
     return value
 
 

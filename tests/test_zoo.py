@@ -15,17 +15,25 @@ TINY_OUT = {
     "sd3": (1, 16, 16, 16),
     "flux": (1, 64, 64),
     "wan": (1, 16, 2, 16, 28),
+    "qwen": (1, 64, 64),
+    "zimage": (1, 16, 1, 16, 16),  # its list of per-image samples, stacked
 }
-TINY_TOKENS = {"dit": 64, "pixart": 64, "sd3": 64, "flux": 64, "wan": 2 * 8 * 14}
+TINY_TOKENS = {"dit": 64, "pixart": 64, "sd3": 64, "flux": 64, "wan": 2 * 8 * 14, "qwen": 64, "zimage": 64}
 
 
 def _blocks(built: zoo.ZooModel) -> int:
     model = built.model
-    return len(model.blocks) if built.name == "wan" else len(model.transformer_blocks)
+    attr = {"wan": "blocks", "zimage": "layers"}.get(built.name, "transformer_blocks")
+    return len(getattr(model, attr))
+
+
+def _latents(kwargs: dict) -> torch.Tensor:
+    """The noisy latent input (Z-Image takes a list, one per image)."""
+    return torch.stack(kwargs["x"]) if "x" in kwargs else kwargs["hidden_states"]
 
 
 def test_names():
-    assert zoo.ZOO_NAMES == ("dit", "pixart", "sd3", "flux", "wan")
+    assert zoo.ZOO_NAMES == ("dit", "pixart", "sd3", "flux", "wan", "qwen", "zimage")
 
 
 @pytest.mark.parametrize("name", zoo.ZOO_NAMES)
@@ -40,7 +48,7 @@ def test_tiny_forward(name):
     assert built.text_tokens == (0 if name == "dit" else 8)
     assert not built.model.training
     assert not any(p.requires_grad for p in built.model.parameters())
-    torch.testing.assert_close(out, built.model(**built.example_kwargs).sample, rtol=0, atol=0)
+    torch.testing.assert_close(out, zoo.sample(built.model(**built.example_kwargs)), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", zoo.ZOO_NAMES)
@@ -57,7 +65,7 @@ def test_seeded_builds_are_reproducible(name):
     for (na, pa), (nb, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert na == nb and torch.equal(pa, pb), na
     assert torch.equal(a(), b())
-    assert not torch.equal(a.example_kwargs["hidden_states"], c.example_kwargs["hidden_states"])
+    assert not torch.equal(_latents(a.example_kwargs), _latents(c.example_kwargs))
     assert not torch.allclose(a(), c())
 
 
@@ -74,7 +82,8 @@ def test_example_inputs_match_build_and_follow_seed(name):
         if isinstance(value, torch.Tensor):
             assert torch.equal(again[key], value), key
             assert fresh[key].shape == value.shape, key
-    assert not torch.equal(fresh["hidden_states"], built.example_kwargs["hidden_states"])
+    assert torch.equal(_latents(again), _latents(built.example_kwargs))
+    assert not torch.equal(_latents(fresh), _latents(built.example_kwargs))
 
 
 @pytest.mark.parametrize("name", zoo.ZOO_NAMES)
@@ -90,7 +99,10 @@ def test_depth_knob(name):
 def test_width_knob_sets_heads_and_keeps_head_dim(name):
     built = zoo.build(name, width=3)
     cfg = built.model.config
-    assert cfg.num_attention_heads == 3 and cfg.attention_head_dim == 32
+    if name == "zimage":
+        assert cfg.n_heads == cfg.n_kv_heads == 3 and cfg.dim == 3 * 32
+    else:
+        assert cfg.num_attention_heads == 3 and cfg.attention_head_dim == 32
     inner = 3 * 32
     linears = [m for m in built.model.modules() if isinstance(m, torch.nn.Linear)]
     assert max(m.out_features for m in linears if m.in_features == inner) > inner  # MLPs / adaLN widen it
@@ -108,10 +120,12 @@ def test_resolution_and_batch_knobs(name):
     built = zoo.build(name, resolution=192, batch=2)
     out = built()
     assert out.shape[0] == 2
-    if name == "flux":
+    if name in ("flux", "qwen"):
         assert built.tokens == 12 * 12 and out.shape[1] == built.tokens
     elif name == "wan":  # 192 x 336 px: latent 24 x 42, patch 2
         assert tuple(out.shape[2:]) == (2, 24, 42) and built.tokens == 2 * 12 * 21
+    elif name == "zimage":  # one latent frame
+        assert tuple(out.shape[2:]) == (1, 24, 24) and built.tokens == 12 * 12
     else:
         assert tuple(out.shape[2:]) == (24, 24) and built.tokens == 12 * 12
     assert torch.isfinite(out).all()
@@ -150,10 +164,11 @@ def test_bfloat16_draws_the_float32_weights():
 
 
 # published totals: DiT 675M + per-block embedders (see the module docstring), PixArt-Sigma 0.6B,
-# SD3-medium 2B, FLUX.1 12B, Wan2.1 14B
-FULL_PARAMS = {"dit": 0.750e9, "pixart": 0.611e9, "sd3": 2.028e9, "flux": 11.90e9, "wan": 14.29e9}
+# SD3-medium 2B, FLUX.1 12B, Wan2.1 14B, Qwen-Image 20B, Z-Image 6B
+FULL_PARAMS = {"dit": 0.750e9, "pixart": 0.611e9, "sd3": 2.028e9, "flux": 11.90e9, "wan": 14.29e9, "qwen": 20.43e9,
+               "zimage": 6.155e9}
 FULL_TOKENS = {"dit": (256, 0), "pixart": (4096, 300), "sd3": (4096, 333), "flux": (4096, 512),
-               "wan": (21 * 30 * 52, 512)}
+               "wan": (21 * 30 * 52, 512), "qwen": (4096, 256), "zimage": (4096, 256)}
 
 
 @pytest.mark.parametrize("name", zoo.ZOO_NAMES)
@@ -163,7 +178,8 @@ def test_full_size_on_meta(name):
     assert params == pytest.approx(FULL_PARAMS[name], rel=0.005)
     assert (built.tokens, built.text_tokens) == FULL_TOKENS[name]
     shallow = zoo.build(name, size="full", depth=1, device="meta")
-    assert sum(p.numel() for p in shallow.model.parameters()) < params / 10
+    kept = 5 if name == "zimage" else 1  # Z-Image's refiner stacks (2 + 2 blocks) keep their depth
+    assert sum(p.numel() for p in shallow.model.parameters()) < params * (kept + 1) / 30
 
 
 def test_flux_full_inputs():
@@ -173,6 +189,25 @@ def test_flux_full_inputs():
     assert kw["encoder_hidden_states"].shape == (1, 512, 4096)
     assert kw["img_ids"].shape == (32 * 32, 3) and kw["txt_ids"].shape == (512, 3)
     assert kw["guidance"].shape == (1,) and kw["pooled_projections"].shape == (1, 768)
+
+
+def test_qwen_full_inputs():
+    built = zoo.build("qwen", size="full", device="meta", resolution=512, batch=2)
+    kw = built.example_kwargs
+    assert kw["hidden_states"].shape == (2, 32 * 32, 64)
+    assert kw["encoder_hidden_states"].shape == (2, 256, 3584)
+    assert kw["timestep"].shape == (2,) and kw["img_shapes"] == [[(1, 32, 32)]] * 2
+    assert "encoder_hidden_states_mask" not in kw  # what the pipeline passes for unpadded prompts
+
+
+def test_zimage_full_inputs_are_per_image_lists():
+    built = zoo.build("zimage", size="full", device="meta", resolution=512, batch=2)
+    kw = built.example_kwargs
+    assert [x.shape for x in kw["x"]] == [(16, 1, 64, 64)] * 2
+    assert [c.shape for c in kw["cap_feats"]] == [(256, 2560)] * 2
+    assert kw["t"].shape == (2,)
+    cfg = built.model.config
+    assert int(cfg.dim / 3 * 8) == 10240 and cfg.dim // cfg.n_heads == 128  # SwiGLU width, head dim
 
 
 def test_flux_img_ids_are_grid_positions():
@@ -207,7 +242,7 @@ def test_checkpoint_errors(tmp_path):
 
 @pytest.mark.parametrize("builder", [zoo.build, zoo.model_config])
 def test_bad_name_lists_valid_names(builder):
-    with pytest.raises(ValueError, match="unknown zoo model 'sdxl'.*dit, pixart, sd3, flux, wan"):
+    with pytest.raises(ValueError, match="unknown zoo model 'sdxl'.*dit, pixart, sd3, flux, wan, qwen, zimage"):
         builder("sdxl")
 
 

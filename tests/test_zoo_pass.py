@@ -34,7 +34,7 @@ def compiled(request):
     built = zoo.build(request.param, batch=2)
     n = len(lynx_compile.reports())
     with torch.no_grad():
-        out = torch.compile(built.model, backend="lynx", options=OPTS)(**built.example_kwargs, return_dict=False)[0]
+        out = zoo.sample(torch.compile(built.model, backend="lynx", options=OPTS)(**built.example_kwargs))
     layers = [layer for r in lynx_compile.reports()[n:] for layer in r.layers]
     return built, out, layers
 
@@ -49,8 +49,9 @@ def test_compiled_equals_eager_with_pruned_inputs(compiled):
     assert _rel(out, _eager(built, set())) > 5e-2  # the pruning really ran
 
 
-BLOCK = re.compile(r"(^|\.)(transformer_blocks|single_transformer_blocks|blocks)\.\d+\.")
-MODULATION = re.compile(r"\.norm\w*\.linear$|norm1\.emb\.")
+BLOCK = re.compile(r"(^|\.)(transformer_blocks|single_transformer_blocks|blocks|layers|\w+_refiner)\.\d+\.")
+ADALN = re.compile(r"\.norm\w*\.linear$|\.(img|txt)_mod\.|\.adaLN_modulation\.")
+MODULATION = re.compile(ADALN.pattern + r"|norm1\.emb\.")  # and DiT's per-block timestep/class embedders
 
 
 def test_report_block_gemms_sparse_embedders_modulation_output_dense(compiled):
@@ -62,8 +63,8 @@ def test_report_block_gemms_sparse_embedders_modulation_output_dense(compiled):
         elif not in_block:
             assert not layer.sparse, layer
             assert "embed" in layer.reason or "output projection" in layer.reason or "min_rows" in layer.reason, layer
-    modulation = [layer for layer in layers if re.search(r"\.norm\w*\.linear$", layer.name)]
+    modulation = [layer for layer in layers if ADALN.search(layer.name) and BLOCK.search(layer.name)]
     assert all(not layer.sparse and "min_rows" in layer.reason for layer in modulation)
     top = {layer.name for layer in layers if not BLOCK.search(layer.name)}
-    assert top & {"proj_out", "proj_out_2"}, "the output projection was not found"
+    assert top & {"proj_out", "proj_out_2", "all_final_layer.2-1.linear"}, "the output projection was not found"
     assert all(not layer.name.startswith(("L[", "__dict__")) for layer in layers)

@@ -21,12 +21,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _run(model, kwargs, options):
     torch._dynamo.reset()
-    out = torch.compile(model, backend="lynx", options=options)(**kwargs, return_dict=False)[0]
+    out = zoo.sample(torch.compile(model, backend="lynx", options=options)(**kwargs))
     torch._dynamo.reset()
     return out
 
 
-@pytest.mark.parametrize("name", ["flux", "sd3", "pixart", "wan", "dit"])
+def _fp32(value):
+    """Floating tensors (also in Z-Image's input lists) in float32."""
+    if isinstance(value, list):
+        return [_fp32(v) for v in value]
+    return value.float() if torch.is_tensor(value) and value.is_floating_point() else value
+
+
+@pytest.mark.parametrize("name", ["flux", "sd3", "pixart", "wan", "dit", "qwen", "zimage"])
 def test_zoo_model_fast_path_matches_reference_path(name):
     """Every sparse GEMM on cuSPARSELt (cost model off: tiny shapes are not faster), vs path='reference'.
 
@@ -34,7 +41,8 @@ def test_zoo_model_fast_path_matches_reference_path(name):
     bf16 reference path is. Both lose to bf16 rounding, which over a whole model also flips near-tie
     pruning decisions in later layers; the fast path must add nothing beyond that.
     """
-    built = zoo.build(name, width=4, resolution=256, batch=2, dtype=torch.bfloat16, device="cuda")
+    width = 3 if name == "zimage" else 4  # Z-Image's SwiGLU width int(8/3 x 384) = 1024 is 2:4-aligned
+    built = zoo.build(name, width=width, resolution=256, batch=2, dtype=torch.bfloat16, device="cuda")
     opts = {"min_rows": 16, "cost_model": False, "fuse_producers": True}
     with torch.no_grad():
         n = len(lynx_compile.reports())
@@ -42,8 +50,7 @@ def test_zoo_model_fast_path_matches_reference_path(name):
         layers = [layer for r in lynx_compile.reports()[n:] for layer in r.layers]
         ref = _run(built.model, built.example_kwargs, {**opts, "path": "reference"})
         dense = built()
-        kwargs32 = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
-                    for k, v in built.example_kwargs.items()}
+        kwargs32 = {k: _fp32(v) for k, v in built.example_kwargs.items()}
         ref32 = _run(built.model.float(), kwargs32, {**opts, "path": "reference"})
     sparse = [layer for layer in layers if layer.sparse]
     assert sparse and all(layer.path == "cusparselt" for layer in sparse), [(l.name, l.path) for l in sparse]
@@ -55,7 +62,9 @@ def test_zoo_model_fast_path_matches_reference_path(name):
           f"bf16 ref {bf16_floor:.4f}, fast {fast_vs_32:.4f}; fused {len(fused)}/{len(sparse)}")
     assert pruning > 2e-2  # the pruning really ran
     assert fast_vs_32 < 1.5 * bf16_floor + 2e-3
-    assert fast_vs_ref < min(5e-2, pruning / 4)
+    # and close to the bf16 reference path, as close as rounding lets it: in Z-Image's tiny random
+    # build the bf16 reference itself lands 0.15 from float32 (near-tie flips cascade; Qwen-Image 0.015)
+    assert fast_vs_ref < max(min(5e-2, pruning / 4), 1.5 * bf16_floor)
 
 
 def test_fused_lowering_equals_standalone_kernel_on_gpu():
