@@ -90,21 +90,25 @@ def _call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
     return start.elapsed_time(end) / calls
 
 
-def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int = 10) -> dict[str, float]:
-    """Per model: the median single call, and the per-call time of ``loop`` calls back to back (as
-    in a denoising loop, where the CPU's launch work overlaps the previous call's kernels). Models
-    take turns within each run, the order reversed every other run and the number of runs made
-    even, so drift (clocks, temperature) and going first or second hit them alike; fresh inputs
-    every run, made outside the timed region; two untimed warm-up rounds."""
-    times: dict[str, list[float]] = {f"{k}{s}": [] for k in fns for s in ("", "_loop")}
+def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int | None = 10) -> dict[str, float]:
+    """Per model: the median single call, and (``key_loop``) the per-call time of ``loop`` calls back
+    to back (as in a denoising loop, where the CPU's launch work overlaps the previous call's
+    kernels; ``loop=None``: single calls only). Models take turns within each run, the order
+    reversed every other run and the number of runs made even, so drift (clocks, temperature) and
+    going first or second hit them alike; fresh inputs every run, made outside the timed region;
+    two untimed warm-up rounds."""
+    suffixes = ("", "_loop") if loop else ("",)
+    times: dict[str, list[float]] = {f"{k}{s}": [] for k in fns for s in suffixes}
     turns = list(fns.items())
     for i in range(runs + runs % 2 + 2):
         kwargs = make_inputs()
         for key, fn in turns if i % 2 == 0 else reversed(turns):
-            single, looped = _call_ms(fn, kwargs), _call_ms(fn, kwargs, loop)
+            samples = {key: _call_ms(fn, kwargs)}
+            if loop:
+                samples[f"{key}_loop"] = _call_ms(fn, kwargs, loop)
             if i >= 2:
-                times[key].append(single)
-                times[f"{key}_loop"].append(looped)
+                for name, ms in samples.items():
+                    times[name].append(ms)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -180,7 +184,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
         return torch.compile(model, backend="lynx", options=options)
 
     with torch.no_grad(), tempfile.TemporaryDirectory() as root:
-        eager_ms = _time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=1)["eager"]
+        eager_ms = _time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=None)["eager"]
         # Every compile starts cold (a dense compile before would warm the next one's Inductor and
         # Triton caches). Lynx first: its recompile after torch._dynamo.reset() (caches warm) drops
         # every compiled model of the process.

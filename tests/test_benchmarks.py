@@ -39,6 +39,16 @@ def test_going_second_costs_both_models_alike(runs: int, second_penalty: float, 
     assert times["a"] == pytest.approx(1.0 + second_penalty / 2)  # the median of as many firsts as seconds
 
 
+def test_single_calls_only_without_loop() -> None:
+    """``loop=None`` (the eager baseline) times one call per model and run, nothing looped."""
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(e2e, "_call_ms", lambda fn, kwargs, calls_=1: calls.append(calls_) or 2.0)
+        times = e2e._time_interleaved({"eager": lambda: None}, dict, runs=3, loop=None)
+    assert times == {"eager": 2.0}
+    assert calls == [1] * (4 + 2)  # runs made even, two warm-up rounds
+
+
 def test_qkv_variant_fuses_sd3_projections() -> None:
     """Variant "qkv": the model computes the same with one q/k/v GEMM per attention, and that GEMM is
     what lynx sees and sparsifies (the separate q/k/v projections are no longer called)."""
