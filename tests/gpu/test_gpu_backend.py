@@ -26,13 +26,6 @@ def _run(model, kwargs, options):
     return out
 
 
-def _fp32(value):
-    """Floating tensors (also in Z-Image's input lists) in float32."""
-    if isinstance(value, list):
-        return [_fp32(v) for v in value]
-    return value.float() if torch.is_tensor(value) and value.is_floating_point() else value
-
-
 @pytest.mark.parametrize("name", ["flux", "sd3", "pixart", "wan", "dit", "qwen", "zimage"])
 def test_zoo_model_fast_path_matches_reference_path(name):
     """Every sparse GEMM on cuSPARSELt (cost model off: tiny shapes are not faster), vs path='reference'.
@@ -50,7 +43,7 @@ def test_zoo_model_fast_path_matches_reference_path(name):
         layers = [layer for r in lynx_compile.reports()[n:] for layer in r.layers]
         ref = _run(built.model, built.example_kwargs, {**opts, "path": "reference"})
         dense = built()
-        kwargs32 = {k: _fp32(v) for k, v in built.example_kwargs.items()}
+        kwargs32 = zoo._to(built.example_kwargs, torch.device("cuda"), torch.float32)  # lists too (Z-Image)
         ref32 = _run(built.model.float(), kwargs32, {**opts, "path": "reference"})
     sparse = [layer for layer in layers if layer.sparse]
     assert sparse and all(layer.path == "cusparselt" for layer in sparse), [(l.name, l.path) for l in sparse]
