@@ -48,7 +48,7 @@ CASES: dict[str, dict[str, Any]] = {
 @dataclasses.dataclass
 class Row:
     model: str
-    variant: str  # a key of VARIANTS: "default" (lynx's defaults), "fused", "fold", "fold_fused", "qkv"
+    variant: str  # a key of VARIANTS: "default" (lynx's defaults), "fused", "fold", "fold_fused", "qkv", "compensate"
     batch: int
     tokens: int
     depth: int
@@ -125,7 +125,7 @@ class Variant:
 VARIANTS: dict[str, Variant] = {"default": Variant(), "fused": Variant({"fuse_producers": True}),
                                 "fold": Variant({"fold_bias": True}),
                                 "fold_fused": Variant({"fold_bias": True, "fuse_producers": True}),
-                                "qkv": Variant(fuse_qkv=True)}
+                                "qkv": Variant(fuse_qkv=True), "compensate": Variant({"compensate": True})}
 
 
 def prepare(model: torch.nn.Module, variant: str) -> dict[str, Any]:
@@ -228,7 +228,7 @@ blocks; both with 256 text tokens), full width, random weights, bf16. dense = `t
 defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=fused` adds
 `fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both; `variant=qkv` runs
 diffusers' `fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM
-per attention, lynx defaults). `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
+per attention, lynx defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation). `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
 call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
 every run; `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
 models take turns within each run, in reversed order every other run, over an even number of runs

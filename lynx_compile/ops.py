@@ -8,6 +8,10 @@ Fast path, per activation ``x`` (any leading dims, K last), shared by every GEMM
     y = lynx::sparse_mm(c, W, padded, rows, alg_id)            # (rows, N) = prune_2to4(x) @ W.T
     y = y.view(*x.shape[:-1], N) [* scale] [+ bias]             # in the graph: Inductor fuses these
 
+With ``compensate``, ``lynx::compress_2to4_norms`` replaces ``compress_2to4``: the same bytes, plus
+per-row sums of squares of x and of its pruned version from the same pass (``norm_partials``),
+which give ``scale`` (``compensation_scale``) without reading x again.
+
 ``compress_2to4`` has an Inductor lowering on CUDA (``codegen/inductor_lowering.py``): a Triton
 template that takes a pointwise producer of ``x`` as its prologue; its eager kernel is the Triton one.
 
@@ -33,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .codegen.cusparselt_layout import compressed_int64_numel, compressed_shape
-from .codegen.reference import BIAS_COLUMNS, compensation_scale, prune_2to4
+from .codegen.reference import BIAS_COLUMNS, NORM_CHUNK, norm_partials, scale_from_partials
 
 PATHS = ("reference", "cusparselt", "cusparselt-compat")
 METHODS = ("inductor", "triton", "cusparselt")  # how compress_2to4 computes its result
@@ -55,17 +59,34 @@ def compress_2to4(x: torch.Tensor, rows: int, method: str, ones_column: bool = F
     ``ones_column``: compress ``with_ones_column(x)`` (K + BIAS_COLUMNS), for a GEMM whose weight
     carries the bias (``passes/fold_bias.py``).
     """
-    if method in ("inductor", "triton"):
-        from .codegen.prune_compress import prune_compress
+    return _compress(x, rows, method, ones_column)[0]
 
-        compressed = prune_compress(x, rows=rows, ones_column=ones_column)
+
+@torch.library.custom_op("lynx::compress_2to4_norms", mutates_args=())
+def compress_2to4_norms(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compress_2to4(x, rows, method)`` and ``norm_partials(x)``, the sums of squares that norm
+    compensation needs, from the same pass over x (the Triton kernel writes both)."""
+    compressed, norms = _compress(x, rows, method, with_norms=True)
+    assert norms is not None
+    return compressed, norms
+
+
+def _compress(x: torch.Tensor, rows: int, method: str, ones_column: bool = False,
+              with_norms: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if method in ("inductor", "triton"):
+        from .codegen.prune_compress import prune_compress, prune_compress_with_norms
+
+        if with_norms:
+            compressed, norms = prune_compress_with_norms(x, rows=rows)
+        else:
+            compressed, norms = prune_compress(x, rows=rows, ones_column=ones_column), None
     elif method == "cusparselt":
         from .codegen.cusparselt import compress_compat
 
-        compressed = compress_compat(x, rows, ones_column)
+        compressed, norms = compress_compat(x, rows, ones_column), norm_partials(x) if with_norms else None
     else:
         raise ValueError(f"unknown compress method {method!r}; valid: {METHODS}")
-    return compressed.reshape(-1).view(torch.int64)
+    return compressed.reshape(-1).view(torch.int64), norms
 
 
 @compress_2to4.register_fake
@@ -88,9 +109,24 @@ def _(compressed: torch.Tensor, weight: torch.Tensor, padded: int, rows: int, al
     return weight.new_empty((rows, weight.shape[0]))
 
 
+@compress_2to4_norms.register_fake
+def _(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    chunks = -(-x.shape[1] // NORM_CHUNK)
+    return (x.new_empty((compressed_int64_numel(rows, x.shape[1], x.dtype),), dtype=torch.int64),
+            x.new_empty((2, x.shape[0], chunks), dtype=torch.float32))
+
+
 def compress_activation(x: torch.Tensor, method: str, ones_column: bool = False) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
     return torch.ops.lynx.compress_2to4(x.reshape(-1, x.shape[-1]), padded_rows(rows), method, ones_column)
+
+
+def compress_activation_compensated(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compress_activation(x, method)`` and the compensation scale per row of x (``compensation_scale``),
+    from the sums of squares the prune+compress pass writes beside the compressed bytes."""
+    rows = x.numel() // x.shape[-1]
+    compressed, norms = torch.ops.lynx.compress_2to4_norms(x.reshape(-1, x.shape[-1]), padded_rows(rows), method)
+    return compressed, scale_from_partials(norms).view(x.shape[:-1])
 
 
 def sparse_linear(
@@ -106,11 +142,6 @@ def sparse_linear(
 def reference_linear(pruned: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     out = F.linear(pruned, weight)
     return out if scale is None else _scaled(out, scale)
-
-
-def row_scale(x: torch.Tensor, pruned: torch.Tensor | None = None) -> torch.Tensor:
-    """Norm compensation factor per row (see ``compensation_scale``)."""
-    return compensation_scale(x, prune_2to4(x) if pruned is None else pruned)
 
 
 def _scaled(out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

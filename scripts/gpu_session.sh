@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 while [ $# -gt 0 ]; do
   case "$1" in
     tests) python3 -m pytest -q -p no:cacheprovider -s -m gpu tests/gpu --tb=short ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" \
-             | grep -E "^(flux|sd3|pixart|wan|dit):|passed|failed|Error|assert" | head -40
+             | grep -E "^(flux|sd3|pixart|wan|dit|qwen|zimage)[ a-z]*:|passed|failed|Error|assert" | head -40
            python3 -m pytest -q -p no:cacheprovider tests/test_inductor_lowering.py tests/test_producers.py 2>&1 | tail -1 ;;
     overhead) timeout 300 python3 scripts/gpu_call_overhead.py 2>&1 | grep -v Warning | tee "$OUT/call_overhead.log" ;;
     profile) timeout 200 python3 scripts/gpu_compile_profile.py 2>&1 | grep -v Warning | tee "$OUT/compile_profile.log" ;;

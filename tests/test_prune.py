@@ -8,6 +8,7 @@ import torch
 from hypothesis import given
 
 from lynx_compile import compensation_scale, prune_2to4, prune_2to4_compensated
+from lynx_compile.codegen.reference import norm_partials, scale_from_partials
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SPECIALS = [0.0, -0.0, 1.0, -1.0, float("nan"), float("inf"), float("-inf")]
@@ -123,3 +124,12 @@ def test_compensated_rows_have_the_unpruned_norm(x):
     n_in = x.reshape(-1, x.shape[-1]).norm(dim=-1)[rows]
     n_out = y.reshape(-1, x.shape[-1]).norm(dim=-1)[rows]
     torch.testing.assert_close(n_out, n_in, rtol=1e-5, atol=1e-6)
+
+
+@given(activations(max_groups=80))
+def test_scale_from_chunked_sums_is_the_compensation_scale(x):
+    """The fast path's scale comes from the prune kernel's per-128-column sums (``norm_partials``):
+    the same numbers as ``compensation_scale`` up to float32 summation order, the guards included."""
+    x2 = x.reshape(-1, x.shape[-1])
+    expected = compensation_scale(x2, prune_2to4(x2))
+    torch.testing.assert_close(scale_from_partials(norm_partials(x2)), expected, rtol=1e-5, atol=0)

@@ -26,8 +26,20 @@ from lynx_compile.codegen.cusparselt_layout import (  # noqa: E402
     probe_matrix,
     same_compressed,
 )
-from lynx_compile.codegen.prune_compress import _configs, _launch, padded_rows, prune_compress  # noqa: E402
-from lynx_compile.codegen.reference import prune_2to4, with_bias_column, with_ones_column  # noqa: E402
+from lynx_compile.codegen.prune_compress import (  # noqa: E402
+    _configs,
+    _launch,
+    padded_rows,
+    prune_compress,
+    prune_compress_with_norms,
+)
+from lynx_compile.codegen.reference import (  # noqa: E402
+    NORM_CHUNK,
+    norm_partials,
+    prune_2to4,
+    with_bias_column,
+    with_ones_column,
+)
 
 FIXTURES = torch.load(Path(__file__).parent / "data" / "cslt_fixtures.pt", weights_only=False)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -102,6 +114,27 @@ def test_every_tuning_config_is_exact(config) -> None:
     got = _launch(x.to(DEVICE), 80, config).cpu()
     expected = compress_reference(prune_2to4(F.pad(x, (0, 0, 0, 10))))
     assert torch.equal(got.view(torch.int16), expected.view(torch.int16))
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 70), k16=st.integers(1, 20), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_kernel_sums_norms_for_compensation(m: int, k16: int, dtype: torch.dtype, seed: int) -> None:
+    """With norms the kernel writes the same bytes, and per-row sums of squares of x and of the pruned
+    x per 128 columns (ragged last chunk; ties, NaN, inf, subnormals from the probe matrix)."""
+    x = probe_matrix(m, 16 * k16, dtype, seed=seed)
+    got, norms = prune_compress_with_norms(x.to(DEVICE))
+    assert torch.equal(got.cpu().view(torch.int16), prune_compress(x).view(torch.int16))
+    assert norms.shape == (2, m, -(-16 * k16 // NORM_CHUNK))
+    torch.testing.assert_close(norms.cpu(), norm_partials(x), rtol=1e-5, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("config", _configs(), ids=str)
+def test_every_tuning_config_sums_the_same_norms(config) -> None:
+    x = probe_matrix(70, 656, torch.bfloat16, seed=5)
+    norms = torch.empty(2, 70, 6, device=DEVICE)
+    got = _launch(x.to(DEVICE), 80, config, norms=norms).cpu()
+    assert torch.equal(got.view(torch.int16), _launch(x.to(DEVICE), 80, config).cpu().view(torch.int16))
+    torch.testing.assert_close(norms.cpu(), norm_partials(x), rtol=1e-5, atol=0, equal_nan=True)
 
 
 def test_kernel_pads_to_requested_rows() -> None:

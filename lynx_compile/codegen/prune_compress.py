@@ -28,7 +28,7 @@ import triton.language as tl
 import triton.testing
 
 from .cusparselt_layout import TILE_ROWS, compressed_shape, metadata_nbytes, significant_numel
-from .reference import BIAS_COLUMNS
+from .reference import BIAS_COLUMNS, NORM_CHUNK
 
 ROW_MULTIPLE = 16  # cuSPARSELt takes m, k multiples of 16; rows are padded, k must already be
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -112,15 +112,33 @@ def metadata_words(first, last, pid_m, pid_k, META_COL_TILES):
     return words, word_index, (tile_col < META_COL_TILES)[None, None, :]
 
 
+@triton.jit
+def chunk_sums_of_squares(x, v_first, v_last, NORM_CHUNK: tl.constexpr):
+    """Float32 sums of squares of a (BLOCK_M, BLOCK_K) tile and of its pruned version, per row and
+    NORM_CHUNK columns: (BLOCK_M, BLOCK_K // NORM_CHUNK) each. Summed per group of 4 first, in the
+    groups' layout that ``select_2to4`` left in registers."""
+    BLOCK_M: tl.constexpr = x.shape[0]
+    GROUPS: tl.constexpr = x.shape[1] // 4
+    even, odd = tl.split(tl.reshape(x, (BLOCK_M, GROUPS, 2, 2)))
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    x0, x1, x2, x3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
+    v0, v1 = v_first.to(tl.float32), v_last.to(tl.float32)
+    full = (x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3)
+    kept = v0 * v0 + v1 * v1
+    shape: tl.constexpr = (BLOCK_M, x.shape[1] // NORM_CHUNK, NORM_CHUNK // 4)
+    return tl.sum(tl.reshape(full, shape), axis=2), tl.sum(tl.reshape(kept, shape), axis=2)
+
+
 # Sizes that only bound masks or index the tail are not specialised (divisibility by 16, == 1): the
 # self-check's odd-sized probe and every model shape then share one compiled kernel per tile.
 @triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES", "TAIL_START", "TAIL_BYTES", "M_BUCKET"])
 def _prune_compress_kernel(
-    x_ptr, values_ptr, meta_ptr, bytes_ptr,
+    x_ptr, values_ptr, meta_ptr, bytes_ptr, norms_ptr,
     M, M_PAD, K_X, K, stride_xm, META_COL_TILES, TAIL_START, TAIL_BYTES,
     M_BUCKET,  # autotuning key only
-    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, ONES_COLUMN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_BLOCK: tl.constexpr,
+    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, ONES_COLUMN: tl.constexpr, NORMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_BLOCK: tl.constexpr, NORM_CHUNK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -144,6 +162,15 @@ def _prune_compress_kernel(
     words, word_index, in_k = metadata_words(first, last, pid_m, pid_k, META_COL_TILES)
     tl.store(meta_ptr + word_index, words, mask=in_k)
 
+    if NORMS:  # compensation's sums of squares, (2, M, chunks): all of x, then what pruning kept
+        full, kept = chunk_sums_of_squares(x, v_first, v_last, NORM_CHUNK)
+        n_chunks = tl.cdiv(K_X, NORM_CHUNK)
+        chunk = pid_k * (BLOCK_K // NORM_CHUNK) + tl.arange(0, BLOCK_K // NORM_CHUNK)
+        norm_offs = rows[:, None] * n_chunks + chunk[None, :]
+        norm_mask = (rows < M)[:, None] & (chunk < n_chunks)[None, :]
+        tl.store(norms_ptr + norm_offs, full, mask=norm_mask)
+        tl.store(norms_ptr + M * n_chunks + norm_offs, kept, mask=norm_mask)
+
     # Bytes cuSPARSELt allocates but never writes (< 6 bytes per metadata row, so a 512-byte slice
     # per 64 rows covers them): zeros, one slice per program of the first column.
     if pid_k == 0:
@@ -164,7 +191,7 @@ def _configs() -> list[triton.Config]:
 
 
 # 25 ms of timing per config and shape instead of Triton's 125 ms: enough for a kernel of 4-300 us
-_prune_compress_tuned = triton.autotune(configs=_configs(), key=["K", "M_BUCKET"],
+_prune_compress_tuned = triton.autotune(configs=_configs(), key=["K", "M_BUCKET", "NORMS"],
                                         do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20))(
     _prune_compress_kernel)
 _FIXED = _configs()[1]  # small inputs (within 3.5% of the best tile at 512-1024 rows) and the interpreter
@@ -180,6 +207,20 @@ def prune_compress(x: torch.Tensor, rows: int | None = None, ones_column: bool =
     materialised: the kernel reads it as zeros. ``ones_column``: compress ``with_ones_column(x)``
     (K + BIAS_COLUMNS columns) instead, so that a weight with the bias appended adds it inside the GEMM.
     """
+    m_pad = _padded(x, rows)
+    return _launch(x, m_pad, _config(m_pad, x.shape[1]), ones_column)
+
+
+def prune_compress_with_norms(x: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prune_compress(x, rows)`` and, from the same pass, ``norm_partials(x)``: the sums of squares
+    that norm compensation needs (``reference.scale_from_partials``), without reading x again."""
+    m_pad = _padded(x, rows)
+    norms = torch.empty((2, x.shape[0], -(-x.shape[1] // NORM_CHUNK)), dtype=torch.float32, device=x.device)
+    return _launch(x, m_pad, _config(m_pad, x.shape[1]), norms=norms), norms
+
+
+def _padded(x: torch.Tensor, rows: int | None) -> int:
+    """Rows of the compressed operand for ``x``, after checking what the kernel takes."""
     if x.dtype not in MAGNITUDE_BITS:
         raise ValueError(f"prune_compress supports {tuple(MAGNITUDE_BITS)}, got {x.dtype}")
     if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 16 or x.shape[1] % 16:
@@ -192,15 +233,21 @@ def prune_compress(x: torch.Tensor, rows: int | None = None, ones_column: bool =
         raise ValueError(f"rows={rows} must be a multiple of {ROW_MULTIPLE} and at least M={m}")
     if m_pad * k >= 2**31:
         raise ValueError(f"prune_compress indexes with 32-bit integers: {m_pad} x {k} is too large")
-    config = _FIXED if _INTERPRET or m_pad * k <= _SMALL else None  # small: launch-bound, nothing to tune
-    return _launch(x, m_pad, config, ones_column)
+    return m_pad
+
+
+def _config(m_pad: int, k: int) -> triton.Config | None:
+    """A fixed tile for small inputs (launch-bound, nothing to tune) and the interpreter; else autotuned."""
+    return _FIXED if _INTERPRET or m_pad * k <= _SMALL else None
 
 
 def _launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_column: bool = False,
-            warmup: bool = False) -> torch.Tensor:
+            warmup: bool = False, norms: torch.Tensor | None = None) -> torch.Tensor:
     """Run the kernel with ``config``, or autotuned when None. A config is launched with the same
     options as the autotuner launches it (``all_kwargs``), so both find the same compiled kernel.
-    ``warmup``: only compile ``config``'s kernel (Triton's ``JITFunction.warmup``)."""
+    ``warmup``: only compile ``config``'s kernel (Triton's ``JITFunction.warmup``). ``norms``: a
+    float32 (2, M, ceil(K / NORM_CHUNK)) buffer for ``norm_partials(x)`` (not with ``ones_column``)."""
+    assert norms is None or not ones_column, "compensation's norms are of x, without a ones column"
     m, k_x = x.shape
     k = k_x + BIAS_COLUMNS if ones_column else k_x
     out = torch.empty(compressed_shape(m_pad, k, x.dtype), dtype=x.dtype, device=x.device)
@@ -214,8 +261,10 @@ def _launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_colu
         M=m, M_PAD=m_pad, K_X=k_x, K=k, stride_xm=x.stride(0),
         META_COL_TILES=-(-k // 32), TAIL_START=tail_start, TAIL_BYTES=tail_bytes,
         M_BUCKET=min(triton.next_power_of_2(m_pad), 16384),
-        ABS_MASK=abs_mask, MAG_MAX=mag_max, ONES_COLUMN=ones_column, TAIL_BLOCK=_TAIL_BLOCK,
+        ABS_MASK=abs_mask, MAG_MAX=mag_max, ONES_COLUMN=ones_column, NORMS=norms is not None,
+        TAIL_BLOCK=_TAIL_BLOCK, NORM_CHUNK=NORM_CHUNK,
     )
+    norms = meta if norms is None else norms  # a pointer the kernel never dereferences without NORMS
     meta_rows = -(-m_pad // TILE_ROWS) * TILE_ROWS
     assert tail_bytes <= meta_rows // TILE_ROWS * _TAIL_BLOCK, "tail larger than the layout allows"
 
@@ -223,11 +272,11 @@ def _launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_colu
         return triton.cdiv(meta_rows, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"])
 
     if config is None:
-        _prune_compress_tuned[grid](x, out, meta, raw, **args)
+        _prune_compress_tuned[grid](x, out, meta, raw, norms, **args)
     elif warmup:
-        _prune_compress_kernel.warmup(x, out, meta, raw, **args, **config.all_kwargs(), grid=grid(config.kwargs))
+        _prune_compress_kernel.warmup(x, out, meta, raw, norms, **args, **config.all_kwargs(), grid=grid(config.kwargs))
     else:
-        _prune_compress_kernel[grid(config.kwargs)](x, out, meta, raw, **args, **config.all_kwargs())
+        _prune_compress_kernel[grid(config.kwargs)](x, out, meta, raw, norms, **args, **config.all_kwargs())
     return out
 
 

@@ -16,6 +16,9 @@ KEEP = 2
 # cuSPARSELt takes K in multiples of 16, but its Hopper kernels step K by 64: K + 16 for FLUX's
 # q/k/v made the whole model slower than K + 64 (scripts/probe_bias_columns.py, results/bias_columns_*).
 BIAS_COLUMNS = 64
+# Columns per partial sum of squares for compensation (``norm_partials``): divides every tile width
+# of the prune+compress kernel, and leaves 2 x 4 bytes of sums per 128 x 2 bytes of activation.
+NORM_CHUNK = 128
 
 
 def _check_last_dim(x: torch.Tensor) -> None:
@@ -72,10 +75,31 @@ def compensation_scale(x: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     rows keep the dense model's NaN/inf instead of turning into inf/inf = NaN everywhere).
     Shape: ``x.shape[:-1]``.
     """
-    full = x.float().square().sum(-1)
-    kept = pruned.float().square().sum(-1)
+    return scale_from_sums(x.float().square().sum(-1), pruned.float().square().sum(-1))
+
+
+def scale_from_sums(full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``compensation_scale`` from the float32 sums of squares of the row (``full``) and of its
+    pruned version (``kept``)."""
     ok = (kept > 0) & torch.isfinite(full) & torch.isfinite(kept)
     return torch.where(ok, torch.sqrt(full / torch.where(ok, kept, 1.0)), 1.0)
+
+
+def norm_partials(x: torch.Tensor) -> torch.Tensor:
+    """Sums of squares of ``x`` (M, K) and of ``prune_2to4(x)`` per row and chunk of NORM_CHUNK
+    columns, float32, shape (2, M, ceil(K / NORM_CHUNK)): what the prune+compress kernel writes
+    for compensation, so the scale needs no second pass over the activation. Summed over chunks
+    they are ``compensation_scale``'s two sums, up to float32 summation order."""
+    m, k = x.shape
+    chunks = -(-k // NORM_CHUNK)
+    both = torch.nn.functional.pad(torch.stack([x, prune_2to4(x)]).float(), (0, chunks * NORM_CHUNK - k))
+    return both.square().reshape(2, m, chunks, NORM_CHUNK).sum(-1)
+
+
+def scale_from_partials(partials: torch.Tensor) -> torch.Tensor:
+    """``compensation_scale`` per row from ``norm_partials`` (or the kernel's equal output)."""
+    full, kept = partials.sum(-1)
+    return scale_from_sums(full, kept)
 
 
 def prune_2to4_compensated(x: torch.Tensor) -> torch.Tensor:

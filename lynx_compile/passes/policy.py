@@ -181,6 +181,8 @@ def _compress_method(site: GemmSite, config: LynxConfig) -> tuple[str, str]:
 
     if not config.fuse_producers:
         return "triton", "standalone Triton prune+compress (fuse_producers=False)"
+    if config.compensate:
+        return "triton", "standalone Triton prune+compress (compensate=True: it also sums the row norms, the template does not)"
     if not eligible(padded_rows(site.m), site.k, site.dtype):
         return "triton", f"standalone Triton prune+compress (K={site.k} % 32 != 0: not lowered)"
     fusable, producer = fusable_producer(site.x)

@@ -7,13 +7,17 @@
                             sparse_linear(c, x, Wb, alg_id)           # Wb = [W | b | 0...], a buffer
     reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
 
-``compress_activation``, ``sparse_linear``, ``prune_2to4`` and ``row_scale`` are plain Python over
+With ``compensate``, ``compress_activation_compensated`` also returns the per-row scale, from sums
+of squares the prune+compress kernel writes on its pass over x.
+
+``compress_activation``, ``sparse_linear``, ``prune_2to4`` and ``compensation_scale`` are plain Python over
 torch ops and ``torch.ops.lynx.*``: AOTAutograd traces through them, so Inductor sees (and fuses)
 the pruning of the reference path, the reshapes, the compensation scale and the bias add.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +25,7 @@ import torch
 from torch import fx
 
 from .. import ops
-from ..codegen.reference import prune_2to4
+from ..codegen.reference import compensation_scale, prune_2to4
 from .fold_bias import FoldedWeights
 from .gemms import GemmSite
 from .policy import Decision
@@ -75,8 +79,9 @@ def _prepare(graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool) 
     """The pruned (reference) or compressed (cuSPARSELt) activation, and the compensation scale."""
     if decision.path == "reference":
         pruned = graph.call_function(prune_2to4, (x,))
-        scale = graph.call_function(ops.row_scale, (x, pruned)) if compensate else None
+        scale = graph.call_function(compensation_scale, (x, pruned)) if compensate else None
         return pruned, scale
-    compressed = graph.call_function(ops.compress_activation, (x, decision.compress, decision.fold_bias))
-    scale = graph.call_function(ops.row_scale, (x,)) if compensate else None
-    return compressed, scale
+    if compensate:  # the kernel sums the norms on its pass over x (a folded bias is never compensated)
+        pair = graph.call_function(ops.compress_activation_compensated, (x, decision.compress))
+        return graph.call_function(operator.getitem, (pair, 0)), graph.call_function(operator.getitem, (pair, 1))
+    return graph.call_function(ops.compress_activation, (x, decision.compress, decision.fold_bias)), None

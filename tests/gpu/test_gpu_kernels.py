@@ -11,8 +11,14 @@ from hypothesis import strategies as st
 from lynx_compile.codegen import cusparselt
 from lynx_compile.codegen import prune_compress as prune_compress_module
 from lynx_compile.codegen.cusparselt_layout import compress_reference, compressed_shape, probe_matrix, same_compressed
-from lynx_compile.codegen.prune_compress import padded_rows, prune_compress
-from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4, with_bias_column, with_ones_column
+from lynx_compile.codegen.prune_compress import padded_rows, prune_compress, prune_compress_with_norms
+from lynx_compile.codegen.reference import (
+    BIAS_COLUMNS,
+    norm_partials,
+    prune_2to4,
+    with_bias_column,
+    with_ones_column,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -54,6 +60,15 @@ def test_kernel_matches_cusparselt_large(m: int, k: int, dtype: torch.dtype) -> 
     assert same_compressed(prune_compress(x), expected, padded_rows(m), k)
     del x
     assert expected.shape == compressed_shape(padded_rows(m), k, dtype)
+
+
+@pytest.mark.parametrize("m, k", [(4096, 3072), (4113, 3088), (16384, 15360)])
+def test_kernel_with_norms_matches_cusparselt(m: int, k: int) -> None:
+    """Compensation's variant of the kernel (autotuned on its own): the same bytes, and the sums."""
+    x = with_specials(torch.randn(m, k, device="cuda"), seed=m - k).to(torch.bfloat16)
+    got, norms = prune_compress_with_norms(x)
+    assert same_compressed(got, live_compress(x), padded_rows(m), k)
+    torch.testing.assert_close(norms, norm_partials(x), rtol=1e-5, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("m, k, n", [(256, 512, 384), (1000, 1152, 4608), (4096, 3072, 3072)])

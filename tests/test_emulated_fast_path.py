@@ -1,10 +1,10 @@
-"""Option ``fold_bias`` on CPU: which GEMMs fold, and a compiled model with cuSPARSELt emulated.
+"""Options ``fold_bias`` and ``compensate`` on CPU: a compiled model on the cuSPARSELt path, emulated.
 
 cuSPARSELt needs a GPU, so ``codegen.cusparselt.sparse_mm`` is replaced here by the decompression of
 its operand (``decompress_reference``) times the weight, and the policy by one that sends every
 block GEMM to the cuSPARSELt path. Everything else is what runs on a GPU: the Triton prune+compress
-kernel with its ones column (under Triton's interpreter), the pass, the weight copies registered on
-the graph, AOTAutograd and Inductor, and the per-call refresh of the copies.
+kernel with its ones column or its norm sums (under Triton's interpreter), the pass, the weight copies
+registered on the graph, AOTAutograd and Inductor, and the per-call refresh of the copies.
 """
 
 import pytest
@@ -16,7 +16,14 @@ import lynx_compile
 from lynx_compile import ops
 from lynx_compile.codegen import cusparselt
 from lynx_compile.codegen.cusparselt_layout import compressed_shape, decompress_reference
-from lynx_compile.codegen.reference import BIAS_COLUMNS, prune_2to4, with_bias_column
+from lynx_compile.codegen import prune_compress as prune_compress_module
+from lynx_compile.codegen.reference import (
+    BIAS_COLUMNS,
+    compensation_scale,
+    prune_2to4,
+    prune_2to4_compensated,
+    with_bias_column,
+)
 from lynx_compile.passes import policy
 from lynx_compile.passes.fold_bias import FoldedWeights, costly_bias_add
 from lynx_compile.passes.gemms import GemmSite, find_gemms
@@ -99,26 +106,31 @@ def _fast_path(site, config) -> Decision:
 FOLD_OPTIONS = {"fold_bias": True, "cost_model": False, "cudagraphs": False, "min_rows": 16}
 
 
-@pytest.fixture(scope="module")
-def folded_model():
-    """One compile, shared: Block on the (emulated) cuSPARSELt path with fold_bias."""
-    patch = pytest.MonkeyPatch()
+def _emulated(options: dict, patch: pytest.MonkeyPatch):
+    """(model, compiled model, its reports): Block compiled on the emulated cuSPARSELt path."""
     patch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
     patch.setattr(cusparselt, "best_alg", lambda *shape: 0)
     patch.setattr(policy, "decide", _fast_path)
     model = Block().to(torch.bfloat16)
     n = len(lynx_compile.reports())
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend="lynx", options=FOLD_OPTIONS)
+    compiled = torch.compile(model, backend="lynx", options=options)
     with torch.no_grad():
         compiled(*_inputs())
-    yield model, compiled, lynx_compile.reports()[n:]
+    return model, compiled, lynx_compile.reports()[n:]
+
+
+@pytest.fixture(scope="module")
+def folded_model():
+    """One compile, shared: Block on the (emulated) cuSPARSELt path with fold_bias."""
+    patch = pytest.MonkeyPatch()
+    yield _emulated(FOLD_OPTIONS, patch)
     patch.undo()
 
 
-def _eager_pruned(model: Block, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The block in eager bf16 with every GEMM's input pruned."""
-    hooks = [m.register_forward_pre_hook(lambda mod, args: (prune_2to4(args[0]),))
+def _eager_pruned(model: Block, x: torch.Tensor, scale: torch.Tensor, prune=prune_2to4) -> torch.Tensor:
+    """The block in eager bf16 with every GEMM's input pruned (by ``prune``)."""
+    hooks = [m.register_forward_pre_hook(lambda mod, args: (prune(args[0]),))
              for m in (model.to_q, model.to_k, model.to_v, model.to_out, model.fc1, model.fc2)]
     try:
         with torch.no_grad():
@@ -182,3 +194,34 @@ def test_refresh_follows_a_replaced_tensor():
     b2 = torch.randn(16, dtype=torch.bfloat16)  # another tensor, same shape: found by its address
     assert torch.equal(run(w, b2), b2)
     assert folds.nbytes == 16 * (32 + BIAS_COLUMNS) * 2
+
+
+def test_a_compensated_gemm_scales_its_rows_to_rounding_level(monkeypatch):
+    monkeypatch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
+    x, w = torch.randn(80, 384, dtype=torch.bfloat16), torch.randn(48, 384, dtype=torch.bfloat16)
+    compressed, scale = ops.compress_activation_compensated(x, "triton")
+    y = ops.sparse_linear(compressed, x, w, alg_id=0, scale=scale)
+    pruned = prune_2to4(x)
+    expected = (pruned.float() * compensation_scale(x, pruned)[:, None]) @ w.float().t()
+    assert _rel(y, expected) < 1e-2
+
+
+def test_compensated_model_takes_its_norms_from_the_prune_kernel():
+    """One pass over each activation: the kernel sums the norms; nothing else prunes x again."""
+    patch, calls = pytest.MonkeyPatch(), []
+    for name in ("prune_compress", "prune_compress_with_norms"):
+        kernel = getattr(prune_compress_module, name)
+        patch.setattr(prune_compress_module, name, lambda *a, _k=kernel, _n=name, **kw: calls.append(_n) or _k(*a, **kw))
+    try:
+        model, compiled, reports = _emulated({**FOLD_OPTIONS, "fold_bias": False, "compensate": True}, patch)
+        x, scale = _inputs(seed=3)
+        with torch.no_grad():
+            out = compiled(x, scale)
+    finally:
+        patch.undo()
+    # two calls (compile, then the run above) x 3 activations: norm(x) (q, k, v, fc1), attention, GELU
+    assert calls == ["prune_compress_with_norms"] * 6
+    assert all(layer.sparse and layer.path == "cusparselt" for r in reports for layer in r.layers)
+    # near-tie flips, as in the folded model above; the compensation itself is checked just above
+    assert _rel(out, _eager_pruned(model, x, scale, prune=prune_2to4_compensated)) < 5e-2
+    assert _rel(out, _eager_pruned(model, x, scale)) > 2 * _rel(out, _eager_pruned(model, x, scale, prune_2to4_compensated))
