@@ -15,7 +15,10 @@ import torch
 from torch import fx
 from torch._inductor.compile_fx import compile_fx
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._subclasses.fake_tensor import FakeTensor
 
+from . import accuracy
+from .accuracy import PruningError
 from .config import LynxConfig, dtype_name
 from .passes import policy
 from .passes.fold_bias import FoldedWeights
@@ -36,13 +39,26 @@ def reports() -> list[Report]:
 
 
 def plan_graph(
-    gm: fx.GraphModule, config: LynxConfig, *, measure: bool = True
+    gm: fx.GraphModule, config: LynxConfig, *, measure: bool = True, errors: dict[str, PruningError] | None = None
 ) -> list[tuple[GemmSite, Decision]]:
     sites = find_gemms(gm)
-    return list(zip(sites, policy.plan(sites, config, measure=measure)))
+    return list(zip(sites, policy.plan(sites, config, measure=measure, errors=errors)))
 
 
-def layer_report(site: GemmSite, decision: Decision) -> LayerReport:
+def pruning_errors(gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any]) -> dict[str, PruningError] | None:
+    """Each GEMM's pruning error on the inputs the graph is compiled with, for option
+    ``max_layer_error`` (None without it, or when the inputs are fake: then nothing goes sparse)."""
+    if config.max_layer_error is None:
+        return None
+    if any(isinstance(t, FakeTensor) for t in example_inputs):
+        log.warning("lynx: max_layer_error: the graph is compiled with fake inputs, pruning errors cannot be "
+                    "measured; its GEMMs stay dense")
+        return None
+    return accuracy.measure(gm, find_gemms(gm), example_inputs, config.compensate)
+
+
+def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningError] | None = None) -> LayerReport:
+    error = (errors or {}).get(site.name)
     return LayerReport(
         name=site.name,
         sparse=decision.sparse,
@@ -55,6 +71,8 @@ def layer_report(site: GemmSite, decision: Decision) -> LayerReport:
         alg_id=decision.alg_id if decision.path.startswith("cusparselt") else None,
         prune=_PRUNE_WHERE[decision.compress or decision.path],
         bias_folded=decision.fold_bias,
+        rel_err=None if error is None else error.rel_err,
+        energy_pruned=None if error is None else error.energy_pruned,
     )
 
 
@@ -79,12 +97,15 @@ def lynx_backend(
     config = LynxConfig.from_options(options)
     if mode not in _MODES:
         raise ValueError(f"lynx: unknown mode {mode!r}; valid: {_MODES}")
-    plan = plan_graph(gm, config)
+    errors = pruning_errors(gm, config, example_inputs)
+    plan = plan_graph(gm, config, errors=errors)
     report = Report(
-        [layer_report(s, d) for s, d in plan],
+        [layer_report(s, d, errors) for s, d in plan],
         device=_graph_device(plan),
         options={k: v for k, v in vars(config).items()},
     )
+    if errors is not None:
+        report.notes.append("rel_err and pruned_E: measured on the inputs of the call that compiled this graph")
     if _needs_autograd(example_inputs):
         reason = "autograd needed: lynx is inference-only (use torch.no_grad() or requires_grad_(False))"
         log.warning("lynx: %s; compiling this graph dense", reason)
@@ -127,7 +148,7 @@ def _log_reference_once(report: Report) -> None:
     for layer in report.layers:
         if layer.path != "reference":
             continue
-        why = layer.reason.split("reference path: ", 1)[-1]
+        why = layer.reason.split("reference path: ", 1)[-1].split("; ", 1)[0]
         if why not in _LOGGED_REFERENCE:
             _LOGGED_REFERENCE.add(why)
             log.warning("lynx: sparse GEMMs run on the reference path (prune, then dense GEMM): %s", why)

@@ -70,6 +70,10 @@ class LynxConfig:
     # that memory (shown in the report); ignored with compensate (the per-row scale must not scale the
     # bias). A tie on FLUX and Wan (benchmarks/results/breakdown_*_fold, e2e_*_fold*)
     fold_bias: bool = False
+    # a GEMM stays dense when pruning its input changes its own output by more than this (relative L2
+    # error, float32), measured at compile time on the inputs of the call that compiles the graph; the
+    # report then shows every GEMM's measured error. None: no budget, nothing measured
+    max_layer_error: float | None = None
     dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
 
     def __post_init__(self) -> None:
@@ -92,6 +96,9 @@ class LynxConfig:
         for field in ("compensate", "cost_model", "cudagraphs", "fuse_producers", "fold_bias"):
             if not isinstance(getattr(self, field), bool):
                 raise TypeError(f"lynx option {field!r} must be a bool, got {getattr(self, field)!r}")
+        budget = self.max_layer_error
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0):
+            raise TypeError(f"lynx option 'max_layer_error' must be None or a number >= 0, got {budget!r}")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):
             raise TypeError(f"lynx option 'dump_graphs' must be a directory path (str), got {self.dump_graphs!r}")
         if self.path not in _PATHS:

@@ -9,7 +9,8 @@ from typing import Any
 
 @dataclasses.dataclass
 class LayerReport:
-    """One GEMM. ``rel_err`` / ``energy_pruned`` are filled by ``lynx_compile.inspect`` only."""
+    """One GEMM. ``rel_err`` / ``energy_pruned`` are filled by ``lynx_compile.inspect``, and by the
+    backend with option ``max_layer_error`` (measured on the compiling call's inputs)."""
 
     name: str
     sparse: bool

@@ -18,6 +18,10 @@ from lynx_compile import LynxConfig
         ({"path": "fast"}, ValueError, "path"),
         ({"min_speedup": 0}, TypeError, "min_speedup"),
         ({"min_speedup": "1.2"}, TypeError, "min_speedup"),
+        ({"max_layer_error": -0.1}, TypeError, "max_layer_error"),
+        ({"max_layer_error": "0.1"}, TypeError, "max_layer_error"),
+        ({"max_layer_error": True}, TypeError, "max_layer_error"),
+        ({"max_layer_error": float("nan")}, TypeError, "max_layer_error"),
         ("min_rows=3", TypeError, "dict or LynxConfig"),
     ],
 )

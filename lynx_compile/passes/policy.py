@@ -2,7 +2,8 @@
 
 Checks run in order and the first that keeps a GEMM dense gives the reason shown in the report:
 name rules, dtype, K % 4, ``min_rows``; then, on CUDA, what the device can do (sparse tensor cores,
-K % 16, the Triton kernel's self-check) and last the cost model, which looks at all the GEMMs that
+K % 16, the Triton kernel's self-check); the error budget (option ``max_layer_error``, on measured
+pruning errors); and last the cost model, which looks at all the GEMMs that
 read one activation together: they share its prune+compress (q, k and v; FLUX's single-stream
 q, k, v and MLP projections), so it is charged once to the group, not once per GEMM.
 """
@@ -10,10 +11,11 @@ q, k, v and MLP projections), so it is charged once to the group, not once per G
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
+from ..accuracy import PruningError
 from ..codegen.reference import BIAS_COLUMNS
 from ..config import LynxConfig, dtype_name
 from .fold_bias import costly_bias_add
@@ -39,16 +41,34 @@ class Decision:
         return k + BIAS_COLUMNS if self.fold_bias else k
 
 
-def plan(sites: Sequence[GemmSite], config: LynxConfig, *, measure: bool = True) -> list[Decision]:
+def plan(sites: Sequence[GemmSite], config: LynxConfig, *, measure: bool = True,
+         errors: Mapping[str, PruningError] | None = None) -> list[Decision]:
     """One decision per site. ``measure=False`` skips the timing on the GPU (algorithm search, cost
-    model): inspection of the semantics only."""
+    model): inspection of the semantics only. ``errors``: each GEMM's measured pruning error, which
+    option ``max_layer_error`` needs."""
     decisions = [decide(site, config) for site in sites]
+    if config.max_layer_error is not None:
+        decisions = [within_error_budget(site, d, config.max_layer_error, errors or {}) for site, d in zip(sites, decisions)]
     if config.fold_bias and not config.compensate:  # a per-row scale must not multiply the bias
         decisions = fold_biases(sites, decisions)
     if not measure:
         return decisions
     decisions = [_with_alg(site, d) for site, d in zip(sites, decisions)]
     return apply_cost_model(sites, decisions, config.min_speedup) if config.cost_model else decisions
+
+
+def within_error_budget(site: GemmSite, decision: Decision, budget: float,
+                        errors: Mapping[str, PruningError]) -> Decision:
+    """Option ``max_layer_error``: a GEMM whose own output pruning changes by more than ``budget``
+    (relative L2, on the inputs of the call that compiled it) stays dense, as does one that was not measured."""
+    if not decision.sparse:
+        return decision
+    error = errors.get(site.name)
+    if error is None:
+        return Decision(False, "dense", f"max_layer_error={budget:g}: pruning error not measured")
+    if error.rel_err > budget:
+        return Decision(False, "dense", f"pruning error {error.rel_err:.4f} > max_layer_error={budget:g}")
+    return dataclasses.replace(decision, reason=f"{decision.reason}; pruning error {error.rel_err:.4f} <= {budget:g}")
 
 
 def decide(site: GemmSite, config: LynxConfig) -> Decision:
