@@ -73,6 +73,7 @@ def compress_2to4_norms(x: torch.Tensor, rows: int, method: str) -> tuple[torch.
 
 def _compress(x: torch.Tensor, rows: int, method: str, ones_column: bool = False,
               with_norms: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The two ops' eager work: the compressed bytes as flat int64, and ``norm_partials(x)`` if asked."""
     if method in ("inductor", "triton"):
         from .codegen.prune_compress import prune_compress, prune_compress_with_norms
 

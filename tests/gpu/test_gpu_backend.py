@@ -62,6 +62,24 @@ def test_zoo_model_fast_path_matches_reference_path(name, compensate):
     assert fast_vs_ref < max(min(5e-2, pruning / 4), 1.5 * bf16_floor)
 
 
+def test_error_budget_on_the_fast_path():
+    """max_layer_error on a GPU: the budget picks the same GEMMs as inspect's errors say, and they run on cuSPARSELt."""
+    built = zoo.build("flux", width=4, resolution=256, batch=2, dtype=torch.bfloat16, device="cuda")
+    opts = {"min_rows": 16, "cost_model": False}
+    errors = {l.name: l.rel_err for l in lynx_compile.inspect(built.model, **built.example_kwargs, options=opts).layers
+              if l.sparse}
+    budget = sorted(errors.values())[len(errors) // 2]
+    with torch.no_grad():
+        n = len(lynx_compile.reports())
+        _run(built.model, built.example_kwargs, {**opts, "max_layer_error": budget})
+        layers = {l.name: l for r in lynx_compile.reports()[n:] for l in r.layers}
+    # the compile-time measurement runs the bf16 graph eagerly, as inspect does: errors agree to rounding
+    near = {name for name, e in errors.items() if abs(e - budget) < 1e-3 * budget}
+    sparse = {name for name, layer in layers.items() if layer.sparse}
+    assert sparse - near == {name for name, e in errors.items() if e <= budget} - near
+    assert sparse and all(layers[name].path == "cusparselt" for name in sparse)
+
+
 def test_fused_lowering_equals_standalone_kernel_on_gpu():
     from lynx_compile.codegen.prune_compress import prune_compress
 
