@@ -98,6 +98,10 @@ class _Arch:
     resolution: int  # the pipeline's default image height in pixels
     text_tokens: int  # text tokens the real pipeline passes (0: class-conditional)
     frames: int | None = None  # the pipeline's default frame count (video models only)
+    # inputs the pipeline passes in float32 whatever the transformer's dtype: timesteps straight from
+    # the scheduler (SD3, Wan, Z-Image), FLUX's guidance. In bf16, Z-Image's t in [0, 1] (x 1000
+    # inside) is off by up to ~2 timesteps, and its tiny build's output by 4% before any pruning.
+    float32_inputs: tuple[str, ...] = ()
 
 
 _TINY_HEADS = {"num_attention_heads": 2, "attention_head_dim": 32}
@@ -145,6 +149,7 @@ _ARCHS: dict[str, _Arch] = {
         tiny={**_TINY_HEADS, "num_layers": 2, "sample_size": _TINY_RESOLUTION // 8},
         resolution=1024,
         text_tokens=77 + 256,  # CLIP-L/G tokens + T5 tokens, concatenated by the pipeline
+        float32_inputs=("timestep",),
     ),
     # black-forest-labs/FLUX.1-dev transformer/config.json (12B, guidance-distilled)
     "flux": _Arch(
@@ -158,6 +163,7 @@ _ARCHS: dict[str, _Arch] = {
         tiny={**_TINY_HEADS, "num_layers": 1, "num_single_layers": 2, "axes_dims_rope": (4, 14, 14)},
         resolution=1024,
         text_tokens=512,
+        float32_inputs=("guidance",),
     ),
     # Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json (the 1.3B: 12 heads, ffn_dim 8960, 30 layers)
     "wan": _Arch(
@@ -172,6 +178,7 @@ _ARCHS: dict[str, _Arch] = {
         resolution=480,
         text_tokens=512,
         frames=81,
+        float32_inputs=("timestep",),
     ),
     # Qwen/Qwen-Image transformer/config.json (20B MMDiT; text from Qwen2.5-VL-7B, 3584 wide)
     "qwen": _Arch(
@@ -200,6 +207,7 @@ _ARCHS: dict[str, _Arch] = {
         tiny={"dim": 96, "n_heads": 3, "n_kv_heads": 3, "n_layers": 2, "n_refiner_layers": 1, "axes_dims": (8, 12, 12)},
         resolution=1024,
         text_tokens=256,  # the pipeline passes each prompt's own tokens (no padding); as for qwen
+        float32_inputs=("t",),
     ),
 }
 
@@ -414,7 +422,8 @@ def example_inputs(
             "timestep": torch.rand(batch, generator=g) * 1000,
             "encoder_hidden_states": text(cfg.text_dim),
         }
-    return _to(kwargs, torch.device(device), dtype)
+    float32 = {key: kwargs.pop(key).to(device) for key in arch.float32_inputs if key in kwargs}
+    return {**_to(kwargs, torch.device(device), dtype), **float32}
 
 
 def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
