@@ -39,13 +39,16 @@ def reports() -> list[Report]:
 
 
 def plan_graph(
-    gm: fx.GraphModule, config: LynxConfig, *, measure: bool = True, errors: dict[str, PruningError] | None = None
-) -> list[tuple[GemmSite, Decision]]:
+    gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any] = (), *, measure: bool = True
+) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None]:
+    """Each GEMM with its decision, and the pruning errors the decisions used (option ``max_layer_error``)."""
     sites = find_gemms(gm)
-    return list(zip(sites, policy.plan(sites, config, measure=measure, errors=errors)))
+    errors = pruning_errors(gm, sites, config, example_inputs)
+    return list(zip(sites, policy.plan(sites, config, measure=measure, errors=errors))), errors
 
 
-def pruning_errors(gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any]) -> dict[str, PruningError] | None:
+def pruning_errors(gm: fx.GraphModule, sites: Sequence[GemmSite], config: LynxConfig,
+                   example_inputs: Sequence[Any]) -> dict[str, PruningError] | None:
     """Each GEMM's pruning error on the inputs the graph is compiled with, for option
     ``max_layer_error`` (None without it, or when the inputs are fake: then nothing goes sparse)."""
     if config.max_layer_error is None:
@@ -54,7 +57,7 @@ def pruning_errors(gm: fx.GraphModule, config: LynxConfig, example_inputs: Seque
         log.warning("lynx: max_layer_error: the graph is compiled with fake inputs, pruning errors cannot be "
                     "measured; its GEMMs stay dense")
         return None
-    return accuracy.measure(gm, find_gemms(gm), example_inputs, config.compensate)
+    return accuracy.measure(gm, sites, example_inputs, config.compensate)
 
 
 def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningError] | None = None) -> LayerReport:
@@ -97,8 +100,7 @@ def lynx_backend(
     config = LynxConfig.from_options(options)
     if mode not in _MODES:
         raise ValueError(f"lynx: unknown mode {mode!r}; valid: {_MODES}")
-    errors = pruning_errors(gm, config, example_inputs)
-    plan = plan_graph(gm, config, errors=errors)
+    plan, errors = plan_graph(gm, config, example_inputs)
     report = Report(
         [layer_report(s, d, errors) for s, d in plan],
         device=_graph_device(plan),

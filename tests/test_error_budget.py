@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from test_emulated_fast_path import _sites
 from test_pass import OPTS, Toy, _inputs, _reference, _rel
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -14,21 +15,11 @@ from lynx_compile import backend
 from lynx_compile.accuracy import PruningError
 from lynx_compile.config import LynxConfig
 from lynx_compile.passes import policy
-from lynx_compile.passes.gemms import find_gemms
 
 
 @pytest.fixture(scope="module")
 def toy_sites():
-    found = []
-
-    def capture(gm, example_inputs):
-        found.extend(find_gemms(gm))
-        return gm.forward
-
-    torch._dynamo.reset()
-    with torch.no_grad():
-        torch.compile(Toy().eval(), backend=capture)(*_inputs())
-    return found
+    return _sites(Toy().eval(), *_inputs())
 
 
 def test_layers_over_the_budget_stay_dense_and_report_their_error():
@@ -66,6 +57,6 @@ def test_fake_inputs_cannot_be_measured_and_keep_the_graph_dense(toy_sites, capl
         fake = [torch.empty(2, 24, 32)]
     config = LynxConfig(min_rows=16, max_layer_error=0.5)
     with caplog.at_level(logging.WARNING, logger="lynx_compile"):
-        assert backend.pruning_errors(torch.fx.GraphModule({}, torch.fx.Graph()), config, fake) is None
+        assert backend.pruning_errors(torch.fx.GraphModule({}, torch.fx.Graph()), [], config, fake) is None
     assert "fake inputs" in caplog.text
     assert not any(d.sparse for d in policy.plan(toy_sites, config, errors=None))
