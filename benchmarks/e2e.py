@@ -93,22 +93,21 @@ def _call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
 def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int | None = 10) -> dict[str, float]:
     """Per model: the median single call, and (``key_loop``) the per-call time of ``loop`` calls back
     to back (as in a denoising loop, where the CPU's launch work overlaps the previous call's
-    kernels; ``loop=None``: single calls only). Models take turns within each run, the order
-    reversed every other run and the number of runs made even, so drift (clocks, temperature) and
-    going first or second hit them alike; fresh inputs every run, made outside the timed region;
-    two untimed warm-up rounds."""
-    suffixes = ("", "_loop") if loop else ("",)
-    times: dict[str, list[float]] = {f"{k}{s}": [] for k in fns for s in suffixes}
+    kernels; ``loop=None``: single calls only). Every single call is timed before any loop: on an
+    H100 a call right after a 10-call loop took 0.7-1.6 ms longer than one after a single call, for
+    dense and lynx alike (scripts/gpu_call_overhead.py), which diluted and blurred the single-call
+    ratio. Models take turns within each run, the order reversed every other run and the number of
+    runs made even, so drift (clocks, temperature) and going first or second hit them alike; fresh
+    inputs every run, made outside the timed region; two untimed warm-up rounds per phase."""
+    times: dict[str, list[float]] = {}
     turns = list(fns.items())
-    for i in range(runs + runs % 2 + 2):
-        kwargs = make_inputs()
-        for key, fn in turns if i % 2 == 0 else reversed(turns):
-            samples = {key: _call_ms(fn, kwargs)}
-            if loop:
-                samples[f"{key}_loop"] = _call_ms(fn, kwargs, loop)
-            if i >= 2:
-                for name, ms in samples.items():
-                    times[name].append(ms)
+    for calls, suffix in ((1, ""), (loop, "_loop")) if loop else ((1, ""),):
+        for i in range(runs + runs % 2 + 2):
+            kwargs = make_inputs()
+            for key, fn in turns if i % 2 == 0 else reversed(turns):
+                ms = _call_ms(fn, kwargs, calls)
+                if i >= 2:
+                    times.setdefault(f"{key}{suffix}", []).append(ms)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -230,7 +229,8 @@ defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=f
 diffusers' `fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM
 per attention, lynx defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation). `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
 call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
-every run; `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
+every run, all timed before any loop (a call right after a loop runs ~1 ms slower); `*_loop_ms`: per
+call of 10 calls back to back, as in a denoising loop. The compiled
 models take turns within each run, in reversed order every other run, over an even number of runs
 (drift and going first hit them alike), after two warm-up rounds.
 Compile times start cold: each case runs in a process of its own, which times the eager model and

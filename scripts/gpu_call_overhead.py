@@ -1,17 +1,21 @@
-"""Why does one synchronised lynx call take longer than its graph's kernels? (GPU diagnostic)
+"""Why does one synchronised lynx call take longer than a call inside a loop? (GPU diagnostic)
 
-For dense reduce-overhead and lynx (FLUX, full width, depth 2, batch 1): per call, the CPU time to
-return from the call, the wall time to finish it, both with the same and with fresh inputs; then the
-CPU-side ops of one lynx call, by self CPU time.
+``python scripts/gpu_call_overhead.py [flux|pixart|...]``: compiles the full-width zoo model (batch 1,
+e2e.py's depth) as dense ``reduce-overhead``, again as dense on a copy of the model (a second compile:
+the compile-to-compile spread), and with ``backend="lynx"``, all alive at once as in
+benchmarks/e2e.py. For each: the CPU time to return from a call and the wall time to finish it,
+called right after one call or a loop of 10 calls of the same model or of another compiled model
+(until 2026-12-02 e2e.py timed every single call right after a loop); and the per-call time of 10
+calls in a row.
 """
 
+import copy
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lynx_compile  # noqa: E402,F401
@@ -29,34 +33,51 @@ def fresh():
                               dtype=torch.bfloat16, device="cuda", seed=next(seeds))
 
 
-def measure(fn, label):
-    for inputs in ("same", "fresh"):
-        cpu, wall = [], []
-        for _ in range(15):
-            kw = built.example_kwargs if inputs == "same" else fresh()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn(**kw)
-            t1 = time.perf_counter()
-            torch.cuda.synchronize()
-            t2 = time.perf_counter()
-            cpu.append(1e3 * (t1 - t0))
-            wall.append(1e3 * (t2 - t0))
-        print(f"{label:6s} {inputs:5s}: cpu {statistics.median(cpu):.3f} ms, wall {statistics.median(wall):.3f} ms",
-              flush=True)
+def timed_call(fn, kw) -> tuple[float, float]:
+    """(CPU ms to return, wall ms to finish) of one call after a synchronisation."""
+    torch.compiler.cudagraph_mark_step_begin()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn(**kw)
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t0)
+
+
+def loop_ms(fn, kw, calls: int = 10) -> float:
+    torch.compiler.cudagraph_mark_step_begin()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn(**kw)
+    torch.cuda.synchronize()
+    return 1e3 * (time.perf_counter() - t0) / calls
 
 
 with torch.no_grad():
-    for label, make in [("dense", lambda: torch.compile(built.model, mode="reduce-overhead")),
-                        ("lynx", lambda: torch.compile(built.model, backend="lynx"))]:
-        torch._dynamo.reset()
-        fn = make()
+    fns = {"dense": torch.compile(built.model, mode="reduce-overhead"),
+           "dense2": torch.compile(copy.deepcopy(built.model), mode="reduce-overhead"),
+           "lynx": torch.compile(built.model, backend="lynx")}
+    for fn in fns.values():
         for _ in range(3):
             fn(**built.example_kwargs)
-        measure(fn, label)
-        kw = fresh()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            fn(**kw)
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+    # what runs right before the timed single call: e2e.py times each single call after a loop
+    before = {"after own call": lambda fn, other, kw: timed_call(fn, kw),
+              "after other call": lambda fn, other, kw: timed_call(other, kw),
+              "after own loop": lambda fn, other, kw: loop_ms(fn, kw),
+              "after other loop": lambda fn, other, kw: loop_ms(other, kw)}
+    stats: dict[str, list[tuple[float, float]]] = {f"{k} {b}": [] for k in fns for b in before}
+    loops: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(10):
+        for label, fn in fns.items() if i % 2 else reversed(fns.items()):
+            other = fns["dense" if label != "dense" else "lynx"]
+            for b, run_before in before.items():
+                kw = fresh()
+                run_before(fn, other, kw)
+                stats[f"{label} {b}"].append(timed_call(fn, kw))
+            loops[label].append(loop_ms(fn, kw))
+    for key, samples in stats.items():
+        cpu, wall = zip(*samples)
+        print(f"{name} {key:24s}: cpu {statistics.median(cpu):7.3f} ms  wall {statistics.median(wall):7.3f} ms", flush=True)
+    for key, samples in loops.items():
+        print(f"{name} {key:24s}: loop of 10 {statistics.median(samples):7.3f} ms per call", flush=True)

@@ -49,6 +49,15 @@ def test_single_calls_only_without_loop() -> None:
     assert calls == [1] * (4 + 2)  # runs made even, two warm-up rounds
 
 
+def test_single_calls_are_timed_before_any_loop() -> None:
+    """A call right after a 10-call loop runs slower on the GPU: no single call may follow a loop."""
+    calls: list[int] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(e2e, "_call_ms", lambda fn, kwargs, n=1: calls.append(n) or 1.0)
+        e2e._time_interleaved({"a": lambda: None, "b": lambda: None}, dict, runs=3, loop=10)
+    assert calls == [1] * 2 * (4 + 2) + [10] * 2 * (4 + 2)
+
+
 def test_qkv_variant_fuses_sd3_projections() -> None:
     """Variant "qkv": the model computes the same with one q/k/v GEMM per attention, and that GEMM is
     what lynx sees and sparsifies (the separate q/k/v projections are no longer called)."""
