@@ -33,25 +33,16 @@ def fresh():
                               dtype=torch.bfloat16, device="cuda", seed=next(seeds))
 
 
-def timed_call(fn, kw) -> tuple[float, float]:
-    """(CPU ms to return, wall ms to finish) of one call after a synchronisation."""
-    torch.compiler.cudagraph_mark_step_begin()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn(**kw)
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t0)
-
-
-def loop_ms(fn, kw, calls: int = 10) -> float:
+def timed(fn, kw, calls: int = 1) -> tuple[float, float]:
+    """(CPU ms to return, wall ms to finish) per call of ``calls`` calls in a row, after a synchronisation."""
     torch.compiler.cudagraph_mark_step_begin()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(calls):
         fn(**kw)
+    t1 = time.perf_counter()
     torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - t0) / calls
+    return 1e3 * (t1 - t0) / calls, 1e3 * (time.perf_counter() - t0) / calls
 
 
 with torch.no_grad():
@@ -61,21 +52,20 @@ with torch.no_grad():
     for fn in fns.values():
         for _ in range(3):
             fn(**built.example_kwargs)
-    # what runs right before the timed single call: e2e.py times each single call after a loop
-    before = {"after own call": lambda fn, other, kw: timed_call(fn, kw),
-              "after other call": lambda fn, other, kw: timed_call(other, kw),
-              "after own loop": lambda fn, other, kw: loop_ms(fn, kw),
-              "after other loop": lambda fn, other, kw: loop_ms(other, kw)}
+    # what runs right before the timed single call (other model's or own, calls in a row); until
+    # 2026-12-02 e2e.py timed each single call right after a loop
+    before = {"after own call": (False, 1), "after other call": (True, 1),
+              "after own loop": (False, 10), "after other loop": (True, 10)}
     stats: dict[str, list[tuple[float, float]]] = {f"{k} {b}": [] for k in fns for b in before}
     loops: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(10):
         for label, fn in fns.items() if i % 2 else reversed(fns.items()):
             other = fns["dense" if label != "dense" else "lynx"]
-            for b, run_before in before.items():
+            for b, (switch, calls) in before.items():
                 kw = fresh()
-                run_before(fn, other, kw)
-                stats[f"{label} {b}"].append(timed_call(fn, kw))
-            loops[label].append(loop_ms(fn, kw))
+                timed(other if switch else fn, kw, calls)
+                stats[f"{label} {b}"].append(timed(fn, kw))
+            loops[label].append(timed(fn, kw, 10)[1])
     for key, samples in stats.items():
         cpu, wall = zip(*samples)
         print(f"{name} {key:24s}: cpu {statistics.median(cpu):7.3f} ms  wall {statistics.median(wall):7.3f} ms", flush=True)
