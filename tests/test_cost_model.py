@@ -12,9 +12,10 @@ from lynx_compile.codegen import cusparselt
 from lynx_compile.passes import policy
 
 
-def _cost_model(monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: float, min_speedup: float):
+def _cost_model(monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: float, min_speedup: float,
+                compensate: bool = False):
     """Run the cost model on GEMM groups (one activation each) of (dense_ms, sparse_gemm_ms),
-    GPU measurements stubbed out; returns the decisions group by group."""
+    GPU measurements stubbed out (they see norms=compensate); returns the decisions group by group."""
     sites, times = [], {}
     for g, members in enumerate(groups):
         for j, (dense_ms, gemm_ms) in enumerate(members):
@@ -22,9 +23,13 @@ def _cost_model(monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: 
             sites.append(types.SimpleNamespace(x=f"x{g}", m=4096, k=1024 * (g + 1), n=n,
                                                dtype=torch.bfloat16, device=torch.device("cuda")))
             times[(sites[-1].k, n)] = cusparselt.Costs(dense_ms, prune_ms, gemm_ms)
-    monkeypatch.setattr(cusparselt, "measure_costs", lambda m, k, n, *args: times[(k, n)])
+    def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms):
+        assert norms is compensate  # with compensation the prune+compress timed also sums the norms
+        return times[(k, n)]
+
+    monkeypatch.setattr(cusparselt, "measure_costs", measure_costs)
     decisions = [policy.Decision(True, "cusparselt", "block GEMM", alg_id=3, compress="triton") for _ in sites]
-    out = iter(policy.apply_cost_model(sites, decisions, min_speedup))
+    out = iter(policy.apply_cost_model(sites, decisions, min_speedup, compensate))
     return [[next(out) for _ in members] for members in groups]
 
 
@@ -34,8 +39,10 @@ def _cost_model(monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: 
     (1.0, 0.85, 1.0, True),  # min_speedup=1: any measured gain
     (1.0, 0.95, 1.0, False),  # 0.95 + 0.1 > 1.0
 ])
-def test_cost_model_bar(monkeypatch, dense_ms, gemm_ms, min_speedup, sparse):
-    [[decision]] = _cost_model(monkeypatch, [[(dense_ms, gemm_ms)]], prune_ms=0.1, min_speedup=min_speedup)
+@pytest.mark.parametrize("compensate", [False, True])
+def test_cost_model_bar(monkeypatch, dense_ms, gemm_ms, min_speedup, sparse, compensate):
+    [[decision]] = _cost_model(monkeypatch, [[(dense_ms, gemm_ms)]], prune_ms=0.1, min_speedup=min_speedup,
+                               compensate=compensate)
     assert decision.sparse is sparse
     assert f"{dense_ms / (0.1 + gemm_ms):.2f}x" in decision.reason
     assert (decision.alg_id == 3 and "block GEMM" in decision.reason) if sparse else ("min_speedup" in decision.reason)

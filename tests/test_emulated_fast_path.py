@@ -1,8 +1,9 @@
 """Options ``fold_bias`` and ``compensate`` on CPU: a compiled model on the cuSPARSELt path, emulated.
 
 cuSPARSELt needs a GPU, so ``codegen.cusparselt.sparse_mm`` is replaced here by the decompression of
-its operand (``decompress_reference``) times the weight, and the policy by one that sends every
-block GEMM to the cuSPARSELt path. Everything else is what runs on a GPU: the Triton prune+compress
+its operand (``decompress_reference``) times the weight, its compressor (which the kernel's
+self-check compares with) by ``compress_reference``, and the policy by one that sends every block
+GEMM to the cuSPARSELt path. Everything else is what runs on a GPU: the Triton prune+compress
 kernel with its ones column or its norm sums (under Triton's interpreter), the pass, the weight copies
 registered on the graph, AOTAutograd and Inductor, and the per-call refresh of the copies.
 """
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 import lynx_compile
 from lynx_compile import ops
 from lynx_compile.codegen import cusparselt
-from lynx_compile.codegen.cusparselt_layout import compressed_shape, decompress_reference
+from lynx_compile.codegen.cusparselt_layout import compress_reference, compressed_shape, decompress_reference
 from lynx_compile.codegen import prune_compress as prune_compress_module
 from lynx_compile.codegen.reference import (
     BIAS_COLUMNS,
@@ -71,7 +72,8 @@ def _sites(model: nn.Module, *args: torch.Tensor):
     return found
 
 
-def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold():
+def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold(monkeypatch):
+    monkeypatch.setattr(torch, "_cslt_compress", compress_reference, raising=False)  # the ones column's self-check
     model = Block().to(torch.bfloat16)
     sites = _sites(model, *_inputs())
     assert {s.name: costly_bias_add(s) for s in sites} == {
@@ -89,6 +91,15 @@ def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold():
     # a group whose activation is pruned in Inductor's template keeps its bias add (no ones column there)
     fused = [Decision(True, "cusparselt", "block GEMM", compress="inductor") for _ in sites]
     assert not any(d.fold_bias for d in policy.fold_biases(sites, fused))
+
+
+def test_no_bias_folds_where_the_ones_column_kernel_failed_its_self_check(monkeypatch):
+    monkeypatch.setattr(cusparselt, "fast_compress_ok", lambda *args, ones_column=False, **kw: not ones_column)
+    sites = _sites(Block().to(torch.bfloat16), *_inputs())
+    folded = policy.fold_biases(sites, [Decision(True, "cusparselt", "block GEMM", compress="triton") for _ in sites])
+    assert not any(d.fold_bias for d in folded)
+    assert {s.name for s, d in zip(sites, folded) if "kernel with a ones column failed its self-check" in d.reason} == {
+        "to_q", "to_k", "to_v"}
 
 
 def _emulated_sparse_mm(operand: torch.Tensor, weight: torch.Tensor, alg_id: int) -> torch.Tensor:
@@ -109,6 +120,7 @@ FOLD_OPTIONS = {"fold_bias": True, "cost_model": False, "cudagraphs": False, "mi
 def _emulated(options: dict, patch: pytest.MonkeyPatch):
     """(model, compiled model, its reports): Block compiled on the emulated cuSPARSELt path."""
     patch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
+    patch.setattr(torch, "_cslt_compress", compress_reference, raising=False)
     patch.setattr(cusparselt, "best_alg", lambda *shape: 0)
     patch.setattr(policy, "decide", _fast_path)
     with torch.random.fork_rng(devices=[]):  # the same weights whatever ran before: margins below are per model

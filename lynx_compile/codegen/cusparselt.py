@@ -30,15 +30,23 @@ import torch
 import torch.nn.functional as F
 
 from .cusparselt_layout import probe_matrix, same_compressed
-from .prune_compress import _configs, _launch, compile_tiles, padded_rows, prune_compress
-from .reference import BIAS_COLUMNS, prune_2to4, with_ones_column
+from .prune_compress import (
+    _configs,
+    _launch,
+    compile_tiles,
+    norms_buffer,
+    padded_rows,
+    prune_compress,
+    prune_compress_with_norms,
+)
+from .reference import BIAS_COLUMNS, norm_partials, prune_2to4, with_ones_column
 
 log = logging.getLogger("lynx_compile")
 
 K = TypeVar("K", bound=Hashable)
 _LOCK = threading.Lock()
 _MEMORY: dict[str, dict[str, object]] = {"alg_timed": {}, "costs": {}}
-_SELF_CHECK: dict[tuple[str, torch.dtype, int | None], bool] = {}
+_SELF_CHECK: dict[tuple[str, torch.dtype, int | None, bool, bool], bool] = {}
 
 
 def sparse_tensor_cores_available(device: torch.device | str | None = None) -> tuple[bool, str]:
@@ -105,10 +113,20 @@ def _weight(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.T
     return torch.randn(n, k, dtype=dtype, device=device) / k**0.5
 
 
-def _compressor(device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The compression the model will run: the Triton kernel, or the exact slow path where the
-    kernel failed its self-check."""
-    return prune_compress if fast_compress_ok(device, dtype) else compress_compat
+def _compressor(device: torch.device, dtype: torch.dtype, ones_column: bool = False,
+                norms: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The compression the model will run: the Triton kernel (with a ones column, or summing the
+    norms compensation needs), or the exact slow path where that kernel failed its self-check."""
+    fast = fast_compress_ok(device, dtype, ones_column=ones_column, norms=norms)
+
+    def compress(x: torch.Tensor) -> torch.Tensor:
+        if fast:
+            return prune_compress_with_norms(x)[0] if norms else prune_compress(x, ones_column=ones_column)
+        if norms:
+            norm_partials(x)  # the slow path sums the norms in a pass of its own
+        return compress_compat(x, ones_column=ones_column)
+
+    return compress
 
 
 def _operands(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device,
@@ -271,7 +289,7 @@ class Costs:
 
 
 def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
-                  device: torch.device | str = "cuda", ones_column: bool = False) -> Costs:
+                  device: torch.device | str = "cuda", ones_column: bool = False, norms: bool = False) -> Costs:
     """Time the three parts separately (cached on disk), so that a caller can charge one
     prune+compress to all the GEMMs that share an activation (q, k, v, and FLUX's MLP input).
 
@@ -281,10 +299,11 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
     out: the dense GEMM fuses its bias, and the sparse path's add fuses into the consumer's
     pointwise kernel (GELU, gated residual) when there is one, which the dense path runs too.
     ``ones_column``: a folded bias; the compression and the sparse GEMM then have K + BIAS_COLUMNS
-    columns, the dense GEMM it replaces has K.
+    columns, the dense GEMM it replaces has K. ``norms``: compensation; the compression also sums
+    the row norms (the per-row scale of the GEMM's output is left out, like the bias add).
     """
     device = torch.device(device)
-    compress = functools.partial(_compressor(device, dtype), ones_column=ones_column)
+    compress = _compressor(device, dtype, ones_column, norms)
 
     def measure() -> list[float]:
         w, xs, cs = _operands(m, k, n, dtype, device, compress)
@@ -297,33 +316,49 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
         ms = queued_ms(lambda part, i: parts[part](i), parts, calls=4, rounds=5)
         return [ms["dense"], ms["prune"], ms["sparse_gemm"]]
 
-    key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast_compress_ok(device, dtype)}"
-    return Costs(*(float(t) for t in _cached("costs", key + (",ones_column" if ones_column else ""), measure)))
+    fast = fast_compress_ok(device, dtype, ones_column=ones_column, norms=norms)
+    key = f"{_cache_key(padded_rows(m), k, n, dtype, device)},alg={alg_id},fast={fast}"
+    key += (",ones_column" if ones_column else "") + (",norms" if norms else "")
+    return Costs(*(float(t) for t in _cached("costs", key, measure)))
 
 
-def fast_compress_ok(device: torch.device | str, dtype: torch.dtype) -> bool:
+def fast_compress_ok(device: torch.device | str, dtype: torch.dtype, *, ones_column: bool = False,
+                     norms: bool = False) -> bool:
     """Whether the Triton kernel reproduces the installed cuSPARSELt's layout on this device.
 
-    Checked once per (device, dtype, cuSPARSELt version) on an adversarial matrix (ties, zeros,
-    -0.0, NaN, inf, subnormals, rows not a multiple of 16), with every tile configuration the
-    autotuner may pick. On mismatch the caller must take the slow exact path
-    (``torch._cslt_compress(prune_2to4(x))``): never a wrong result.
+    Checked once per (device, dtype, cuSPARSELt version, kernel variant) on an adversarial matrix
+    (ties, zeros, -0.0, NaN, inf, subnormals, rows not a multiple of 16), with every tile
+    configuration the autotuner may pick. The variants with a ones column (``fold_bias``) and with
+    the norm sums (``compensate``) are kernels of their own, checked when first asked for; the norm
+    sums must equal ``norm_partials`` up to float32 summation order. On a mismatch the caller must
+    take the slow exact path (``torch._cslt_compress(prune_2to4(x))``): never a wrong result.
     """
     device = torch.device(device)
-    key = (str(device), dtype, torch.backends.cusparselt.version())
+    key = (str(device), dtype, torch.backends.cusparselt.version(), ones_column, norms)
     if key not in _SELF_CHECK:
         try:
-            x = probe_matrix(200, 528, dtype, seed=0).to(device)
-            m_pad = padded_rows(x.shape[0])
-            expected = compress_compat(x)
-            compile_tiles(x, m_pad)
-            candidates = [prune_compress(x)] + [_launch(x, m_pad, c) for c in _configs()]
-            ok = all(same_compressed(c, expected, m_pad, x.shape[1]) for c in candidates)
-            detail = "layout differs"
+            ok, detail = _self_check(probe_matrix(200, 528, dtype, seed=0).to(device), ones_column, norms)
         except Exception as e:  # a kernel that cannot run is as unusable as a wrong one
             ok, detail = False, repr(e)
         if not ok:
-            log.warning("lynx: Triton prune+compress does not match torch._cslt_compress on %s %s "
-                        "(cuSPARSELt %s): %s; using torch._cslt_compress", device, dtype, key[2], detail)
+            variant = " with a ones column" if ones_column else " with norm sums" if norms else ""
+            log.warning("lynx: Triton prune+compress%s does not match torch._cslt_compress on %s %s "
+                        "(cuSPARSELt %s): %s; using torch._cslt_compress", variant, device, dtype, key[2], detail)
         _SELF_CHECK[key] = ok
     return _SELF_CHECK[key]
+
+
+def _self_check(x: torch.Tensor, ones_column: bool, norms: bool) -> tuple[bool, str]:
+    """(ok, what differs): every tile of the kernel variant against cuSPARSELt's compression of x."""
+    m_pad = padded_rows(x.shape[0])
+    k = x.shape[1] + (BIAS_COLUMNS if ones_column else 0)
+    expected = compress_compat(x, ones_column=ones_column)
+    expected_norms = norm_partials(x) if norms else None
+    compile_tiles(x, m_pad, ones_column, norms_buffer(x) if norms else None)
+    for config in _configs():
+        sums = norms_buffer(x) if norms else None
+        if not same_compressed(_launch(x, m_pad, config, ones_column, norms=sums), expected, m_pad, k):
+            return False, f"layout differs (tile {config.kwargs})"
+        if sums is not None and not torch.allclose(sums, expected_norms, rtol=1e-5, atol=0.0, equal_nan=True):
+            return False, f"norm sums differ from norm_partials (tile {config.kwargs})"
+    return True, ""

@@ -215,8 +215,13 @@ def prune_compress_with_norms(x: torch.Tensor, rows: int | None = None) -> tuple
     """``prune_compress(x, rows)`` and, from the same pass, ``norm_partials(x)``: the sums of squares
     that norm compensation needs (``reference.scale_from_partials``), without reading x again."""
     m_pad = _padded(x, rows)
-    norms = torch.empty((2, x.shape[0], -(-x.shape[1] // NORM_CHUNK)), dtype=torch.float32, device=x.device)
+    norms = norms_buffer(x)
     return _launch(x, m_pad, _config(m_pad, x.shape[1]), norms=norms), norms
+
+
+def norms_buffer(x: torch.Tensor) -> torch.Tensor:
+    """Where the kernel writes ``norm_partials(x)``: float32 (2, M, ceil(K / NORM_CHUNK))."""
+    return torch.empty((2, x.shape[0], -(-x.shape[1] // NORM_CHUNK)), dtype=torch.float32, device=x.device)
 
 
 def _padded(x: torch.Tensor, rows: int | None) -> int:
@@ -280,11 +285,11 @@ def _launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_colu
     return out
 
 
-def compile_tiles(x: torch.Tensor, m_pad: int) -> None:
-    """Compile the kernel for every tile the autotuner may pick, side by side on threads (Triton's
-    ``AsyncCompileMode``; its compiles release the GIL), instead of one after another at the first
-    launches: 0.4-0.9 s each. Where that Triton has no async mode, or one is active, the first
-    launches compile them."""
+def compile_tiles(x: torch.Tensor, m_pad: int, ones_column: bool = False, norms: torch.Tensor | None = None) -> None:
+    """Compile the kernel (the variant that ``ones_column`` and ``norms`` select, as in ``_launch``)
+    for every tile the autotuner may pick, side by side on threads (Triton's ``AsyncCompileMode``;
+    its compiles release the GIL), instead of one after another at the first launches: 0.4-0.9 s
+    each. Where that Triton has no async mode, or one is active, the first launches compile them."""
     if importlib.util.find_spec("triton.runtime._async_compile") is None:
         return
     async_compile = importlib.import_module("triton.runtime._async_compile")
@@ -292,4 +297,4 @@ def compile_tiles(x: torch.Tensor, m_pad: int) -> None:
         return
     with ThreadPoolExecutor(len(_configs())) as pool, async_compile.AsyncCompileMode(pool):
         for config in _configs():
-            _launch(x, m_pad, config, warmup=True)
+            _launch(x, m_pad, config, ones_column, warmup=True, norms=norms)

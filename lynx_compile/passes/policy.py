@@ -54,7 +54,7 @@ def plan(sites: Sequence[GemmSite], config: LynxConfig, *, measure: bool = True,
     if not measure:
         return decisions
     decisions = [_with_alg(site, d) for site, d in zip(sites, decisions)]
-    return apply_cost_model(sites, decisions, config.min_speedup) if config.cost_model else decisions
+    return apply_cost_model(sites, decisions, config.min_speedup, config.compensate) if config.cost_model else decisions
 
 
 def within_error_budget(site: GemmSite, decision: Decision, budget: float,
@@ -100,9 +100,10 @@ def _decide_cuda(site: GemmSite, config: LynxConfig, why: str) -> Decision:
         return Decision(True, "reference", f"{why}; reference path: no 2:4 kernel for {dtype_name(site.dtype)}")
     if site.k % SPARSE_K_ALIGN or site.n % 8:
         return Decision(False, "dense", f"K={site.k}, N={site.n}: cuSPARSELt needs K % 16 == 0 and N % 8 == 0")
-    if not cusparselt.fast_compress_ok(site.device, site.dtype):  # checked once, warns once
+    if not cusparselt.fast_compress_ok(site.device, site.dtype, norms=config.compensate):  # checked once, warns once
         path, compress = "cusparselt-compat", "cusparselt"
-        why = f"{why}; compression by torch._cslt_compress (Triton layout self-check failed)"
+        kernel = "Triton kernel with norm sums" if config.compensate else "Triton layout"
+        why = f"{why}; compression by torch._cslt_compress ({kernel} self-check failed)"
     else:
         path, (compress, how) = "cusparselt", _compress_method(site, config)
         why = f"{why}; {how}"
@@ -116,13 +117,21 @@ def fold_biases(sites: Sequence[GemmSite], decisions: list[Decision]) -> list[De
     the ones column, the others keep theirs without it (FLUX's single-stream ``proj_mlp`` feeds a
     GELU: a second prune of its input costs less than its GEMM at K + 64, up to 18% slower).
     Activations pruned in Inductor's template keep their bias adds: the template writes no ones
-    column."""
+    column; nor do they fold where the Triton kernel's ones-column variant failed its self-check."""
+    from ..codegen import cusparselt
+
     out = list(decisions)
     for (_, compress, _), members in _activation_groups(sites, decisions).items():
         if compress == "inductor":
             continue
         costly = {i: costly_bias_add(sites[i]) for i in members}
         folds = [i for i in members if costly[i] and sites[i].bias is not None and sites[i].bias.op in _STORED]
+        site = sites[members[0]]
+        if folds and compress == "triton" and not cusparselt.fast_compress_ok(site.device, site.dtype, ones_column=True):
+            for i in folds:
+                out[i] = dataclasses.replace(out[i], reason=f"{out[i].reason}; bias not folded: the Triton "
+                                                            "kernel with a ones column failed its self-check")
+            continue
         for i in members:
             if i in folds:
                 note = f"bias folded into the sparse GEMM (an add would feed {costly[i]})"
@@ -154,8 +163,10 @@ def _with_alg(site: GemmSite, decision: Decision) -> Decision:
     return dataclasses.replace(decision, alg_id=cusparselt.best_alg(padded_rows(site.m), k, site.n, site.dtype, site.device))
 
 
-def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_speedup: float) -> list[Decision]:
-    """Keep dense what would not gain ``min_speedup`` from going sparse, by measured times.
+def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_speedup: float,
+                     compensate: bool = False) -> list[Decision]:
+    """Keep dense what would not gain ``min_speedup`` from going sparse, by measured times
+    (with ``compensate``, of the prune+compress that also sums the norms).
 
     GEMMs reading the same activation by the same compression share one prune+compress. In each
     such group the GEMMs whose sparse product alone gains ``min_speedup`` go sparse together if the
@@ -168,7 +179,7 @@ def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_s
     out = list(decisions)
     for members in _activation_groups(sites, decisions).values():
         costs = {i: cusparselt.measure_costs(padded_rows(sites[i].m), sites[i].k, sites[i].n, sites[i].dtype,
-                                             decisions[i].alg_id, sites[i].device, decisions[i].fold_bias)
+                                             decisions[i].alg_id, sites[i].device, decisions[i].fold_bias, compensate)
                  for i in members}
         gaining = [i for i in members if costs[i].dense_ms / costs[i].sparse_gemm_ms >= min_speedup]
         prune_ms = costs[members[0]].prune_ms  # same activation: same (M, K)

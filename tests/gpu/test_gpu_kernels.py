@@ -112,9 +112,10 @@ def test_bias_epilogue_is_per_row() -> None:
     assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
 
 
+@pytest.mark.parametrize("variant", [{}, {"ones_column": True}, {"norms": True}], ids=["plain", "ones_column", "norms"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_self_check_passes(dtype: torch.dtype) -> None:
-    assert cusparselt.fast_compress_ok(torch.device("cuda"), dtype)
+def test_self_check_passes(dtype: torch.dtype, variant: dict[str, bool]) -> None:
+    assert cusparselt.fast_compress_ok(torch.device("cuda"), dtype, **variant)
 
 
 def test_tiles_compile_side_by_side() -> None:
