@@ -1,5 +1,5 @@
 """The e2e benchmark: its timing protocol, with the GPU timing faked (whatever going second does to a
-model's time must hit both compiled models alike), and its model-side variant."""
+model's time must hit both compiled models alike), and its model-side variant; the rounding floor."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lynx_compile
-from benchmarks import e2e
+from benchmarks import e2e, rounding
 from lynx_compile import zoo
 
 
@@ -71,3 +71,11 @@ def test_qkv_variant_fuses_sd3_projections() -> None:
     names = {layer.name: layer.sparse for layer in report.layers}
     assert names["transformer_blocks.0.attn.to_qkv"] and names["transformer_blocks.0.attn.to_added_qkv"]
     assert not any(name.endswith((".to_q", ".to_k", ".to_v")) for name in names)
+
+
+def test_rounding_floor_grows_with_the_pruning_flips() -> None:
+    row = rounding.measure("dit", torch.device("cpu"))
+    assert row["dense_bf16_vs_fp32"] < 0.02 and row["compiled_bf16_vs_fp32"] < 0.02
+    assert row["pruned_bf16_vs_fp32"] > 3 * row["dense_bf16_vs_fp32"]  # flipped decisions, compounded
+    assert 0 < row["flips_first"] < row["flips_max"] < 0.5
+    assert len(row["flips"]) == row["gemms_pruned"] > 0
