@@ -24,6 +24,7 @@ import torch
 
 import lynx_compile
 from lynx_compile import prune_2to4, zoo
+from lynx_compile.codegen.reference import keep_mask_2to4
 
 from .common import meta, result_stem, write_table
 
@@ -66,7 +67,7 @@ def measure(name: str, device: torch.device) -> dict[str, object]:
     torch._dynamo.reset()
     compiled16 = zoo.sample(torch.compile(bf16.model)(**bf16.example_kwargs)).float()  # dense Inductor, default mode
     torch._dynamo.reset()
-    flips = {n: ((prune_2to4(x32[n]) != 0) ^ (prune_2to4(x16[n]) != 0)).float().mean().item() for n in names}
+    flips = {n: (keep_mask_2to4(x32[n]) ^ keep_mask_2to4(x16[n])).float().mean().item() for n in names}
     worst, first = max(flips, key=flips.get), next(iter(x32))  # x32: in the order the GEMMs ran
     return {
         "model": name, "dense_bf16_vs_fp32": _rel(dense16, dense32),
