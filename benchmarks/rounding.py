@@ -8,7 +8,7 @@ tests hold the fast path to (``tests/gpu/test_gpu_backend.py``: fast vs float32 
 1.5x of the bf16 reference's distance). Tiny builds (the GPU tests' sizes), random weights. Also the
 dense bf16 model under Inductor, which rounds fewer intermediates than eager (see the notes).
 
-    python -m benchmarks.rounding [--models flux zimage] [--device cpu]
+    python benchmarks/rounding.py [--models flux zimage] [--device cuda]    (default: cpu)
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import copy
 import dataclasses
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
-import lynx_compile
-from lynx_compile import prune_2to4, zoo
-from lynx_compile.codegen.reference import keep_mask_2to4
-
-from .common import meta, result_stem, write_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lynx_compile  # noqa: E402
+from benchmarks.common import meta, result_stem, write_table  # noqa: E402
+from lynx_compile import prune_2to4, zoo  # noqa: E402
+from lynx_compile.codegen.reference import keep_mask_2to4  # noqa: E402
 
 COLUMNS = ["model", "dense_bf16_vs_fp32", "compiled_bf16_vs_fp32", "pruned_bf16_vs_fp32", "pruning_effect", "gemms_pruned",
            "flips_first", "flips_median", "flips_max", "flips_max_layer"]
