@@ -67,7 +67,7 @@ class LynxConfig:
     fuse_producers: bool = False
     # add a GEMM's bias inside the sparse GEMM where an add in the graph would feed a norm or attention
     # (FLUX's q, k, v): a copy [W | b | 0...] of each such weight, kept current (passes/fold_bias.py). Costs
-    # that memory (shown in the report); ignored with compensate (the per-row scale must not scale the
+    # that memory (shown in the report); not with compensate (the per-row scale must not scale the
     # bias). A tie on FLUX and Wan (benchmarks/results/breakdown_*_fold, e2e_*_fold*)
     fold_bias: bool = False
     # a GEMM stays dense when pruning its input changes its own output by more than this (relative L2
@@ -103,6 +103,9 @@ class LynxConfig:
             raise TypeError(f"lynx option 'dump_graphs' must be a directory path (str), got {self.dump_graphs!r}")
         if self.path not in _PATHS:
             raise ValueError(f"lynx option 'path' must be one of {_PATHS}, got {self.path!r}")
+        if self.fold_bias and self.compensate:
+            raise ValueError("lynx options 'fold_bias' and 'compensate' cannot be combined: compensation scales "
+                             "each row of a GEMM's output, and a bias added inside the GEMM would be scaled with it")
 
     @classmethod
     def from_options(cls, options: LynxConfig | Mapping[str, Any] | None = None) -> LynxConfig:

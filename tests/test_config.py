@@ -16,6 +16,7 @@ from lynx_compile import LynxConfig
         ({"dtypes": ["float64"]}, ValueError, "unknown dtype"),
         ({"compensate": 1}, TypeError, "compensate"),
         ({"path": "fast"}, ValueError, "path"),
+        ({"fold_bias": True, "compensate": True}, ValueError, "'fold_bias' and 'compensate' cannot be combined"),
         ({"min_speedup": 0}, TypeError, "min_speedup"),
         ({"min_speedup": "1.2"}, TypeError, "min_speedup"),
         ({"max_layer_error": -0.1}, TypeError, "max_layer_error"),

@@ -49,7 +49,7 @@ def plan(sites: Sequence[GemmSite], config: LynxConfig, *, measure: bool = True,
     decisions = [decide(site, config) for site in sites]
     if config.max_layer_error is not None:
         decisions = [within_error_budget(site, d, config.max_layer_error, errors or {}) for site, d in zip(sites, decisions)]
-    if config.fold_bias and not config.compensate:  # a per-row scale must not multiply the bias
+    if config.fold_bias:  # never with compensate (LynxConfig refuses it): a per-row scale must not scale the bias
         decisions = fold_biases(sites, decisions)
     if not measure:
         return decisions
