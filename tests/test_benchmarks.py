@@ -1,5 +1,6 @@
 """The e2e benchmark: its timing protocol, with the GPU timing faked (whatever going second does to a
-model's time must hit both compiled models alike), and its model-side variant; the rounding floor."""
+model's time must hit both compiled models alike), and its model-side variant; the rounding floor; the
+linear benchmark's bound for a prune+compress pass of its own."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lynx_compile
-from benchmarks import e2e, rounding
+from benchmarks import e2e, linear, rounding
 from lynx_compile import zoo
 
 
@@ -79,3 +80,15 @@ def test_rounding_floor_grows_with_the_pruning_flips() -> None:
     assert row["pruned_bf16_vs_fp32"] > 3 * row["dense_bf16_vs_fp32"]  # flipped decisions, compounded
     assert 0 < row["flips_first"] < row["flips_max"] < 0.5
     assert len(row["flips"]) == row["gemms_pruned"] > 0
+
+
+def test_floor_bound_caps_what_a_separate_prune_pass_gives() -> None:
+    """The bound charges the sparse GEMM plus the prune at its floor: it sits between the GEMM alone and
+    the measured prune + GEMM, and its geomean row is the geomean of the rows' bounds."""
+    rows = [linear.Row("a", 4096, 3072, 3072, "bfloat16", 0.109, 0.019, 0.013, 0.078, 0.130, 0.095, 0.099, "cusparselt", 20, []),
+            linear.Row("b", 4096, 12288, 3072, "bfloat16", 0.433, 0.067, 0.052, 0.278, 0.380, 0.364, 0.372, "cusparselt", 20, [])]
+    table = linear.markdown_rows(rows, ["layer", "m", "gemm speedup", "floor bound", "no-bias speedup"])
+    for row in table[:2]:
+        assert row["no-bias speedup"] < row["floor bound"] < row["gemm speedup"]
+    assert table[0]["floor bound"] == pytest.approx(0.109 / (0.078 + 0.013))
+    assert table[2]["floor bound"] == pytest.approx((table[0]["floor bound"] * table[1]["floor bound"]) ** 0.5)
