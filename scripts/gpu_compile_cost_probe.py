@@ -2,14 +2,16 @@
 prune+compress kernel's tile configs (each compiled by the self-check and benchmarked by the
 autotuner for every new shape).
 
-1. Tiles: each of 12 candidate tiles (the autotuner's list before session 9) on the DiT
-   activation shapes; ``prune_compress._configs`` keeps the three that cover them all.
+1. Tiles: each of 12 candidate tiles (the autotuner's list before session 9), and 4 with more
+   elements per thread or more warps per row (session 17, for the H200, where the kernel is
+   further from its memory floor), on the DiT activation shapes; ``prune_compress._configs``
+   keeps the three that cover them all.
 2. Sweep: the time of its parts (the rotating operands, whose compression autotunes the kernel
    for a new shape; the quick pass over every id; the finalists), and the id it picks, for four
    shapes; then the cost model's timing of the same shape. The run in benchmarks/results/ also timed cuSPARSELt's own search, which the sweep then
    called to learn the number of ids (0.5 s for 4608 x 3072 x 12288; since replaced).
 
-    python scripts/gpu_compile_cost_probe.py OUT_DIR [--sweep-only]   # --sweep-only: part 2 into compile_sweep_probe_<gpu>.json
+    python scripts/gpu_compile_cost_probe.py OUT_DIR [--sweep-only | --tiles-only]   # one part: compile_{sweep,tiles}_probe_<gpu>.json
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ KS = [1152, 1536, 3072, 4608, 5120, 6144, 12288, 13824, 15360]
 MS = [512, 1024, 4096, 4608, 8192, 16384]
 CANDIDATES = [triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w)  # rows a divisor of the 64-row metadata tile
               for bm, bk, w in [(16, 128, 2), (16, 256, 4), (16, 512, 4), (32, 64, 2), (32, 128, 4), (32, 256, 4),
-                                (32, 512, 8), (64, 64, 4), (64, 128, 4), (64, 128, 8), (64, 256, 8), (64, 512, 16)]]
+                                (32, 512, 8), (64, 64, 4), (64, 128, 4), (64, 128, 8), (64, 256, 8), (64, 512, 16),
+                                (16, 256, 2), (16, 512, 8), (16, 1024, 8), (32, 512, 4)]]
 
 
 def tiles() -> list[dict[str, object]]:
@@ -98,6 +101,10 @@ def main() -> None:
     if "--sweep-only" in sys.argv:
         result = {"meta": meta(), "sweep": sweep()}
         result_stem(out, "compile_sweep_probe").with_suffix(".json").write_text(json.dumps(result, indent=1))
+        return
+    if "--tiles-only" in sys.argv:
+        result = {"meta": meta(), "tiles": tiles()}
+        result_stem(out, "compile_tiles_probe").with_suffix(".json").write_text(json.dumps(result, indent=1))
         return
     result = {"meta": meta(), "sweep": sweep(), "tiles": tiles()}
     result_stem(out, "compile_cost_probe").with_suffix(".json").write_text(json.dumps(result, indent=1))
