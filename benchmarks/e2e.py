@@ -7,7 +7,7 @@ inputs every call. Each case runs in a process of its own and compiles cold (fre
 Triton and lynx caches), so compile times are those of a first compile on a new machine.
 Writes benchmarks/results/e2e_<gpu>.{json,md,png}; ``--append`` adds cases to them.
 
-    python benchmarks/e2e.py --cases flux:1 flux:2 sd3:1 pixart:1 wan:1 flux:1:fused --out benchmarks/results
+    python benchmarks/e2e.py --cases flux:1 flux:2 sd3:1 sd3:2 pixart:1 pixart:2 wan:1 wan:2 flux:1:fused --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -308,7 +308,8 @@ def _case_key(row: dict[str, Any]) -> tuple[str, int, str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--cases", nargs="+", default=["flux:1", "flux:2", "sd3:1", "pixart:1", "wan:1"])
+    p.add_argument("--cases", nargs="+", default=[f"{model}:{batch}" for model in ("flux", "sd3", "pixart", "wan")
+                                                  for batch in (1, 2)])  # batch 2: classifier-free guidance
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--max-autotune", action="store_true", help="also time dense mode='max-autotune' (slow compile)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
