@@ -7,7 +7,9 @@ id (``best_alg``); and the whole lynx linear as the compiled model runs it (prun
 sparse_mm, row slice, bias add), also without the bias add: in a compiled DiT the add can fuse
 into the consumer (GELU, gated residual), a pointwise kernel the dense path runs too; and with the
 bias folded into the GEMM (option ``fold_bias``: the activation compressed with a ones column, the
-weight with the bias appended, K + BIAS_COLUMNS, its own algorithm id). All under CUDA-graph replay (at least 20
+weight with the bias appended, K + BIAS_COLUMNS, its own algorithm id). The table's `floor bound` is
+what a prune+compress pass of its own could give at best (the sparse GEMM plus the pass at its memory
+floor). All under CUDA-graph replay (at least 20
 calls per graph, median of 15 replays), after warm-up, on fresh random inputs rotated so that L2
 never holds them. A separate section measures the CPU time per call without graphs (cuSPARSELt
 plans its GEMM at every call).
