@@ -175,35 +175,30 @@ def geomean(values: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
-def floor_bound(r: Row) -> float:
-    """The most a separate prune+compress pass can give: the sparse GEMM plus that pass at its memory floor."""
-    return r.dense_ms / (r.sparse_gemm_ms + r.prune_floor_ms)
+# The table's ratios, per row and as geomeans per M. `floor bound`: the most a separate prune+compress
+# pass can give, the sparse GEMM plus that pass at its memory floor.
+RATIOS: dict[str, Callable[[Row], float]] = {
+    "prune/floor": lambda r: r.prune_ms / r.prune_floor_ms,
+    "gemm speedup": lambda r: r.dense_ms / r.sparse_gemm_ms,
+    "floor bound": lambda r: r.dense_ms / (r.sparse_gemm_ms + r.prune_floor_ms),
+    "lynx speedup": lambda r: r.dense_ms / r.lynx_ms,
+    "no-bias speedup": lambda r: r.dense_ms / r.lynx_nobias_ms,
+    "folded speedup": lambda r: r.dense_ms / r.lynx_folded_ms,
+}
+LYNX_SPEEDUPS = ("lynx speedup", "no-bias speedup", "folded speedup")  # what the cost model can keep dense
 
 
 def markdown_rows(rows: list[Row], columns: list[str]) -> list[dict[str, object]]:
     blank = dict.fromkeys(columns, "")
     out: list[dict[str, object]] = []
     for r in rows:
-        out.append({**blank, **dataclasses.asdict(r),
-                    "prune/floor": r.prune_ms / r.prune_floor_ms,
-                    "gemm speedup": r.dense_ms / r.sparse_gemm_ms,
-                    "floor bound": floor_bound(r),
-                    "lynx speedup": r.dense_ms / r.lynx_ms,
-                    "no-bias speedup": r.dense_ms / r.lynx_nobias_ms,
-                    "folded speedup": r.dense_ms / r.lynx_folded_ms})
+        out.append({**blank, **dataclasses.asdict(r), **{name: ratio(r) for name, ratio in RATIOS.items()}})
     for m in sorted({r.m for r in rows}):
         sub = [r for r in rows if r.m == m]
         out.append({**blank, "layer": "**geomean**", "m": m,
-                    "prune/floor": geomean([r.prune_ms / r.prune_floor_ms for r in sub]),
-                    "gemm speedup": geomean([r.dense_ms / r.sparse_gemm_ms for r in sub]),
-                    "floor bound": geomean([floor_bound(r) for r in sub]),
-                    "lynx speedup": geomean([r.dense_ms / r.lynx_ms for r in sub]),
-                    "no-bias speedup": geomean([r.dense_ms / r.lynx_nobias_ms for r in sub]),
-                    "folded speedup": geomean([r.dense_ms / r.lynx_folded_ms for r in sub])})
+                    **{name: geomean([ratio(r) for r in sub]) for name, ratio in RATIOS.items()}})
         out.append({**blank, "layer": "**geomean, cost model**", "m": m,
-                    "lynx speedup": geomean([max(1.0, r.dense_ms / r.lynx_ms) for r in sub]),
-                    "no-bias speedup": geomean([max(1.0, r.dense_ms / r.lynx_nobias_ms) for r in sub]),
-                    "folded speedup": geomean([max(1.0, r.dense_ms / r.lynx_folded_ms) for r in sub])})
+                    **{name: geomean([max(1.0, RATIOS[name](r)) for r in sub]) for name in LYNX_SPEEDUPS}})
     return out
 
 

@@ -98,16 +98,11 @@ def sweep() -> list[dict[str, object]]:
 
 def main() -> None:
     out = Path(sys.argv[1])
-    if "--sweep-only" in sys.argv:
-        result = {"meta": meta(), "sweep": sweep()}
-        result_stem(out, "compile_sweep_probe").with_suffix(".json").write_text(json.dumps(result, indent=1))
-        return
-    if "--tiles-only" in sys.argv:
-        result = {"meta": meta(), "tiles": tiles()}
-        result_stem(out, "compile_tiles_probe").with_suffix(".json").write_text(json.dumps(result, indent=1))
-        return
-    result = {"meta": meta(), "sweep": sweep(), "tiles": tiles()}
-    result_stem(out, "compile_cost_probe").with_suffix(".json").write_text(json.dumps(result, indent=1))
+    parts = {"sweep": sweep, "tiles": tiles}
+    modes = {"--sweep-only": ("compile_sweep_probe", ["sweep"]), "--tiles-only": ("compile_tiles_probe", ["tiles"])}
+    stem, wanted = next((modes[flag] for flag in modes if flag in sys.argv), ("compile_cost_probe", list(parts)))
+    result = {"meta": meta(), **{name: parts[name]() for name in wanted}}
+    result_stem(out, stem).with_suffix(".json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
