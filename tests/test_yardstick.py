@@ -14,10 +14,38 @@ from torch import nn
 
 from benchmarks.quality import train_yardstick
 from lynx_compile.yardstick import (
-    COLOURS, EVALUATOR_PATH, FEATURES, HEADS, PALETTE, POSITIONS, SHAPES, SIZES, TEXT_LENGTH, TINY_OVERRIDES,
-    WEIGHTS_DIR, BACKGROUNDS, Evaluator, Obj, Scene, Tokenizer, accuracy, adherence, adherence_per_image, augment,
-    build_pipeline, caption, frechet_distance, labels, load_evaluator, load_pipeline, parse_caption, predict,
-    recognised, render, sample_scenes, save_pipeline,
+    BACKGROUNDS,
+    COLOURS,
+    EVALUATOR_PATH,
+    FEATURES,
+    HEADS,
+    PALETTE,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    TEXT_LENGTH,
+    TINY_OVERRIDES,
+    WEIGHTS_DIR,
+    Evaluator,
+    Obj,
+    Scene,
+    Tokenizer,
+    accuracy,
+    adherence,
+    adherence_per_image,
+    augment,
+    build_pipeline,
+    caption,
+    frechet_distance,
+    labels,
+    load_evaluator,
+    load_pipeline,
+    parse_caption,
+    predict,
+    recognised,
+    render,
+    sample_scenes,
+    save_pipeline,
 )
 from lynx_compile.yardstick.scenes import CELL, GRID, IGNORE
 
@@ -66,9 +94,11 @@ def test_tokenizer_empty_caption_and_errors() -> None:
         tok.encode(", ".join(["a small red circle top"] * 5))
 
 
-@pytest.mark.parametrize("text", ["", "plain background", "a small red circle top", "a red circle top, plain background",
-                                  "a small red circle middle, plain background", "a small red circle top, plain",
-                                  "a small red circle top, a large red square top, plain background"])
+@pytest.mark.parametrize("text", [
+    "", "plain background", "a small red circle top", "a red circle top, plain background",
+    "a small red circle middle, plain background", "a small red circle top, plain",
+    "a small red circle top, a large red square top, plain background",
+])
 def test_parse_caption_rejects_malformed(text: str) -> None:
     with pytest.raises(ValueError):
         parse_caption(text)
@@ -185,8 +215,9 @@ def test_frechet_distance_identical_sets_is_zero() -> None:
 
 def test_frechet_distance_known_gaussians() -> None:
     # diagonal covariances: |mu_a - mu_b|^2 + sum (sigma_a - sigma_b)^2
-    mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0], dtype=torch.float64), torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
-    var_a, var_b = torch.tensor([1.0, 4.0, 0.25], dtype=torch.float64), torch.tensor([9.0, 1.0, 0.25], dtype=torch.float64)
+    f64 = {"dtype": torch.float64}
+    mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0], **f64), torch.tensor([1.0, 1.0, 0.0], **f64)
+    var_a, var_b = torch.tensor([1.0, 4.0, 0.25], **f64), torch.tensor([9.0, 1.0, 0.25], **f64)
     expected = (mu_a - mu_b).square().sum() + (var_a.sqrt() - var_b.sqrt()).square().sum()  # 5 + 4 + 1 = 10
     a, b = _exact_moments(mu_a, torch.diag(var_a)), _exact_moments(mu_b, torch.diag(var_b), seed=1)
     assert frechet_distance(a, b) == pytest.approx(expected.item(), rel=1e-9)
@@ -399,6 +430,38 @@ def test_train_script_tiny_writes_every_artefact(tmp_path, capsys) -> None:
     assert load_evaluator(out / "evaluator.safetensors").accuracy.keys() == HEADS.keys()
     assert len(json.loads((out / "train_log.json").read_text())["loss"]) == 2
     assert "python -m benchmarks.quality.train_yardstick --device cpu --tiny" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_train_script_compile_failure_falls_back_and_checkpoints(tmp_path, monkeypatch, caplog) -> None:
+    """A torch.compile that fails on the first step: a warning, then eager; --save-every-minutes 0 saves
+    the EMA weights after every step (a killed run keeps its last one)."""
+    def broken_compile(fn):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("no compiler here")
+        return compiled
+
+    def load(out, **kwargs):  # nothing was written: a fresh tiny pipeline with the last record saved
+        pipe = build_pipeline(config_overrides=TINY_OVERRIDES)
+        pipe.record = saves[-1]
+        return pipe
+
+    saves: list[dict] = []
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(train_yardstick, "save_pipeline", lambda pipe, out: saves.append(dict(pipe.record)))
+    monkeypatch.setattr(train_yardstick, "load_pipeline", load)
+    with caplog.at_level("WARNING"):
+        result = train_yardstick.main(["--device", "cpu", "--tiny", "--steps", "3", "--evaluator-steps", "1",
+                                       "--compile", "--save-every-minutes", "0", "--out", str(tmp_path)])
+    assert "torch.compile of the training step failed (RuntimeError: no compiler here)" in caplog.text
+    # every step, the end of training, then the evaluated pipeline
+    assert [(r["steps"], r["complete"]) for r in saves] == [(1, False), (2, False), (3, False), (3, False), (3, True)]
+    assert not result["record"]["compiled"]
+
+
+def test_train_script_rejects_bad_arguments(capsys) -> None:
+    with pytest.raises(SystemExit):
+        train_yardstick.parse_args(["--steps", "0"])
+    assert "--steps must be at least 1" in capsys.readouterr().err
 
 
 def test_adaln_zero_init_makes_the_output_zero() -> None:

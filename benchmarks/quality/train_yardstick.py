@@ -41,9 +41,29 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from lynx_compile.yardstick import (
-    HEADS, IGNORE, TINY_OVERRIDES, TRANSFORMER_CONFIG, WEIGHTS_DIR, Evaluator, Scene, TextEncoder, YardstickPipeline,
-    accuracy, adherence, augment, build_pipeline, caption, features, frechet_distance, labels, load_pipeline, predict,
-    render, sample_scenes, save_evaluator, save_pipeline,
+    HEADS,
+    IGNORE,
+    TINY_OVERRIDES,
+    TRANSFORMER_CONFIG,
+    WEIGHTS_DIR,
+    Evaluator,
+    Scene,
+    TextEncoder,
+    YardstickPipeline,
+    accuracy,
+    adherence,
+    augment,
+    build_pipeline,
+    caption,
+    features,
+    frechet_distance,
+    labels,
+    load_pipeline,
+    predict,
+    render,
+    sample_scenes,
+    save_evaluator,
+    save_pipeline,
 )
 
 log = logging.getLogger(__name__)
@@ -88,7 +108,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (eager if it fails)")
     p.add_argument("--tiny", action="store_true", help="1 layer, 1 head, a few eval captions and steps (CPU tests)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("batch", "steps", "evaluator_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.minutes <= 0 or args.save_every_minutes < 0:
+        p.error("--minutes must be positive and --save-every-minutes not negative")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -110,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "command": " ".join([COMMAND, *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
               "transformer_config": {**TRANSFORMER_CONFIG, **(TINY_OVERRIDES if args.tiny else {})},
               "evaluator_accuracy": evaluator_acc["clean"],
-              "hyperparameters": {"lr": args.lr, "warmup_steps": args.warmup, "betas": [0.9, 0.99], "weight_decay": 0.0,
-                                  "grad_clip": 1.0, "ema_decay": args.ema_decay, "caption_dropout": args.caption_dropout,
+              "hyperparameters": {"lr": args.lr, "warmup_steps": args.warmup, "betas": [0.9, 0.99],
+                                  "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": args.ema_decay,
+                                  "caption_dropout": args.caption_dropout,
                                   "autocast": "bf16" if device.type == "cuda" else "none (float32)"}}
     train = train_yardstick(args, budget, batch, device, record)
 
@@ -127,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                "total_s": time.perf_counter() - started, "step_ms": 1e3 * train["seconds"] / max(train["steps"], 1)}
     _save_grid(samples, args.out / "samples.png")
     _plot_loss(train["losses"], args.out / "loss.png")
-    (args.out / "train_log.json").write_text(json.dumps(
-        {"loss": train["losses"], "evaluator_loss": evaluator_losses, "timings": timings, "budget": asdict(budget)}) + "\n")
+    log_json = {"loss": train["losses"], "evaluator_loss": evaluator_losses, "timings": timings,
+                "budget": asdict(budget)}
+    (args.out / "train_log.json").write_text(json.dumps(log_json) + "\n")
     (args.out / "MODEL_CARD.md").write_text(model_card(pipe, evaluator, budget, timings, scenes))
 
     print(_summary(pipe.record, evaluation, timings, args.out))
@@ -244,18 +272,19 @@ def train_yardstick(args: argparse.Namespace, budget: Budget, batch: int, device
         ema.copy_to(ema_params)
         tail = losses[-200:]
         ema_pipe.record = {**record, "steps": step, "final_loss": sum(tail) / max(len(tail), 1),
-                           "minutes": (time.perf_counter() - started) / 60, "compiled": step_fn is not flow_matching_loss,
-                           "complete": complete}
+                           "minutes": (time.perf_counter() - started) / 60,
+                           "compiled": step_fn is not flow_matching_loss, "complete": complete}
         save_pipeline(ema_pipe, args.out)
 
     started = last_save = time.perf_counter()
     limit = args.minutes * 60
     bar = tqdm(total=args.steps, desc="yardstick", unit="step", mininterval=_bar_interval())
     transformer.train()
-    while (args.steps is None or step < args.steps) and time.perf_counter() - started < limit:
+    while step == 0 or ((args.steps is None or step < args.steps) and time.perf_counter() - started < limit):
         scenes = sample_scenes(batch, data)
         drop = (torch.rand(batch, generator=data) < args.caption_dropout).tolist()
-        ids = tokenizer.encode(["" if d else caption(s) for s, d in zip(scenes, drop)]).to(device, non_blocking=True)
+        captions = ["" if d else caption(s) for s, d in zip(scenes, drop, strict=True)]
+        ids = tokenizer.encode(captions).to(device, non_blocking=True)
         x0 = render(scenes, pixels, device)
         noise = torch.randn(x0.shape, generator=noise_gen, device=device)
         sigma = torch.sigmoid(torch.randn(batch, generator=noise_gen, device=device))
@@ -422,7 +451,8 @@ def _save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
     grid = torch.ones(rows * columns, 3, h, w)
     grid[:n] = images.float().cpu()
     grid = grid.view(rows, columns, 3, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, columns * w, 3)
-    Image.fromarray((grid * 255).round().byte().numpy()).resize((columns * w * 2, rows * h * 2), Image.NEAREST).save(path)
+    image = Image.fromarray((grid * 255).round().byte().numpy())
+    image.resize((columns * w * 2, rows * h * 2), Image.NEAREST).save(path)
 
 
 def _plot_loss(losses: Sequence[float], path: Path, width: int = 900, height: int = 420) -> None:

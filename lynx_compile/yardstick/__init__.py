@@ -14,16 +14,52 @@ trained files live in ``weights/``.
 """
 
 from .evaluator import (
-    ARCHITECTURE, EVALUATOR_PATH, FEATURES, HEADS, Evaluator, accuracy, adherence, adherence_per_image, augment,
-    features, frechet_distance, load_evaluator, predict, recognised, save_evaluator,
+    ARCHITECTURE,
+    EVALUATOR_PATH,
+    FEATURES,
+    HEADS,
+    Evaluator,
+    accuracy,
+    adherence,
+    adherence_per_image,
+    augment,
+    features,
+    frechet_distance,
+    load_evaluator,
+    predict,
+    recognised,
+    save_evaluator,
 )
 from .model import (
-    SCHEDULER_CONFIG, TINY_OVERRIDES, TRANSFORMER_CONFIG, WEIGHTS_DIR, TextEncoder, YardstickPipeline, build_pipeline,
-    load_pipeline, save_pipeline,
+    SCHEDULER_CONFIG,
+    TINY_OVERRIDES,
+    TRANSFORMER_CONFIG,
+    WEIGHTS_DIR,
+    TextEncoder,
+    YardstickPipeline,
+    build_pipeline,
+    load_pipeline,
+    save_pipeline,
 )
 from .scenes import (
-    BACKGROUNDS, COLOURS, IGNORE, IMAGE_SIZE, PALETTE, POSITIONS, SHAPES, SIZES, TEXT_LENGTH, VOCAB, Obj, Scene,
-    Tokenizer, caption, labels, parse_caption, render, sample_scenes,
+    BACKGROUNDS,
+    COLOURS,
+    IGNORE,
+    IMAGE_SIZE,
+    PALETTE,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    TEXT_LENGTH,
+    VOCAB,
+    Obj,
+    Scene,
+    Tokenizer,
+    caption,
+    labels,
+    parse_caption,
+    render,
+    sample_scenes,
 )
 
 __all__ = [

@@ -9,6 +9,7 @@ renderer's images (an FID in miniature, with this evaluator standing in for Ince
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,7 +51,7 @@ class Evaluator(nn.Module):
             _conv(64, 96, 2), _conv(96, 96), nn.Conv2d(96, 32, 1), nn.Flatten(),
         )
         self.embed = nn.Sequential(nn.Linear(32 * 8 * 8, FEATURES), nn.GELU())
-        self.heads = nn.ModuleDict({name: nn.Linear(FEATURES, torch.Size(shape).numel()) for name, shape in HEADS.items()})
+        self.heads = nn.ModuleDict({name: nn.Linear(FEATURES, math.prod(shape)) for name, shape in HEADS.items()})
         self.accuracy: dict[str, float] = {}  # measured on fresh images when trained (saved beside the weights)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -150,7 +150,8 @@ class YardstickPipeline:
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
                                "pooled_prompt_embeds": pooled_prompt_embeds}
-                    outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                    requested = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, i, t, requested)
                     latents = outputs.pop("latents", latents)
                     prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
                     pooled_prompt_embeds = outputs.pop("pooled_prompt_embeds", pooled_prompt_embeds)
@@ -196,7 +197,8 @@ def build_pipeline(seed: int = 0, config_overrides: Mapping[str, Any] | None = N
         torch.manual_seed(seed)
         transformer = SD3Transformer2DModel(**config)
         text_encoder = TextEncoder(len(VOCAB), config["joint_attention_dim"], TEXT_LENGTH)
-    pipe = YardstickPipeline(transformer, text_encoder, Tokenizer(), FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
+    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    pipe = YardstickPipeline(transformer, text_encoder, Tokenizer(), scheduler)
     return pipe.to(device=device, dtype=dtype)
 
 
@@ -245,6 +247,7 @@ def load_pipeline(directory: str | os.PathLike | None = None, device: torch.devi
                                                         low_cpu_mem_usage=False)
     text_encoder = TextEncoder(len(VOCAB), meta["text_width"], TEXT_LENGTH)
     text_encoder.load_state_dict(load_file(directory / "text_encoder.safetensors"))
-    pipe = YardstickPipeline(transformer, text_encoder, Tokenizer(), FlowMatchEulerDiscreteScheduler(**meta["scheduler"]),
-                             meta["default_guidance_scale"], meta["record"])
+    scheduler = FlowMatchEulerDiscreteScheduler(**meta["scheduler"])
+    pipe = YardstickPipeline(transformer, text_encoder, Tokenizer(), scheduler, meta["default_guidance_scale"],
+                             meta["record"])
     return pipe.to(device=device, dtype=dtype)

@@ -152,7 +152,7 @@ def labels(scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
     """The evaluator's targets, per cell (in POSITIONS' order): ``shape`` 0 = empty, 1..4; ``colour``,
     ``size`` (IGNORE where empty); per image ``background``."""
     cells = [[(0, IGNORE, IGNORE)] * (GRID * GRID) for _ in scenes]
-    for row, scene in zip(cells, scenes):
+    for row, scene in zip(cells, scenes, strict=True):
         for o in scene.objects:
             row[_INDEX[o.position]] = (_INDEX[o.shape] + 1, _INDEX[o.colour], _INDEX[o.size])
     shape, colour, size = torch.tensor(cells, dtype=torch.long).reshape(len(scenes), GRID * GRID, 3).unbind(-1)
@@ -205,7 +205,8 @@ def _sdf(shape: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tenso
     diamond = (ax + ay - r * DIAMOND_RADIUS) / math.sqrt(2)
     triangle = _triangle(ax, -dy, r * TRIANGLE_HALF_SIDE)
     select = shape.view(-1, 1, 1)
-    return torch.where(select == 0, circle, torch.where(select == 1, square, torch.where(select == 2, triangle, diamond)))
+    return torch.where(select == 0, circle,
+                       torch.where(select == 1, square, torch.where(select == 2, triangle, diamond)))
 
 
 def _triangle(px: torch.Tensor, py: torch.Tensor, half_side: torch.Tensor) -> torch.Tensor:
