@@ -1,4 +1,5 @@
-"""Option ``max_layer_error``: GEMMs whose own pruning error, measured at compile time, is over the budget stay dense."""
+"""Option ``max_layer_error``: GEMMs whose own pruning error, measured at compile time, is over the budget
+stay dense."""
 
 import logging
 
@@ -12,9 +13,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lynx_compile
 from lynx_compile import backend
-from lynx_compile.accuracy import PruningError
 from lynx_compile.config import LynxConfig
 from lynx_compile.passes import policy
+from lynx_compile.passes.errors import PruningError
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def toy_sites():
 def test_layers_over_the_budget_stay_dense_and_report_their_error():
     model = Toy().eval()
     x, t = _inputs()
-    errors = {layer.name: layer.rel_err for layer in lynx_compile.inspect(model, x, t, options=OPTS).layers if layer.sparse}
+    report = lynx_compile.inspect(model, x, t, options=OPTS)
+    errors = {layer.name: layer.rel_err for layer in report.layers if layer.sparse}
     budget = sorted(errors.values())[len(errors) // 2]
     torch._dynamo.reset()
     with torch.no_grad():

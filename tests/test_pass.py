@@ -1,13 +1,15 @@
 """The lynx pass on toy models: what it matches, what it leaves, and that compiled == eager-pruned."""
 
+import functools
 import logging
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import lynx_compile
-from lynx_compile import prune_2to4, prune_2to4_compensated
+from lynx_compile import backend, prune_2to4, prune_2to4_compensated
 
 OPTS = {"min_rows": 16}
 
@@ -103,6 +105,7 @@ def test_compiled_equals_eager_pruned_and_differs_from_dense(toy):
     assert _rel(out, _reference(model, set(), x, t)) > 1e-2
 
 
+@pytest.mark.slow
 def test_changed_batch_and_resolution_recompile_correctly(toy):
     model, compiled, _, _ = toy
     for batch, tokens in ((3, 24), (2, 40)):
@@ -130,7 +133,7 @@ def test_inspect_reports_errors_and_totals():
     r = lynx_compile.inspect(model, x, t, options=OPTS)
     for layer in r.layers:
         assert 0 < layer.rel_err < 1 and 0 < layer.energy_pruned < 0.5
-    assert r.total_flops == sum(2 * l.m * l.k * l.n for l in r.layers)
+    assert r.total_flops == sum(2 * layer.m * layer.k * layer.n for layer in r.layers)
     assert 0 < r.sparse_share < 1
     data = r.to_dict()
     assert data["totals"]["sparse_gemms"] == 6 and len(data["layers"]) == 9
@@ -151,6 +154,7 @@ def test_inspect_error_is_the_layer_error():
     assert layer.energy_pruned == pytest.approx(energy, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_compensation_matches_the_documented_formula():
     model = Toy().eval()
     x, t = _inputs()
@@ -180,7 +184,7 @@ def test_graph_breaks_each_graph_is_sparsified():
         out = torch.compile(model, backend="lynx", options=OPTS)(x)
         want = model.b(prune_2to4(torch.relu(model.a(prune_2to4(x)))))
     new = lynx_compile.reports()[before:]
-    assert [l.name for r in new for l in r.layers] == ["a", "b"]
+    assert [layer.name for r in new for layer in r.layers] == ["a", "b"]
     assert _rel(out, want) < 1e-5
 
 
@@ -207,8 +211,6 @@ def test_autograd_graphs_fall_back_to_dense_with_a_warning(caplog):
 
 
 def test_cpu_reference_path_is_logged_once(caplog, monkeypatch):
-    from lynx_compile import backend
-
     monkeypatch.setattr(backend, "_LOGGED_REFERENCE", set())
     with caplog.at_level(logging.WARNING, logger="lynx_compile"), torch.no_grad():
         for n in (32, 16):
@@ -239,3 +241,33 @@ def test_gemms_sharing_an_input_prune_it_once_and_graphs_are_dumped(tmp_path):
     assert before.read_text().count("torch._C._nn.linear") == 3
     after_code = after.read_text()
     assert after_code.count("prune_2to4(") == 1 and after_code.count("reference_linear(") == 3
+
+
+class ScaledAttention(nn.Module):
+    """A float attribute given to an op: with ``dynamic=True`` Dynamo makes it a symbolic float, fails
+    to turn it into a tensor and restarts its analysis (DiT's attention does this), so the backend
+    compiles the frame twice and only the second graph runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.scale = nn.Linear(32, 32), 0.125
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.qkv(x).unflatten(-1, (2, 16)).transpose(1, 2)
+        return F.scaled_dot_product_attention(h, h, h, scale=self.scale)
+
+
+def test_a_compile_dynamo_discards_leaves_no_report():
+    compiles, runs = [], []
+
+    def counting(gm, example_inputs):
+        compiles.append(gm)
+        compiled = backend.lynx_backend(gm, example_inputs, options=OPTS)
+        return functools.wraps(compiled)(lambda *args: runs.append(gm) or compiled(*args))
+
+    torch._dynamo.reset()
+    before = len(lynx_compile.reports())
+    with torch.no_grad():
+        torch.compile(ScaledAttention().eval(), backend=counting, dynamic=True)(torch.randn(2, 24, 32))
+    assert len(compiles) == 2 and len(set(runs)) == 1  # the analysis restarted: one graph of two ran
+    assert len(lynx_compile.reports()) - before == 1

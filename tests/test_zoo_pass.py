@@ -1,4 +1,7 @@
-"""The lynx pass on every zoo architecture (tiny configs, real diffusers classes), CPU reference path."""
+"""The lynx pass on every zoo architecture (tiny configs, real diffusers classes), CPU reference path.
+
+A whole-model compile takes 20-90 s on two cores: the default run compiles one model per block
+family (DiT: single-stream blocks; FLUX: double- and single-stream blocks), ``-m slow`` the others."""
 
 import re
 
@@ -9,6 +12,7 @@ import lynx_compile
 from lynx_compile import prune_2to4, zoo
 
 OPTS = {"min_rows": 32}  # tiny models: 64-224 image tokens, 8 text tokens, batch 2
+DEFAULT_RUN = ("dit", "flux")
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -28,7 +32,8 @@ def _eager(built: zoo.ZooModel, pruned: set[str]) -> torch.Tensor:
             h.remove()
 
 
-@pytest.fixture(scope="module", params=zoo.ZOO_NAMES)
+@pytest.fixture(scope="module", params=[n if n in DEFAULT_RUN else pytest.param(n, marks=pytest.mark.slow)
+                                        for n in zoo.ZOO_NAMES])
 def compiled(request):
     """One lynx compile per architecture, shared by the tests below."""
     built = zoo.build(request.param, batch=2)
@@ -55,7 +60,7 @@ MODULATION = re.compile(ADALN.pattern + r"|norm1\.emb\.")  # and DiT's per-block
 
 
 def test_report_block_gemms_sparse_embedders_modulation_output_dense(compiled):
-    built, _, layers = compiled
+    _, _, layers = compiled
     for layer in layers:
         in_block = bool(BLOCK.search(layer.name)) and not MODULATION.search(layer.name)
         if in_block and layer.m >= OPTS["min_rows"]:
