@@ -74,7 +74,7 @@ class Row:
     per_block_lynx_ms: float
 
 
-def _call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
+def call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
     """CUDA-event time per call of ``calls`` back-to-back calls, after a synchronisation."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.compiler.cudagraph_mark_step_begin()  # a new generation of the CUDA-graph tree per timing
@@ -87,7 +87,7 @@ def _call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
     return start.elapsed_time(end) / calls
 
 
-def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int | None = 10) -> dict[str, float]:
+def time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int | None = 10) -> dict[str, float]:
     """Per model: the median single call, and (``key_loop``) the per-call time of ``loop`` calls back
     to back (as in a denoising loop, where the CPU's launch work overlaps the previous call's
     kernels; ``loop=None``: single calls only). Every single call is timed before any loop: on an
@@ -102,7 +102,7 @@ def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int | N
         for i in range(runs + runs % 2 + 2):
             kwargs = make_inputs()
             for key, fn in turns if i % 2 == 0 else reversed(turns):
-                ms = _call_ms(fn, kwargs, calls)
+                ms = call_ms(fn, kwargs, calls)
                 if i >= 2:
                     times.setdefault(f"{key}{suffix}", []).append(ms)
     return {k: statistics.median(v) for k, v in times.items()}
@@ -170,7 +170,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
         return torch.compile(model, backend="lynx", options=options)
 
     with torch.no_grad(), tempfile.TemporaryDirectory() as root:
-        eager_ms = _time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=None)["eager"]
+        eager_ms = time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=None)["eager"]
         # Every compile starts cold (a dense compile before would warm the next one's Inductor and
         # Triton caches). Lynx first: its recompile after torch._dynamo.reset() (caches warm) drops
         # every compiled model of the process.
@@ -190,7 +190,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
             with cold_caches(root):
                 fns["max_autotune"], _, max_autotune_compile_s = timed_compile(
                     lambda: torch.compile(model, mode="max-autotune"), kwargs0)
-        ms = _time_interleaved(fns, make_inputs, runs)
+        ms = time_interleaved(fns, make_inputs, runs)
         del fns, dense, lynx
     rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     depth = spec["depth"]

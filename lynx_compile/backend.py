@@ -191,7 +191,7 @@ def _inductor_patches(mode: str | None, config: LynxConfig, on_cuda: bool) -> di
     GEMM dense get graphs too, so they run as fast as ``mode="reduce-overhead"``, not slower.
     """
     user_pass = torch._inductor.config.post_grad_custom_post_pass
-    patches: dict[str, Any] = {"post_grad_custom_post_pass": _KeyedOnLynx(user_pass)}
+    patches: dict[str, Any] = {"post_grad_custom_post_pass": KeyedOnLynx(user_pass)}
     if mode not in (None, "default"):
         patches.update(torch._inductor.list_mode_options(mode))
     elif config.cudagraphs and on_cuda:
@@ -201,7 +201,7 @@ def _inductor_patches(mode: str | None, config: LynxConfig, on_cuda: bool) -> di
     return patches
 
 
-class _KeyedOnLynx(CustomGraphPass):
+class KeyedOnLynx(CustomGraphPass):
     """Runs the user's own post-grad passes, if any, and puts lynx's code into Inductor's cache key.
 
     Inductor's FX graph cache keys on the graph, its config and custom passes' ``uuid``, not on the

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import gemm_sites, rel
 
 import lynx_compile
 from lynx_compile import GemmPath, PruneSite, ops
@@ -21,7 +22,7 @@ from lynx_compile.codegen.cusparselt_layout import compress_reference, compresse
 from lynx_compile.passes import legality
 from lynx_compile.passes.decision import Decision, activation_groups
 from lynx_compile.passes.fold_bias import FoldedWeights, costly_bias_add, fold_biases
-from lynx_compile.passes.gemms import GemmSite, find_gemms
+from lynx_compile.passes.gemms import GemmSite
 from lynx_compile.semantics import (
     BIAS_COLUMNS,
     compensation_scale,
@@ -62,22 +63,12 @@ def _inputs(d: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
             torch.randn(2, 1, d, generator=g, dtype=torch.bfloat16))
 
 
-def _sites(model: nn.Module, *args: torch.Tensor):
-    found = []
-
-    def backend(gm, example_inputs):
-        found.extend(find_gemms(gm))
-        return gm.forward
-
-    torch._dynamo.reset()
-    torch.compile(model, backend=backend)(*args)
-    return found
 
 
 def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold(monkeypatch):
     monkeypatch.setattr(torch, "_cslt_compress", compress_reference, raising=False)  # the ones column's self-check
     model = Block().to(torch.bfloat16)
-    sites = _sites(model, *_inputs())
+    sites = gemm_sites(model, *_inputs())
     assert {s.name: costly_bias_add(s) for s in sites} == {
         "to_q": "rms_norm", "to_k": "scaled_dot_product_attention", "to_v": "scaled_dot_product_attention",
         "to_out": None, "fc1": None, "fc2": None}
@@ -96,7 +87,7 @@ def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold(monkeypatch):
 
 def test_no_bias_folds_where_the_ones_column_kernel_failed_its_self_check(monkeypatch):
     monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, ones_column=False, **kw: not ones_column)
-    sites = _sites(Block().to(torch.bfloat16), *_inputs())
+    sites = gemm_sites(Block().to(torch.bfloat16), *_inputs())
     folded = fold_biases(sites, [FAST] * len(sites))
     assert not any(d.fold_bias for d in folded)
     assert {s.name for s, d in zip(sites, folded) if "kernel with a ones column failed its self-check" in d.reason} == {
@@ -155,8 +146,6 @@ def _eager_pruned(model: Block, x: torch.Tensor, scale: torch.Tensor, prune=prun
             h.remove()
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def test_a_folded_gemm_adds_its_bias_to_rounding_level(monkeypatch):
@@ -164,7 +153,7 @@ def test_a_folded_gemm_adds_its_bias_to_rounding_level(monkeypatch):
     x, w, b = (torch.randn(*shape, dtype=torch.bfloat16) for shape in ((80, 64), (48, 64), (48,)))
     folded = with_bias_column(w, b)
     y = ops.sparse_linear(ops.compress_activation(x, PruneSite.TRITON.value, ones_column=True), x, folded, alg_id=0)
-    assert _rel(y, F.linear(prune_2to4(x).float(), w.float(), b.float())) < 1e-2
+    assert rel(y, F.linear(prune_2to4(x).float(), w.float(), b.float())) < 1e-2
 
 
 def test_folded_model_equals_the_pruned_model_and_reports_the_folds(folded_model):
@@ -174,8 +163,8 @@ def test_folded_model_equals_the_pruned_model_and_reports_the_folds(folded_model
         out = compiled(x, scale)
     # not rounding level: eager rounds q before the bias add, the GEMM after it, and such differences
     # flip near-ties in the next layer's pruning (the GEMM itself: the test above)
-    assert _rel(out, _eager_pruned(model, x, scale)) < 5e-2
-    assert _rel(out, model(x, scale)) > 5e-2  # pruning ran
+    assert rel(out, _eager_pruned(model, x, scale)) < 5e-2
+    assert rel(out, model(x, scale)) > 5e-2  # pruning ran
     layers = {layer.name: layer for r in reports for layer in r.layers}
     assert {n for n, layer in layers.items() if layer.bias_folded} == {"to_q", "to_k", "to_v"}
     assert "bias folded into the sparse GEMM (an add would feed rms_norm)" in layers["to_q"].reason
@@ -218,7 +207,7 @@ def test_a_compensated_gemm_scales_its_rows_to_rounding_level(monkeypatch):
     y = ops.sparse_linear(compressed, x, w, alg_id=0, scale=scale)
     pruned = prune_2to4(x)
     expected = (pruned.float() * compensation_scale(x, pruned)[:, None]) @ w.float().t()
-    assert _rel(y, expected) < 1e-2
+    assert rel(y, expected) < 1e-2
 
 
 def test_compensated_model_takes_its_norms_from_the_prune_kernel():
@@ -239,6 +228,6 @@ def test_compensated_model_takes_its_norms_from_the_prune_kernel():
     assert calls == ["prune_compress_with_norms"] * 6
     assert all(layer.sparse and layer.path == "cusparselt" for r in reports for layer in r.layers)
     # near-tie flips, as in the folded model above; the compensation itself is checked just above
-    assert _rel(out, _eager_pruned(model, x, scale, prune=prune_2to4_compensated)) < 5e-2
-    compensated = _rel(out, _eager_pruned(model, x, scale, prune_2to4_compensated))
-    assert _rel(out, _eager_pruned(model, x, scale)) > 2 * compensated
+    assert rel(out, _eager_pruned(model, x, scale, prune=prune_2to4_compensated)) < 5e-2
+    compensated = rel(out, _eager_pruned(model, x, scale, prune_2to4_compensated))
+    assert rel(out, _eager_pruned(model, x, scale)) > 2 * compensated

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import rel
 
 import lynx_compile
 from lynx_compile import backend, prune_2to4, prune_2to4_compensated
@@ -53,13 +54,11 @@ class Toy(nn.Module):
         return self.proj_out(self.pre("proj_out", h))
 
 
-def _inputs(batch: int = 2, tokens: int = 24, d: int = 32, seed: int = 0):
+def toy_inputs(batch: int = 2, tokens: int = 24, d: int = 32, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, tokens, d, generator=g), torch.randn(batch, d, generator=g)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,7 @@ def toy():
     model = Toy().eval()
     with torch.no_grad():
         compiled = torch.compile(model, backend="lynx", options=OPTS)
-        x, t = _inputs()
+        x, t = toy_inputs()
         out = compiled(x, t)
     return model, compiled, out, lynx_compile.reports()[-1]
 
@@ -86,7 +85,7 @@ def test_finds_every_weight_gemm_and_names_them(toy):
     assert report.layer("ff.2").k == 64 and report.layer("ff.2").m == 48 and report.layer("ff.2").n == 32
 
 
-def _reference(model: Toy, pruned: set[str], *args, compensated: bool = False) -> torch.Tensor:
+def toy_reference(model: Toy, pruned: set[str], *args, compensated: bool = False) -> torch.Tensor:
     model.pruned, model.compensated = pruned, compensated
     try:
         with torch.no_grad():
@@ -100,24 +99,24 @@ SPARSE = {"qkv", "w_out", "w_t", "b_mm", "ff.0", "ff.2"}  # b_mm's weight is the
 
 def test_compiled_equals_eager_pruned_and_differs_from_dense(toy):
     model, _, out, _ = toy
-    x, t = _inputs()
-    assert _rel(out, _reference(model, SPARSE, x, t)) < 1e-5
-    assert _rel(out, _reference(model, set(), x, t)) > 1e-2
+    x, t = toy_inputs()
+    assert rel(out, toy_reference(model, SPARSE, x, t)) < 1e-5
+    assert rel(out, toy_reference(model, set(), x, t)) > 1e-2
 
 
 @pytest.mark.slow
 def test_changed_batch_and_resolution_recompile_correctly(toy):
     model, compiled, _, _ = toy
     for batch, tokens in ((3, 24), (2, 40)):
-        x, t = _inputs(batch, tokens, seed=batch + tokens)
+        x, t = toy_inputs(batch, tokens, seed=batch + tokens)
         with torch.no_grad():
             out = compiled(x, t)
-        assert _rel(out, _reference(model, SPARSE, x, t)) < 1e-5
+        assert rel(out, toy_reference(model, SPARSE, x, t)) < 1e-5
 
 
 def test_include_exclude_min_rows_are_respected():
     model = Toy().eval()
-    x, t = _inputs()
+    x, t = toy_inputs()
     r = lynx_compile.inspect(model, x, t, options={"min_rows": 16, "exclude": ["ff.*"], "include": ["*", "x_embedder"]})
     sparse = {layer.name for layer in r.layers if layer.sparse}
     assert sparse == {"x_embedder", "qkv", "w_out", "w_t", "w_buf"}
@@ -129,7 +128,7 @@ def test_include_exclude_min_rows_are_respected():
 
 def test_inspect_reports_errors_and_totals():
     model = Toy().eval()
-    x, t = _inputs()
+    x, t = toy_inputs()
     r = lynx_compile.inspect(model, x, t, options=OPTS)
     for layer in r.layers:
         assert 0 < layer.rel_err < 1 and 0 < layer.energy_pruned < 0.5
@@ -147,7 +146,7 @@ def test_inspect_error_is_the_layer_error():
     x = torch.randn(64, 16)
     r = lynx_compile.inspect(lin, x, options={"min_rows": 1, "default_exclude": []})
     with torch.no_grad():
-        want = _rel(lin(prune_2to4(x)), lin(x))
+        want = rel(lin(prune_2to4(x)), lin(x))
     energy = ((x - prune_2to4(x)).square().sum() / x.square().sum()).item()
     (layer,) = r.layers
     assert layer.rel_err == pytest.approx(want, rel=1e-4)
@@ -157,11 +156,11 @@ def test_inspect_error_is_the_layer_error():
 @pytest.mark.slow
 def test_compensation_matches_the_documented_formula():
     model = Toy().eval()
-    x, t = _inputs()
+    x, t = toy_inputs()
     with torch.no_grad():
         out = torch.compile(model, backend="lynx", options={**OPTS, "compensate": True})(x, t)
-    assert _rel(out, _reference(model, SPARSE, x, t, compensated=True)) < 1e-5
-    assert _rel(out, _reference(model, SPARSE, x, t)) > 1e-4
+    assert rel(out, toy_reference(model, SPARSE, x, t, compensated=True)) < 1e-5
+    assert rel(out, toy_reference(model, SPARSE, x, t)) > 1e-4
 
 
 class Broken(nn.Module):
@@ -185,18 +184,18 @@ def test_graph_breaks_each_graph_is_sparsified():
         want = model.b(prune_2to4(torch.relu(model.a(prune_2to4(x)))))
     new = lynx_compile.reports()[before:]
     assert [layer.name for r in new for layer in r.layers] == ["a", "b"]
-    assert _rel(out, want) < 1e-5
+    assert rel(out, want) < 1e-5
 
 
 def test_mixed_fp32_and_bf16_and_dtype_option():
     model = Toy(dtype_mlp=torch.bfloat16).eval()
-    x, t = _inputs()
+    x, t = toy_inputs()
     with torch.no_grad():
         out = torch.compile(model, backend="lynx", options={**OPTS, "dtypes": ["float32"]})(x, t)
     report = lynx_compile.reports()[-1]
     assert report.layer("ff.0").dtype == "bfloat16" and not report.layer("ff.0").sparse
     assert "dtype bfloat16 not in option dtypes" in report.layer("ff.0").reason
-    assert _rel(out, _reference(model, SPARSE - {"ff.0", "ff.2"}, x, t)) < 1e-3
+    assert rel(out, toy_reference(model, SPARSE - {"ff.0", "ff.2"}, x, t)) < 1e-3
 
 
 def test_autograd_graphs_fall_back_to_dense_with_a_warning(caplog):
@@ -235,7 +234,7 @@ def test_gemms_sharing_an_input_prune_it_once_and_graphs_are_dumped(tmp_path):
         out = torch.compile(model, backend="lynx", options={**OPTS, "dump_graphs": str(tmp_path)})(x)
         xp = prune_2to4(x)
         want = model.to_q(xp) * model.to_k(xp) + model.to_v(xp)
-    assert _rel(out, want) < 1e-5
+    assert rel(out, want) < 1e-5
     (before,) = tmp_path.glob("graph_*_before.py")
     (after,) = tmp_path.glob("graph_*_after.py")
     assert before.read_text().count("torch._C._nn.linear") == 3

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from helpers import rel
 
 import lynx_compile
 from lynx_compile import prune_2to4, zoo
@@ -15,8 +16,6 @@ OPTS = {"min_rows": 32}  # tiny models: 64-224 image tokens, 8 text tokens, batc
 DEFAULT_RUN = ("dit", "flux")
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def _eager(built: zoo.ZooModel, pruned: set[str]) -> torch.Tensor:
@@ -50,8 +49,8 @@ def test_compiled_equals_eager_with_pruned_inputs(compiled):
     assert sparse, "nothing was sparsified"
     # 1e-3, not rounding level: Inductor's producers round differently from eager, which can flip
     # which of two near-equal magnitudes is kept; pruning itself changes the output by ~10-40%
-    assert _rel(out, _eager(built, sparse)) < 1e-3
-    assert _rel(out, _eager(built, set())) > 5e-2  # the pruning really ran
+    assert rel(out, _eager(built, sparse)) < 1e-3
+    assert rel(out, _eager(built, set())) > 5e-2  # the pruning really ran
 
 
 BLOCK = re.compile(r"(^|\.)(transformer_blocks|single_transformer_blocks|blocks|layers|\w+_refiner)\.\d+\.")

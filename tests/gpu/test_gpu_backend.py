@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import rel
 from torch._inductor.utils import run_and_get_code
 
 import lynx_compile
@@ -16,8 +17,6 @@ from lynx_compile.codegen.prune_compress import prune_compress
 pytestmark = pytest.mark.gpu
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def _run(model, kwargs, options):
@@ -53,8 +52,8 @@ def test_zoo_model_fast_path_matches_reference_path(name, compensate):
     fused = [layer.name for layer in sparse if layer.prune == "fused"]
     # with compensate the standalone kernel runs (it sums the row norms; the template does not)
     assert not fused if compensate else fused, f"fused: {fused}"
-    pruning, fast_vs_ref = _rel(ref, dense), _rel(fast, ref)
-    bf16_floor, fast_vs_32 = _rel(ref, ref32), _rel(fast, ref32)
+    pruning, fast_vs_ref = rel(ref, dense), rel(fast, ref)
+    bf16_floor, fast_vs_32 = rel(ref, ref32), rel(fast, ref32)
     print(f"\n{name}{' compensated' if compensate else ''}: pruning effect {pruning:.4f}, "
           f"fast vs ref {fast_vs_ref:.4f}, vs fp32 ref: bf16 ref {bf16_floor:.4f}, fast {fast_vs_32:.4f}; "
           f"fused {len(fused)}/{len(sparse)}")
@@ -122,9 +121,9 @@ def test_mlp_block_prunes_inside_the_gelu_kernel():
     assert [k for k in kernels if "gelu" in k and "compress" in k and k.startswith("triton_tem_")], kernels
     assert not [k for k in kernels if "gelu" in k and "compress" not in k], kernels  # GELU never written dense
     dense = mlp(x)
-    pruning, fast_vs_ref = _rel(outs["ref"], dense), _rel(outs["fast"], outs["ref"])
+    pruning, fast_vs_ref = rel(outs["ref"], dense), rel(outs["fast"], outs["ref"])
     print(f"\nmlp: pruning effect {pruning:.4f}, fast vs ref {fast_vs_ref:.4f}, vs fp32 ref: "
-          f"bf16 ref {_rel(outs['ref'], outs['ref32']):.4f}, fast {_rel(outs['fast'], outs['ref32']):.4f}")
+          f"bf16 ref {rel(outs['ref'], outs['ref32']):.4f}, fast {rel(outs['fast'], outs['ref32']):.4f}")
     assert fast_vs_ref < min(5e-2, pruning / 4)  # as in the zoo test
 
 
@@ -150,9 +149,9 @@ def test_folded_biases_match_reference_path_and_follow_weight_updates_under_cuda
     folded = [layer.name for layer in layers if layer.bias_folded]
     assert any(name == "single_transformer_blocks.0.attn.to_q" for name in folded), folded
     assert not any(name.endswith("proj_mlp") for name in folded), folded  # feeds a GELU: compressed apart
-    pruning, fast_vs_ref = _rel(ref, dense), _rel(fast, ref)
+    pruning, fast_vs_ref = rel(ref, dense), rel(fast, ref)
     print(f"\nflux fold_bias: {len(folded)} folded, pruning effect {pruning:.4f}, fast vs ref {fast_vs_ref:.4f}, "
-          f"updated vs fresh {_rel(updated, fresh):.2e}")
+          f"updated vs fresh {rel(updated, fresh):.2e}")
     assert fast_vs_ref < min(5e-2, pruning / 4)
-    assert _rel(updated, fast) > 1e-2  # the update changed the output
-    assert _rel(updated, fresh) < 1e-3  # and the folded copies followed it
+    assert rel(updated, fast) > 1e-2  # the update changed the output
+    assert rel(updated, fresh) < 1e-3  # and the folded copies followed it
