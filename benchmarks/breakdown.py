@@ -16,11 +16,13 @@ forwards and sorts it into categories by kernel name:
 - ``other``: norms, RoPE, elementwise, copies.
 
 ``idle_ms``: the GPU's idle time per forward (span of the profiled forwards minus kernel time; with
-graphs off it includes waiting for the CPU to launch). ``amdahl_bound`` is the speed-up the whole forward would get if only the GEMMs lynx sparsified ran at
-the measured ``sparse_gemm`` speed and pruning were free. Writes breakdown_<gpu>[_cudagraphs][_TAG].{json,md}.
+graphs off it includes waiting for the CPU to launch). ``amdahl_bound`` is the speed-up the whole
+forward would get if only the GEMMs lynx sparsified ran at the measured ``sparse_gemm`` speed and
+pruning were free. Writes benchmarks/results/<gpu>/breakdown.{json,md};
+``--append`` adds cases to them (rows differ by model, batch, variant and ``cudagraphs``).
 
-    python benchmarks/breakdown.py --cases flux:1 --out benchmarks/results
-    python benchmarks/breakdown.py --cases sd3:1 --cudagraphs --tag sd3
+    python -m benchmarks.breakdown --cases flux:1
+    python -m benchmarks.breakdown --cases sd3:1 --cudagraphs --append
 """
 
 from __future__ import annotations
@@ -29,18 +31,19 @@ import argparse
 import collections
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lynx_compile  # noqa: E402
-from benchmarks.common import meta, result_stem, write_table  # noqa: E402
-from benchmarks.e2e import CASES, VARIANTS as E2E_VARIANTS  # noqa: E402
-from lynx_compile import zoo  # noqa: E402
+import lynx_compile
+from benchmarks.common import RESULTS, earlier_rows, result_stem, stamp, write_json, write_table
+from benchmarks.e2e import CASES
+from benchmarks.e2e import VARIANTS as E2E_VARIANTS
+from lynx_compile import zoo
+
+PROTOCOL = "torch.profiler device time per kernel, summed over --calls back-to-back forwards after 3 warm-up calls"
 
 CATEGORIES = ("dense_gemm", "sparse_gemm", "prune_compress", "attention", "other")
 _PATTERNS = [  # first match wins
@@ -103,7 +106,8 @@ def run_case(name: str, batch: int, calls: int, cudagraphs: bool, variants: list
                          "layers_sparse": sum(layer.sparse for layer in layers),
                          "layers_fused": sum(layer.prune == "fused" for layer in layers)})
             kernels[variant] = sorted(per_kernel.items(), key=lambda kv: -kv[1])
-            kernels[f"{variant}_layers"] = [(layer.name, layer.m, layer.k, layer.n, layer.prune) for layer in layers if layer.sparse]
+            kernels[f"{variant}_layers"] = [(layer.name, layer.m, layer.k, layer.n, layer.prune)
+                                            for layer in layers if layer.sparse]
     dense = rows[0]
     for row in rows[1:]:  # the dense GEMM time lynx moved to the sparse path, and what it became there
         moved = dense["dense_gemm_ms"] - row["dense_gemm_ms"]
@@ -113,30 +117,41 @@ def run_case(name: str, batch: int, calls: int, cudagraphs: bool, variants: list
     return rows, kernels
 
 
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["model"], row["batch"], row["variant"], row["cudagraphs"]
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=["flux:1"])
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS)[1:], default=["lynx", "lynx_fused"],
                    help="lynx variants profiled beside dense")
     p.add_argument("--cudagraphs", action="store_true", help="profile graph replays (dense: reduce-overhead)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    p.add_argument("--tag", help="suffix of the result files (e.g. the model, so runs do not overwrite each other)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results root; files go to OUT/<gpu>/breakdown.*")
+    p.add_argument("--append", action="store_true", help="add the cases to the rows already in the result files")
     args = p.parse_args()
-    rows, kernels = [], {}
+    stem = result_stem("breakdown", args.out)
+    meta = stamp(vars(args), PROTOCOL)
+    earlier, kernels = [], {}
+    if args.append and stem.with_suffix(".json").exists():
+        earlier = earlier_rows(stem, meta)
+        kernels = json.loads(stem.with_suffix(".json").read_text()).get("kernels", {})
+    rows = []
     for case in args.cases:
         name, batch = case.split(":")
-        case_rows, kernels[case] = run_case(name, int(batch), args.calls, args.cudagraphs, args.variants)
-        rows.extend(case_rows)
+        case_rows, kernels[f"{case}{':cudagraphs' if args.cudagraphs else ''}"] = run_case(
+            name, int(batch), args.calls, args.cudagraphs, args.variants)
+        rows.extend({**row, "commit": meta["commit"]} for row in case_rows)
         for row in case_rows:
             print(row, flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = result_stem(out, "breakdown", "cudagraphs" if args.cudagraphs else None, args.tag)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows, "kernels": kernels}, indent=2))
-    write_table(stem.with_suffix(".md"), f"GPU time per forward by kernel category (ms, CUDA graphs {'on' if args.cudagraphs else 'off'})", rows,
-                ["model", "batch", "tokens", "depth", "variant", "total_ms", *(f"{c}_ms" for c in CATEGORIES), "idle_ms",
-                 "speedup_vs_dense", "amdahl_bound", "layers_sparse", "layers_fused"])
+    rerun = {_row_key(r) for r in rows}
+    rows = [r for r in earlier if _row_key(r) not in rerun] + rows
+    write_json(stem, meta, rows, kernels=kernels)
+    write_table(stem.with_suffix(".md"), "GPU time per forward by kernel category (ms; `cudagraphs`: CUDA graphs on)",
+                rows, ["model", "batch", "tokens", "depth", "variant", "cudagraphs", "total_ms",
+                       *(f"{c}_ms" for c in CATEGORIES), "idle_ms", "speedup_vs_dense", "amdahl_bound",
+                       "layers_sparse", "layers_fused"], meta=meta)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,26 @@
-"""What every benchmark result carries: the stamp (GPU, versions, date) and a markdown table."""
+"""What every benchmark result carries, and where it goes.
+
+``benchmarks/results/<gpu>/<benchmark>.{json,md}``: the current results of one benchmark on one GPU,
+overwritten by a rerun (``--append``, where a benchmark has it, adds cases to them). Each JSON holds
+``meta`` (GPU, versions, date, the commit, the options it ran with and how it timed) and ``rows``;
+``python -m benchmarks.plot`` draws the PNGs from the JSON files.
+"""
 
 from __future__ import annotations
 
 import datetime
+import json
 import re
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import triton
 
+RESULTS = Path(__file__).resolve().parent / "results"
+_REPO = RESULTS.parents[1]
 
 # Bytes moved per element of a bf16 activation from its producer's store to one GEMM's load, by
 # where the report says it was pruned ("-": a dense layer). Analytic, from the kernels' loads/stores.
@@ -24,12 +35,30 @@ BYTES_PER_ELEMENT = {
 
 def activation_mb(layers: Sequence[Any], dense: bool = False) -> float:
     """MB moved for the inputs of the sparsified GEMMs (a shared input counted once per GEMM)."""
-    return sum(l.m * l.k * BYTES_PER_ELEMENT["-" if dense else l.prune] for l in layers if l.sparse) / 1e6
+    return sum(layer.m * layer.k * BYTES_PER_ELEMENT["-" if dense else layer.prune]
+               for layer in layers if layer.sparse) / 1e6
 
 
-def meta() -> dict[str, Any]:
-    import triton
+def gpu_slug() -> str:
+    """The results folder of this machine: ``h100_80gb_hbm3``, ``h200``, ``cpu``."""
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return re.sub(r"[^a-z0-9]+", "_", name.lower().removeprefix("nvidia ")).strip("_")
 
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of this tree, with ``-dirty`` when it has uncommitted changes; ``unknown``
+    outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def stamp(options: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """The ``meta`` of a result: the machine, the versions, the code, the options and the timing protocol."""
     cuda = torch.cuda.is_available()
     return {
         "gpu": torch.cuda.get_device_name() if cuda else "none",
@@ -37,26 +66,46 @@ def meta() -> dict[str, Any]:
         "triton": triton.__version__,
         "cusparselt": torch.backends.cusparselt.version() if cuda else None,
         "date": datetime.date.today().isoformat(),
+        "commit": git_commit(),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in options.items()},
+        "protocol": protocol,
     }
 
 
-def gpu_slug() -> str:
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return re.sub(r"[^a-z0-9]+", "_", name.lower().removeprefix("nvidia ")).strip("_")
+def result_stem(benchmark: str, root: Path = RESULTS) -> Path:
+    """``root/<gpu>/<benchmark>``: where a benchmark writes its .json and .md (the folder is made)."""
+    folder = Path(root) / gpu_slug()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / benchmark
 
 
-def result_stem(out: Path, kind: str, *tags: str | None) -> Path:
-    """``out/<kind>_<gpu>[_tag...]``: where a benchmark writes its .json/.md/.png (empty tags left out)."""
-    return Path(out) / "_".join([f"{kind}_{gpu_slug()}", *(tag for tag in tags if tag)])
+def write_json(stem: Path, meta: dict[str, Any], rows: Sequence[dict[str, Any]], **extra: Any) -> None:
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": list(rows), **extra}, indent=1))
+
+
+def earlier_rows(stem: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """For ``--append``: the rows already in ``stem``.json, each with the commit it was measured with.
+    They must come from this GPU and these versions."""
+    path = stem.with_suffix(".json")
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    differ = {k: (old["meta"][k], meta[k]) for k in ("gpu", "torch", "triton", "cusparselt")
+              if old["meta"][k] != meta[k]}
+    if differ:
+        raise SystemExit(f"--append: {path} was measured with other {differ}; move it away or run without --append")
+    commit = old["meta"].get("commit", "unknown")
+    return [{"commit": commit, **row} for row in old["rows"]]
 
 
 def write_table(path: Path, title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
-                failures: Sequence[dict[str, Any]] = (), stamp: dict[str, Any] | None = None,
+                failures: Sequence[dict[str, Any]] = (), meta: dict[str, Any] | None = None,
                 notes: str = "") -> None:
-    """``stamp``: the machine the numbers come from (default: this one)."""
-    m = stamp or meta()
+    """The markdown beside the JSON; ``meta``: the stamp the numbers carry (default: this machine's)."""
+    m = meta or stamp({}, "")
     lines = [f"# {title}", "", f"{m['gpu']}, torch {m['torch']}, Triton {m['triton']}, "
-             f"cuSPARSELt {m['cusparselt']}, {m['date']}", "", *([notes, ""] if notes else []),
+             f"cuSPARSELt {m['cusparselt']}, {m['date']}, commit {m.get('commit', 'unknown')}", "",
+             *([notes, ""] if notes else []),
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")

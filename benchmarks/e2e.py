@@ -5,34 +5,31 @@ the table) and the per-block time is reported beside the whole forward. Timing: 
 each call (the compiled models replay CUDA graphs), warm-up first, median of ``--runs``, fresh
 inputs every call. Each case runs in a process of its own and compiles cold (fresh Inductor,
 Triton and lynx caches), so compile times are those of a first compile on a new machine.
-Writes benchmarks/results/e2e_<gpu>.{json,md,png}; ``--append`` adds cases to them.
+Writes benchmarks/results/<gpu>/e2e.{json,md}; ``--append`` adds cases to them (a case run again
+replaces its row). Variants (``flux:1:fused``) are rows of the same table.
 
-    python benchmarks/e2e.py --cases flux:1 flux:2 sd3:1 sd3:2 pixart:1 pixart:2 wan:1 wan:2 flux:1:fused --out benchmarks/results
+    python -m benchmarks.e2e --cases flux:1 flux:2 sd3:1 sd3:2 pixart:1 pixart:2 wan:1 wan:2 flux:1:fused
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch._inductor.utils import fresh_cache
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lynx_compile  # noqa: E402
-from benchmarks.common import activation_mb, meta, result_stem, write_table  # noqa: E402
-from lynx_compile import zoo  # noqa: E402
+import lynx_compile
+from benchmarks.common import RESULTS, activation_mb, earlier_rows, result_stem, stamp, write_json, write_table
+from lynx_compile import zoo
 
 # (depth used, depth of the real model) per architecture; resolution/frames as in issue 4
 CASES: dict[str, dict[str, Any]] = {
@@ -77,7 +74,7 @@ class Row:
     per_block_lynx_ms: float
 
 
-def _call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
+def call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
     """CUDA-event time per call of ``calls`` back-to-back calls, after a synchronisation."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.compiler.cudagraph_mark_step_begin()  # a new generation of the CUDA-graph tree per timing
@@ -90,12 +87,12 @@ def _call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
     return start.elapsed_time(end) / calls
 
 
-def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int | None = 10) -> dict[str, float]:
+def time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int | None = 10) -> dict[str, float]:
     """Per model: the median single call, and (``key_loop``) the per-call time of ``loop`` calls back
     to back (as in a denoising loop, where the CPU's launch work overlaps the previous call's
     kernels; ``loop=None``: single calls only). Every single call is timed before any loop: on an
     H100 a call right after a 10-call loop took 0.7-1.6 ms longer than one after a single call, for
-    dense and lynx alike (scripts/gpu_call_overhead.py), which diluted and blurred the single-call
+    dense and lynx alike (docs/performance.md, "End to end"), which diluted and blurred the single-call
     ratio. Models take turns within each run, the order reversed every other run and the number of
     runs made even, so drift (clocks, temperature) and going first or second hit them alike; fresh
     inputs every run, made outside the timed region; two untimed warm-up rounds per phase."""
@@ -105,7 +102,7 @@ def _time_interleaved(fns: dict[str, Any], make_inputs, runs: int, loop: int | N
         for i in range(runs + runs % 2 + 2):
             kwargs = make_inputs()
             for key, fn in turns if i % 2 == 0 else reversed(turns):
-                ms = _call_ms(fn, kwargs, calls)
+                ms = call_ms(fn, kwargs, calls)
                 if i >= 2:
                     times.setdefault(f"{key}{suffix}", []).append(ms)
     return {k: statistics.median(v) for k, v in times.items()}
@@ -134,7 +131,7 @@ def prepare(model: torch.nn.Module, variant: str) -> dict[str, Any]:
     return VARIANTS[variant].options
 
 
-def _compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
+def timed_compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
     """(compiled model, its output, seconds to compile it and record its CUDA graphs)."""
     t0 = time.perf_counter()
     model = make()
@@ -144,21 +141,11 @@ def _compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
     return model, out, time.perf_counter() - t0
 
 
-@contextlib.contextmanager
-def cold_caches(root: str) -> Iterator[None]:
-    """Compile as on a fresh machine: Inductor's and Triton's caches in a new directory under
-    ``root`` (Inductor's own ``fresh_cache``, which also empties Inductor's in-memory caches), and
-    lynx's algorithm and cost cache in another."""
-    saved = os.environ.get("LYNX_CACHE_DIR")
-    os.environ["LYNX_CACHE_DIR"] = tempfile.mkdtemp(dir=root)
-    try:
-        with fresh_cache(dir=root, delete=False):  # the compiled model keeps using its files
-            yield
-    finally:
-        if saved is None:
-            del os.environ["LYNX_CACHE_DIR"]
-        else:
-            os.environ["LYNX_CACHE_DIR"] = saved
+def cold_caches(root: str):
+    """Compile as on a fresh machine: Inductor's, Triton's and lynx's caches (lynx keeps its algorithm
+    and cost cache in Inductor's directory) in a new directory under ``root``, Inductor's in-memory
+    caches emptied: Inductor's own ``fresh_cache``. The files stay: the compiled model keeps using them."""
+    return fresh_cache(dir=root, delete=False)
 
 
 def pay_first_compile(root: str) -> None:
@@ -183,102 +170,83 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
         return torch.compile(model, backend="lynx", options=options)
 
     with torch.no_grad(), tempfile.TemporaryDirectory() as root:
-        eager_ms = _time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=None)["eager"]
+        eager_ms = time_interleaved({"eager": model}, make_inputs, max(3, runs // 3), loop=None)["eager"]
         # Every compile starts cold (a dense compile before would warm the next one's Inductor and
         # Triton caches). Lynx first: its recompile after torch._dynamo.reset() (caches warm) drops
         # every compiled model of the process.
         pay_first_compile(root)
         with cold_caches(root):
             n_reports = len(lynx_compile.reports())
-            _, _, lynx_compile_s = _compile(lynx_model, kwargs0)
+            _, _, lynx_compile_s = timed_compile(lynx_model, kwargs0)
             layers = [layer for r in lynx_compile.reports()[n_reports:] for layer in r.layers]
             torch._dynamo.reset()
-            lynx, out, lynx_recompile_s = _compile(lynx_model, kwargs0)
+            lynx, out, lynx_recompile_s = timed_compile(lynx_model, kwargs0)
         with cold_caches(root):
-            dense, ref, inductor_compile_s = _compile(lambda: torch.compile(model, mode="reduce-overhead"), kwargs0)
+            dense, ref, inductor_compile_s = timed_compile(
+                lambda: torch.compile(model, mode="reduce-overhead"), kwargs0)
         fns = {"inductor": dense, "lynx": lynx}
         max_autotune_compile_s = None
         if max_autotune:
             with cold_caches(root):
-                fns["max_autotune"], _, max_autotune_compile_s = _compile(
+                fns["max_autotune"], _, max_autotune_compile_s = timed_compile(
                     lambda: torch.compile(model, mode="max-autotune"), kwargs0)
-        ms = _time_interleaved(fns, make_inputs, runs)
+        ms = time_interleaved(fns, make_inputs, runs)
         del fns, dense, lynx
     rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     depth = spec["depth"]
     return Row(
         model=name, variant=variant, batch=batch, tokens=built.tokens, depth=depth, eager_ms=eager_ms,
-        inductor_ms=ms["inductor"], lynx_ms=ms["lynx"], rel_err_vs_dense=rel, inductor_compile_s=inductor_compile_s, lynx_compile_s=lynx_compile_s,
+        inductor_ms=ms["inductor"], lynx_ms=ms["lynx"], rel_err_vs_dense=rel, inductor_compile_s=inductor_compile_s,
+        lynx_compile_s=lynx_compile_s,
         lynx_recompile_s=lynx_recompile_s, layers_sparse=sum(layer.sparse for layer in layers),
         layers_fused=sum(layer.prune == "fused" for layer in layers),
         layers_folded=sum(layer.bias_folded for layer in layers), layers_total=len(layers),
         act_mb_dense=activation_mb(layers, dense=True), act_mb_lynx=activation_mb(layers),
         sparse_names=[layer.name for layer in layers if layer.sparse],
-        dense_reasons={layer.name: layer.reason for layer in layers if not layer.sparse}, speedup_vs_inductor=ms["inductor"] / ms["lynx"],
-        inductor_loop_ms=ms["inductor_loop"], lynx_loop_ms=ms["lynx_loop"], loop_speedup=ms["inductor_loop"] / ms["lynx_loop"],
+        dense_reasons={layer.name: layer.reason for layer in layers if not layer.sparse},
+        speedup_vs_inductor=ms["inductor"] / ms["lynx"], inductor_loop_ms=ms["inductor_loop"],
+        lynx_loop_ms=ms["lynx_loop"], loop_speedup=ms["inductor_loop"] / ms["lynx_loop"],
         max_autotune_ms=ms.get("max_autotune"), max_autotune_compile_s=max_autotune_compile_s,
         per_block_inductor_ms=ms["inductor"] / depth, per_block_lynx_ms=ms["lynx"] / depth,
     )
 
 
-NOTES = """Depth reduced (column `depth`; for flux, depth 2 = 2 double-stream + 4 single-stream blocks;
-qwen = Qwen-Image's double-stream blocks, zimage = Z-Image's main blocks after its 2 + 2 refiner
-blocks; both with 256 text tokens), full width, random weights, bf16. dense = `torch.compile(mode="reduce-overhead")`; lynx = `backend="lynx"`
-defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=fused` adds
-`fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both; `variant=qkv` runs
-diffusers' `fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM
-per attention, lynx defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation). `*_ms`: CUDA events around each synchronised call (the GPU also waits for the
-call's ~1 ms of CPU work: guards, CUDA-graph input copies, launch), median of the runs, fresh inputs
-every run, all timed before any loop (a call right after a loop runs ~1 ms slower); `*_loop_ms`: per
-call of 10 calls back to back, as in a denoising loop. The compiled
-models take turns within each run, in reversed order every other run, over an even number of runs
-(drift and going first hit them alike), after two warm-up rounds.
-Compile times start cold: each case runs in a process of its own, which times the eager model and
-makes a throw-away compile first; then each compile gets fresh Inductor, Triton and lynx caches
-(Inductor's `fresh_cache`), as on a new machine, and lynx's includes its kernel self-check.
-`lynx_recompile_s`: `torch._dynamo.reset()` and compile again (caches warm).
-`act_mb_*`: bytes moved for the inputs of the sparsified GEMMs (analytic, `benchmarks/common.py`).
-`rel_err_vs_dense` is large because weights and inputs are random Gaussians: not an accuracy figure.
-`max_autotune_*`: dense `mode="max-autotune"`, only where run (`--max-autotune`)."""
+NOTES = """Depth reduced (column `depth`; for flux, depth 2 = 2 double-stream + 4 single-stream blocks; qwen =
+Qwen-Image's double-stream blocks, zimage = Z-Image's main blocks after its 2 + 2 refiner blocks; both with
+256 text tokens), full width, random weights, bf16. dense = `torch.compile(mode="reduce-overhead")`; lynx =
+`backend="lynx"` defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=fused` adds
+`fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both; `variant=qkv` runs diffusers'
+`fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM per attention, lynx
+defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation). `*_ms`: CUDA events
+around each synchronised call (the GPU also waits for the call's ~1 ms of CPU work: guards, CUDA-graph input
+copies, launch), median of the runs, fresh inputs every run, all timed before any loop (a call right after a
+loop runs ~1 ms slower); `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
+models take turns within each run, in reversed order every other run, over an even number of runs (drift and
+going first hit them alike), after two warm-up rounds. Compile times start cold: each case runs in a process
+of its own, which times the eager model and makes a throw-away compile first; then each compile gets fresh
+Inductor, Triton and lynx caches (Inductor's `fresh_cache`), as on a new machine, and lynx's includes its
+kernel self-check. `lynx_recompile_s`: `torch._dynamo.reset()` and compile again (caches warm). `act_mb_*`:
+bytes moved for the inputs of the sparsified GEMMs (analytic, `benchmarks/common.py`). `rel_err_vs_dense` is
+large because weights and inputs are random Gaussians: not an accuracy figure. `max_autotune_*`: dense
+`mode="max-autotune"`, only where run (`--max-autotune`)."""
 
 COLUMNS = ["model", "variant", "batch", "tokens", "depth", "eager_ms", "inductor_ms", "lynx_ms", "speedup_vs_inductor",
            "inductor_loop_ms", "lynx_loop_ms", "loop_speedup", "max_autotune_ms", "max_autotune_compile_s",
            "rel_err_vs_dense", "inductor_compile_s", "lynx_compile_s",
-           "lynx_recompile_s", "layers_sparse", "layers_fused", "layers_folded", "layers_total", "act_mb_dense", "act_mb_lynx",
+           "lynx_recompile_s", "layers_sparse", "layers_fused", "layers_folded", "layers_total", "act_mb_dense",
+           "act_mb_lynx",
            "per_block_inductor_ms", "per_block_lynx_ms"]
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Speed-up over dense reduce-overhead per case (eager and max-autotune beside it where run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['model']} b{r['batch']}" + ("" if r["variant"] == "default" else f"\n{r['variant']}") for r in rows]
-    series = [("eager", "inductor_ms", "eager_ms"), ("max-autotune", "inductor_ms", "max_autotune_ms"),
-              ("lynx", "inductor_ms", "lynx_ms"), ("lynx, 10-call loop", "inductor_loop_ms", "lynx_loop_ms")]
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2, 4))
-    for n, (label, base, key) in enumerate(series):
-        speedups = [r[base] / r[key] if r.get(key) and r.get(base) else 0.0 for r in rows]
-        ax.bar([i + (n - (len(series) - 1) / 2) * width for i in range(len(rows))], speedups, width, label=label)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("speed-up over torch.compile reduce-overhead")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+PROTOCOL = ("CUDA events around each synchronised call, median of --runs on fresh inputs, models taking turns "
+            "in reversed order every other run, after two warm-up rounds; 10-call loops timed after every single "
+            "call; each case in a process of its own, every compile cold (fresh Inductor, Triton and lynx caches)")
 
 
-def write(rows: list[dict[str, Any]], failures: list[dict[str, Any]], stem: Path, stamp: dict[str, Any]) -> None:
-    stem.with_suffix(".json").write_text(json.dumps({"meta": stamp, "rows": rows, "failures": failures}, indent=2))
+def write(rows: list[dict[str, Any]], failures: list[dict[str, Any]], stem: Path, meta: dict[str, Any]) -> None:
+    write_json(stem, meta, rows, failures=failures)
     write_table(stem.with_suffix(".md"), "End-to-end transformer forward (depth reduced: see `depth`)", rows, COLUMNS,
-                failures, stamp, NOTES)
-    try:
-        plot(rows, stem.with_suffix(".png"))
-    except ImportError:
-        print("matplotlib missing: no plot (python benchmarks/e2e.py --replot JSON draws it later)", flush=True)
+                failures, meta, NOTES)
 
 
 def _run_isolated(case: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -286,20 +254,13 @@ def _run_isolated(case: str, args: argparse.Namespace) -> dict[str, Any]:
     kernels in memory, lynx's self-check, cuSPARSELt's handles) makes the next one's compile look cheap."""
     with tempfile.TemporaryDirectory() as tmp:
         row_json = Path(tmp) / "row.json"
-        cmd = [sys.executable, __file__, "--case", case, "--runs", str(args.runs), "--row-json", str(row_json)]
-        proc = subprocess.run(cmd + (["--max-autotune"] if args.max_autotune else []), check=False)
+        cmd = [sys.executable, "-m", "benchmarks.e2e", "--case", case, "--runs", str(args.runs), "--row-json",
+               str(row_json)]
+        proc = subprocess.run(cmd + (["--max-autotune"] if args.max_autotune else []), check=False,
+                              cwd=RESULTS.parents[1])
         if not row_json.exists():
             raise RuntimeError(f"exit status {proc.returncode}, no result (its output is above)")
         return json.loads(row_json.read_text())
-
-
-def _earlier_rows(stem: Path, stamp: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows already in ``stem``.json, which must have been measured on this GPU with these versions."""
-    old = json.loads(stem.with_suffix(".json").read_text())
-    differ = {k: (old["meta"][k], stamp[k]) for k in ("gpu", "torch", "triton", "cusparselt") if old["meta"][k] != stamp[k]}
-    if differ:
-        raise SystemExit(f"--append: {stem}.json was measured with other {differ}; use --tag")
-    return old["rows"]
 
 
 def _case_key(row: dict[str, Any]) -> tuple[str, int, str]:
@@ -307,42 +268,35 @@ def _case_key(row: dict[str, Any]) -> tuple[str, int, str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=[f"{model}:{batch}" for model in ("flux", "sd3", "pixart", "wan")
                                                   for batch in (1, 2)])  # batch 2: classifier-free guidance
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--max-autotune", action="store_true", help="also time dense mode='max-autotune' (slow compile)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    p.add_argument("--replot", type=Path, help="redraw the table and plot of this e2e JSON (no GPU)")
-    p.add_argument("--tag", help="suffix of the result files (a partial run must not overwrite the full table)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results root; files go to OUT/<gpu>/e2e.*")
     p.add_argument("--append", action="store_true", help="add the cases to the rows already in the result files")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case in this process, its row to --row-json
     p.add_argument("--row-json", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.replot:
-        data = json.loads(args.replot.read_text())
-        write(data["rows"], data.get("failures", []), args.replot.with_suffix(""), data["meta"])
-        return
     if args.case:
         name, batch, *variant = args.case.split(":")
         row = run_case(name, int(batch), args.runs, *variant, max_autotune=args.max_autotune)
         print(row, flush=True)
         args.row_json.write_text(json.dumps(dataclasses.asdict(row)))
         return
+    stem = result_stem("e2e", args.out)
+    meta = stamp({k: v for k, v in vars(args).items() if k not in ("case", "row_json")}, PROTOCOL)
+    meta["variants"] = {name: dataclasses.asdict(variant) for name, variant in VARIANTS.items()}
+    earlier = earlier_rows(stem, meta) if args.append else []
     rows, failures = [], []
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = result_stem(out, "e2e", "max_autotune" if args.max_autotune else None, args.tag)
-    stamp = meta()
-    earlier = _earlier_rows(stem, stamp) if args.append and stem.with_suffix(".json").exists() else []
     for case in args.cases:
         try:
-            rows.append(_run_isolated(case, args))
+            rows.append({**_run_isolated(case, args), "commit": meta["commit"]})
         except Exception as e:  # one architecture failing must not lose the others' numbers
             failures.append({"case": case, "error": repr(e)[:500]})
             print(f"{case} FAILED: {e!r}", flush=True)
         rerun = {_case_key(r) for r in rows}  # a case run again replaces its earlier row
-        write([r for r in earlier if _case_key(r) not in rerun] + rows, failures, stem, stamp)
+        write([r for r in earlier if _case_key(r) not in rerun] + rows, failures, stem, meta)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,15 @@
 Reports the time per block (CUDA events over CUDA-graph replays of the compiled block, median,
 fresh inputs) and, per sparsified activation, the bytes the generated code moves for it: the
 dense activation written and read back (standalone) or not at all (fused), per layer as the report
-says it was pruned (``common.BYTES_PER_ELEMENT``). Writes
-benchmarks/results/fusion_<gpu>.{json,md}.
+says it was pruned (``common.BYTES_PER_ELEMENT``). Writes benchmarks/results/<gpu>/fusion.{json,md}.
+
+    python -m benchmarks.fusion [--tokens 4096 16384] [--dump-code DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,9 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lynx_compile  # noqa: E402
-from benchmarks.common import activation_mb, gpu_slug, meta, write_table  # noqa: E402
+import lynx_compile
+from benchmarks.common import RESULTS, activation_mb, result_stem, stamp, write_json, write_table
+
+PROTOCOL = ("CUDA events around single calls of the compiled block (CUDA graphs: dense reduce-overhead, lynx's "
+            "default), median of --runs, 4 rotating inputs, after 3 warm-up calls")
 
 
 class MlpBlock(nn.Module):
@@ -62,12 +63,12 @@ def _time_ms(fn, inputs: list[tuple[torch.Tensor, ...]], runs: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, nargs="+", default=[4096, 4608, 16384])
     p.add_argument("--dim", type=int, default=3072)
     p.add_argument("--hidden", type=int, default=12288)
     p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--out", type=Path, default=RESULTS, help="results root; files go to OUT/<gpu>/fusion.*")
     p.add_argument("--dump-code", metavar="DIR", help="write each variant's generated code there")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -81,7 +82,8 @@ def main() -> None:
         ]
         variants = {
             "dense": torch.compile(block, mode="reduce-overhead"),
-            "lynx_standalone": torch.compile(block, backend="lynx", options={"fuse_producers": False, "cost_model": False}),
+            "lynx_standalone": torch.compile(block, backend="lynx",
+                                             options={"fuse_producers": False, "cost_model": False}),
             "lynx_fused": torch.compile(block, backend="lynx", options={"fuse_producers": True, "cost_model": False}),
         }
         row = {"m": m, "k1": args.dim, "n1": args.hidden}
@@ -111,16 +113,15 @@ def main() -> None:
         row["speedup_fused"] = row["dense_ms"] / row["lynx_fused_ms"]
         rows.append(row)
         print(row, flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"fusion_{gpu_slug()}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta(), "rows": rows}, indent=2))
-    write_table(stem.with_suffix(".md"), "FLUX-width MLP block: dense vs lynx (standalone / fused prune+compress)", rows,
-                ["m", "dense_ms", "lynx_standalone_ms", "lynx_fused_ms", "speedup_standalone", "speedup_fused",
+    stem = result_stem("fusion", args.out)
+    meta = stamp(vars(args), PROTOCOL)
+    write_json(stem, meta, rows)
+    write_table(stem.with_suffix(".md"), "FLUX-width MLP block: dense vs lynx (standalone / fused prune+compress)",
+                rows, ["m", "dense_ms", "lynx_standalone_ms", "lynx_fused_ms", "speedup_standalone", "speedup_fused",
                  "dense_kernels", "lynx_standalone_kernels", "lynx_fused_kernels",
                  "dense_act_MB", "lynx_standalone_act_MB", "lynx_fused_act_MB", "lynx_fused_prune",
-                "dense_compile_s", "lynx_standalone_compile_s", "lynx_fused_compile_s",
-                 "lynx_fused_rel_vs_dense"])
+                 "dense_compile_s", "lynx_standalone_compile_s", "lynx_fused_compile_s",
+                 "lynx_fused_rel_vs_dense"], meta=meta)
 
 
 if __name__ == "__main__":

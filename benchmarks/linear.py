@@ -14,9 +14,9 @@ calls per graph, median of 15 replays), after warm-up, on fresh random inputs ro
 never holds them. A separate section measures the CPU time per call without graphs (cuSPARSELt
 plans its GEMM at every call).
 
-    python benchmarks/linear.py [--out DIR] [--m 1024 4096 16384] [--quick] [--tag TAG]
+    python -m benchmarks.linear [--m 1024 4096 16384] [--quick]
 
-Writes DIR/linear_<gpu>[_TAG].{json,md,png} (DIR defaults to benchmarks/results).
+Writes benchmarks/results/<gpu>/linear.{json,md}.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,19 +33,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import meta, result_stem, write_table  # noqa: E402
-from lynx_compile.codegen.cusparselt import (  # noqa: E402
-    best_alg,
-    compress_compat,
-    cuda_graph_ms,
-    fast_compress_ok,
-    rotating_inputs,
-    sparse_mm,
-)
-from lynx_compile.codegen.cusparselt_layout import metadata_nbytes  # noqa: E402
-from lynx_compile.codegen.reference import BIAS_COLUMNS, with_bias_column  # noqa: E402
-from lynx_compile.codegen.prune_compress import _prune_compress_tuned, padded_rows, prune_compress  # noqa: E402
+from benchmarks.common import RESULTS, result_stem, stamp, write_json, write_table
+from lynx_compile.codegen.cusparselt import compress_compat, sparse_mm
+from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, metadata_nbytes
+from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_autotuned
+from lynx_compile.codegen.self_check import fast_compress_ok
+from lynx_compile.codegen.tuning import best_alg, cuda_graph_ms, rotating_inputs
+from lynx_compile.semantics import BIAS_COLUMNS, round_up, with_bias_column
 
 LAYERS = [  # (name, K, N): in_features -> out_features
     ("pixart fc1", 1152, 4608), ("pixart fc2", 4608, 1152),
@@ -110,7 +103,7 @@ def search_all(compressed: torch.Tensor, weight: torch.Tensor) -> list[int]:
 
 
 def prune_floor_bytes(m: int, k: int, dtype: torch.dtype) -> int:
-    m_pad = padded_rows(m)
+    m_pad = round_up(m, CSLT_MULTIPLE)  # what prune_compress writes for m rows
     return m * k * dtype.itemsize + m_pad * k // 2 * dtype.itemsize + metadata_nbytes(m_pad, k)
 
 
@@ -136,7 +129,8 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
         sparse_gemm_ms=timed(lambda i: sparse_mm(cs[i % len(cs)], w, alg)),
         lynx_ms=timed(lambda i: lynx_linear(xs[i % len(xs)], w, b, alg, compress)),
         lynx_nobias_ms=timed(lambda i: sparse_mm(compress(xs[i % len(xs)]), w, alg)),
-        lynx_folded_ms=timed(lambda i: sparse_mm(compress(xs[i % len(xs)], ones_column=True), folded_w, folded_alg)[:m]),
+        lynx_folded_ms=timed(
+            lambda i: sparse_mm(compress(xs[i % len(xs)], ones_column=True), folded_w, folded_alg)[:m]),
         path=path, alg_id=alg, search=search_all(cs[0], w),
     )
 
@@ -202,48 +196,26 @@ def markdown_rows(rows: list[Row], columns: list[str]) -> list[dict[str, object]
     return out
 
 
-def plot(rows: list[Row], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ms = sorted({r.m for r in rows})
-    fig, axes = plt.subplots(1, len(ms), figsize=(6 * len(ms), 4.5), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], ms, strict=True):
-        sub = [r for r in rows if r.m == m]
-        pos = range(len(sub))
-        for offset, label, times in [(-0.3, "sparse GEMM alone", [r.sparse_gemm_ms for r in sub]),
-                                     (-0.1, "prune+compress + GEMM", [r.lynx_nobias_ms for r in sub]),
-                                     (0.1, "... + bias in the GEMM (fold_bias)", [r.lynx_folded_ms for r in sub]),
-                                     (0.3, "... + unfused bias add", [r.lynx_ms for r in sub])]:
-            speedups = [r.dense_ms / t for r, t in zip(sub, times, strict=True)]
-            ax.bar([p + offset for p in pos], speedups, 0.2, label=label)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks(list(pos), [f"{r.layer}\n{r.k}->{r.n}" for r in sub], rotation=60, fontsize=7)
-        ax.set_title(f"M = {m}")
-    axes[0][0].set_ylabel("speedup over cuBLAS F.linear (bf16)")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"2:4 activation-sparse linear vs dense, {meta()['gpu']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+PROTOCOL = ("CUDA-graph replay of at least 20 calls per graph (every rotating input once), median of 15 replays, "
+            "after 3 warm-up calls; inputs rotated so that L2 never holds them; host ms per call without graphs apart")
+COLUMNS = ["layer", "m", "k", "n", "dense_ms", "prune_ms", "prune_floor_ms", "prune/floor", "sparse_gemm_ms",
+           "gemm speedup", "floor bound", "lynx_ms", "lynx speedup", "lynx_nobias_ms", "no-bias speedup",
+           "lynx_folded_ms", "folded speedup", "alg_id", "path"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results root; files go to OUT/<gpu>/linear.*")
     parser.add_argument("--m", type=int, nargs="+", default=list(M_VALUES))
     parser.add_argument("--quick", action="store_true", help="three layers only")
-    parser.add_argument("--tag", help="suffix of the result files (a partial run must not overwrite the full table)")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16
     bandwidth = copy_bandwidth()
     print(f"device-to-device copy: {bandwidth / 1e9:.2f} TB/s", flush=True)
     layers = LAYERS[::4] if args.quick else LAYERS
     rows: list[Row] = []
     failures: list[dict[str, str]] = []
-    stem = result_stem(args.out, "linear", args.tag)
+    stem = result_stem("linear", args.out)
     for m in args.m:
         for layer, k, n in layers:
             try:
@@ -256,23 +228,18 @@ def main() -> None:
                 failures.append({"case": f"{layer} M={m}", "error": repr(e)[:300]})
                 print("FAILED", failures[-1], flush=True)
             torch.cuda.empty_cache()
-    result = {"meta": {**meta(), "copy_tb_s": bandwidth / 1e9}, "rows": [dataclasses.asdict(r) for r in rows],
-              "cpu_overhead": cpu_overhead(dtype), "failures": failures,
-              # the prune kernel's autotuned tiles per (K, M bucket, dtypes): introspection only
-              "prune_configs": {str(k): str(v) for k, v in _prune_compress_tuned.cache.items()}}
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    columns = ["layer", "m", "k", "n", "dense_ms", "prune_ms", "prune_floor_ms", "prune/floor", "sparse_gemm_ms",
-               "gemm speedup", "floor bound", "lynx_ms", "lynx speedup", "lynx_nobias_ms", "no-bias speedup", "lynx_folded_ms",
-               "folded speedup", "alg_id",
-               "path"]
+    meta = {**stamp(vars(args), PROTOCOL), "copy_tb_s": bandwidth / 1e9}
+    overhead = cpu_overhead(dtype)
+    write_json(stem, meta, [dataclasses.asdict(r) for r in rows], cpu_overhead=overhead, failures=failures,
+               # the prune kernel's autotuned tiles per (K, M bucket, dtypes): introspection only
+               prune_configs={str(k): str(v) for k, v in prune_compress_autotuned.cache.items()})
     write_table(stem.with_suffix(".md"), "Linear layers: cuBLAS dense vs lynx 2:4 (bf16, CUDA-graph replay, ms)",
-                markdown_rows(rows, columns), columns, failures)
+                markdown_rows(rows, COLUMNS), COLUMNS, failures, meta)
     with stem.with_suffix(".md").open("a") as f:
         f.write("\n`floor bound`: dense_ms / (sparse_gemm_ms + prune_floor_ms), the speed-up a prune+compress pass of "
                 "its own could give at the copy rate, bias aside.\n")
         f.write(f"\nDevice-to-device copy {bandwidth / 1e9:.2f} TB/s (read + write). CPU time per call without "
-                f"graphs: {json.dumps(result['cpu_overhead'])}\n")
-    plot(rows, stem.with_suffix(".png"))
+                f"graphs: {json.dumps(overhead)}\n")
     print(stem.with_suffix(".md").read_text())
 
 

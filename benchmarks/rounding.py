@@ -8,7 +8,9 @@ tests hold the fast path to (``tests/gpu/test_gpu_backend.py``: fast vs float32 
 1.5x of the bf16 reference's distance). Tiny builds (the GPU tests' sizes), random weights. Also the
 dense bf16 model under Inductor, which rounds fewer intermediates than eager (see the notes).
 
-    python benchmarks/rounding.py [--models flux zimage] [--device cuda]    (default: cpu)
+    python -m benchmarks.rounding [--models flux zimage] [--device cuda]    (default: cpu)
+
+Writes benchmarks/results/<gpu>/rounding.{json,md} (``cpu/`` on a CPU, whatever ``--device``).
 """
 
 from __future__ import annotations
@@ -16,21 +18,20 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lynx_compile  # noqa: E402
-from benchmarks.common import meta, result_stem, write_table  # noqa: E402
-from lynx_compile import prune_2to4, zoo  # noqa: E402
-from lynx_compile.codegen.reference import keep_mask_2to4  # noqa: E402
+import lynx_compile
+from benchmarks.common import RESULTS, result_stem, stamp, write_json, write_table
+from lynx_compile import prune_2to4, zoo
+from lynx_compile.semantics import keep_mask_2to4
 
-COLUMNS = ["model", "dense_bf16_vs_fp32", "compiled_bf16_vs_fp32", "pruned_bf16_vs_fp32", "pruning_effect", "gemms_pruned",
-           "flips_first", "flips_median", "flips_max", "flips_max_layer"]
+PROTOCOL = "relative L2 distances of the outputs of tiny zoo builds (width 4, 256 px, batch 2), eager; no timing"
+
+COLUMNS = ["model", "dense_bf16_vs_fp32", "compiled_bf16_vs_fp32", "pruned_bf16_vs_fp32", "pruning_effect",
+           "gemms_pruned", "flips_first", "flips_median", "flips_max", "flips_max_layer"]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,7 +61,7 @@ def measure(name: str, device: torch.device) -> dict[str, object]:
     bf16 = zoo.build(name, width=width, resolution=256, batch=2, dtype=torch.bfloat16, device=device)
     # the same weights and inputs, widened: only the arithmetic's rounding differs
     fp32 = dataclasses.replace(bf16, model=copy.deepcopy(bf16.model).float(),
-                               example_kwargs=zoo._to(bf16.example_kwargs, device, torch.float32))
+                               example_kwargs=zoo.to_device_dtype(bf16.example_kwargs, device, torch.float32))
     report = lynx_compile.inspect(fp32.model, **fp32.example_kwargs, options={"min_rows": 16, "path": "reference"})
     names = [layer.name for layer in report.layers if layer.sparse]
     dense32, pruned32, x32 = _run(fp32, [])[0], *_run(fp32, names)
@@ -83,18 +84,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(zoo.ZOO_NAMES), choices=zoo.ZOO_NAMES)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results root; files go to OUT/<gpu>/rounding.*")
     args = p.parse_args()
     torch.set_grad_enabled(False)
     rows = []
     for name in args.models:
         rows.append(measure(name, torch.device(args.device)))
         print({c: rows[-1][c] for c in COLUMNS}, flush=True)
-    stem = result_stem(args.out, "rounding")
-    stamp = meta()
-    stem.with_suffix(".json").write_text(json.dumps({"meta": stamp, "rows": rows}, indent=1))
+    stem = result_stem("rounding", args.out)
+    meta = stamp(vars(args), PROTOCOL)
+    write_json(stem, meta, rows)
     write_table(stem.with_suffix(".md"), "bf16 rounding vs float32, dense and reference-pruned (tiny zoo builds)",
-                rows, COLUMNS, stamp=stamp, notes=(
+                rows, COLUMNS, meta=meta, notes=(
                     "Relative L2 distances of the model output. `flips_*`: share of the pruned GEMMs' input "
                     "positions whose keep/drop decision differs between bf16 and float32 (first pruned GEMM, "
                     "median over them, the largest and where). Eager, reference pruning: no lynx kernel ran. "

@@ -11,17 +11,19 @@ import logging
 import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.lynx.*)
-from .codegen import inductor_lowering
 from .backend import lynx_backend, reports
-from .codegen.reference import compensation_scale, prune_2to4, prune_2to4_compensated
+from .codegen import inductor_lowering
 from .config import DEFAULT_EXCLUDE, LynxConfig
 from .inspection import inspect
-from .report import LayerReport, Report
+from .report import GemmPath, LayerReport, PruneSite, Report
+from .semantics import compensation_scale, prune_2to4, prune_2to4_compensated
 
 __all__ = [
     "DEFAULT_EXCLUDE",
+    "GemmPath",
     "LayerReport",
     "LynxConfig",
+    "PruneSite",
     "Report",
     "compensation_scale",
     "inspect",
@@ -36,7 +38,7 @@ logging.getLogger("lynx_compile").addHandler(logging.NullHandler())
 # Shell: TORCH_LOGS=+lynx_compile (debug) or TORCH_LOGS=lynx_compile (info); Python:
 # torch._logging.set_logs(modules={"lynx_compile": logging.INFO}).
 
-inductor_lowering.register()  # prune+compress fused into producers: see codegen/inductor_lowering.py
+inductor_lowering.register()  # prune+compress fused into producers (docs/design.md, "Producer fusion")
 
 if "lynx" not in torch._dynamo.list_backends(exclude_tags=()):
     torch._dynamo.register_backend(lynx_backend, name="lynx")

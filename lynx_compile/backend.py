@@ -6,6 +6,8 @@ Registered under the ``torch_dynamo_backends`` entry point (so ``"lynx"`` is a b
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -17,24 +19,26 @@ from torch._inductor.compile_fx import compile_fx
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._subclasses.fake_tensor import FakeTensor
 
-from . import accuracy
-from .accuracy import PruningError
-from .config import LynxConfig, dtype_name
+from .config import INDUCTOR_MODES, LynxConfig, dtype_name
+from .passes import errors as pruning
 from .passes import policy
+from .passes.decision import Decision
+from .passes.errors import PruningError
 from .passes.fold_bias import FoldedWeights
 from .passes.gemms import GemmSite, find_gemms
-from .passes.policy import Decision
 from .passes.sparsify import sparsify
-from .report import LayerReport, Report
+from .report import GemmPath, LayerReport, PruneSite, Report
 
 log = logging.getLogger("lynx_compile")
 
 _REPORTS: list[Report] = []
-_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_GRAPHS = itertools.count()  # numbers the graphs of dump_graphs
 
 
 def reports() -> list[Report]:
-    """Reports of every graph the lynx backend compiled in this process, oldest first."""
+    """Reports of every graph the lynx backend compiled in this process and that then ran, in the order
+    they first ran. A compile Dynamo discards (it restarts its analysis, e.g. with ``dynamic=True``)
+    leaves no report."""
     return list(_REPORTS)
 
 
@@ -57,7 +61,7 @@ def pruning_errors(gm: fx.GraphModule, sites: Sequence[GemmSite], config: LynxCo
         log.warning("lynx: max_layer_error: the graph is compiled with fake inputs, pruning errors cannot be "
                     "measured; its GEMMs stay dense")
         return None
-    return accuracy.measure(gm, sites, example_inputs, config.compensate)
+    return pruning.measure(gm, sites, example_inputs, config.compensate)
 
 
 def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningError] | None = None) -> LayerReport:
@@ -71,16 +75,12 @@ def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningEr
         n=site.n,
         dtype=dtype_name(site.dtype),
         path=decision.path,
-        alg_id=decision.alg_id if decision.path.startswith("cusparselt") else None,
-        prune=_PRUNE_WHERE[decision.compress or decision.path],
+        alg_id=decision.alg_id if decision.path.on_cusparselt else None,
+        prune=decision.prune,
         bias_folded=decision.fold_bias,
         rel_err=None if error is None else error.rel_err,
         energy_pruned=None if error is None else error.energy_pruned,
     )
-
-
-# where the pruning runs, by compress method (fast paths) or path (reference, dense)
-_PRUNE_WHERE = {"inductor": "fused", "triton": "triton", "cusparselt": "cslt", "reference": "torch", "dense": "-"}
 
 
 def _needs_autograd(example_inputs: Sequence[Any]) -> bool:
@@ -96,10 +96,10 @@ def lynx_backend(
     mode: str | None = None,
     options: LynxConfig | dict[str, Any] | None = None,
 ) -> Callable[..., Any]:
-    """``torch.compile(model, backend="lynx", mode=..., options={...})``."""
+    """``torch.compile(model, backend="lynx", mode=...)`` or ``..., options={...})``: torch takes one of
+    the two, so option ``inductor_mode`` gives Inductor's mode together with lynx options."""
     config = LynxConfig.from_options(options)
-    if mode not in _MODES:
-        raise ValueError(f"lynx: unknown mode {mode!r}; valid: {_MODES}")
+    mode = _inductor_mode(mode, config)
     plan, errors = plan_graph(gm, config, example_inputs)
     report = Report(
         [layer_report(s, d, errors) for s, d in plan],
@@ -112,28 +112,57 @@ def lynx_backend(
         reason = "autograd needed: lynx is inference-only (use torch.no_grad() or requires_grad_(False))"
         log.warning("lynx: %s; compiling this graph dense", reason)
         for layer in report.layers:
-            layer.sparse, layer.path, layer.reason, layer.alg_id, layer.prune = False, "dense", reason, None, "-"
+            layer.sparse, layer.path, layer.reason, layer.alg_id, layer.prune = (
+                False, GemmPath.DENSE, reason, None, PruneSite.NONE)
         plan = []
     for layer in report.layers:
         log.info("lynx: %-48s %-17s %s", layer.name, layer.path, layer.reason)
-    _log_reference_once(report)
-    _dump(gm, config, "before")
+    _log_reference_once([decision for _, decision in plan])
+    graph = next(_GRAPHS)
+    _dump(gm, config, graph, "before")
     folds = FoldedWeights(gm)
     sparsify(gm, plan, compensate=config.compensate, folds=folds, example_inputs=example_inputs)
     if folds.nbytes:
-        report.notes.append(f"fold_bias: {len(folds)} weight copies with the bias appended, {folds.nbytes / 2**20:.1f} MiB")
-    _dump(gm, config, "after")
-    _REPORTS.append(report)
+        report.notes.append(f"fold_bias: {len(folds)} weight copies with the bias appended, "
+                            f"{folds.nbytes / 2**20:.1f} MiB")
+    _dump(gm, config, graph, "after")
     on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
-    return folds.wrap(compile_fx(gm, example_inputs, config_patches=_inductor_patches(mode, config, on_cuda)))
+    compiled = folds.wrap(compile_fx(gm, example_inputs, config_patches=_inductor_patches(mode, config, on_cuda)))
+    return _reported_when_run(compiled, report)
 
 
-def _dump(gm: fx.GraphModule, config: LynxConfig, stage: str) -> None:
+def _reported_when_run(compiled: Callable[..., Any], report: Report) -> Callable[..., Any]:
+    """``compiled``, adding ``report`` to ``reports()`` at its first call: Dynamo may discard a compiled
+    graph (a restarted analysis compiles the frame again), and its report must not show."""
+    reported = False
+
+    @functools.wraps(compiled)
+    def run(*args: Any) -> Any:
+        nonlocal reported
+        if not reported:
+            reported = True
+            _REPORTS.append(report)
+        return compiled(*args)
+
+    return run
+
+
+def _inductor_mode(mode: str | None, config: LynxConfig) -> str | None:
+    """Inductor's mode: ``torch.compile``'s ``mode`` or option ``inductor_mode`` (one of the two)."""
+    if mode is not None and config.inductor_mode is not None and mode != config.inductor_mode:
+        raise ValueError(f"lynx: mode={mode!r} and option inductor_mode={config.inductor_mode!r} disagree; give one")
+    mode = config.inductor_mode if mode is None else mode
+    if mode is not None and mode not in INDUCTOR_MODES:
+        raise ValueError(f"lynx: unknown mode {mode!r}; valid: {list(INDUCTOR_MODES)}")
+    return mode
+
+
+def _dump(gm: fx.GraphModule, config: LynxConfig, graph: int, stage: str) -> None:
     code = gm.print_readable(print_output=False)
     log.debug("lynx: graph %s the 2:4 pass:\n%s", stage, code)
     if config.dump_graphs:
         os.makedirs(config.dump_graphs, exist_ok=True)
-        path = os.path.join(config.dump_graphs, f"graph_{len(_REPORTS)}_{stage}.py")
+        path = os.path.join(config.dump_graphs, f"graph_{graph}_{stage}.py")
         with open(path, "w") as f:
             f.write(code)
 
@@ -146,12 +175,10 @@ def _graph_device(plan: list[tuple[GemmSite, Decision]]) -> str:
 _LOGGED_REFERENCE: set[str] = set()
 
 
-def _log_reference_once(report: Report) -> None:
-    for layer in report.layers:
-        if layer.path != "reference":
-            continue
-        why = layer.reason.split("reference path: ", 1)[-1].split("; ", 1)[0]
-        if why not in _LOGGED_REFERENCE:
+def _log_reference_once(decisions: Sequence[Decision]) -> None:
+    for decision in decisions:
+        why = decision.fallback
+        if decision.path == GemmPath.REFERENCE and why is not None and why not in _LOGGED_REFERENCE:
             _LOGGED_REFERENCE.add(why)
             log.warning("lynx: sparse GEMMs run on the reference path (prune, then dense GEMM): %s", why)
 
@@ -164,7 +191,7 @@ def _inductor_patches(mode: str | None, config: LynxConfig, on_cuda: bool) -> di
     GEMM dense get graphs too, so they run as fast as ``mode="reduce-overhead"``, not slower.
     """
     user_pass = torch._inductor.config.post_grad_custom_post_pass
-    patches: dict[str, Any] = {"post_grad_custom_post_pass": _KeyedOnLynx(user_pass)}
+    patches: dict[str, Any] = {"post_grad_custom_post_pass": KeyedOnLynx(user_pass)}
     if mode not in (None, "default"):
         patches.update(torch._inductor.list_mode_options(mode))
     elif config.cudagraphs and on_cuda:
@@ -174,7 +201,7 @@ def _inductor_patches(mode: str | None, config: LynxConfig, on_cuda: bool) -> di
     return patches
 
 
-class _KeyedOnLynx(CustomGraphPass):
+class KeyedOnLynx(CustomGraphPass):
     """Runs the user's own post-grad passes, if any, and puts lynx's code into Inductor's cache key.
 
     Inductor's FX graph cache keys on the graph, its config and custom passes' ``uuid``, not on the

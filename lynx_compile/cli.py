@@ -114,7 +114,7 @@ def _demo(built: zoo.ZooModel, options: dict[str, Any], runs: int) -> int:
     print(f"output error vs dense torch.compile: {rel:.4f} (relative L2)")
     print(f"dense torch.compile: {dense_ms:8.2f} ms/forward (compile {t_dense_compile:.1f} s)")
     print(f"lynx torch.compile : {lynx_ms:8.2f} ms/forward (compile {t_lynx_compile:.1f} s)")
-    if any(p.startswith("cusparselt") for p in paths):
+    if any(p.on_cusparselt for p in paths):
         print(f"speed-up over dense torch.compile: {dense_ms / lynx_ms:.2f}x")
     else:
         print("no speed-up is expected here: the reference path prunes on top of a dense GEMM")

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+import torch._inductor
 
 # GEMMs a DiT should keep dense by default: embedders (patch, text, timestep, caption; Qwen-Image
 # names its patch and text embedders img_in / txt_in) and the final output projection / output norm
@@ -30,6 +31,7 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _PATHS = ("auto", "reference")
+INDUCTOR_MODES: tuple[str, ...] = tuple(torch._inductor.list_mode_options())  # torch.compile's modes
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -57,24 +59,27 @@ class LynxConfig:
     # the cost model's bar: a GEMM goes sparse when dense_ms / (prune + sparse GEMM)_ms >= this. Above
     # 1: the per-shape measurement misses what a layer costs inside a model (the bias add cuBLAS fuses,
     # one more kernel, the producer's output no longer read straight from L2): PixArt's 1.08x layers
-    # made the whole model 7% slower (benchmarks/results/e2e_*)
+    # made the whole model 7% slower (docs/design.md, "Cost model")
     min_speedup: float = 1.1
     cudagraphs: bool = True
     # prune+compress in an Inductor template that takes a pointwise producer (GELU, residual add) as its
     # prologue. Off by default: it moves 35% less activation data in FLUX and wins 1.5-4% on an MLP block,
-    # but whole FLUX is a tie on the H100 (tanh-GELU + selection are instruction-bound: benchmarks/
-    # results/fusion_*, e2e_*_fused_template; benchmarks/NOTES_kernels.md)
+    # but whole FLUX is a tie on the H100 (tanh-GELU + selection are instruction-bound: docs/design.md,
+    # "Producer fusion")
     fuse_producers: bool = False
     # add a GEMM's bias inside the sparse GEMM where an add in the graph would feed a norm or attention
     # (FLUX's q, k, v): a copy [W | b | 0...] of each such weight, kept current (passes/fold_bias.py). Costs
     # that memory (shown in the report); not with compensate (the per-row scale must not scale the
-    # bias). A tie on FLUX and Wan (benchmarks/results/breakdown_*_fold, e2e_*_fold*)
+    # bias). A tie on FLUX and Wan (docs/design.md, "Bias folding")
     fold_bias: bool = False
     # a GEMM stays dense when pruning its input changes its own output by more than this (relative L2
     # error, float32), measured at compile time on the inputs of the call that compiles the graph; the
     # report then shows every GEMM's measured error. None: no budget, nothing measured
     max_layer_error: float | None = None
     dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
+    # Inductor's mode, as torch.compile(mode=...) gives it: torch refuses mode= together with options=,
+    # so this is how both reach the backend. None: torch.compile's mode, if any
+    inductor_mode: str | None = None
 
     def __post_init__(self) -> None:
         for field in ("include", "exclude", "default_exclude", "dtypes"):
@@ -103,6 +108,9 @@ class LynxConfig:
             raise TypeError(f"lynx option 'dump_graphs' must be a directory path (str), got {self.dump_graphs!r}")
         if self.path not in _PATHS:
             raise ValueError(f"lynx option 'path' must be one of {_PATHS}, got {self.path!r}")
+        if self.inductor_mode is not None and self.inductor_mode not in INDUCTOR_MODES:
+            raise ValueError(f"lynx option 'inductor_mode' must be None or one of {INDUCTOR_MODES}, "
+                             f"got {self.inductor_mode!r}")
         if self.fold_bias and self.compensate:
             raise ValueError("lynx options 'fold_bias' and 'compensate' cannot be combined: compensation scales "
                              "each row of a GEMM's output, and a bias added inside the GEMM would be scaled with it")

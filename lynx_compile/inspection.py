@@ -1,7 +1,7 @@
 """``lynx_compile.inspect``: what the lynx backend would do to a model, and what pruning costs per layer.
 
 The model is captured by Dynamo exactly as ``backend="lynx"`` would capture it (same graphs, same
-GEMM names, same decisions), then each graph runs through ``accuracy.MeasuringInterpreter``: every
+GEMM names, same decisions), then each graph runs through ``passes.errors.MeasuringInterpreter``: every
 GEMM's own pruning error, in float32, from the same dense input.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import fx
 
-from .accuracy import MeasuringInterpreter, PruningError
 from .backend import layer_report
 from .config import LynxConfig
+from .passes.errors import MeasuringInterpreter, PruningError
 from .passes.gemms import find_gemms
 from .passes.policy import plan
 from .report import LayerReport, Report
@@ -33,7 +33,8 @@ class _Session:
 _SESSION: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("lynx_inspect", default=None)
 
 
-def inspect(model: Callable[..., Any], *args: Any, options: LynxConfig | dict[str, Any] | None = None, **kwargs: Any) -> Report:
+def inspect(model: Callable[..., Any], *args: Any, options: LynxConfig | dict[str, Any] | None = None,
+            **kwargs: Any) -> Report:
     """Run ``model(*args, **kwargs)`` once and report every GEMM the lynx backend would see."""
     config = LynxConfig.from_options(options)
     session = _Session(config)

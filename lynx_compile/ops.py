@@ -4,7 +4,7 @@ plain-torch functions that AOTAutograd traces (so Inductor fuses them with their
 Fast path, per activation ``x`` (any leading dims, K last), shared by every GEMM that reads it
 (``to_q``/``to_k``/``to_v`` compress their common input once):
 
-    c = lynx::compress_2to4(x.reshape(-1, K), padded, method)  # cuSPARSELt's bytes, flat int64
+    c = lynx::compress_2to4(x.reshape(-1, K), padded, method)  # cuSPARSELt's bytes, flat int64; method: a PruneSite
     y = lynx::sparse_mm(c, W, padded, rows, alg_id)            # (rows, N) = prune_2to4(x) @ W.T
     y = y.view(*x.shape[:-1], N) [* scale] [+ bias]             # in the graph: Inductor fuses these
 
@@ -21,14 +21,14 @@ activation is the sparse operand: it cannot carry nn.Linear's per-column bias. W
 (``passes/fold_bias.py``): ``c = compress_2to4(x, ..., ones_column=True)`` is the compression of
 ``[x | 1 | 0...]`` and ``sparse_mm(c, [W | b | 0...], ...)`` returns ``prune_2to4(x) @ W.T + b``.
 
-Paths (chosen per layer at compile time, shown in the report):
+Paths (``GemmPath``, chosen per layer at compile time, shown in the report):
 - ``reference``: ``prune_2to4`` in torch ops, then the original dense GEMM. CPU, old GPUs,
   float32, ``path="reference"``. Same numbers as the fast path, no speed-up.
-- ``cusparselt``: prune+compress with the producer fused in (method ``inductor``) or the standalone
+- ``cusparselt``: prune+compress with the producer fused in (method ``fused``) or the standalone
   Triton kernel (method ``triton``), then cuSPARSELt with the algorithm id timed fastest for
   the shape.
-- ``cusparselt-compat``: ``torch._cslt_compress`` of the reference pruning, when the Triton
-  kernel's layout self-check failed against the installed cuSPARSELt (slow, never wrong).
+- ``cusparselt-compat``: ``torch._cslt_compress`` of the reference pruning (method ``cslt``), when
+  the Triton kernel's layout self-check failed against the installed cuSPARSELt (slow, never wrong).
 """
 
 from __future__ import annotations
@@ -36,26 +36,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .codegen.cusparselt_layout import compressed_int64_numel, compressed_shape
-from .codegen.reference import BIAS_COLUMNS, NORM_CHUNK, norm_partials, scale_from_partials
+from .codegen import cusparselt, prune_compress
+from .codegen.cusparselt_layout import compressed_int64_numel, compressed_shape, padded_rows
+from .report import PruneSite
+from .semantics import BIAS_COLUMNS, norm_chunks, norm_partials, scale_from_partials
 
-PATHS = ("reference", "cusparselt", "cusparselt-compat")
-METHODS = ("inductor", "triton", "cusparselt")  # how compress_2to4 computes its result
-ROW_ALIGN = 64  # rows of the compressed operand: whole 64-row metadata tiles (cuSPARSELt needs 16)
-
-
-def padded_rows(m: int) -> int:
-    """Rows the pass compresses and multiplies (``prune_compress.padded_rows`` is cuSPARSELt's minimum)."""
-    return -(-m // ROW_ALIGN) * ROW_ALIGN
+_METHODS = (PruneSite.FUSED, PruneSite.TRITON, PruneSite.CSLT)  # where compress_2to4 can prune
 
 
 @torch.library.custom_op("lynx::compress_2to4", mutates_args=())
 def compress_2to4(x: torch.Tensor, rows: int, method: str, ones_column: bool = False) -> torch.Tensor:
     """``torch._cslt_compress(prune_2to4(x zero-padded to rows))`` as a flat int64 buffer.
 
-    ``method``: ``inductor`` (Inductor lowers it into the producer's kernel; called eagerly it runs
-    the Triton kernel), ``triton`` (the standalone Triton kernel), ``cusparselt`` (cuSPARSELt's own
-    compression of the reference pruning: slow, for when the Triton layout self-check fails).
+    ``method``, a ``PruneSite`` value: ``fused`` (Inductor lowers it into the producer's kernel;
+    called eagerly it runs the Triton kernel), ``triton`` (the standalone Triton kernel), ``cslt``
+    (cuSPARSELt's own compression of the reference pruning: slow, for when the Triton layout
+    self-check fails).
     ``ones_column``: compress ``with_ones_column(x)`` (K + BIAS_COLUMNS), for a GEMM whose weight
     carries the bias (``passes/fold_bias.py``).
     """
@@ -74,19 +70,15 @@ def compress_2to4_norms(x: torch.Tensor, rows: int, method: str) -> tuple[torch.
 def _compress(x: torch.Tensor, rows: int, method: str, ones_column: bool = False,
               with_norms: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The two ops' eager work: the compressed bytes as flat int64, and ``norm_partials(x)`` if asked."""
-    if method in ("inductor", "triton"):
-        from .codegen.prune_compress import prune_compress, prune_compress_with_norms
-
+    if method in (PruneSite.FUSED, PruneSite.TRITON):
         if with_norms:
-            compressed, norms = prune_compress_with_norms(x, rows=rows)
+            compressed, norms = prune_compress.prune_compress_with_norms(x, rows=rows)
         else:
-            compressed, norms = prune_compress(x, rows=rows, ones_column=ones_column), None
-    elif method == "cusparselt":
-        from .codegen.cusparselt import compress_compat
-
-        compressed, norms = compress_compat(x, rows, ones_column), norm_partials(x) if with_norms else None
+            compressed, norms = prune_compress.prune_compress(x, rows=rows, ones_column=ones_column), None
+    elif method == PruneSite.CSLT:
+        compressed, norms = cusparselt.compress_compat(x, rows, ones_column), norm_partials(x) if with_norms else None
     else:
-        raise ValueError(f"unknown compress method {method!r}; valid: {METHODS}")
+        raise ValueError(f"unknown compress method {method!r}; valid: {[m.value for m in _METHODS]}")
     return compressed.reshape(-1).view(torch.int64), norms
 
 
@@ -99,8 +91,6 @@ def _(x: torch.Tensor, rows: int, method: str, ones_column: bool = False) -> tor
 @torch.library.custom_op("lynx::sparse_mm", mutates_args=())
 def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, padded: int, rows: int, alg_id: int) -> torch.Tensor:
     """``(prune_2to4(x) @ weight.T)[:rows]``, ``compressed = compress_2to4(x, padded, ...)``; weight (N, K)."""
-    from .codegen import cusparselt
-
     operand = compressed.view(weight.dtype).view(compressed_shape(padded, weight.shape[1], weight.dtype))
     return cusparselt.sparse_mm(operand, weight, alg_id)[:rows]  # padding rows dropped: a view, no copy
 
@@ -112,9 +102,8 @@ def _(compressed: torch.Tensor, weight: torch.Tensor, padded: int, rows: int, al
 
 @compress_2to4_norms.register_fake
 def _(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    chunks = -(-x.shape[1] // NORM_CHUNK)
     return (x.new_empty((compressed_int64_numel(rows, x.shape[1], x.dtype),), dtype=torch.int64),
-            x.new_empty((2, x.shape[0], chunks), dtype=torch.float32))
+            x.new_empty((2, x.shape[0], norm_chunks(x.shape[1])), dtype=torch.float32))
 
 
 def compress_activation(x: torch.Tensor, method: str, ones_column: bool = False) -> torch.Tensor:

@@ -1,10 +1,35 @@
-"""What was sparsified and what it cost: one row per GEMM, readable as a table and as JSON."""
+"""What was sparsified and what it cost: one row per GEMM, readable as a table and as JSON; and the
+vocabulary of its ``path`` and ``prune`` columns, which the policy and the ops speak too."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from typing import Any
+
+
+class GemmPath(enum.StrEnum):
+    """How a GEMM runs. The values are the report's and the benchmark results' strings."""
+
+    DENSE = "dense"
+    REFERENCE = "reference"  # prune_2to4 in torch ops, then the dense GEMM
+    CUSPARSELT = "cusparselt"  # the Triton prune+compress (standalone or fused), then cuSPARSELt
+    CUSPARSELT_COMPAT = "cusparselt-compat"  # cuSPARSELt's own compression: the Triton kernel failed its self-check
+
+    @property
+    def on_cusparselt(self) -> bool:
+        return self in (GemmPath.CUSPARSELT, GemmPath.CUSPARSELT_COMPAT)
+
+
+class PruneSite(enum.StrEnum):
+    """Where a GEMM's activation is pruned (and compressed); the ``method`` of ``lynx::compress_2to4``."""
+
+    NONE = "-"  # dense: not pruned
+    TORCH = "torch"  # reference path: torch ops that Inductor fuses into the producer
+    TRITON = "triton"  # the standalone Triton prune+compress kernel
+    FUSED = "fused"  # Inductor's template, the producer computed in it as its prologue
+    CSLT = "cslt"  # torch._cslt_compress of the reference pruning (cusparselt-compat)
 
 
 @dataclasses.dataclass
@@ -19,11 +44,11 @@ class LayerReport:
     k: int
     n: int
     dtype: str
-    path: str  # "dense", "reference", "cusparselt", "cusparselt-compat"
+    path: GemmPath
     rel_err: float | None = None  # ||Y_pruned - Y_dense|| / ||Y_dense||, this layer alone
     energy_pruned: float | None = None  # ||x - prune(x)||^2 / ||x||^2
     alg_id: int | None = None
-    prune: str = "-"  # where prune(+compress) runs: "fused" into the producer, "triton", "cslt", "torch"
+    prune: PruneSite = PruneSite.NONE
     bias_folded: bool = False  # the bias is added inside the sparse GEMM (option fold_bias)
 
     @property
@@ -59,7 +84,7 @@ class Report:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise KeyError(f"no GEMM named {name!r}; names: {[l.name for l in self.layers]}")
+        raise KeyError(f"no GEMM named {name!r}; names: {[layer.name for layer in self.layers]}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -7,8 +7,8 @@ import torch
 if not torch.cuda.is_available():  # must precede any import of a Triton kernel module
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import pytest
+from hypothesis import HealthCheck, settings
 
 # "ci" (the default) draws the same examples every run, so that CI's verdict on a tree never depends
 # on the draw; "explore" draws new ones each run, more of them (HYPOTHESIS_PROFILE=explore).

@@ -33,8 +33,8 @@ def test_going_second_costs_both_models_alike(runs: int, second_penalty: float, 
     def b() -> None: ...
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(e2e, "_call_ms", fake_call_ms)
-        times = e2e._time_interleaved({"a": a, "b": b}, make_inputs, runs, loop=loop)
+        mp.setattr(e2e, "call_ms", fake_call_ms)
+        times = e2e.time_interleaved({"a": a, "b": b}, make_inputs, runs, loop=loop)
     assert run["count"] >= runs + 2  # two warm-up rounds, then at least ``runs``
     assert times["a"] == times["b"] and times["a_loop"] == times["b_loop"]
     assert times["a"] == pytest.approx(1.0 + second_penalty / 2)  # the median of as many firsts as seconds
@@ -44,8 +44,8 @@ def test_single_calls_only_without_loop() -> None:
     """``loop=None`` (the eager baseline) times one call per model and run, nothing looped."""
     calls = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(e2e, "_call_ms", lambda fn, kwargs, calls_=1: calls.append(calls_) or 2.0)
-        times = e2e._time_interleaved({"eager": lambda: None}, dict, runs=3, loop=None)
+        mp.setattr(e2e, "call_ms", lambda fn, kwargs, calls_=1: calls.append(calls_) or 2.0)
+        times = e2e.time_interleaved({"eager": lambda: None}, dict, runs=3, loop=None)
     assert times == {"eager": 2.0}
     assert calls == [1] * (4 + 2)  # runs made even, two warm-up rounds
 
@@ -54,8 +54,8 @@ def test_single_calls_are_timed_before_any_loop() -> None:
     """A call right after a 10-call loop runs slower on the GPU: no single call may follow a loop."""
     calls: list[int] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(e2e, "_call_ms", lambda fn, kwargs, n=1: calls.append(n) or 1.0)
-        e2e._time_interleaved({"a": lambda: None, "b": lambda: None}, dict, runs=3, loop=10)
+        mp.setattr(e2e, "call_ms", lambda fn, kwargs, n=1: calls.append(n) or 1.0)
+        e2e.time_interleaved({"a": lambda: None, "b": lambda: None}, dict, runs=3, loop=10)
     assert calls == [1] * 2 * (4 + 2) + [10] * 2 * (4 + 2)
 
 
@@ -74,6 +74,7 @@ def test_qkv_variant_fuses_sd3_projections() -> None:
     assert not any(name.endswith((".to_q", ".to_k", ".to_v")) for name in names)
 
 
+@pytest.mark.slow
 def test_rounding_floor_grows_with_the_pruning_flips() -> None:
     row = rounding.measure("dit", torch.device("cpu"))
     assert row["dense_bf16_vs_fp32"] < 0.02 and row["compiled_bf16_vs_fp32"] < 0.02
@@ -85,8 +86,10 @@ def test_rounding_floor_grows_with_the_pruning_flips() -> None:
 def test_floor_bound_caps_what_a_separate_prune_pass_gives() -> None:
     """The bound charges the sparse GEMM plus the prune at its floor: it sits between the GEMM alone and
     the measured prune + GEMM, and its geomean row is the geomean of the rows' bounds."""
-    rows = [linear.Row("a", 4096, 3072, 3072, "bfloat16", 0.109, 0.019, 0.013, 0.078, 0.130, 0.095, 0.099, "cusparselt", 20, []),
-            linear.Row("b", 4096, 12288, 3072, "bfloat16", 0.433, 0.067, 0.052, 0.278, 0.380, 0.364, 0.372, "cusparselt", 20, [])]
+    rows = [linear.Row("a", 4096, 3072, 3072, "bfloat16", 0.109, 0.019, 0.013, 0.078, 0.130, 0.095, 0.099,
+                       "cusparselt", 20, []),
+            linear.Row("b", 4096, 12288, 3072, "bfloat16", 0.433, 0.067, 0.052, 0.278, 0.380, 0.364, 0.372,
+                       "cusparselt", 20, [])]
     table = linear.markdown_rows(rows, ["layer", "m", "gemm speedup", "floor bound", "no-bias speedup"])
     for row in table[:2]:
         assert row["no-bias speedup"] < row["floor bound"] < row["gemm speedup"]

@@ -1,9 +1,11 @@
-"""Options: validation errors name the valid options; the selection rules."""
+"""Options: validation errors name the valid options; the selection rules; Inductor's mode."""
+
+import functools
 
 import pytest
 import torch
 
-from lynx_compile import LynxConfig
+from lynx_compile import LynxConfig, backend
 
 
 @pytest.mark.parametrize(
@@ -23,6 +25,7 @@ from lynx_compile import LynxConfig
         ({"max_layer_error": "0.1"}, TypeError, "max_layer_error"),
         ({"max_layer_error": True}, TypeError, "max_layer_error"),
         ({"max_layer_error": float("nan")}, TypeError, "max_layer_error"),
+        ({"inductor_mode": "fastest"}, ValueError, "inductor_mode.*max-autotune"),
         ("min_rows=3", TypeError, "dict or LynxConfig"),
     ],
 )
@@ -59,3 +62,36 @@ def test_backend_registered_through_entry_point():
 
     code = "import torch; import sys; sys.exit(0 if 'lynx' in torch._dynamo.list_backends() else 1)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _inductor_config(monkeypatch, **compile_kwargs) -> dict:
+    """The config patches the backend hands Inductor for ``torch.compile(..., **compile_kwargs)``."""
+    seen = {}
+
+    def compile_fx(gm, example_inputs, config_patches):
+        seen.update(config_patches)
+        return gm.forward
+
+    monkeypatch.setattr(backend, "compile_fx", compile_fx)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(torch.nn.Linear(8, 8), **compile_kwargs)(torch.randn(4, 8))
+    seen.pop("post_grad_custom_post_pass")
+    return seen
+
+
+def test_inductor_mode_option_is_torch_compiles_mode(monkeypatch):
+    """torch.compile refuses mode= with options=: option inductor_mode gives the mode beside lynx options."""
+    with pytest.raises(Exception, match=r"mode.*options"):
+        torch.compile(torch.nn.Linear(8, 8), backend="lynx", mode="max-autotune-no-cudagraphs", options={"min_rows": 1})
+    by_mode = _inductor_config(monkeypatch, backend="lynx", mode="max-autotune-no-cudagraphs")
+    by_option = _inductor_config(monkeypatch, backend="lynx", options={"inductor_mode": "max-autotune-no-cudagraphs"})
+    assert by_option == by_mode and by_mode["max_autotune"]
+    assert _inductor_config(monkeypatch, backend="lynx") == {}
+
+
+def test_mode_and_a_different_inductor_mode_are_refused():
+    lynx = functools.partial(backend.lynx_backend, mode="reduce-overhead", options={"inductor_mode": "max-autotune"})
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="mode='reduce-overhead' and option inductor_mode='max-autotune' disagree"):
+        torch.compile(torch.nn.Linear(8, 8), backend=lynx)(torch.randn(4, 8))

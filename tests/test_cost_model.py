@@ -8,8 +8,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lynx_compile.codegen import cusparselt
-from lynx_compile.passes import policy
+from lynx_compile import GemmPath, PruneSite
+from lynx_compile.codegen import tuning
+from lynx_compile.passes import profitability
+from lynx_compile.passes.decision import Decision
 
 
 def _cost_model(monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: float, min_speedup: float,
@@ -22,14 +24,15 @@ def _cost_model(monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: 
             n = 1024 * (j + 1)  # shapes tell the GEMMs apart in the stub
             sites.append(types.SimpleNamespace(x=f"x{g}", m=4096, k=1024 * (g + 1), n=n,
                                                dtype=torch.bfloat16, device=torch.device("cuda")))
-            times[(sites[-1].k, n)] = cusparselt.Costs(dense_ms, prune_ms, gemm_ms)
+            times[(sites[-1].k, n)] = tuning.Costs(dense_ms, prune_ms, gemm_ms)
+
     def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms):
         assert norms is compensate  # with compensation the prune+compress timed also sums the norms
         return times[(k, n)]
 
-    monkeypatch.setattr(cusparselt, "measure_costs", measure_costs)
-    decisions = [policy.Decision(True, "cusparselt", "block GEMM", alg_id=3, compress="triton") for _ in sites]
-    out = iter(policy.apply_cost_model(sites, decisions, min_speedup, compensate))
+    monkeypatch.setattr(tuning, "measure_costs", measure_costs)
+    decisions = [Decision(True, GemmPath.CUSPARSELT, "block GEMM", alg_id=3, prune=PruneSite.TRITON) for _ in sites]
+    out = iter(profitability.apply_cost_model(sites, decisions, min_speedup, compensate))
     return [[next(out) for _ in members] for members in groups]
 
 
@@ -102,7 +105,7 @@ class _FakeGPU:
         pass
 
     def install(self, monkeypatch) -> None:
-        monkeypatch.setattr(cusparselt, "_sleep_cycles_per_ms", lambda: 1.0)
+        monkeypatch.setattr(tuning, "sleep_cycles_per_ms", lambda: 1.0)
         for name in ("Event", "_sleep", "synchronize"):
             monkeypatch.setattr(torch.cuda, name, getattr(self, name))
 
@@ -128,13 +131,13 @@ def test_queued_ms_times_each_key(monkeypatch, per_call, woken, calls, rounds, r
     keys = range(len(per_call) + 1)
     if not refusal:
         with pytest.raises(RuntimeError):
-            cusparselt.queued_ms(call, keys, calls, rounds)
+            tuning.queued_ms(call, keys, calls, rounds)
         return
-    ms = cusparselt.queued_ms(call, keys, calls, rounds, refused=RuntimeError)
+    ms = tuning.queued_ms(call, keys, calls, rounds, refused=RuntimeError)
     assert ms == pytest.approx(dict(enumerate(per_call)))
     tries = min(3, next(t for t in range(1, 5) if t not in woken))
     one_try = [key for _ in range(rounds) for key in range(len(per_call)) for _ in range(calls)]
-    warm_up = [key for key in range(len(per_call)) for _ in range(2)] + [len(per_call)]  # two each, then the refused key
+    warm_up = [key for key in range(len(per_call)) for _ in range(2)] + [len(per_call)]  # two each, then the refused
     assert called == warm_up + one_try * tries
 
 
@@ -150,17 +153,17 @@ def test_alg_search_keeps_the_fastest_finalist(monkeypatch, ids):
         keys = list(keys)
         passes.append((keys, calls, rounds))
         if refused:  # the walk over every id
-            assert keys == list(range(cusparselt._MAX_ALG_IDS)) and refused is RuntimeError
+            assert keys == list(range(tuning.MAX_ALG_IDS)) and refused is RuntimeError
             return quick
         return {alg: long[alg] for alg in keys}
 
-    monkeypatch.setattr(cusparselt, "_operands", lambda *args: (None, [None], [None]))
-    monkeypatch.setattr(cusparselt, "queued_ms", queued_ms)
+    monkeypatch.setattr(tuning, "operands", lambda *args: (None, [None], [None]))
+    monkeypatch.setattr(tuning, "queued_ms", queued_ms)
     if not ids:
         with pytest.raises(RuntimeError, match="none of its algorithms"):
-            cusparselt._search(4096, 3072, 3072, torch.bfloat16, torch.device("cuda"))
+            tuning.search_alg(4096, 3072, 3072, torch.bfloat16, torch.device("cuda"))
         return
-    alg = cusparselt._search(4096, 3072, 3072, torch.bfloat16, torch.device("cuda"))
+    alg = tuning.search_alg(4096, 3072, 3072, torch.bfloat16, torch.device("cuda"))
     finalists = sorted(quick, key=quick.get)[:3]
     assert sorted(passes[1][0]) == sorted(finalists) and passes[1][2] > 1  # several rounds: a median
     assert long[alg] == min(long[a] for a in finalists)

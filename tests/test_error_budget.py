@@ -1,32 +1,34 @@
-"""Option ``max_layer_error``: GEMMs whose own pruning error, measured at compile time, is over the budget stay dense."""
+"""Option ``max_layer_error``: GEMMs whose own pruning error, measured at compile time, is over the budget
+stay dense."""
 
 import logging
 
 import pytest
 import torch
+from helpers import gemm_sites, rel
 from hypothesis import given
 from hypothesis import strategies as st
-from test_emulated_fast_path import _sites
-from test_pass import OPTS, Toy, _inputs, _reference, _rel
+from test_pass import OPTS, Toy, toy_inputs, toy_reference
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lynx_compile
 from lynx_compile import backend
-from lynx_compile.accuracy import PruningError
 from lynx_compile.config import LynxConfig
 from lynx_compile.passes import policy
+from lynx_compile.passes.errors import PruningError
 
 
 @pytest.fixture(scope="module")
 def toy_sites():
     torch.manual_seed(0)
-    return _sites(Toy().eval(), *_inputs())
+    return gemm_sites(Toy().eval(), *toy_inputs())
 
 
 def test_layers_over_the_budget_stay_dense_and_report_their_error():
     model = Toy().eval()
-    x, t = _inputs()
-    errors = {layer.name: layer.rel_err for layer in lynx_compile.inspect(model, x, t, options=OPTS).layers if layer.sparse}
+    x, t = toy_inputs()
+    report = lynx_compile.inspect(model, x, t, options=OPTS)
+    errors = {layer.name: layer.rel_err for layer in report.layers if layer.sparse}
     budget = sorted(errors.values())[len(errors) // 2]
     torch._dynamo.reset()
     with torch.no_grad():
@@ -38,7 +40,7 @@ def test_layers_over_the_budget_stay_dense_and_report_their_error():
     assert all(layers[name].rel_err == pytest.approx(error, rel=1e-6) for name, error in errors.items())
     assert all(f"> max_layer_error={budget:g}" in layers[name].reason for name in errors.keys() - kept)
     pruned = {"b_mm" if name == "w_buf" else name for name in kept}  # Toy prunes by its own names
-    assert _rel(out, _reference(model, pruned, x, t)) < 1e-5
+    assert rel(out, toy_reference(model, pruned, x, t)) < 1e-5
 
 
 @given(budget=st.floats(0, 1), measured=st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=9, max_size=9))

@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from hypothesis import given
 
 import lynx_compile  # noqa: F401  (registers the ops and the lowering)
-from lynx_compile import prune_2to4
+from lynx_compile import PruneSite, prune_2to4
 from lynx_compile.codegen import inductor_lowering
-from lynx_compile.codegen.cusparselt_layout import compress_reference, significant_numel
-from lynx_compile.ops import padded_rows
+from lynx_compile.codegen.cusparselt_layout import compress_reference, padded_rows, significant_numel
 
 
 class _Capture(logging.Handler):
@@ -64,11 +63,9 @@ def _triton_on_cpu():
 def _generated(fn, *args) -> str:
     """Inductor's generated module for ``fn(*args)`` (running it may fail: no GPU to build for)."""
     torch._dynamo.reset()
-    with _triton_on_cpu() as code:
-        try:
-            torch.compile(fn, dynamic=False)(*args)
-        except Exception:  # Triton's interpreter runs some kernels (tests below), not all (libdevice)
-            pass
+    # Triton's interpreter runs some kernels (tests below), not all (libdevice)
+    with _triton_on_cpu() as code, contextlib.suppress(Exception):
+        torch.compile(fn, dynamic=False)(*args)
     torch._dynamo.reset()
     assert code, "Inductor logged no output code"
     return "\n".join(code)
@@ -82,7 +79,7 @@ def _kernels(code: str) -> dict[str, str]:
 def test_gelu_becomes_the_template_prologue() -> None:
     def mlp_act(h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a = F.gelu(h + b, approximate="tanh")
-        return torch.ops.lynx.compress_2to4(a, padded_rows(a.shape[0]), "inductor")
+        return torch.ops.lynx.compress_2to4(a, padded_rows(a.shape[0]), PruneSite.FUSED.value)
 
     m, k = 200, 512  # rows padded to 256 inside the kernel
     code = _generated(mlp_act, torch.randn(m, k, dtype=torch.bfloat16), torch.randn(k, dtype=torch.bfloat16))
@@ -100,7 +97,7 @@ def test_norm_output_is_loaded_by_the_template() -> None:
 
     def adaln(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         h = F.layer_norm(x, x.shape[-1:]) * (1 + scale) + scale
-        return torch.ops.lynx.compress_2to4(h, padded_rows(h.shape[0]), "inductor")
+        return torch.ops.lynx.compress_2to4(h, padded_rows(h.shape[0]), PruneSite.FUSED.value)
 
     code = _generated(adaln, torch.randn(128, 256, dtype=torch.bfloat16), torch.randn(256, dtype=torch.bfloat16))
     kernels = _kernels(code)
@@ -116,7 +113,7 @@ def _producer(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _fused(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.ops.lynx.compress_2to4(_producer(x, b), padded_rows(x.shape[0]), "inductor")
+    return torch.ops.lynx.compress_2to4(_producer(x, b), padded_rows(x.shape[0]), PruneSite.FUSED.value)
 
 
 _COMPILED: dict[tuple, object] = {}
@@ -143,7 +140,8 @@ def test_template_bytes_equal_the_reference_layout(shape, seed, ties, specials) 
     m, k, dtype = shape
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(m, k, generator=g).to(dtype)
-    b = (2.0 ** torch.randint(-2, 3, (k,), generator=g) * torch.randint(0, 2, (k,), generator=g).mul(2).sub(1)).to(dtype)
+    sign = torch.randint(0, 2, (k,), generator=g).mul(2).sub(1)
+    b = (2.0 ** torch.randint(-2, 3, (k,), generator=g) * sign).to(dtype)
     if ties:  # equal magnitudes with both signs, and all-zero groups
         x = x.abs().round().clamp(max=2) * torch.randint(0, 2, (m, k), generator=g).mul(2).sub(1).to(dtype)
     if specials:

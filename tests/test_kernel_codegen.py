@@ -21,13 +21,14 @@ from triton.backends.compiler import GPUTarget
 
 from lynx_compile.codegen import prune_compress as pc
 
-kernel = pc._prune_compress_kernel
+kernel = pc.prune_compress_kernel
 names = kernel.arg_names
 pointers = {"x_ptr": "*bf16", "values_ptr": "*bf16", "meta_ptr": "*i64", "bytes_ptr": "*u8", "norms_ptr": "*fp32"}
 abs_mask, mag_max = pc.MAGNITUDE_BITS[torch.bfloat16]
-for config, (norms, ones_column) in itertools.product(pc._configs(), [(False, False), (True, False), (False, True)]):
+variants = [(False, False), (True, False), (False, True)]
+for config, (norms, ones_column) in itertools.product(pc.tile_configs(), variants):
     constexprs = dict(ABS_MASK=abs_mask, MAG_MAX=mag_max, ONES_COLUMN=ones_column, NORMS=norms,
-                      TAIL_BLOCK=pc._TAIL_BLOCK, NORM_CHUNK=pc.NORM_CHUNK, **config.kwargs)
+                      TAIL_BLOCK=pc.TAIL_BLOCK, NORM_CHUNK=pc.NORM_CHUNK, **config.kwargs)
     signature = {a: pointers.get(a, "constexpr" if a in constexprs else "i32") for a in names}
     source = triton.compiler.ASTSource(
         fn=kernel, signature=signature, constexprs={(names.index(a),): v for a, v in constexprs.items()},

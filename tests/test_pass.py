@@ -1,13 +1,16 @@
 """The lynx pass on toy models: what it matches, what it leaves, and that compiled == eager-pruned."""
 
+import functools
 import logging
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from helpers import rel
 
 import lynx_compile
-from lynx_compile import prune_2to4, prune_2to4_compensated
+from lynx_compile import backend, prune_2to4, prune_2to4_compensated
 
 OPTS = {"min_rows": 16}
 
@@ -51,13 +54,11 @@ class Toy(nn.Module):
         return self.proj_out(self.pre("proj_out", h))
 
 
-def _inputs(batch: int = 2, tokens: int = 24, d: int = 32, seed: int = 0):
+def toy_inputs(batch: int = 2, tokens: int = 24, d: int = 32, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, tokens, d, generator=g), torch.randn(batch, d, generator=g)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def toy():
     model = Toy().eval()
     with torch.no_grad():
         compiled = torch.compile(model, backend="lynx", options=OPTS)
-        x, t = _inputs()
+        x, t = toy_inputs()
         out = compiled(x, t)
     return model, compiled, out, lynx_compile.reports()[-1]
 
@@ -84,7 +85,7 @@ def test_finds_every_weight_gemm_and_names_them(toy):
     assert report.layer("ff.2").k == 64 and report.layer("ff.2").m == 48 and report.layer("ff.2").n == 32
 
 
-def _reference(model: Toy, pruned: set[str], *args, compensated: bool = False) -> torch.Tensor:
+def toy_reference(model: Toy, pruned: set[str], *args, compensated: bool = False) -> torch.Tensor:
     model.pruned, model.compensated = pruned, compensated
     try:
         with torch.no_grad():
@@ -98,23 +99,24 @@ SPARSE = {"qkv", "w_out", "w_t", "b_mm", "ff.0", "ff.2"}  # b_mm's weight is the
 
 def test_compiled_equals_eager_pruned_and_differs_from_dense(toy):
     model, _, out, _ = toy
-    x, t = _inputs()
-    assert _rel(out, _reference(model, SPARSE, x, t)) < 1e-5
-    assert _rel(out, _reference(model, set(), x, t)) > 1e-2
+    x, t = toy_inputs()
+    assert rel(out, toy_reference(model, SPARSE, x, t)) < 1e-5
+    assert rel(out, toy_reference(model, set(), x, t)) > 1e-2
 
 
+@pytest.mark.slow
 def test_changed_batch_and_resolution_recompile_correctly(toy):
     model, compiled, _, _ = toy
     for batch, tokens in ((3, 24), (2, 40)):
-        x, t = _inputs(batch, tokens, seed=batch + tokens)
+        x, t = toy_inputs(batch, tokens, seed=batch + tokens)
         with torch.no_grad():
             out = compiled(x, t)
-        assert _rel(out, _reference(model, SPARSE, x, t)) < 1e-5
+        assert rel(out, toy_reference(model, SPARSE, x, t)) < 1e-5
 
 
 def test_include_exclude_min_rows_are_respected():
     model = Toy().eval()
-    x, t = _inputs()
+    x, t = toy_inputs()
     r = lynx_compile.inspect(model, x, t, options={"min_rows": 16, "exclude": ["ff.*"], "include": ["*", "x_embedder"]})
     sparse = {layer.name for layer in r.layers if layer.sparse}
     assert sparse == {"x_embedder", "qkv", "w_out", "w_t", "w_buf"}
@@ -126,11 +128,11 @@ def test_include_exclude_min_rows_are_respected():
 
 def test_inspect_reports_errors_and_totals():
     model = Toy().eval()
-    x, t = _inputs()
+    x, t = toy_inputs()
     r = lynx_compile.inspect(model, x, t, options=OPTS)
     for layer in r.layers:
         assert 0 < layer.rel_err < 1 and 0 < layer.energy_pruned < 0.5
-    assert r.total_flops == sum(2 * l.m * l.k * l.n for l in r.layers)
+    assert r.total_flops == sum(2 * layer.m * layer.k * layer.n for layer in r.layers)
     assert 0 < r.sparse_share < 1
     data = r.to_dict()
     assert data["totals"]["sparse_gemms"] == 6 and len(data["layers"]) == 9
@@ -144,20 +146,21 @@ def test_inspect_error_is_the_layer_error():
     x = torch.randn(64, 16)
     r = lynx_compile.inspect(lin, x, options={"min_rows": 1, "default_exclude": []})
     with torch.no_grad():
-        want = _rel(lin(prune_2to4(x)), lin(x))
+        want = rel(lin(prune_2to4(x)), lin(x))
     energy = ((x - prune_2to4(x)).square().sum() / x.square().sum()).item()
     (layer,) = r.layers
     assert layer.rel_err == pytest.approx(want, rel=1e-4)
     assert layer.energy_pruned == pytest.approx(energy, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_compensation_matches_the_documented_formula():
     model = Toy().eval()
-    x, t = _inputs()
+    x, t = toy_inputs()
     with torch.no_grad():
         out = torch.compile(model, backend="lynx", options={**OPTS, "compensate": True})(x, t)
-    assert _rel(out, _reference(model, SPARSE, x, t, compensated=True)) < 1e-5
-    assert _rel(out, _reference(model, SPARSE, x, t)) > 1e-4
+    assert rel(out, toy_reference(model, SPARSE, x, t, compensated=True)) < 1e-5
+    assert rel(out, toy_reference(model, SPARSE, x, t)) > 1e-4
 
 
 class Broken(nn.Module):
@@ -180,19 +183,19 @@ def test_graph_breaks_each_graph_is_sparsified():
         out = torch.compile(model, backend="lynx", options=OPTS)(x)
         want = model.b(prune_2to4(torch.relu(model.a(prune_2to4(x)))))
     new = lynx_compile.reports()[before:]
-    assert [l.name for r in new for l in r.layers] == ["a", "b"]
-    assert _rel(out, want) < 1e-5
+    assert [layer.name for r in new for layer in r.layers] == ["a", "b"]
+    assert rel(out, want) < 1e-5
 
 
 def test_mixed_fp32_and_bf16_and_dtype_option():
     model = Toy(dtype_mlp=torch.bfloat16).eval()
-    x, t = _inputs()
+    x, t = toy_inputs()
     with torch.no_grad():
         out = torch.compile(model, backend="lynx", options={**OPTS, "dtypes": ["float32"]})(x, t)
     report = lynx_compile.reports()[-1]
     assert report.layer("ff.0").dtype == "bfloat16" and not report.layer("ff.0").sparse
     assert "dtype bfloat16 not in option dtypes" in report.layer("ff.0").reason
-    assert _rel(out, _reference(model, SPARSE - {"ff.0", "ff.2"}, x, t)) < 1e-3
+    assert rel(out, toy_reference(model, SPARSE - {"ff.0", "ff.2"}, x, t)) < 1e-3
 
 
 def test_autograd_graphs_fall_back_to_dense_with_a_warning(caplog):
@@ -207,8 +210,6 @@ def test_autograd_graphs_fall_back_to_dense_with_a_warning(caplog):
 
 
 def test_cpu_reference_path_is_logged_once(caplog, monkeypatch):
-    from lynx_compile import backend
-
     monkeypatch.setattr(backend, "_LOGGED_REFERENCE", set())
     with caplog.at_level(logging.WARNING, logger="lynx_compile"), torch.no_grad():
         for n in (32, 16):
@@ -233,9 +234,39 @@ def test_gemms_sharing_an_input_prune_it_once_and_graphs_are_dumped(tmp_path):
         out = torch.compile(model, backend="lynx", options={**OPTS, "dump_graphs": str(tmp_path)})(x)
         xp = prune_2to4(x)
         want = model.to_q(xp) * model.to_k(xp) + model.to_v(xp)
-    assert _rel(out, want) < 1e-5
+    assert rel(out, want) < 1e-5
     (before,) = tmp_path.glob("graph_*_before.py")
     (after,) = tmp_path.glob("graph_*_after.py")
     assert before.read_text().count("torch._C._nn.linear") == 3
     after_code = after.read_text()
     assert after_code.count("prune_2to4(") == 1 and after_code.count("reference_linear(") == 3
+
+
+class ScaledAttention(nn.Module):
+    """A float attribute given to an op: with ``dynamic=True`` Dynamo makes it a symbolic float, fails
+    to turn it into a tensor and restarts its analysis (DiT's attention does this), so the backend
+    compiles the frame twice and only the second graph runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.scale = nn.Linear(32, 32), 0.125
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.qkv(x).unflatten(-1, (2, 16)).transpose(1, 2)
+        return F.scaled_dot_product_attention(h, h, h, scale=self.scale)
+
+
+def test_a_compile_dynamo_discards_leaves_no_report():
+    compiles, runs = [], []
+
+    def counting(gm, example_inputs):
+        compiles.append(gm)
+        compiled = backend.lynx_backend(gm, example_inputs, options=OPTS)
+        return functools.wraps(compiled)(lambda *args: runs.append(gm) or compiled(*args))
+
+    torch._dynamo.reset()
+    before = len(lynx_compile.reports())
+    with torch.no_grad():
+        torch.compile(ScaledAttention().eval(), backend=counting, dynamic=True)(torch.randn(2, 24, 32))
+    assert len(compiles) == 2 and len(set(runs)) == 1  # the analysis restarted: one graph of two ran
+    assert len(lynx_compile.reports()) - before == 1

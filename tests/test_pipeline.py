@@ -1,11 +1,13 @@
 """A diffusers pipeline works unchanged but for the compile line, and recompiles at most once per resolution."""
 
+import pytest
 import torch
 
 import lynx_compile
 from lynx_compile import zoo
 
 
+@pytest.mark.slow
 def test_flux_pipeline_denoising_loop_with_lynx():
     pipe, kwargs = zoo.flux_pipeline()
     pipe.transformer = torch.compile(pipe.transformer, backend="lynx", options={"min_rows": 64})

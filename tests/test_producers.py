@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
-from lynx_compile.backend import _KeyedOnLynx
+from lynx_compile.backend import KeyedOnLynx
 from lynx_compile.passes.gemms import find_gemms
 from lynx_compile.passes.producers import fusable_producer
 
@@ -98,10 +98,10 @@ def test_cache_key_carries_lynx_sources_and_runs_the_users_pass():
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
     user = type("P", (_UserPass, CustomGraphPass), {})("mine")
-    keyed = _KeyedOnLynx(user)
+    keyed = KeyedOnLynx(user)
     source_hash, inner = keyed.uuid()
     assert isinstance(source_hash, bytes) and len(source_hash) == 32 and inner == ("mine",)
-    assert _KeyedOnLynx(None).uuid() == (source_hash, ())
+    assert KeyedOnLynx(None).uuid() == (source_hash, ())
     keyed(fx.Graph())
     assert user.calls == 1
-    assert _KeyedOnLynx(lambda graph: None).uuid() is None  # a plain callable: not cacheable
+    assert KeyedOnLynx(lambda graph: None).uuid() is None  # a plain callable: not cacheable

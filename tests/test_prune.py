@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 
 from lynx_compile import compensation_scale, prune_2to4, prune_2to4_compensated
-from lynx_compile.codegen.reference import norm_partials, scale_from_partials
+from lynx_compile.semantics import norm_partials, scale_from_partials
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SPECIALS = [0.0, -0.0, 1.0, -1.0, float("nan"), float("inf"), float("-inf")]

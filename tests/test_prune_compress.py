@@ -1,7 +1,7 @@
 """The fused Triton prune+compress kernel and the reference compressor, bit for bit, on the CPU.
 
 Ground truth is ``tests/data/cslt_fixtures.pt``: cuSPARSELt's own output for fixed inputs, recorded
-on an H100 by ``scripts/record_cslt_fixtures.py``. Without a GPU the kernel runs in Triton's
+on an H100 by ``tools/record_cslt_fixtures.py``. Without a GPU the kernel runs in Triton's
 interpreter, which must be switched on before the kernel module is imported.
 """
 
@@ -12,31 +12,32 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import pytest
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lynx_compile.codegen.cusparselt_layout import (  # noqa: E402
+from lynx_compile.codegen.cusparselt_layout import (
+    CSLT_MULTIPLE,
     compress_reference,
     compressed_shape,
     decompress_reference,
     probe_matrix,
     same_compressed,
 )
-from lynx_compile.codegen.prune_compress import (  # noqa: E402
-    _configs,
-    _launch,
-    padded_rows,
+from lynx_compile.codegen.prune_compress import (
+    launch,
     prune_compress,
     prune_compress_with_norms,
+    tile_configs,
 )
-from lynx_compile.codegen.reference import (  # noqa: E402
+from lynx_compile.semantics import (
     NORM_CHUNK,
     norm_partials,
     prune_2to4,
+    round_up,
     with_bias_column,
     with_ones_column,
 )
@@ -46,8 +47,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = (torch.bfloat16, torch.float16)
 
 
+def min_rows(m: int) -> int:
+    """cuSPARSELt's minimum padding, which the fixtures were recorded with and prune_compress defaults to."""
+    return round_up(m, CSLT_MULTIPLE)
+
+
 def pad_rows(x: torch.Tensor) -> torch.Tensor:
-    return F.pad(x, (0, 0, 0, padded_rows(x.shape[0]) - x.shape[0]))
+    return F.pad(x, (0, 0, 0, min_rows(x.shape[0]) - x.shape[0]))
 
 
 def canonical(x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +71,7 @@ def test_reference_matches_cusparselt(case: dict) -> None:
 def test_kernel_matches_cusparselt(case: dict) -> None:
     x, expected = case["x"], case["c"]
     got = prune_compress(x.to(DEVICE)).cpu()
-    assert same_compressed(got, expected, padded_rows(x.shape[0]), x.shape[1])
+    assert same_compressed(got, expected, min_rows(x.shape[0]), x.shape[1])
 
 
 def test_compressed_shape_matches_cusparselt() -> None:
@@ -107,11 +113,11 @@ def test_ones_column_is_already_2to4_and_carries_the_bias() -> None:
     torch.testing.assert_close(xo @ w_folded.T, F.linear(prune_2to4(x), w, b))
 
 
-@pytest.mark.parametrize("config", _configs(), ids=str)
+@pytest.mark.parametrize("config", tile_configs(), ids=str)
 def test_every_tuning_config_is_exact(config) -> None:
     """Autotuning may pick any config on a GPU: each must give the same bytes (ragged M and K)."""
     x = probe_matrix(70, 208, torch.float16, seed=13)
-    got = _launch(x.to(DEVICE), 80, config).cpu()
+    got = launch(x.to(DEVICE), 80, config).cpu()
     expected = compress_reference(prune_2to4(F.pad(x, (0, 0, 0, 10))))
     assert torch.equal(got.view(torch.int16), expected.view(torch.int16))
 
@@ -128,12 +134,12 @@ def test_kernel_sums_norms_for_compensation(m: int, k16: int, dtype: torch.dtype
     torch.testing.assert_close(norms.cpu(), norm_partials(x), rtol=1e-5, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("config", _configs(), ids=str)
+@pytest.mark.parametrize("config", tile_configs(), ids=str)
 def test_every_tuning_config_sums_the_same_norms(config) -> None:
     x = probe_matrix(70, 656, torch.bfloat16, seed=5)
     norms = torch.empty(2, 70, 6, device=DEVICE)
-    got = _launch(x.to(DEVICE), 80, config, norms=norms).cpu()
-    assert torch.equal(got.view(torch.int16), _launch(x.to(DEVICE), 80, config).cpu().view(torch.int16))
+    got = launch(x.to(DEVICE), 80, config, norms=norms).cpu()
+    assert torch.equal(got.view(torch.int16), launch(x.to(DEVICE), 80, config).cpu().view(torch.int16))
     torch.testing.assert_close(norms.cpu(), norm_partials(x), rtol=1e-5, atol=0, equal_nan=True)
 
 

@@ -7,11 +7,11 @@ import types
 import pytest
 import torch
 
-from lynx_compile.codegen import cusparselt
+from lynx_compile.codegen import cusparselt, self_check
 from lynx_compile.codegen.cusparselt_layout import compress_reference
-from lynx_compile.codegen.reference import norm_partials, with_ones_column
 from lynx_compile.config import LynxConfig
-from lynx_compile.passes import policy
+from lynx_compile.passes import legality
+from lynx_compile.semantics import norm_partials, with_ones_column
 
 VARIANTS = [{}, {"ones_column": True}, {"norms": True}]
 
@@ -19,48 +19,48 @@ VARIANTS = [{}, {"ones_column": True}, {"norms": True}]
 @pytest.fixture
 def emulated(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setattr(torch, "_cslt_compress", compress_reference, raising=False)
-    monkeypatch.setattr(cusparselt, "_SELF_CHECK", {})
+    monkeypatch.setattr(self_check, "_CHECKED", {})
     return monkeypatch
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=["plain", "ones_column", "norms"])
 def test_every_variant_passes_against_the_reference_layout(emulated, variant, caplog):
     with caplog.at_level(logging.WARNING, logger="lynx_compile"):
-        assert cusparselt.fast_compress_ok("cpu", torch.bfloat16, **variant)
+        assert self_check.fast_compress_ok("cpu", torch.bfloat16, **variant)
     assert not caplog.records
 
 
 @pytest.mark.parametrize("variant, broken", [
-    ({"ones_column": True}, ("with_ones_column", lambda x: 2 * with_ones_column(x))),
-    ({"norms": True}, ("norm_partials", lambda x: norm_partials(x) * (1 + 1e-4))),
+    ({"ones_column": True}, (cusparselt, "with_ones_column", lambda x: 2 * with_ones_column(x))),
+    ({"norms": True}, (self_check, "norm_partials", lambda x: norm_partials(x) * (1 + 1e-4))),
 ])
 def test_a_variant_that_differs_fails_alone_and_warns_once(emulated, variant, broken, caplog):
     """Where only one variant disagrees (here the expectation is made wrong), only it falls back."""
-    emulated.setattr(cusparselt, *broken)
+    emulated.setattr(*broken)
     with caplog.at_level(logging.WARNING, logger="lynx_compile"):
-        assert not cusparselt.fast_compress_ok("cpu", torch.bfloat16, **variant)
-        assert not cusparselt.fast_compress_ok("cpu", torch.bfloat16, **variant)  # cached: no second check
+        assert not self_check.fast_compress_ok("cpu", torch.bfloat16, **variant)
+        assert not self_check.fast_compress_ok("cpu", torch.bfloat16, **variant)  # cached: no second check
     [record] = caplog.records
     assert ("with a ones column" if "ones_column" in variant else "with norm sums") in record.getMessage()
-    assert cusparselt.fast_compress_ok("cpu", torch.bfloat16)
+    assert self_check.fast_compress_ok("cpu", torch.bfloat16)
 
 
 def test_a_kernel_that_cannot_run_fails_its_check(emulated, caplog):
     def refuse(*args, **kwargs):
         raise RuntimeError("no kernel for this GPU")
 
-    emulated.setattr(cusparselt, "_launch", refuse)
+    emulated.setattr(self_check, "launch", refuse)
     with caplog.at_level(logging.WARNING, logger="lynx_compile"):
-        assert not cusparselt.fast_compress_ok("cpu", torch.float16, norms=True)
+        assert not self_check.fast_compress_ok("cpu", torch.float16, norms=True)
     assert "no kernel for this GPU" in caplog.records[0].getMessage()
 
 
 def test_compensated_gemms_take_the_exact_path_where_the_norms_kernel_failed(monkeypatch):
     monkeypatch.setattr(cusparselt, "sparse_tensor_cores_available", lambda device=None: (True, ""))
-    monkeypatch.setattr(cusparselt, "fast_compress_ok", lambda *args, norms=False, **kw: not norms)
+    monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, norms=False, **kw: not norms)
     site = types.SimpleNamespace(name="blocks.0.ff", m=4096, k=3072, n=3072, dtype=torch.bfloat16,
                                  device=torch.device("cuda"), dynamic_m=False, x=None)
-    plain, compensated = (policy.decide(site, LynxConfig(compensate=c)) for c in (False, True))
-    assert (plain.path, plain.compress) == ("cusparselt", "triton")
-    assert (compensated.path, compensated.compress) == ("cusparselt-compat", "cusparselt")
+    plain, compensated = (legality.can_sparsify(site, LynxConfig(compensate=c)) for c in (False, True))
+    assert (plain.path, plain.prune) == ("cusparselt", "triton")
+    assert (compensated.path, compensated.prune) == ("cusparselt-compat", "cslt")
     assert "Triton kernel with norm sums self-check failed" in compensated.reason

@@ -1,11 +1,17 @@
 """Model zoo: every architecture builds tiny and runs; seeds, knobs and errors do what they say."""
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from lynx_compile import zoo
+
+# model_config() of every architecture as the zoo's code wrote it before the configs became data
+# (architectures.json; commit b0b52e8), as Python literals: tuples stay tuples
+BEFORE_JSON = ast.literal_eval((Path(__file__).parent / "data" / "zoo_configs.txt").read_text())
 
 # output of a default tiny build (128 px; Wan 128x224, 5 frames): DiT and PixArt predict noise and
 # variance (2 x 4 channels); FLUX returns packed 2x2 patches, one 64-channel row per token
@@ -34,6 +40,17 @@ def _latents(kwargs: dict) -> torch.Tensor:
 
 def test_names():
     assert zoo.ZOO_NAMES == ("dit", "pixart", "sd3", "flux", "wan", "qwen", "zimage")
+
+
+@pytest.mark.parametrize("name", zoo.ZOO_NAMES)
+def test_configs_from_json_equal_the_code_they_replaced(name):
+    """Same keys, values and types (a tuple is not a list) for every size and knob."""
+    before = BEFORE_JSON[name]
+    knobs = {"tiny": {}, "full": {"size": "full"}, "full_depth3_width5": {"size": "full", "depth": 3, "width": 5}}
+    for key, kwargs in knobs.items():
+        config = zoo.model_config(name, **kwargs)
+        assert config == before[key], key
+        assert {k: type(v) for k, v in config.items()} == {k: type(v) for k, v in before[key].items()}, key
 
 
 @pytest.mark.parametrize("name", zoo.ZOO_NAMES)
@@ -151,7 +168,8 @@ def test_bfloat16_build(name):
         assert "condition_embedder.time_embedder.linear_1.weight" in fp32
     else:
         assert not fp32
-    floats = {k: v.dtype for k, v in built.example_kwargs.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    floats = {k: v.dtype for k, v in built.example_kwargs.items()
+              if isinstance(v, torch.Tensor) and v.is_floating_point()}
     # as the pipelines pass them: scheduler timesteps (SD3, Wan, Z-Image) and FLUX's guidance stay float32
     float32 = {"sd3": {"timestep"}, "wan": {"timestep"}, "zimage": {"t"}, "flux": {"guidance"}}.get(name, set())
     assert {k for k, dtype in floats.items() if dtype == torch.float32} == float32
@@ -234,7 +252,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         zoo.build("sd3", checkpoint=tmp_path / "missing")
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match=r"no config\.json"):
         zoo.build("sd3", checkpoint=tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
     with pytest.raises(ValueError, match="describes a FluxTransformer2DModel"):
@@ -245,7 +263,7 @@ def test_checkpoint_errors(tmp_path):
 
 @pytest.mark.parametrize("builder", [zoo.build, zoo.model_config])
 def test_bad_name_lists_valid_names(builder):
-    with pytest.raises(ValueError, match="unknown zoo model 'sdxl'.*dit, pixart, sd3, flux, wan, qwen, zimage"):
+    with pytest.raises(ValueError, match=r"unknown zoo model 'sdxl'.*dit, pixart, sd3, flux, wan, qwen, zimage"):
         builder("sdxl")
 
 

@@ -2,12 +2,13 @@
 
 NVIDIA does not document what ``cusparseLtSpMMACompress2`` writes. This is what
 ``torch._cslt_compress`` returns for a row-major (m, k) bf16/fp16 matrix on an H100 with cuSPARSELt
-0.8.0 (torch 2.11), worked out from recorded outputs (``scripts/probe_cusparselt.py``) and checked
-bit for bit against live cuSPARSELt: the recorded fixtures (``scripts/record_cslt_fixtures.py``)
-and ``tests/gpu/test_gpu_kernels.py`` (random shapes, and up to 16384 x 15360). fp8 and int8 use
-other tile shapes: probe them before adding them here.
+0.8.0 (torch 2.11), worked out from recorded outputs (docs/design.md, "cuSPARSELt's compressed
+layout") and checked bit for bit against live cuSPARSELt: the recorded fixtures
+(``tools/record_cslt_fixtures.py``) and ``tests/gpu/test_gpu_kernels.py`` (random shapes, and up to
+16384 x 15360). fp8 and int8 use other tile shapes: probe them before adding them here.
 
-Shape. m and k must be multiples of 16 (cuSPARSELt refuses others). torch returns a tensor of x's
+Shape. m and k must be multiples of 16 (cuSPARSELt refuses others; lynx pads the rows further, to
+whole 64-row metadata tiles: ``padded_rows``). torch returns a tensor of x's
 dtype and shape ``(m, ceil(nbytes / (2 m)))`` over a buffer of ``nbytes`` bytes::
 
     nbytes = m * k                                      # kept values: m x k/2 elements of 2 bytes
@@ -48,32 +49,36 @@ import math
 
 import torch
 
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+from ..semantics import SPARSE_DTYPES, round_up
+
+CSLT_MULTIPLE = 16  # cuSPARSELt takes m and k in multiples of 16 (the rows of a sparse operand: its minimum padding)
 TILE_ROWS = 64  # metadata tile: 64 rows ...
 TILE_COLS = 32  # ... by 32 columns = 256 bytes
 EMPTY_NIBBLE = 0b1110  # indices (2, 3): an all-zero group, and the padding
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+def padded_rows(m: int) -> int:
+    """Rows the pass compresses and multiplies for m rows of activation: whole 64-row metadata tiles,
+    which Inductor's template needs (the standalone kernel and cuSPARSELt take multiples of 16)."""
+    return round_up(m, TILE_ROWS)
 
 
 def _check_shape(m: int, k: int, dtype: torch.dtype) -> None:
-    if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"cuSPARSELt layout known for {SUPPORTED_DTYPES} only, got {dtype}")
-    if m <= 0 or k <= 0 or m % 16 or k % 16:
+    if dtype not in SPARSE_DTYPES:
+        raise ValueError(f"cuSPARSELt layout known for {SPARSE_DTYPES} only, got {dtype}")
+    if m <= 0 or k <= 0 or m % CSLT_MULTIPLE or k % CSLT_MULTIPLE:
         raise ValueError(f"cuSPARSELt needs m and k to be positive multiples of 16, got ({m}, {k})")
 
 
 def metadata_nbytes(m: int, k: int) -> int:
     """Bytes of metadata cuSPARSELt writes (whole 64 x 32 tiles)."""
-    return _round_up(m, TILE_ROWS) * _round_up(k, TILE_COLS) // 8
+    return round_up(m, TILE_ROWS) * round_up(k, TILE_COLS) // 8
 
 
 def compressed_nbytes(m: int, k: int, dtype: torch.dtype) -> int:
     """cuSPARSELt's compressed size in bytes: the values, then its metadata allocation."""
     _check_shape(m, k, dtype)
-    meta = max(_round_up(m, 64) * _round_up(k, 32), _round_up(m, 32) * _round_up(k, 64)) // 8
+    meta = max(round_up(m, 64) * round_up(k, 32), round_up(m, 32) * round_up(k, 64)) // 8  # the docstring's formula
     return m * k // 2 * dtype.itemsize + meta
 
 
@@ -113,7 +118,7 @@ def kept_indices(xp: torch.Tensor) -> torch.Tensor:
 def _pack_metadata(nibbles: torch.Tensor) -> torch.Tensor:
     """(m, k/4) nibbles -> cuSPARSELt's metadata bytes (uint8, whole tiles, padding = 0xE)."""
     m, groups = nibbles.shape
-    rows, cols = _round_up(m, TILE_ROWS), _round_up(groups * 4, TILE_COLS)
+    rows, cols = round_up(m, TILE_ROWS), round_up(groups * 4, TILE_COLS)
     padded = torch.full((rows, cols // 4), EMPTY_NIBBLE, dtype=torch.uint8, device=nibbles.device)
     padded[:m, :groups] = nibbles
     # row = 64 tr + 16 b + 8 h + i, group = 8 tc + 4 q + j  ->  byte order (tr, tc, b, i, j, q), nibble h
@@ -124,7 +129,7 @@ def _pack_metadata(nibbles: torch.Tensor) -> torch.Tensor:
 
 def _unpack_metadata(meta: torch.Tensor, m: int, k: int) -> torch.Tensor:
     """Inverse of ``_pack_metadata``: metadata bytes -> (m, k/4) nibbles."""
-    rows, cols = _round_up(m, TILE_ROWS), _round_up(k, TILE_COLS)
+    rows, cols = round_up(m, TILE_ROWS), round_up(k, TILE_COLS)
     t = torch.stack([meta & 0xF, meta >> 4], dim=-1).reshape(rows // 64, cols // 32, 4, 8, 4, 2, 2)
     return t.permute(0, 2, 6, 3, 1, 5, 4).reshape(rows, cols // 4)[:m, : k // 4]
 

@@ -12,7 +12,7 @@ The output is the op's flat int64 buffer: the kept values four to a word (row-ma
 words), then cuSPARSELt's metadata tiles, written by two ``store_output`` calls. Rows past the
 activation's (up to ``rows``, a multiple of 64) are masked loads: zeros, as cuSPARSELt's padding.
 
-History (``benchmarks/NOTES_kernels.md``): two earlier designs described the compressed buffer
+History (docs/design.md, "Producer fusion"): two earlier designs described the compressed buffer
 as Inductor Pointwise IR. Inductor then gives each lane its 8 elements as 8 scalar loads, and the
 fused kernel was instruction-bound and slower than the unfused pair; this one compiles to the
 standalone kernel's 16-byte loads.
@@ -29,6 +29,8 @@ from torch._inductor import ir
 from torch._inductor.lowering import fallback_handler, register_lowering
 from torch._inductor.select_algorithm import SymbolicGridFn, TritonTemplate
 
+from ..report import PruneSite
+from ..semantics import SPARSE_DTYPES
 from .cusparselt_layout import TILE_COLS, TILE_ROWS, compressed_int64_numel
 from .prune_compress import MAGNITUDE_BITS
 
@@ -79,14 +81,14 @@ _TEMPLATE = TritonTemplate(name="lynx_prune_compress", grid=_grid, source=_IMPOR
 
 # (BLOCK_M, BLOCK_K, num_warps), the first whose BLOCK_K divides K. BLOCK_M divides the 64-row
 # metadata tile. With a GELU prologue the kernel is instruction-bound and 16-32 elements per thread
-# beat 64 (16 x 512, 4 warps: 1.4x slower at 4096 x 12288; scripts/probe_template_tiles.py)
+# beat 64 (16 x 512, 4 warps: 1.4x slower at 4096 x 12288; docs/design.md, "Producer fusion")
 _TILES = ((16, 256, 4), (16, 128, 4), (16, 64, 2), (16, 32, 1))
 TEMPLATE_DEVICES = ("cuda",)  # where Inductor builds Triton templates (sparse tensor cores are CUDA's)
 
 
 def eligible(m: int, k: int, dtype: torch.dtype) -> bool:
     """What the template handles: 16-bit, whole 64 x 32 metadata tiles (the op pads m to 64)."""
-    return dtype in MAGNITUDE_BITS and m % TILE_ROWS == 0 and k % TILE_COLS == 0
+    return dtype in SPARSE_DTYPES and m % TILE_ROWS == 0 and k % TILE_COLS == 0
 
 
 def _static(size: sympy.Expr) -> int | None:
@@ -105,7 +107,7 @@ def register() -> None:
     def _lower(x: ir.TensorBox, rows: int, method: str, ones_column: bool = False) -> ir.TensorBox:
         k = _static(x.get_size()[1])
         # the template has no ones column (a folded bias): the policy never asks for both
-        lowered = method == "inductor" and not ones_column and x.get_device().type in TEMPLATE_DEVICES
+        lowered = method == PruneSite.FUSED and not ones_column and x.get_device().type in TEMPLATE_DEVICES
         if not lowered or k is None or not eligible(rows, k, x.get_dtype()):
             return fallback(x, rows, method, ones_column)
         return _compress(x, rows, k)

@@ -27,21 +27,15 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from .cusparselt_layout import TILE_ROWS, compressed_shape, metadata_nbytes, significant_numel
-from .reference import BIAS_COLUMNS, NORM_CHUNK
+from ..semantics import BIAS_COLUMNS, NORM_CHUNK, SPARSE_DTYPES, norm_chunks, round_up
+from .cusparselt_layout import CSLT_MULTIPLE, TILE_ROWS, compressed_shape, metadata_nbytes, significant_numel
 
-ROW_MULTIPLE = 16  # cuSPARSELt takes m, k multiples of 16; rows are padded, k must already be
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_TAIL_BLOCK = 512  # bytes of the unwritten tail each program of the first column zeroes
+TAIL_BLOCK = 512  # bytes of the unwritten tail each program of the first column zeroes
 
-# Bit patterns per dtype: |x| mask, and the largest magnitude (+inf; a NaN's |bits| is larger and
-# is clamped to it, which makes NaN tie with inf as the reference semantics say).
+# Bit patterns per dtype of SPARSE_DTYPES: |x| mask, and the largest magnitude (+inf; a NaN's |bits|
+# is larger and is clamped to it, which makes NaN tie with inf as the reference semantics say).
 MAGNITUDE_BITS = {torch.bfloat16: (0x7FFF, 0x7F80), torch.float16: (0x7FFF, 0x7C00)}
-
-
-def padded_rows(m: int) -> int:
-    """Rows of the compressed operand for m rows of activation (cuSPARSELt needs a multiple of 16)."""
-    return -(-m // ROW_MULTIPLE) * ROW_MULTIPLE
 
 
 @triton.jit
@@ -133,7 +127,7 @@ def chunk_sums_of_squares(x, v_first, v_last, NORM_CHUNK: tl.constexpr):
 # Sizes that only bound masks or index the tail are not specialised (divisibility by 16, == 1): the
 # self-check's odd-sized probe and every model shape then share one compiled kernel per tile.
 @triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES", "TAIL_START", "TAIL_BYTES", "M_BUCKET"])
-def _prune_compress_kernel(
+def prune_compress_kernel(
     x_ptr, values_ptr, meta_ptr, bytes_ptr, norms_ptr,
     M, M_PAD, K_X, K, stride_xm, META_COL_TILES, TAIL_START, TAIL_BYTES,
     M_BUCKET,  # autotuning key only
@@ -178,23 +172,23 @@ def _prune_compress_kernel(
         tl.store(bytes_ptr + TAIL_START + offs, tl.zeros((TAIL_BLOCK,), tl.uint8), mask=offs < TAIL_BYTES)
 
 
-def _configs() -> list[triton.Config]:
+def tile_configs() -> list[triton.Config]:
     """Tiles of 16 rows (a divisor of the 64-row metadata tile) by 128-512 columns.
 
     The three of twelve tiles (16-64 rows, 64-512 columns) that on an H100 were within 2.1% of the
-    best on every DiT activation from 512 x 1152 to 16384 x 15360, and within 0.1% on average
-    (``benchmarks/results/compile_cost_probe_*.json``). Each config costs a model's first compile a
-    Triton compile (in the self-check) and a benchmark per new shape: with twelve, the self-check
-    took 6 s and the autotuning 1.3 s per shape (``scripts/gpu_compile_phases.py``).
+    best on every DiT activation from 512 x 1152 to 16384 x 15360, and within 0.1% on average. Each
+    config costs a model's first compile a Triton compile (in the self-check) and a benchmark per
+    new shape: with twelve, the self-check took 6 s and the autotuning 1.3 s per shape
+    (docs/design.md, "Algorithm search and timing").
     """
     return [triton.Config({"BLOCK_M": 16, "BLOCK_K": bk}, num_warps=w) for bk, w in [(128, 2), (256, 4), (512, 4)]]
 
 
 # 25 ms of timing per config and shape instead of Triton's 125 ms: enough for a kernel of 4-300 us
-_prune_compress_tuned = triton.autotune(configs=_configs(), key=["K", "M_BUCKET", "NORMS"],
-                                        do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20))(
-    _prune_compress_kernel)
-_FIXED = _configs()[1]  # small inputs (within 3.5% of the best tile at 512-1024 rows) and the interpreter
+prune_compress_autotuned = triton.autotune(configs=tile_configs(), key=["K", "M_BUCKET", "NORMS"],
+                                           do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20))(
+    prune_compress_kernel)
+_FIXED = tile_configs()[1]  # small inputs (within 3.5% of the best tile at 512-1024 rows) and the interpreter
 _SMALL = 1 << 21  # elements: below this the kernel takes a few microseconds whatever its tiles
 
 
@@ -202,40 +196,41 @@ def prune_compress(x: torch.Tensor, rows: int | None = None, ones_column: bool =
     """``torch._cslt_compress(prune_2to4(x padded with zero rows to `rows`))`` in one pass.
 
     x: 2-D (M, K) bf16/fp16 with unit column stride, K a multiple of 16, any M >= 1. ``rows``: rows
-    of the compressed operand, a multiple of 16 and >= M (default ``padded_rows(M)``); the GEMM on
-    it returns that many rows, of which the first M are meaningful. The padding is never
-    materialised: the kernel reads it as zeros. ``ones_column``: compress ``with_ones_column(x)``
-    (K + BIAS_COLUMNS columns) instead, so that a weight with the bias appended adds it inside the GEMM.
+    of the compressed operand, a multiple of 16 and >= M (default: M rounded up to a multiple of 16,
+    cuSPARSELt's minimum); the GEMM on it returns that many rows, of which the first M are
+    meaningful. The padding is never materialised: the kernel reads it as zeros. ``ones_column``:
+    compress ``with_ones_column(x)`` (K + BIAS_COLUMNS columns) instead, so that a weight with the
+    bias appended adds it inside the GEMM.
     """
     m_pad = _padded(x, rows)
-    return _launch(x, m_pad, _config(m_pad, x.shape[1]), ones_column)
+    return launch(x, m_pad, _config(m_pad, x.shape[1]), ones_column)
 
 
 def prune_compress_with_norms(x: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``prune_compress(x, rows)`` and, from the same pass, ``norm_partials(x)``: the sums of squares
-    that norm compensation needs (``reference.scale_from_partials``), without reading x again."""
+    that norm compensation needs (``semantics.scale_from_partials``), without reading x again."""
     m_pad = _padded(x, rows)
     norms = norms_buffer(x)
-    return _launch(x, m_pad, _config(m_pad, x.shape[1]), norms=norms), norms
+    return launch(x, m_pad, _config(m_pad, x.shape[1]), norms=norms), norms
 
 
 def norms_buffer(x: torch.Tensor) -> torch.Tensor:
-    """Where the kernel writes ``norm_partials(x)``: float32 (2, M, ceil(K / NORM_CHUNK))."""
-    return torch.empty((2, x.shape[0], -(-x.shape[1] // NORM_CHUNK)), dtype=torch.float32, device=x.device)
+    """Where the kernel writes ``norm_partials(x)``: float32 (2, M, norm_chunks(K))."""
+    return torch.empty((2, x.shape[0], norm_chunks(x.shape[1])), dtype=torch.float32, device=x.device)
 
 
 def _padded(x: torch.Tensor, rows: int | None) -> int:
     """Rows of the compressed operand for ``x``, after checking what the kernel takes."""
-    if x.dtype not in MAGNITUDE_BITS:
-        raise ValueError(f"prune_compress supports {tuple(MAGNITUDE_BITS)}, got {x.dtype}")
+    if x.dtype not in SPARSE_DTYPES:
+        raise ValueError(f"prune_compress supports {SPARSE_DTYPES}, got {x.dtype}")
     if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 16 or x.shape[1] % 16:
         raise ValueError(f"prune_compress needs a 2-D (M >= 1, K % 16 == 0) tensor, got shape {tuple(x.shape)}")
     if x.stride(1) != 1:
         raise ValueError("prune_compress needs rows contiguous in memory (stride(1) == 1)")
     m, k = x.shape
-    m_pad = padded_rows(m) if rows is None else rows
-    if m_pad < m or m_pad % ROW_MULTIPLE:
-        raise ValueError(f"rows={rows} must be a multiple of {ROW_MULTIPLE} and at least M={m}")
+    m_pad = round_up(m, CSLT_MULTIPLE) if rows is None else rows
+    if m_pad < m or m_pad % CSLT_MULTIPLE:
+        raise ValueError(f"rows={rows} must be a multiple of {CSLT_MULTIPLE} and at least M={m}")
     if m_pad * k >= 2**31:
         raise ValueError(f"prune_compress indexes with 32-bit integers: {m_pad} x {k} is too large")
     return m_pad
@@ -246,12 +241,13 @@ def _config(m_pad: int, k: int) -> triton.Config | None:
     return _FIXED if _INTERPRET or m_pad * k <= _SMALL else None
 
 
-def _launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_column: bool = False,
-            warmup: bool = False, norms: torch.Tensor | None = None) -> torch.Tensor:
-    """Run the kernel with ``config``, or autotuned when None. A config is launched with the same
-    options as the autotuner launches it (``all_kwargs``), so both find the same compiled kernel.
-    ``warmup``: only compile ``config``'s kernel (Triton's ``JITFunction.warmup``). ``norms``: a
-    float32 (2, M, ceil(K / NORM_CHUNK)) buffer for ``norm_partials(x)`` (not with ``ones_column``)."""
+def launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_column: bool = False,
+           warmup: bool = False, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the kernel with ``config`` (one of ``tile_configs``), or autotuned when None; no input checks
+    (``prune_compress`` makes them). A config is launched with the same options as the autotuner
+    launches it (``all_kwargs``), so both find the same compiled kernel. ``warmup``: only compile
+    ``config``'s kernel (Triton's ``JITFunction.warmup``). ``norms``: a float32 (2, M, norm_chunks(K))
+    buffer for ``norm_partials(x)`` (not with ``ones_column``)."""
     assert norms is None or not ones_column, "compensation's norms are of x, without a ones column"
     m, k_x = x.shape
     k = k_x + BIAS_COLUMNS if ones_column else k_x
@@ -267,26 +263,26 @@ def _launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_colu
         META_COL_TILES=-(-k // 32), TAIL_START=tail_start, TAIL_BYTES=tail_bytes,
         M_BUCKET=min(triton.next_power_of_2(m_pad), 16384),
         ABS_MASK=abs_mask, MAG_MAX=mag_max, ONES_COLUMN=ones_column, NORMS=norms is not None,
-        TAIL_BLOCK=_TAIL_BLOCK, NORM_CHUNK=NORM_CHUNK,
+        TAIL_BLOCK=TAIL_BLOCK, NORM_CHUNK=NORM_CHUNK,
     )
     norms = meta if norms is None else norms  # a pointer the kernel never dereferences without NORMS
-    meta_rows = -(-m_pad // TILE_ROWS) * TILE_ROWS
-    assert tail_bytes <= meta_rows // TILE_ROWS * _TAIL_BLOCK, "tail larger than the layout allows"
+    meta_rows = round_up(m_pad, TILE_ROWS)
+    assert tail_bytes <= meta_rows // TILE_ROWS * TAIL_BLOCK, "tail larger than the layout allows"
 
     def grid(cfg: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(meta_rows, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"])
 
     if config is None:
-        _prune_compress_tuned[grid](x, out, meta, raw, norms, **args)
+        prune_compress_autotuned[grid](x, out, meta, raw, norms, **args)
     elif warmup:
-        _prune_compress_kernel.warmup(x, out, meta, raw, norms, **args, **config.all_kwargs(), grid=grid(config.kwargs))
+        prune_compress_kernel.warmup(x, out, meta, raw, norms, **args, **config.all_kwargs(), grid=grid(config.kwargs))
     else:
-        _prune_compress_kernel[grid(config.kwargs)](x, out, meta, raw, norms, **args, **config.all_kwargs())
+        prune_compress_kernel[grid(config.kwargs)](x, out, meta, raw, norms, **args, **config.all_kwargs())
     return out
 
 
 def compile_tiles(x: torch.Tensor, m_pad: int, ones_column: bool = False, norms: torch.Tensor | None = None) -> None:
-    """Compile the kernel (the variant that ``ones_column`` and ``norms`` select, as in ``_launch``)
+    """Compile the kernel (the variant that ``ones_column`` and ``norms`` select, as in ``launch``)
     for every tile the autotuner may pick, side by side on threads (Triton's ``AsyncCompileMode``;
     its compiles release the GIL), instead of one after another at the first launches: 0.4-0.9 s
     each. Where that Triton has no async mode, or one is active, the first launches compile them."""
@@ -295,6 +291,6 @@ def compile_tiles(x: torch.Tensor, m_pad: int, ones_column: bool = False, norms:
     async_compile = importlib.import_module("triton.runtime._async_compile")
     if async_compile.active_mode.get() is not None:
         return
-    with ThreadPoolExecutor(len(_configs())) as pool, async_compile.AsyncCompileMode(pool):
-        for config in _configs():
-            _launch(x, m_pad, config, ones_column, warmup=True, norms=norms)
+    with ThreadPoolExecutor(len(tile_configs())) as pool, async_compile.AsyncCompileMode(pool):
+        for config in tile_configs():
+            launch(x, m_pad, config, ones_column, warmup=True, norms=norms)

@@ -5,8 +5,8 @@ sparse operand (``codegen/cusparselt.py``), so by default ``+ b`` stays in the g
 That is free where the GEMM's output goes to a pointwise consumer (GELU, a gated residual: the add
 joins that kernel), not where it goes, through views only, to a norm or to attention: FLUX's q and k
 feed an RMSNorm + RoPE reduction kernel that took 0.53 ms with the add against 0.33 ms without, and
-a v straight into SDPA needs the sum in memory, one more kernel
-(``benchmarks/results/breakdown_*_cudagraphs.json``). There the bias goes into the GEMM:
+a v straight into SDPA needs the sum in memory, one more kernel (docs/design.md, "Bias folding").
+There the bias goes into the GEMM:
 
     [x | 1 | 0 ... 0] @ [W | b | 0 ... 0].T  =  x @ W.T + b        (BIAS_COLUMNS = 64 more columns)
 
@@ -32,11 +32,15 @@ import torch
 from torch import fx
 from torch._dynamo.source import ConstantSource
 
-from ..codegen.reference import with_bias_column
+from ..codegen import self_check
+from ..report import PruneSite
+from ..semantics import with_bias_column
+from .decision import Decision, activation_groups
 from .gemms import GemmSite, is_transpose
 from .producers import EXTERN_FUNCTIONS, is_norm, is_view
 
 log = logging.getLogger("lynx_compile")
+_STORED = ("placeholder", "get_attr")  # a parameter or buffer: what a folded weight copy can be made from
 
 
 def costly_bias_add(site: GemmSite) -> str | None:
@@ -52,6 +56,38 @@ def costly_bias_add(site: GemmSite) -> str | None:
                 seen.add(user)
                 frontier.append(user)
     return None
+
+
+def fold_biases(sites: Sequence[GemmSite], decisions: list[Decision]) -> list[Decision]:
+    """Which GEMMs take their bias into the sparse GEMM: those whose output goes to a norm or
+    attention (``costly_bias_add``) and whose bias is a parameter (not computed in the graph). GEMMs
+    sharing an activation fold one by one: the folded ones share its compression with the ones
+    column, the others keep theirs without it (FLUX's single-stream ``proj_mlp`` feeds a GELU: a
+    second prune of its input costs less than its GEMM at K + 64, up to 18% slower). Activations
+    pruned in Inductor's template keep their bias adds: the template writes no ones column; nor do
+    they fold where the Triton kernel's ones-column variant failed its self-check."""
+    out = list(decisions)
+    for (_, prune, _), members in activation_groups(sites, decisions).items():
+        if prune == PruneSite.FUSED:
+            continue
+        costly = {i: costly_bias_add(sites[i]) for i in members}
+        folds = [i for i in members if costly[i] and sites[i].bias is not None and sites[i].bias.op in _STORED]
+        site = sites[members[0]]
+        if folds and prune == PruneSite.TRITON and not self_check.fast_compress_ok(site.device, site.dtype,
+                                                                                    ones_column=True):
+            for i in folds:
+                out[i] = dataclasses.replace(out[i], reason=f"{out[i].reason}; bias not folded: the Triton "
+                                                            "kernel with a ones column failed its self-check")
+            continue
+        for i in members:
+            if i in folds:
+                note = f"bias folded into the sparse GEMM (an add would feed {costly[i]})"
+            elif folds:
+                note = f"bias not folded: its input compressed apart from the {len(folds)} folded GEMMs reading it"
+            else:
+                continue
+            out[i] = dataclasses.replace(out[i], fold_bias=i in folds, reason=f"{out[i].reason}; {note}")
+    return out
 
 
 @dataclasses.dataclass

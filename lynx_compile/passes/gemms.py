@@ -54,7 +54,8 @@ def is_gemm(node: fx.Node) -> bool:
     """Any GEMM call (with a weight operand or not): an extern kernel to Inductor."""
     if node.op == "call_method":
         return node.target in _MATMUL_METHODS
-    return node.op == "call_function" and (node.target in _LINEAR or node.target in _MATMUL or node.target is torch.addmm)
+    return node.op == "call_function" and (
+        node.target in _LINEAR or node.target in _MATMUL or node.target is torch.addmm)
 
 
 def is_transpose(node: fx.Node) -> bool:
@@ -62,7 +63,7 @@ def is_transpose(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in _TRANSPOSE_METHODS
     return node.op == "call_function" and (
-        node.target in _TRANSPOSE_FUNCTIONS or node.target is getattr and node.args[1] in ("T", "mT")
+        node.target in _TRANSPOSE_FUNCTIONS or (node.target is getattr and node.args[1] in ("T", "mT"))
     )
 
 
@@ -192,7 +193,8 @@ def _source_name(node: fx.Node) -> str:
 
 _ROOT = re.compile(r"^[LG]\[['\"][^'\"]+['\"]\]")
 # nn.Module storage that is not part of a parameter's path: ._modules['x'], .__dict__['_modules']['x']
-_STORAGE = re.compile(r"(\.__dict__\[['\"]_(?:modules|parameters|buffers)['\"]\]|\._(?:modules|parameters|buffers))(?=\[)")
+_STORAGE = re.compile(
+    r"(\.__dict__\[['\"]_(?:modules|parameters|buffers)['\"]\]|\._(?:modules|parameters|buffers))(?=\[)")
 _PART = re.compile(r"\.(\w+)|\[(\d+)\]|\[['\"]([^'\"]+)['\"]\]")
 
 

@@ -59,12 +59,12 @@ def fusable_producer(x: fx.Node) -> tuple[bool, str]:
 
 def is_view(node: fx.Node) -> bool:
     """A reshape-like op (``view``, ``reshape``, ``unflatten``, ``to``, ...), not a permute."""
-    return node.op == "call_method" and node.target in VIEW_METHODS or node.target in VIEW_FUNCTIONS
+    return (node.op == "call_method" and node.target in VIEW_METHODS) or node.target in VIEW_FUNCTIONS
 
 
 def is_norm(node: fx.Node) -> bool:
     """A norm or reduction (``layer_norm``, ``rms_norm``, ``.mean()``, ``softmax``, ...)."""
-    return node.target in NORM_FUNCTIONS or node.op == "call_method" and node.target in NORM_METHODS
+    return node.target in NORM_FUNCTIONS or (node.op == "call_method" and node.target in NORM_METHODS)
 
 
 def _norm_behind(node: fx.Node) -> str | None:
@@ -75,7 +75,7 @@ def _norm_behind(node: fx.Node) -> str | None:
         for n in frontier:
             if is_norm(n):
                 return _name(n)
-            if n.op != "call_function" and n.op != "call_method" or is_gemm(n) or n.target in EXTERN_FUNCTIONS:
+            if (n.op != "call_function" and n.op != "call_method") or is_gemm(n) or n.target in EXTERN_FUNCTIONS:
                 continue  # a graph input, a module, an extern kernel: the walk stops there
             nxt += [a for a in n.all_input_nodes if a not in seen]
             seen.update(nxt)

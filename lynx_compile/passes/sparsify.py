@@ -25,10 +25,11 @@ import torch
 from torch import fx
 
 from .. import ops
-from ..codegen.reference import compensation_scale, prune_2to4
+from ..report import GemmPath, PruneSite
+from ..semantics import compensation_scale, prune_2to4
+from .decision import Decision
 from .fold_bias import FoldedWeights
 from .gemms import GemmSite
-from .policy import Decision
 
 
 def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compensate: bool,
@@ -37,7 +38,8 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
     ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them)."""
     graph = gm.graph
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
-    shared: dict[tuple[fx.Node, str, bool], tuple[fx.Node, fx.Node | None]] = {}  # (x, how, folded) -> (operand, scale)
+    # (x, prune site, bias folded) -> (operand, scale): one compression per activation and kind
+    shared: dict[tuple[fx.Node, PruneSite, bool], tuple[fx.Node, fx.Node | None]] = {}
     rewritten = 0
     for site, decision in plan:
         if not decision.sparse:
@@ -46,7 +48,7 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
         x = replaced.get(site.x, site.x)
         bias = replaced.get(site.bias, site.bias)
         with graph.inserting_before(node):  # sites come in graph order: the first user of x
-            key = (x, decision.compress or decision.path, decision.fold_bias)
+            key = (x, decision.prune, decision.fold_bias)
             if key not in shared:
                 shared[key] = _prepare(graph, x, decision, compensate)
             operand, scale = shared[key]
@@ -58,7 +60,7 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
             else:
                 weight = graph.call_function(torch.t, (site.weight,))
             extra = () if scale is None else (scale,)
-            if decision.path == "reference":
+            if decision.path == GemmPath.REFERENCE:
                 out = graph.call_function(ops.reference_linear, (operand, weight, *extra))
             else:
                 out = graph.call_function(ops.sparse_linear, (operand, x, weight, decision.alg_id, *extra))
@@ -77,11 +79,11 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
 
 def _prepare(graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool) -> tuple[fx.Node, fx.Node | None]:
     """The pruned (reference) or compressed (cuSPARSELt) activation, and the compensation scale."""
-    if decision.path == "reference":
+    if decision.path == GemmPath.REFERENCE:
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(compensation_scale, (x, pruned)) if compensate else None
         return pruned, scale
     if compensate:  # the kernel sums the norms on its pass over x (a folded bias is never compensated)
-        pair = graph.call_function(ops.compress_activation_compensated, (x, decision.compress))
+        pair = graph.call_function(ops.compress_activation_compensated, (x, decision.prune.value))
         return graph.call_function(operator.getitem, (pair, 0)), graph.call_function(operator.getitem, (pair, 1))
-    return graph.call_function(ops.compress_activation, (x, decision.compress, decision.fold_bias)), None
+    return graph.call_function(ops.compress_activation, (x, decision.prune.value, decision.fold_bias)), None

@@ -6,17 +6,17 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import rel
+from torch._inductor.utils import run_and_get_code
 
 import lynx_compile
-from lynx_compile import prune_2to4, zoo
-from lynx_compile.codegen.cusparselt_layout import compress_reference, significant_numel
-from lynx_compile.ops import padded_rows
+from lynx_compile import PruneSite, prune_2to4, zoo
+from lynx_compile.codegen.cusparselt_layout import compress_reference, padded_rows, significant_numel
+from lynx_compile.codegen.prune_compress import prune_compress
 
 pytestmark = pytest.mark.gpu
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def _run(model, kwargs, options):
@@ -26,7 +26,8 @@ def _run(model, kwargs, options):
     return out
 
 
-@pytest.mark.parametrize("name, compensate", [(n, False) for n in ("flux", "sd3", "pixart", "wan", "dit", "qwen", "zimage")]
+@pytest.mark.parametrize("name, compensate",
+                         [(n, False) for n in ("flux", "sd3", "pixart", "wan", "dit", "qwen", "zimage")]
                          + [("flux", True)])
 def test_zoo_model_fast_path_matches_reference_path(name, compensate):
     """Every sparse GEMM on cuSPARSELt (cost model off: tiny shapes are not faster), vs path='reference'.
@@ -44,17 +45,18 @@ def test_zoo_model_fast_path_matches_reference_path(name, compensate):
         layers = [layer for r in lynx_compile.reports()[n:] for layer in r.layers]
         ref = _run(built.model, built.example_kwargs, {**opts, "path": "reference"})
         dense = built()
-        kwargs32 = zoo._to(built.example_kwargs, torch.device("cuda"), torch.float32)  # lists too (Z-Image)
+        kwargs32 = zoo.to_device_dtype(built.example_kwargs, torch.device("cuda"), torch.float32)  # lists too (Z-Image)
         ref32 = _run(built.model.float(), kwargs32, {**opts, "path": "reference"})
     sparse = [layer for layer in layers if layer.sparse]
-    assert sparse and all(layer.path == "cusparselt" for layer in sparse), [(l.name, l.path) for l in sparse]
+    assert sparse and all(layer.path == "cusparselt" for layer in sparse), [(x.name, x.path) for x in sparse]
     fused = [layer.name for layer in sparse if layer.prune == "fused"]
     # with compensate the standalone kernel runs (it sums the row norms; the template does not)
     assert not fused if compensate else fused, f"fused: {fused}"
-    pruning, fast_vs_ref = _rel(ref, dense), _rel(fast, ref)
-    bf16_floor, fast_vs_32 = _rel(ref, ref32), _rel(fast, ref32)
-    print(f"\n{name}{' compensated' if compensate else ''}: pruning effect {pruning:.4f}, fast vs ref {fast_vs_ref:.4f}, vs fp32 ref: "
-          f"bf16 ref {bf16_floor:.4f}, fast {fast_vs_32:.4f}; fused {len(fused)}/{len(sparse)}")
+    pruning, fast_vs_ref = rel(ref, dense), rel(fast, ref)
+    bf16_floor, fast_vs_32 = rel(ref, ref32), rel(fast, ref32)
+    print(f"\n{name}{' compensated' if compensate else ''}: pruning effect {pruning:.4f}, "
+          f"fast vs ref {fast_vs_ref:.4f}, vs fp32 ref: bf16 ref {bf16_floor:.4f}, fast {fast_vs_32:.4f}; "
+          f"fused {len(fused)}/{len(sparse)}")
     assert pruning > 2e-2  # the pruning really ran
     assert fast_vs_32 < 1.5 * bf16_floor + 2e-3
     # and close to the bf16 reference path, as close as rounding lets it: in Z-Image's tiny random
@@ -67,13 +69,13 @@ def test_error_budget_on_the_fast_path():
     """max_layer_error on a GPU: the budget picks the same GEMMs as inspect's errors say, and they run on cuSPARSELt."""
     built = zoo.build("flux", width=4, resolution=256, batch=2, dtype=torch.bfloat16, device="cuda")
     opts = {"min_rows": 16, "cost_model": False}
-    errors = {l.name: l.rel_err for l in lynx_compile.inspect(built.model, **built.example_kwargs, options=opts).layers
-              if l.sparse}
+    report = lynx_compile.inspect(built.model, **built.example_kwargs, options=opts)
+    errors = {layer.name: layer.rel_err for layer in report.layers if layer.sparse}
     budget = sorted(errors.values())[len(errors) // 2]
     with torch.no_grad():
         n = len(lynx_compile.reports())
         _run(built.model, built.example_kwargs, {**opts, "max_layer_error": budget})
-        layers = {l.name: l for r in lynx_compile.reports()[n:] for l in r.layers}
+        layers = {layer.name: layer for r in lynx_compile.reports()[n:] for layer in r.layers}
     # the compile-time measurement runs the bf16 graph eagerly, as inspect does: errors agree to rounding
     near = {name for name, e in errors.items() if abs(e - budget) < 1e-3 * budget}
     sparse = {name for name, layer in layers.items() if layer.sparse}
@@ -82,26 +84,23 @@ def test_error_budget_on_the_fast_path():
 
 
 def test_fused_lowering_equals_standalone_kernel_on_gpu():
-    from lynx_compile.codegen.prune_compress import prune_compress
-
     m, k = 4096 + 500, 3072  # rows padded to 4608 inside the fused kernel
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     x[7, :8] = 0
     x[9, 4:8] = float("inf")
     rows = padded_rows(m)
-    fused = torch.compile(lambda t: torch.ops.lynx.compress_2to4(t * 2, rows, "inductor"), dynamic=False)(x)
+    fused = torch.compile(lambda t: torch.ops.lynx.compress_2to4(t * 2, rows, PruneSite.FUSED.value), dynamic=False)(x)
     standalone = prune_compress(x * 2, rows=rows).reshape(-1).view(torch.int64)
     n = significant_numel(rows, k, x.dtype) * 2 // 8
     assert torch.equal(fused[:n], standalone[:n])
     live = torch._cslt_compress(prune_2to4(F.pad(x * 2, (0, 0, 0, rows - m)))).reshape(-1).view(torch.int64)
     assert torch.equal(fused[:n], live[:n])
-    assert torch.equal(compress_reference(prune_2to4(F.pad(x * 2, (0, 0, 0, rows - m)))).reshape(-1).view(torch.int64)[:n], live[:n])
+    reference = compress_reference(prune_2to4(F.pad(x * 2, (0, 0, 0, rows - m)))).reshape(-1).view(torch.int64)
+    assert torch.equal(reference[:n], live[:n])
 
 
 def test_mlp_block_prunes_inside_the_gelu_kernel():
     """fc1 -> GELU -> fc2: GELU's output is never written dense; its kernel writes the compressed bytes."""
-    from torch._inductor.utils import run_and_get_code
-
     mlp = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.GELU("tanh"), torch.nn.Linear(2048, 512))
     mlp = mlp.cuda().to(torch.bfloat16).eval().requires_grad_(False)
     x = torch.randn(1000, 512, device="cuda", dtype=torch.bfloat16)
@@ -122,9 +121,9 @@ def test_mlp_block_prunes_inside_the_gelu_kernel():
     assert [k for k in kernels if "gelu" in k and "compress" in k and k.startswith("triton_tem_")], kernels
     assert not [k for k in kernels if "gelu" in k and "compress" not in k], kernels  # GELU never written dense
     dense = mlp(x)
-    pruning, fast_vs_ref = _rel(outs["ref"], dense), _rel(outs["fast"], outs["ref"])
+    pruning, fast_vs_ref = rel(outs["ref"], dense), rel(outs["fast"], outs["ref"])
     print(f"\nmlp: pruning effect {pruning:.4f}, fast vs ref {fast_vs_ref:.4f}, vs fp32 ref: "
-          f"bf16 ref {_rel(outs['ref'], outs['ref32']):.4f}, fast {_rel(outs['fast'], outs['ref32']):.4f}")
+          f"bf16 ref {rel(outs['ref'], outs['ref32']):.4f}, fast {rel(outs['fast'], outs['ref32']):.4f}")
     assert fast_vs_ref < min(5e-2, pruning / 4)  # as in the zoo test
 
 
@@ -148,11 +147,11 @@ def test_folded_biases_match_reference_path_and_follow_weight_updates_under_cuda
         updated = compiled(**kwargs, return_dict=False)[0].clone()  # the graph pool is reused below
         fresh = _run(model, kwargs, opts)
     folded = [layer.name for layer in layers if layer.bias_folded]
-    assert any("single_transformer_blocks.0.attn.to_q" == name for name in folded), folded
+    assert any(name == "single_transformer_blocks.0.attn.to_q" for name in folded), folded
     assert not any(name.endswith("proj_mlp") for name in folded), folded  # feeds a GELU: compressed apart
-    pruning, fast_vs_ref = _rel(ref, dense), _rel(fast, ref)
+    pruning, fast_vs_ref = rel(ref, dense), rel(fast, ref)
     print(f"\nflux fold_bias: {len(folded)} folded, pruning effect {pruning:.4f}, fast vs ref {fast_vs_ref:.4f}, "
-          f"updated vs fresh {_rel(updated, fresh):.2e}")
+          f"updated vs fresh {rel(updated, fresh):.2e}")
     assert fast_vs_ref < min(5e-2, pruning / 4)
-    assert _rel(updated, fast) > 1e-2  # the update changed the output
-    assert _rel(updated, fresh) < 1e-3  # and the folded copies followed it
+    assert rel(updated, fast) > 1e-2  # the update changed the output
+    assert rel(updated, fresh) < 1e-3  # and the folded copies followed it

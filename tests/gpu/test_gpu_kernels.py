@@ -8,14 +8,21 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lynx_compile.codegen import cusparselt
+from lynx_compile.codegen import cusparselt, self_check, tuning
 from lynx_compile.codegen import prune_compress as prune_compress_module
-from lynx_compile.codegen.cusparselt_layout import compress_reference, compressed_shape, probe_matrix, same_compressed
-from lynx_compile.codegen.prune_compress import padded_rows, prune_compress, prune_compress_with_norms
-from lynx_compile.codegen.reference import (
+from lynx_compile.codegen.cusparselt_layout import (
+    CSLT_MULTIPLE,
+    compress_reference,
+    compressed_shape,
+    probe_matrix,
+    same_compressed,
+)
+from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_with_norms
+from lynx_compile.semantics import (
     BIAS_COLUMNS,
     norm_partials,
     prune_2to4,
+    round_up,
     with_bias_column,
     with_ones_column,
 )
@@ -25,6 +32,11 @@ pytestmark = [
     pytest.mark.skipif(not cusparselt.sparse_tensor_cores_available()[0], reason="needs sm80+ and cuSPARSELt"),
 ]
 DTYPES = (torch.bfloat16, torch.float16)
+
+
+def padded_rows(m: int) -> int:
+    """cuSPARSELt's minimum padding, prune_compress's default."""
+    return round_up(m, CSLT_MULTIPLE)
 
 
 def live_compress(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +89,7 @@ def test_sparse_mm_matches_dense(m: int, k: int, n: int, dtype: torch.dtype) -> 
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
     ref = prune_2to4(x).double() @ w.double().t()
-    alg = cusparselt.best_alg(m, k, n, dtype, x.device)
+    alg = tuning.best_alg(m, k, n, dtype, x.device)
     y = cusparselt.sparse_mm(prune_compress(x), w, alg)[:m]
     assert y.shape == (m, n) and y.dtype == dtype
     assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
@@ -95,7 +107,7 @@ def test_folded_bias_in_the_sparse_gemm(m: int, k: int, n: int) -> None:
     w = torch.randn(n, k, device="cuda", dtype=x.dtype) / k**0.5
     b = torch.randn(n, device="cuda", dtype=x.dtype)
     folded = with_bias_column(w, b)
-    alg = cusparselt.best_alg(m, k + BIAS_COLUMNS, n, x.dtype, x.device)
+    alg = tuning.best_alg(m, k + BIAS_COLUMNS, n, x.dtype, x.device)
     y = cusparselt.sparse_mm(prune_compress(x, ones_column=True), folded, alg)[:m]
     ref = F.linear(prune_2to4(x).double(), w.double(), b.double())
     assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
@@ -115,20 +127,20 @@ def test_bias_epilogue_is_per_row() -> None:
 @pytest.mark.parametrize("variant", [{}, {"ones_column": True}, {"norms": True}], ids=["plain", "ones_column", "norms"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_self_check_passes(dtype: torch.dtype, variant: dict[str, bool]) -> None:
-    assert cusparselt.fast_compress_ok(torch.device("cuda"), dtype, **variant)
+    assert self_check.fast_compress_ok(torch.device("cuda"), dtype, **variant)
 
 
 def test_tiles_compile_side_by_side() -> None:
     """``compile_tiles`` compiles every tile for a new specialisation (a row stride that is not a
     multiple of 16), after which the tiles' launches compile nothing and stay exact."""
-    kernel = prune_compress_module._prune_compress_kernel
+    kernel = prune_compress_module.prune_compress_kernel
     x = torch.randn(300, 1000, dtype=torch.bfloat16, device="cuda")[:, :528]
     cache = kernel.device_caches[torch.cuda.current_device()][0]
     before = len(cache)
     prune_compress_module.compile_tiles(x, padded_rows(300))
     compiled = len(cache)
-    outs = [prune_compress_module._launch(x, padded_rows(300), c) for c in prune_compress_module._configs()]
-    assert compiled == before + len(prune_compress_module._configs()) and len(cache) == compiled
+    outs = [prune_compress_module.launch(x, padded_rows(300), c) for c in prune_compress_module.tile_configs()]
+    assert compiled == before + len(prune_compress_module.tile_configs()) and len(cache) == compiled
     expected = cusparselt.compress_compat(x)
     assert all(same_compressed(out, expected, padded_rows(300), 528) for out in outs)
 
@@ -138,35 +150,36 @@ def test_queued_timing_sees_gpu_time(part: str, caplog: pytest.LogCaptureFixture
     """Events around calls queued behind a GPU sleep time what CUDA-graph replay times, not the CPU
     time between the calls (cuSPARSELt's ~1 ms a call, against ~0.03 ms of GPU time on this
     shape), and the sleep covers the queueing once the calls are warm; within 10%, or a launch gap."""
-    w, xs, cs = cusparselt._operands(1024, 3072, 3072, torch.bfloat16, torch.device("cuda"), prune_compress)
+    w, xs, cs = tuning.operands(1024, 3072, 3072, torch.bfloat16, torch.device("cuda"), prune_compress)
     call = {"sparse_gemm": lambda i: cusparselt.sparse_mm(cs[i % len(cs)], w, 0),
             "dense": lambda i: F.linear(xs[i % len(xs)], w),
             "prune": lambda i: prune_compress(xs[i % len(xs)])}[part]
     call(0)
     with caplog.at_level("DEBUG", logger="lynx_compile"):
-        queued = cusparselt.queued_ms(lambda key, i: call(i), [part], calls=4, rounds=5)[part]
-    graph = cusparselt.cuda_graph_ms(call, calls=20, replays=10)
+        queued = tuning.queued_ms(lambda key, i: call(i), [part], calls=4, rounds=5)[part]
+    graph = tuning.cuda_graph_ms(call, calls=20, replays=10)
     print(f"{part}: queued {queued:.4f} ms, graph {graph:.4f} ms")
     assert "outran" not in caplog.text
     assert queued == pytest.approx(graph, rel=0.1, abs=0.002)  # a stream's launch gap: ~1.3 us
 
 
 def test_alg_search_is_cached_on_disk(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})
-    alg = cusparselt.best_alg(300, 1024, 2048, torch.bfloat16, "cuda")
-    assert list(json.loads((tmp_path / "cusparselt_alg_timed.json").read_text()).values()) == [alg]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # Inductor's cache directory holds lynx's
+    monkeypatch.setattr(tuning, "_MEMORY", {})
+    alg = tuning.best_alg(300, 1024, 2048, torch.bfloat16, "cuda")
+    assert list(json.loads((tmp_path / "lynx" / "alg_timed.json").read_text()).values()) == [alg]
 
     def no_search(*args: object) -> int:
         raise AssertionError("searched again")
 
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})  # a new process: disk only
-    monkeypatch.setattr(cusparselt, "_search", no_search)
-    assert cusparselt.best_alg(300, 1024, 2048, torch.bfloat16, "cuda") == alg
+    monkeypatch.setattr(tuning, "_MEMORY", {})  # a new process: disk only
+    monkeypatch.setattr(tuning, "search_alg", no_search)
+    assert tuning.best_alg(300, 1024, 2048, torch.bfloat16, "cuda") == alg
 
 
 def test_alg_search_times_every_id_cusparselt_offers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The search walks ids from 0 up to the first refused one, which is at cuSPARSELt's ALG_CONFIG_MAX_ID or just past it."""
+    """The search walks ids from 0 up to the first refused one, which is at cuSPARSELt's ALG_CONFIG_MAX_ID
+    or just past it."""
     called: set[int] = set()
     real_mm = cusparselt.sparse_mm
 
@@ -178,7 +191,7 @@ def test_alg_search_times_every_id_cusparselt_offers(monkeypatch: pytest.MonkeyP
     if search is None:
         pytest.skip("this torch does not bind cusparseLtMatmulSearch, which tells the number of ids")
     monkeypatch.setattr(cusparselt, "sparse_mm", sparse_mm)
-    alg = cusparselt._search(512, 1024, 2048, torch.bfloat16, torch.device("cuda"))
+    alg = tuning.search_alg(512, 1024, 2048, torch.bfloat16, torch.device("cuda"))
     x = torch.randn(512, 1024, dtype=torch.bfloat16, device="cuda")
     w = torch.randn(2048, 1024, dtype=torch.bfloat16, device="cuda")
     max_id = search(torch._cslt_compress(prune_2to4(x)), w.t(), None, None, None, False)[3]
@@ -187,11 +200,11 @@ def test_alg_search_times_every_id_cusparselt_offers(monkeypatch: pytest.MonkeyP
 
 
 def test_measure_costs_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})
-    costs = cusparselt.measure_costs(1024, 3072, 3072, torch.bfloat16, alg_id=0)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning, "_MEMORY", {})
+    costs = tuning.measure_costs(1024, 3072, 3072, torch.bfloat16, alg_id=0)
     assert all(0 < t < 10 for t in (costs.dense_ms, costs.prune_ms, costs.sparse_gemm_ms))
     assert costs.prune_ms < costs.sparse_gemm_ms  # a memory pass vs a 19 GFLOP product
-    monkeypatch.setattr(cusparselt, "_MEMORY", {"alg_timed": {}, "costs": {}})
-    monkeypatch.setattr(cusparselt, "queued_ms", lambda *a, **k: pytest.fail("measured again"))
-    assert cusparselt.measure_costs(1024, 3072, 3072, torch.bfloat16, alg_id=0) == costs
+    monkeypatch.setattr(tuning, "_MEMORY", {})
+    monkeypatch.setattr(tuning, "queued_ms", lambda *a, **k: pytest.fail("measured again"))
+    assert tuning.measure_costs(1024, 3072, 3072, torch.bfloat16, alg_id=0) == costs

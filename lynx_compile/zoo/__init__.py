@@ -2,7 +2,8 @@
 
 Demos, tests and GPU benchmarks need the real layer shapes and dataflow of the DiTs people run,
 but nothing may be downloaded, so each entry is the diffusers class built from a copy of the
-checkpoint's ``transformer/config.json`` (written out below), then given seeded random weights.
+checkpoint's ``transformer/config.json`` (``architectures.json`` beside this file), then given
+seeded random weights.
 ``checkpoint=`` loads a local diffusers directory instead.
 
 =======  ===========================  ==========================================  =========================
@@ -80,17 +81,20 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["ZOO_NAMES", "ZooModel", "build", "example_inputs", "flux_pipeline", "model_config", "sample"]
+__all__ = ["ZOO_NAMES", "ZooModel", "build", "example_inputs", "flux_pipeline", "model_config", "sample",
+           "to_device_dtype"]
 
 
 @dataclass(frozen=True)
 class _Arch:
-    """One zoo entry: the published config and what the real pipeline feeds the transformer."""
+    """One zoo entry (``architectures.json``): the published config and what the real pipeline feeds
+    the transformer."""
 
     cls_name: str
     config: Mapping[str, Any]  # transformer/config.json of the mirrored checkpoint (class arguments only)
@@ -104,113 +108,31 @@ class _Arch:
     float32_inputs: tuple[str, ...] = ()
 
 
-_TINY_HEADS = {"num_attention_heads": 2, "attention_head_dim": 32}
-_TINY_RESOLUTION = 128
+_TINY_RESOLUTION = 128  # the tiny entries' sample_size (latent pixels) is this / 8
 _TINY_FRAMES = 5
 _TINY_TEXT_TOKENS = 8
 
-_ARCHS: dict[str, _Arch] = {
-    # facebook/DiT-XL-2-256 transformer/config.json (DiT-XL/2, 256x256 ImageNet, learned sigma)
-    "dit": _Arch(
-        cls_name="DiTTransformer2DModel",
-        config={
-            "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
-            "num_layers": 28, "dropout": 0.0, "norm_num_groups": 32, "attention_bias": True, "sample_size": 32,
-            "patch_size": 2, "activation_fn": "gelu-approximate", "num_embeds_ada_norm": 1000,
-            "upcast_attention": False, "norm_type": "ada_norm_zero", "norm_elementwise_affine": False,
-        },
-        tiny={**_TINY_HEADS, "num_layers": 2, "sample_size": _TINY_RESOLUTION // 8},
-        resolution=256,
-        text_tokens=0,
-    ),
-    # PixArt-alpha/PixArt-Sigma-XL-2-1024-MS transformer/config.json (Sigma: no resolution/aspect conditions)
-    "pixart": _Arch(
-        cls_name="PixArtTransformer2DModel",
-        config={
-            "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
-            "num_layers": 28, "dropout": 0.0, "norm_num_groups": 32, "cross_attention_dim": 1152,
-            "attention_bias": True, "sample_size": 128, "patch_size": 2, "activation_fn": "gelu-approximate",
-            "num_embeds_ada_norm": 1000, "upcast_attention": False, "norm_type": "ada_norm_single",
-            "norm_elementwise_affine": False, "norm_eps": 1e-6, "interpolation_scale": None,
-            "use_additional_conditions": False, "caption_channels": 4096, "attention_type": "default",
-        },
-        tiny={**_TINY_HEADS, "num_layers": 2, "sample_size": _TINY_RESOLUTION // 8},
-        resolution=1024,
-        text_tokens=300,
-    ),
-    # stabilityai/stable-diffusion-3-medium-diffusers transformer/config.json (MMDiT, 2B)
-    "sd3": _Arch(
-        cls_name="SD3Transformer2DModel",
-        config={
-            "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
-            "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
-            "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 192,
-        },
-        tiny={**_TINY_HEADS, "num_layers": 2, "sample_size": _TINY_RESOLUTION // 8},
-        resolution=1024,
-        text_tokens=77 + 256,  # CLIP-L/G tokens + T5 tokens, concatenated by the pipeline
-        float32_inputs=("timestep",),
-    ),
-    # black-forest-labs/FLUX.1-dev transformer/config.json (12B, guidance-distilled)
-    "flux": _Arch(
-        cls_name="FluxTransformer2DModel",
-        config={
-            "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
-            "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
-            "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": (16, 56, 56),
-        },
-        # rope axes must sum to head_dim: (16, 56, 56) scaled from 128 to 32 channels
-        tiny={**_TINY_HEADS, "num_layers": 1, "num_single_layers": 2, "axes_dims_rope": (4, 14, 14)},
-        resolution=1024,
-        text_tokens=512,
-        float32_inputs=("guidance",),
-    ),
-    # Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json (the 1.3B: 12 heads, ffn_dim 8960, 30 layers)
-    "wan": _Arch(
-        cls_name="WanTransformer3DModel",
-        config={
-            "patch_size": (1, 2, 2), "num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 16,
-            "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "num_layers": 40,
-            "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
-            "added_kv_proj_dim": None, "rope_max_seq_len": 1024,
-        },
-        tiny={**_TINY_HEADS, "num_layers": 2},
-        resolution=480,
-        text_tokens=512,
-        frames=81,
-        float32_inputs=("timestep",),
-    ),
-    # Qwen/Qwen-Image transformer/config.json (20B MMDiT; text from Qwen2.5-VL-7B, 3584 wide)
-    "qwen": _Arch(
-        cls_name="QwenImageTransformer2DModel",
-        config={
-            "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60, "attention_head_dim": 128,
-            "num_attention_heads": 24, "joint_attention_dim": 3584, "guidance_embeds": False,
-            "axes_dims_rope": (16, 56, 56),
-        },
-        tiny={**_TINY_HEADS, "num_layers": 2, "axes_dims_rope": (4, 14, 14)},
-        resolution=1024,
-        # the pipeline passes a prompt's own length (no padding, mask None for one prompt); 256 stands
-        # for a long descriptive prompt, Qwen-Image's usual input
-        text_tokens=256,
-    ),
-    # Tongyi-MAI/Z-Image-Turbo transformer/config.json (6B single-stream DiT; captions from Qwen3-4B)
-    "zimage": _Arch(
-        cls_name="ZImageTransformer2DModel",
-        config={
-            "all_patch_size": (2,), "all_f_patch_size": (1,), "in_channels": 16, "dim": 3840, "n_layers": 30,
-            "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "norm_eps": 1e-5, "qk_norm": True,
-            "cap_feat_dim": 2560, "rope_theta": 256.0, "t_scale": 1000.0, "axes_dims": (32, 48, 48),
-            "axes_lens": (1536, 512, 512),
-        },
-        # rope axes sum to head_dim: (32, 48, 48) scaled from 128 to 32 channels
-        tiny={"dim": 96, "n_heads": 3, "n_kv_heads": 3, "n_layers": 2, "n_refiner_layers": 1, "axes_dims": (8, 12, 12)},
-        resolution=1024,
-        text_tokens=256,  # the pipeline passes each prompt's own tokens (no padding); as for qwen
-        float32_inputs=("t",),
-    ),
-}
 
+def _tuples(value: Any) -> Any:
+    """JSON's lists as the tuples the configs hold (``axes_dims_rope``, ``patch_size``, ...)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _load_architectures() -> dict[str, _Arch]:
+    data = json.loads(resources.files(__name__).joinpath("architectures.json").read_text())
+    return {
+        name: _Arch(cls_name=entry["class"], config=_tuples(entry["config"]), tiny=_tuples(entry["tiny"]),
+                    resolution=entry["resolution"], text_tokens=entry["text_tokens"], frames=entry.get("frames"),
+                    float32_inputs=tuple(entry.get("float32_inputs", ())))
+        for name, entry in data.items() if not name.startswith("_")
+    }
+
+
+_ARCHS = _load_architectures()
 ZOO_NAMES: tuple[str, ...] = tuple(_ARCHS)
 _SIZES = ("tiny", "full")
 _WAN_ASPECT = 832 / 480  # Wan's 480p is 480x832
@@ -423,18 +345,18 @@ def example_inputs(
             "encoder_hidden_states": text(cfg.text_dim),
         }
     float32 = {key: kwargs.pop(key).to(device) for key in arch.float32_inputs if key in kwargs}
-    return {**_to(kwargs, torch.device(device), dtype), **float32}
+    return {**to_device_dtype(kwargs, torch.device(device), dtype), **float32}
 
 
-def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+def to_device_dtype(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
     """Move tensors (nested in dicts and lists too) to device; floating ones to dtype, integer ones keep
     theirs."""
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
     if isinstance(value, dict):
-        return {k: _to(v, device, dtype) for k, v in value.items()}
+        return {k: to_device_dtype(v, device, dtype) for k, v in value.items()}
     if isinstance(value, list):
-        return [_to(v, device, dtype) for v in value]
+        return [to_device_dtype(v, device, dtype) for v in value]
     return value
 
 

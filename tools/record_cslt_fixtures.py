@@ -1,8 +1,11 @@
 """Record what cuSPARSELt's compressor returns, for the CPU tests (run on a GPU machine).
 
+    python -m tools.record_cslt_fixtures
+
 Writes ``tests/data/cslt_fixtures.pt`` (or ``$OUT/cslt_fixtures.pt`` when $OUT is set):
 - ``cases``: raw inputs x (any M; adversarial values from ``probe_matrix``, hand-made special
-  groups, plain normal values) with ``torch._cslt_compress(prune_2to4(x padded to 16 rows))``. The
+  groups, plain normal values) with ``torch._cslt_compress(prune_2to4(x padded to a multiple of 16
+  rows))``, cuSPARSELt's minimum (the pass pads further, to 64: ``padded_rows``). The
   bytes cuSPARSELt leaves unwritten (past ``significant_numel``) hold allocator garbage; they are
   zeroed here so the file is deterministic.
 - ``shapes``: (m, k, dtype) -> the shape torch._cslt_compress returns, for ``compressed_shape``.
@@ -13,16 +16,13 @@ Writes ``tests/data/cslt_fixtures.pt`` (or ``$OUT/cslt_fixtures.pt`` when $OUT i
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lynx_compile.codegen.cusparselt_layout import probe_matrix, significant_numel  # noqa: E402
-from lynx_compile.codegen.prune_compress import padded_rows  # noqa: E402
-from lynx_compile.codegen.reference import prune_2to4  # noqa: E402
+from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, probe_matrix, significant_numel
+from lynx_compile.semantics import prune_2to4, round_up
 
 DTYPES = (torch.bfloat16, torch.float16)
 # (M, K): M = 1 and M % 16 != 0 (row padding), M % 64 != 0 (metadata row padding), K % 32 == 16
@@ -52,7 +52,7 @@ def special_groups(dtype: torch.dtype) -> torch.Tensor:
 def compress_live(x: torch.Tensor) -> torch.Tensor:
     """torch._cslt_compress(prune_2to4(x padded)), unwritten bytes zeroed, on the CPU."""
     m, k = x.shape
-    m_pad = padded_rows(m)
+    m_pad = round_up(m, CSLT_MULTIPLE)
     c = torch._cslt_compress(prune_2to4(F.pad(x.cuda(), (0, 0, 0, m_pad - m)))).cpu()
     c.view(-1)[significant_numel(m_pad, k, x.dtype):] = 0
     return c

@@ -1,15 +1,15 @@
 """Instructions per element of an Inductor-generated Triton kernel, compiled for sm_90 without a GPU.
 
     TORCH_LOGS=output_code python ... 2> run.log      # or a generated module saved to a file
-    python scripts/sass_count.py run.log triton_tem_fused_add_compress_2to4_gelu_0 [--warps 4]
+    python -m tools.sass_count run.log triton_tem_fused_add_compress_2to4_gelu_0 [--warps 4]
 
-(`benchmarks/fusion.py --dump-code DIR` saves the generated modules of its variants; a module file from
-Inductor's cache directory works as it is.)
+(`python -m benchmarks.fusion --dump-code DIR` saves the generated modules of its variants; a module
+file from Inductor's cache directory works as it is.)
 
 Takes the kernel's source from the log, drops Inductor's launcher decorator, compiles it with the
 installed Triton for sm_90 and disassembles it (Triton's bundled cuobjdump). Every program runs
 straight-line code, so (SASS instructions x threads) / (BLOCK_M x BLOCK_K) is the issue cost per
-element that NOTES_kernels.md compares with the memory traffic's budget.
+element that docs/design.md ("Producer fusion") compares with the memory traffic's budget.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import tempfile
+from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -30,7 +31,7 @@ _LOG_PREFIX = re.compile(r"^[VIWE]\d+ [^]]*\] \[[^]]*\] \[__output_code\] ")
 
 def kernel_source(log: str, name: str) -> str:
     """The kernel's module, from an output_code log or as it is (a module file of Inductor's cache)."""
-    lines = [_LOG_PREFIX.sub("", line.rstrip("\n")) for line in open(log)]
+    lines = [_LOG_PREFIX.sub("", line) for line in Path(log).read_text().splitlines()]
     start = next((i for i, line in enumerate(lines) if line.startswith(f"{name} = async_compile.triton(")), None)
     if start is None:
         source = "\n".join(lines)
@@ -47,22 +48,22 @@ def main() -> None:
     p.add_argument("--warps", type=int, default=4)
     args = p.parse_args()
     source = kernel_source(args.log, args.kernel)
-    path = tempfile.mktemp(suffix=".py")
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location("kernel", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fn = getattr(module, args.kernel)
-    signature = {a: "*bf16" if a.startswith(("in_ptr", "arg_")) else "*i64" for a in fn.arg_names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(fn.arg_names))}  # Inductor's buffers are aligned
-    compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs={}, attrs=attrs),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": args.warps, "num_stages": 1})
-    cubin = tempfile.mktemp(suffix=".cubin")
-    with open(cubin, "wb") as f:
-        f.write(compiled.asm["cubin"])
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
-    sass = subprocess.run([f"{tools}/cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.py"  # Triton's JIT reads the kernel's source from its file
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("kernel", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        fn = getattr(module, args.kernel)
+        signature = {a: "*bf16" if a.startswith(("in_ptr", "arg_")) else "*i64" for a in fn.arg_names}
+        attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(fn.arg_names))}  # Inductor's buffers are aligned
+        compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs={}, attrs=attrs),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": args.warps, "num_stages": 1})
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
+        sass = subprocess.run([f"{tools}/cuobjdump", "-sass", str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
     instructions = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
     opcodes = collections.Counter(
         re.search(r"\*/\s+(@!?P\d+\s+)?([A-Z0-9_]+)", line).group(2) for line in instructions)

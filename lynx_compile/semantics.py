@@ -1,9 +1,11 @@
-"""Reference 2:4 activation pruning: the semantics every fast path must reproduce bit for bit.
+"""The semantics every path must reproduce bit for bit: 2:4 activation pruning, the ones column of a
+folded bias, and norm compensation.
 
 Along the last (reduction) dimension, in consecutive groups of 4, keep the 2 values of largest
 magnitude and zero the other 2. NaN and +-inf count as the largest magnitude (NaN ties with inf);
 among equal magnitudes the lower index wins. Written with pointwise ops and a reshape only, so
-Inductor can fuse it with whatever produces the activation.
+Inductor can fuse it with whatever produces the activation. The lowest layer of the package: it
+imports torch only.
 """
 
 from __future__ import annotations
@@ -12,13 +14,26 @@ import torch
 
 GROUP = 4
 KEEP = 2
+# Activation dtypes with a 2:4 kernel (the Triton prune+compress and cuSPARSELt's 16-bit layout);
+# other dtypes take the reference path.
+SPARSE_DTYPES = (torch.bfloat16, torch.float16)
 # Columns appended to an activation whose GEMM carries its bias in the weight (``with_ones_column``).
 # cuSPARSELt takes K in multiples of 16, but its Hopper kernels step K by 64: K + 16 for FLUX's
-# q/k/v made the whole model slower than K + 64 (scripts/probe_bias_columns.py, results/bias_columns_*).
+# q/k/v made the whole model slower than K + 64 (docs/design.md, "Bias folding").
 BIAS_COLUMNS = 64
 # Columns per partial sum of squares for compensation (``norm_partials``): divides every tile width
 # of the prune+compress kernel, and leaves 2 x 4 bytes of sums per 128 x 2 bytes of activation.
 NORM_CHUNK = 128
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= ``n``."""
+    return -(-n // multiple) * multiple
+
+
+def norm_chunks(k: int) -> int:
+    """Partial sums of squares per row of K columns (``norm_partials``): one per NORM_CHUNK columns."""
+    return round_up(k, NORM_CHUNK) // NORM_CHUNK
 
 
 def _check_last_dim(x: torch.Tensor) -> None:
@@ -37,7 +52,8 @@ def keep_mask_2to4(x: torch.Tensor) -> torch.Tensor:
     # rank_i = #{j : mag_j > mag_i, or mag_j == mag_i and j < i}; keep the two of rank 0 and 1.
     ranks = []
     for i in range(GROUP):
-        beaten = [(mag[..., j] >= mag[..., i]) if j < i else (mag[..., j] > mag[..., i]) for j in range(GROUP) if j != i]
+        beaten = [(mag[..., j] >= mag[..., i]) if j < i else (mag[..., j] > mag[..., i])
+                  for j in range(GROUP) if j != i]
         ranks.append(sum(b.to(torch.int8) for b in beaten))
     rank = torch.stack(ranks, dim=-1)
     return (rank < KEEP).reshape(x.shape)
@@ -91,7 +107,7 @@ def norm_partials(x: torch.Tensor) -> torch.Tensor:
     for compensation, so the scale needs no second pass over the activation. Summed over chunks
     they are ``compensation_scale``'s two sums, up to float32 summation order."""
     m, k = x.shape
-    chunks = -(-k // NORM_CHUNK)
+    chunks = norm_chunks(k)
     both = torch.nn.functional.pad(torch.stack([x, prune_2to4(x)]).float(), (0, chunks * NORM_CHUNK - k))
     return both.square().reshape(2, m, chunks, NORM_CHUNK).sum(-1)
 

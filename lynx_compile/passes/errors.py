@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .codegen.reference import prune_2to4, prune_2to4_compensated
-from .passes.gemms import GemmSite
+from ..semantics import prune_2to4, prune_2to4_compensated
+from .gemms import GemmSite
 
 
 @dataclasses.dataclass
@@ -31,7 +31,8 @@ class PruningError:
 
     @property
     def rel_err(self) -> float:
-        """``||Y_pruned - Y_dense|| / ||Y_dense||`` (1 where the dense output is all zeros but the pruned one is not)."""
+        """``||Y_pruned - Y_dense|| / ||Y_dense||`` (1 where the dense output is all zeros but the pruned
+        one is not)."""
         return (self.err_sq / self.out_sq) ** 0.5 if self.out_sq > 0 else float(self.err_sq > 0)
 
     @property
@@ -85,7 +86,8 @@ class MeasuringInterpreter(fx.Interpreter):
             self.user_to_last_uses.setdefault(user, []).append(freed)
 
 
-def measure(gm: fx.GraphModule, sites: Iterable[GemmSite], inputs: Iterable[Any], compensate: bool) -> dict[str, PruningError]:
+def measure(gm: fx.GraphModule, sites: Iterable[GemmSite], inputs: Iterable[Any],
+            compensate: bool) -> dict[str, PruningError]:
     """Every GEMM's pruning error on one run of ``gm`` with ``inputs``."""
     errors: dict[str, PruningError] = {}
     with torch.no_grad():

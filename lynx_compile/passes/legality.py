@@ -1,0 +1,72 @@
+"""Can this GEMM run on 2:4 activations, and on which path? The checks that do not time anything.
+
+Checks run in order and the first that keeps a GEMM dense gives the reason shown in the report:
+name rules, dtype, K % 4, ``min_rows``; then, on CUDA, what the device can do (sparse tensor cores,
+a 16-bit dtype, K % 16 and N % 8, the Triton kernel's self-check), which picks the path and where
+the pruning runs. Whether it is also faster is ``profitability``'s question (docs/design.md,
+"Legality and profitability").
+"""
+
+from __future__ import annotations
+
+from ..codegen import cusparselt, self_check
+from ..codegen.cusparselt_layout import CSLT_MULTIPLE, padded_rows
+from ..codegen.inductor_lowering import eligible
+from ..config import LynxConfig, dtype_name
+from ..report import GemmPath, PruneSite
+from ..semantics import GROUP, SPARSE_DTYPES
+from .decision import Decision
+from .gemms import GemmSite
+from .producers import fusable_producer
+
+
+def can_sparsify(site: GemmSite, config: LynxConfig) -> Decision:
+    """The path the GEMM may take (dense, with the reason, when it may not be sparse)."""
+    selected, why = config.select_by_name(site.name)
+    if not selected:
+        return Decision.dense(why)
+    if not config.allows_dtype(site.dtype):
+        return Decision.dense(f"dtype {dtype_name(site.dtype)} not in option dtypes={list(config.dtypes)}")
+    if site.k % GROUP:
+        return Decision.dense(f"K={site.k} is not a multiple of 4")
+    if site.m < config.min_rows:
+        dyn = " (hint of a dynamic size)" if site.dynamic_m else ""
+        return Decision.dense(f"M={site.m}{dyn} < min_rows={config.min_rows}")
+    if site.device.type != "cuda":
+        return _reference(why, f"{site.device.type} has no sparse tensor cores")
+    if config.path == "reference":
+        return _reference(why, "option path='reference'")
+    ok, reason = cusparselt.sparse_tensor_cores_available(site.device)
+    if not ok:
+        return _reference(why, reason)
+    if site.dtype not in SPARSE_DTYPES:
+        return _reference(why, f"no 2:4 kernel for {dtype_name(site.dtype)}")
+    if site.k % CSLT_MULTIPLE or site.n % 8:
+        return Decision.dense(f"K={site.k}, N={site.n}: cuSPARSELt needs K % 16 == 0 and N % 8 == 0")
+    if not self_check.fast_compress_ok(site.device, site.dtype, norms=config.compensate):  # checked once, warns once
+        kernel = "Triton kernel with norm sums" if config.compensate else "Triton layout"
+        fallback = f"{kernel} self-check failed"
+        return Decision(True, GemmPath.CUSPARSELT_COMPAT, f"{why}; compression by torch._cslt_compress ({fallback})",
+                        prune=PruneSite.CSLT, fallback=fallback)
+    prune, how = _prune_site(site, config)
+    return Decision(True, GemmPath.CUSPARSELT, f"{why}; {how}", prune=prune)
+
+
+def _reference(why: str, fallback: str) -> Decision:
+    return Decision(True, GemmPath.REFERENCE, f"{why}; reference path: {fallback}", prune=PruneSite.TORCH,
+                    fallback=fallback)
+
+
+def _prune_site(site: GemmSite, config: LynxConfig) -> tuple[PruneSite, str]:
+    """(fused | triton, why): in Inductor's template with the producer as its prologue where it can."""
+    if not config.fuse_producers:
+        return PruneSite.TRITON, "standalone Triton prune+compress (fuse_producers=False)"
+    if config.compensate:
+        return PruneSite.TRITON, ("standalone Triton prune+compress (compensate=True: it also sums the row norms, "
+                                  "the template does not)")
+    if not eligible(padded_rows(site.m), site.k, site.dtype):
+        return PruneSite.TRITON, f"standalone Triton prune+compress (K={site.k} % 32 != 0: not lowered)"
+    fusable, producer = fusable_producer(site.x)
+    if not fusable:
+        return PruneSite.TRITON, f"standalone Triton prune+compress (activation is a {producer}: nothing to fuse)"
+    return PruneSite.FUSED, f"prune+compress in Inductor's template, the producer ({producer}) fused in as its prologue"

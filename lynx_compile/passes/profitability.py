@@ -1,0 +1,66 @@
+"""Is the sparse GEMM faster? cuSPARSELt's fastest algorithm per shape, and the cost model.
+
+Both time on the GPU at compile time (``codegen.tuning``, cached on disk). The cost model looks at
+all the GEMMs that read one activation together: they share its prune+compress (q, k and v;
+FLUX's single-stream q, k, v and MLP projections), so it is charged once to the group, not once
+per GEMM (docs/design.md, "Cost model").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from ..codegen import tuning
+from ..codegen.cusparselt_layout import padded_rows
+from .decision import Decision, activation_groups
+from .gemms import GemmSite
+
+
+def with_alg(site: GemmSite, decision: Decision) -> Decision:
+    """The fastest cuSPARSELt algorithm for the GEMM (timed once per shape, cached)."""
+    if not decision.path.on_cusparselt:
+        return decision
+    alg = tuning.best_alg(padded_rows(site.m), decision.gemm_k(site.k), site.n, site.dtype, site.device)
+    return dataclasses.replace(decision, alg_id=alg)
+
+
+def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_speedup: float,
+                     compensate: bool = False) -> list[Decision]:
+    """Keep dense what would not gain ``min_speedup`` from going sparse, by measured times
+    (with ``compensate``, of the prune+compress that also sums the norms).
+
+    GEMMs reading the same activation by the same compression share one prune+compress. In each
+    such group the GEMMs whose sparse product alone gains ``min_speedup`` go sparse together if the
+    group, prune+compress included, still gains it; the others stay dense. (Adding a GEMM whose own
+    ratio clears the bar can only raise the group's ratio toward it, and always saves time.)
+    """
+    out = list(decisions)
+    for members in activation_groups(sites, decisions).values():
+        costs = {i: tuning.measure_costs(padded_rows(sites[i].m), sites[i].k, sites[i].n, sites[i].dtype,
+                                         decisions[i].alg_id, sites[i].device, decisions[i].fold_bias, compensate)
+                 for i in members}
+        gaining = [i for i in members if costs[i].dense_ms / costs[i].sparse_gemm_ms >= min_speedup]
+        prune_ms = costs[members[0]].prune_ms  # same activation: same (M, K)
+        dense_ms = sum(costs[i].dense_ms for i in gaining)
+        sparse_ms = prune_ms + sum(costs[i].sparse_gemm_ms for i in gaining)
+        group_ok = bool(gaining) and dense_ms / sparse_ms >= min_speedup
+        several = len(gaining) > 1
+        shared = f", prune+compress shared by {len(gaining)} GEMMs: {dense_ms / sparse_ms:.2f}x" if several else ""
+        for i in members:
+            c, d = costs[i], decisions[i]
+            gemm = c.dense_ms / c.sparse_gemm_ms
+            if i not in gaining:
+                reason = (f"cost model: sparse GEMM {c.sparse_gemm_ms:.3f} ms vs dense {c.dense_ms:.3f} ms = "
+                          f"{gemm:.2f}x < min_speedup={min_speedup:g}")
+            elif not group_ok:
+                reason = (f"cost model: prune+compress {prune_ms:.3f} ms + sparse GEMM{'s' if several else ''} "
+                          f"{sparse_ms - prune_ms:.3f} ms vs dense {dense_ms:.3f} ms = {dense_ms / sparse_ms:.2f}x "
+                          f"< min_speedup={min_speedup:g}")
+            else:
+                alone = c.dense_ms / (prune_ms + c.sparse_gemm_ms)
+                out[i] = dataclasses.replace(
+                    d, reason=f"{d.reason}; cost model: {alone:.2f}x (GEMM {gemm:.2f}x{shared})")
+                continue
+            out[i] = Decision.dense(reason)
+    return out
