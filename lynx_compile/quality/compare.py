@@ -9,6 +9,7 @@ dense run's transformer inputs at a few steps, for the GEMMs that configuration'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import inspect as pyinspect
@@ -145,43 +146,19 @@ def compare(
     transformer's batch rows spread over the batch (default: all). ``out``: a directory for
     ``quality.{json,md,png}``.
     """
-    transformer = getattr(pipe, "transformer", None)
-    if not isinstance(transformer, torch.nn.Module):
-        raise TypeError(f"compare needs a diffusers pipeline with a .transformer module; {type(pipe).__name__} "
-                        f"has {type(transformer).__name__}")
-    call_params = pyinspect.signature(pipe.__call__).parameters
-    if "callback_on_step_end" not in call_params:
-        raise TypeError(f"{type(pipe).__name__}.__call__ takes no callback_on_step_end: compare follows the steps "
-                        "through it (every diffusers DiT pipeline has it)")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("compare needs at least one prompt")
-    if not all(isinstance(p, str) for p in prompts) and not all(isinstance(p, Mapping) for p in prompts):
-        raise TypeError("prompts must all be strings, or all dicts of per-prompt pipeline kwargs")
-    seeds = list(range(len(prompts))) if seeds is None else [int(s) for s in seeds]
-    if len(seeds) != len(prompts):
-        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed per prompt")
+    variants = _variants(DEFAULT_CONFIGS if configs is None else configs)
+    runner = _Runner(pipe, prompts, seeds, steps, guidance_scale, pipe_kwargs, batch_size)
+    transformer, prompts = pipe.transformer, runner.prompts
     if scenes is not None and len(scenes) != len(prompts):
         raise ValueError(f"{len(scenes)} scenes for {len(prompts)} prompts: give one scene per prompt")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    variants = _variants(DEFAULT_CONFIGS if configs is None else configs)
     capture_steps = set(range(0, steps, 4) if rel_err_steps is None else rel_err_steps)
-    guidance = _guidance(pipe, guidance_scale, call_params)
-
-    call_kwargs = {**(pipe_kwargs or {}), "num_inference_steps": steps, "output_type": "pt"}
-    if guidance_scale is not None:
-        call_kwargs["guidance_scale"] = guidance_scale
-    batches = [range(i, min(i + batch_size, len(prompts))) for i in range(0, len(prompts), batch_size)]
-    bar = tqdm(total=len(variants) * len(batches) * steps, disable=not progress, desc="quality", unit="step")
-    runner = _Runner(pipe, prompts, seeds, batches, call_kwargs, bar)
+    bar = runner.bar = tqdm(total=len(variants) * len(runner.batches) * steps, disable=not progress, desc="quality",
+                            unit="step")
 
     rows: list[dict[str, Any]] = []
     images: dict[str, torch.Tensor] = {}
-    captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    with torch.no_grad(), bar:
+    captured: dict[int, Inputs] = {}
+    with torch.no_grad(), bar, runner.quiet():
         for name, variant in variants.items():
             bar.set_postfix_str(name)
             if name == DENSE:
@@ -209,7 +186,8 @@ def compare(
                 raise RuntimeError(f"config {name!r}: torch.compile never called the lynx backend (the transformer "
                                    "ran eagerly), so its images are not lynx's")
             sparse = [layer for report in new for layer in report.layers if layer.sparse]
-            rel_err = _mean_rel_err(module, captured, options, {layer.name for layer in sparse}) if sparse else 0.0
+            rel_err = (_mean_rel_err(module, list(captured.values()), options, {layer.name for layer in sparse})
+                       if sparse else 0.0)
             rows.append(_row(name, variant, seconds, sparse=sparse, rel_err=rel_err))
 
     dense = images[DENSE]
@@ -233,7 +211,7 @@ def compare(
         "model": model or _model_name(pipe, transformer),
         "captions": len(prompts),
         "steps": steps,
-        "guidance": guidance,
+        "guidance": runner.guidance,
         "path": ",".join(paths),
     }
     result = QualityResult(rows, images, meta, [p if isinstance(p, str) else f"prompt {i}" for i, p in
@@ -265,17 +243,72 @@ def write(result: QualityResult, out: Path) -> list[Path]:
     return files
 
 
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]  # a transformer call's positional and keyword arguments
+
+
+def transformer_inputs(pipe: Any, prompts: Sequence[str | Mapping[str, Any]], at_steps: Sequence[int],
+                       seeds: Sequence[int] | None = None, steps: int = 28, guidance_scale: float | None = None, *,
+                       pipe_kwargs: Mapping[str, Any] | None = None, rows: int | None = None) -> dict[int, Inputs]:
+    """The transformer's inputs (copies) at ``at_steps`` of sampling ``prompts`` in one batch, as ``compare``
+    captures them in its dense run: feed them to ``lynx_compile.inspect(pipe.transformer, *args, **kwargs)``."""
+    runner = _Runner(pipe, prompts, seeds, steps, guidance_scale, pipe_kwargs, len(list(prompts)))
+    captured: dict[int, Inputs] = {}
+    hook = pipe.transformer.register_forward_pre_hook(runner.capture(captured, set(at_steps), rows), with_kwargs=True)
+    try:
+        with torch.no_grad(), runner.quiet():
+            runner.sample(pipe.transformer)
+    finally:
+        hook.remove()
+    return captured
+
+
 class _Runner:
     """Runs the pipeline over every batch of prompts with fresh per-prompt generators, and follows
     its steps (for the progress bar and for capturing the transformer's inputs)."""
 
-    def __init__(self, pipe: Any, prompts: list[Any], seeds: list[int], batches: list[range],
-                 call_kwargs: dict[str, Any], bar: tqdm) -> None:
-        self.pipe, self.prompts, self.seeds, self.batches = pipe, prompts, seeds, batches
-        self.call_kwargs, self.bar = call_kwargs, bar
-        self.user_callback = call_kwargs.pop("callback_on_step_end", None)
+    def __init__(self, pipe: Any, prompts: Sequence[str | Mapping[str, Any]], seeds: Sequence[int] | None, steps: int,
+                 guidance_scale: float | None, pipe_kwargs: Mapping[str, Any] | None, batch_size: int) -> None:
+        if not isinstance(getattr(pipe, "transformer", None), torch.nn.Module):
+            raise TypeError(f"compare needs a diffusers pipeline with a .transformer module; {type(pipe).__name__} "
+                            f"has {type(getattr(pipe, 'transformer', None)).__name__}")
+        params = pyinspect.signature(pipe.__call__).parameters
+        if "callback_on_step_end" not in params:
+            raise TypeError(f"{type(pipe).__name__}.__call__ takes no callback_on_step_end: compare follows the steps "
+                            "through it (every diffusers DiT pipeline has it)")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("compare needs at least one prompt")
+        if not all(isinstance(p, str) for p in prompts) and not all(isinstance(p, Mapping) for p in prompts):
+            raise TypeError("prompts must all be strings, or all dicts of per-prompt pipeline kwargs")
+        seeds = list(range(len(prompts))) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed per prompt")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.pipe, self.prompts, self.seeds = pipe, prompts, seeds
+        self.bar = tqdm(disable=True)  # compare sets its own
+        self.guidance = _guidance(pipe, guidance_scale, params)
+        self.call_kwargs = {**(pipe_kwargs or {}), "num_inference_steps": steps, "output_type": "pt"}
+        if guidance_scale is not None:
+            self.call_kwargs["guidance_scale"] = guidance_scale
+        self.user_callback = self.call_kwargs.pop("callback_on_step_end", None)
+        self.batches = [range(i, min(i + batch_size, len(prompts))) for i in range(0, len(prompts), batch_size)]
         self.step = 0  # the step the next transformer call belongs to
         self.first_batch = True
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """The pipeline's own progress bar off (ours counts every configuration's steps), then as it was."""
+        before = getattr(self.pipe, "_progress_bar_config", None)
+        if hasattr(self.pipe, "set_progress_bar_config"):
+            self.pipe.set_progress_bar_config(**{**(before or {}), "disable": True})
+        try:
+            yield
+        finally:
+            if hasattr(self.pipe, "set_progress_bar_config"):
+                self.pipe.set_progress_bar_config(**(before or {}))
 
     def sample(self, transformer: torch.nn.Module) -> tuple[torch.Tensor, float]:
         """Images of every prompt with ``transformer`` in the pipeline, and the seconds it took."""
@@ -315,20 +348,17 @@ class _Runner:
             return self.user_callback(pipe, i, t, callback_kwargs)
         return callback_kwargs
 
-    def capture(self, into: list[tuple[tuple[Any, ...], dict[str, Any]]], steps: set[int],
-                rows: int | None) -> Callable[..., None]:
+    def capture(self, into: dict[int, Inputs], steps: set[int], rows: int | None) -> Callable[..., None]:
         """A forward pre-hook keeping the transformer's first call at each of ``steps`` of the first batch."""
-        seen: set[int] = set()
 
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if self.first_batch and self.step in steps and self.step not in seen:
-                seen.add(self.step)
-                into.append(_rows(args, kwargs, rows))
+            if self.first_batch and self.step in steps and self.step not in into:
+                into[self.step] = _rows(args, kwargs, rows)
 
         return hook
 
 
-def _rows(args: tuple[Any, ...], kwargs: dict[str, Any], rows: int | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _rows(args: tuple[Any, ...], kwargs: dict[str, Any], rows: int | None) -> Inputs:
     """Copies of a call's inputs, with ``rows`` of the batch (evenly spread, so that both halves of a
     classifier-free guidance batch are in) of every tensor whose first dim is the batch."""
     first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
@@ -418,7 +448,7 @@ def _row(name: str, variant: Variant | None, seconds: float, *, sparse: list[Any
     }
 
 
-def _mean_rel_err(module: torch.nn.Module, captured: list[tuple[tuple[Any, ...], dict[str, Any]]],
+def _mean_rel_err(module: torch.nn.Module, captured: list[Inputs],
                   options: LynxConfig, sparse: set[str]) -> float | None:
     """Mean of ``rel_err`` over the captured calls and the GEMMs named in ``sparse``."""
     errors = []
