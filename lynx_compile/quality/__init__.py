@@ -6,7 +6,7 @@ seeds and reports PSNR and SSIM against the dense samples, the per-GEMM error ov
 (with the yardstick's evaluator) prompt adherence and a FID-like distance, with an image grid.
 """
 
-from .compare import DEFAULT_CONFIGS, DENSE, QualityResult, Variant, compare, write
+from .compare import DEFAULT_CONFIGS, DENSE, QualityResult, Variant, compare, transformer_inputs, write
 from .metrics import psnr, ssim
 
-__all__ = ["DEFAULT_CONFIGS", "DENSE", "QualityResult", "Variant", "compare", "psnr", "ssim", "write"]
+__all__ = ["DEFAULT_CONFIGS", "DENSE", "QualityResult", "Variant", "compare", "psnr", "ssim", "transformer_inputs", "write"]

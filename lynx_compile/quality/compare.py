@@ -102,6 +102,8 @@ _COLUMNS = [
     ("adherence", "adherence"), ("fid_like", "FID-like"), ("mean_rel_err", "mean rel_err"),
     ("sparse_gemms", "sparse GEMMs"), ("path", "path"), ("seconds", "seconds"),
 ]
+_FORMATS = {"psnr_db": "{:.2f}", "ssim": "{:.5f}", "adherence": "{:.4f}", "fid_like": "{:.4g}", "mean_rel_err": "{:.4f}",
+            "seconds": "{:.1f}"}
 _COLUMN_NOTES = """\
 - PSNR dB, SSIM: each sample against the dense sample from the same seed and prompt, averaged over the
   prompts (PSNR: mean of the per-image dB; "inf" where every image is identical to dense, `null` in the JSON).
@@ -134,6 +136,9 @@ def compare(
     progress: bool = True,
 ) -> QualityResult:
     """Sample ``prompts`` dense and under each lynx configuration and measure what pruning did.
+
+    Each lynx configuration is compiled afresh: ``torch.compiler.reset()`` runs before each (other
+    compiled functions of the process compile again on their next call).
 
     ``prompts``: text, or for pipelines without text encoders dicts of per-prompt pipeline kwargs
     (``prompt_embeds``, ...), batched along dim 0. ``seeds``: one per prompt (default 0..n-1).
@@ -177,10 +182,11 @@ def compare(
                 images[name], seconds = runner.sample(module)
                 rows.append(_row(name, variant, seconds, sparse=[], rel_err=None))
                 continue
+            # A fresh compile, so that this configuration's reports are its own: Dynamo would otherwise reuse
+            # code compiled for an equal configuration (of this or another instance of the same model class).
+            torch.compiler.reset()
             before = len(reports())
-            compiled = torch.compile(module, backend="lynx", options=options, dynamic=False)
-            with torch._dynamo.config.patch(recompile_limit=max(64, torch._dynamo.config.recompile_limit)):
-                images[name], seconds = runner.sample(compiled)
+            images[name], seconds = runner.sample(torch.compile(module, backend="lynx", options=options, dynamic=False))
             new = reports()[before:]
             if not new:
                 raise RuntimeError(f"config {name!r}: torch.compile never called the lynx backend (the transformer "
@@ -485,9 +491,7 @@ def _cell(key: str, row: dict[str, Any]) -> str:
         return "-"
     if key == "options":
         return "`" + json.dumps(value) + "`"
-    if key == "seconds":
-        return f"{value:.1f}"
-    return _number(value)
+    return _FORMATS[key].format(value) if key in _FORMATS else _number(value)
 
 
 def _number(value: Any) -> str:
