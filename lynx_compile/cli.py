@@ -120,7 +120,7 @@ def _quality(args: argparse.Namespace) -> int:
     for key in ("height", "width"):
         if getattr(args, key) is not None:
             if source.kind == pipelines.YARDSTICK:
-                raise SystemExit(f"lynx-compile quality: the yardstick samples 64x64 only; --{key} is for other pipelines")
+                raise SystemExit(f"lynx-compile quality: the yardstick samples 64x64 only; --{key} is for the others")
             pipe_kwargs[key] = getattr(args, key)
     evaluator, reference, why = pipelines.grading(source, scenes, args.reference_images, device)
     if device.type == "cpu":

@@ -9,4 +9,6 @@ seeds and reports PSNR and SSIM against the dense samples, the per-GEMM error ov
 from .compare import DEFAULT_CONFIGS, DENSE, QualityResult, Variant, compare, transformer_inputs, write
 from .metrics import psnr, ssim
 
-__all__ = ["DEFAULT_CONFIGS", "DENSE", "QualityResult", "Variant", "compare", "psnr", "ssim", "transformer_inputs", "write"]
+__all__ = [
+    "DEFAULT_CONFIGS", "DENSE", "QualityResult", "Variant", "compare", "psnr", "ssim", "transformer_inputs", "write",
+]

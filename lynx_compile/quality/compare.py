@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..backend import reports
 from ..config import LynxConfig
 from ..inspection import inspect
+from ..yardstick.evaluator import adherence, features, frechet_distance
 from .grid import write_grid
 from .metrics import psnr, ssim
 
@@ -102,8 +103,8 @@ _COLUMNS = [
     ("adherence", "adherence"), ("fid_like", "FID-like"), ("mean_rel_err", "mean rel_err"),
     ("sparse_gemms", "sparse GEMMs"), ("path", "path"), ("seconds", "seconds"),
 ]
-_FORMATS = {"psnr_db": "{:.2f}", "ssim": "{:.5f}", "adherence": "{:.4f}", "fid_like": "{:.4g}", "mean_rel_err": "{:.4f}",
-            "seconds": "{:.1f}"}
+_FORMATS = {"psnr_db": "{:.2f}", "ssim": "{:.5f}", "adherence": "{:.4f}", "fid_like": "{:.4g}",
+            "mean_rel_err": "{:.4f}", "seconds": "{:.1f}"}
 _COLUMN_NOTES = """\
 - PSNR dB, SSIM: each sample against the dense sample from the same seed and prompt, averaged over the
   prompts (PSNR: mean of the per-image dB; "inf" where every image is identical to dense, `null` in the JSON).
@@ -197,15 +198,17 @@ def compare(
             rows.append(_row(name, variant, seconds, sparse=sparse, rel_err=rel_err))
 
     dense = images[DENSE]
+    if evaluator is not None and reference_images is not None:
+        reference_features = features(evaluator, reference_images)
     for row in rows:
         sample = images[row["config"]]
         if row["config"] != DENSE:
             row["psnr_db"] = _finite_or_none(psnr(sample, dense).mean().item())
             row["ssim"] = ssim(sample, dense).mean().item()
         if evaluator is not None and scenes is not None:
-            row["adherence"] = float(_yardstick_evaluator().adherence(evaluator, sample, list(scenes)))
+            row["adherence"] = float(adherence(evaluator, sample, list(scenes)))
         if evaluator is not None and reference_images is not None:
-            row["fid_like"] = float(_frechet(evaluator, sample, reference_images))
+            row["fid_like"] = float(frechet_distance(features(evaluator, sample), reference_features))
     paths = sorted({p for row in rows for p in row["path"].split(",") if p != DENSE}) or [DENSE]
     device = _device(transformer)
     meta = {
@@ -466,17 +469,6 @@ def _mean_rel_err(module: torch.nn.Module, captured: list[Inputs],
                         sorted(missing))
         errors.extend(by_name[name] for name in sorted(sparse & by_name.keys()) if by_name[name] is not None)
     return sum(errors) / len(errors) if errors else None
-
-
-def _frechet(evaluator: Any, images: torch.Tensor, reference: torch.Tensor) -> float:
-    ev = _yardstick_evaluator()
-    return ev.frechet_distance(ev.features(evaluator, images), ev.features(evaluator, reference))
-
-
-def _yardstick_evaluator() -> Any:
-    from ..yardstick import evaluator  # the yardstick's metrics: only needed when an evaluator is given
-
-    return evaluator
 
 
 def _finite_or_none(x: float) -> float | None:
