@@ -1,4 +1,4 @@
-"""``lynx-compile``: the demo and the inspection report from the command line."""
+"""``lynx-compile``: the demo, the inspection report and the image-quality comparison from the command line."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from . import zoo
+from . import quality, zoo
 from .config import LynxConfig
 from .inspection import inspect
+from .quality import pipelines
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,8 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _model_args(insp, default_model="flux")
     insp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     insp.add_argument("--dump-graph", metavar="DIR", help="write the FX graphs before/after the pass")
+    _quality_args(sub.add_parser("quality", help="dense and lynx images from the same seeds, measured side by side"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.command == "quality":
+        return _quality(args)
     options = _parse_options(args.option)
     built = _build(args)
     if args.command == "demo":
@@ -66,6 +70,98 @@ def _model_args(p: argparse.ArgumentParser, *, default_model: str) -> None:
         help="a lynx option, VALUE as JSON (e.g. -o min_rows=64 -o 'exclude=[\"*.ff.*\"]')",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every per-layer decision")
+
+
+def _quality_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", default=pipelines.YARDSTICK, metavar="yardstick|zoo:flux|DIR",
+                   help="the trained yardstick, the tiny random zoo FLUX, or a local directory: a saved yardstick or "
+                        "any diffusers pipeline (DiffusionPipeline.from_pretrained)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", metavar="FILE", help="prompts, one per line")
+    p.add_argument("--num-prompts", type=int, default=8,
+                   help="prompts made when none are given: yardstick captions of random scenes, random embeddings "
+                        "for the zoo, a built-in list for a checkpoint (default: 8)")
+    p.add_argument("--config", action="append", default=[], metavar="NAME=JSON",
+                   help="a configuration: lynx options as a JSON object (repeatable; default: "
+                        + ", ".join(f"{k}={json.dumps(v)}" for k, v in quality.DEFAULT_CONFIGS.items() if v is not None)
+                        + "; dense always runs first)")
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
+    p.add_argument("--height", type=int, help="image height (diffusers and zoo pipelines)")
+    p.add_argument("--width", type=int, help="image width (diffusers and zoo pipelines)")
+    p.add_argument("--seed", type=int, default=0, help="prompt i samples from seed + i (and the scenes from seed)")
+    p.add_argument("--batch-size", type=int, help="prompts per pipeline call (default: all for the yardstick, else 1)")
+    p.add_argument("--reference-images", type=int, default=2048, metavar="N",
+                   help="yardstick: renders the FID-like distance compares with (0: no FID-like)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--no-cost-model", action="store_true", help="add cost_model: false to every lynx configuration")
+    p.add_argument("--out", default="quality_out", metavar="DIR", help="where quality.{json,md,png} go")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every per-layer decision")
+
+
+def _quality(args: argparse.Namespace) -> int:
+    configs = _parse_configs(args.config, args.no_cost_model)
+    device = torch.device(args.device)
+    dtype = _DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    source = pipelines.open_pipeline(args.pipeline, device, dtype, seed=args.seed)
+    prompts: list[Any] = list(args.prompt)
+    if args.prompts:
+        with open(args.prompts) as f:
+            prompts += [line.strip() for line in f if line.strip()]
+    if prompts and source.kind == "zoo":
+        raise SystemExit("lynx-compile quality: the zoo pipeline has no text encoder: it takes no --prompt")
+    if prompts:
+        scenes = pipelines.scenes_of(prompts) if source.kind == pipelines.YARDSTICK else None
+    else:
+        prompts, scenes = pipelines.default_prompts(source, args.num_prompts, args.seed)
+    pipe_kwargs = dict(source.call_kwargs)
+    for key in ("height", "width"):
+        if getattr(args, key) is not None:
+            if source.kind == pipelines.YARDSTICK:
+                raise SystemExit(f"lynx-compile quality: the yardstick samples 64x64 only; --{key} is for the others")
+            pipe_kwargs[key] = getattr(args, key)
+    evaluator, reference, why = pipelines.grading(source, scenes, args.reference_images, device)
+    if device.type == "cpu":
+        print("lynx-compile quality on the CPU: the reference path (pruning, then a dense GEMM), the same numbers as "
+              "the GPU up to rounding, no speed-up; keep sizes small")
+    result = quality.compare(
+        source.pipe, prompts, configs, seeds=[args.seed + i for i in range(len(prompts))], steps=args.steps,
+        guidance_scale=args.guidance, pipe_kwargs=pipe_kwargs,
+        batch_size=args.batch_size or (len(prompts) if source.kind == pipelines.YARDSTICK else 1),
+        evaluator=evaluator, scenes=scenes, reference_images=reference, model=source.model, out=args.out,
+        progress=not args.no_progress,
+    )
+    print(result)
+    if why:
+        print(f"adherence and FID-like not measured: {why}")
+    print("wrote " + ", ".join(str(f) for f in result.files))
+    return 0
+
+
+def _parse_configs(pairs: list[str], no_cost_model: bool) -> dict[str, dict[str, Any] | None]:
+    """``NAME=JSON`` pairs (default: ``quality.DEFAULT_CONFIGS``), every option checked before anything runs."""
+    configs: dict[str, dict[str, Any] | None] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if name == quality.DENSE and raw.strip() in ("", "null"):
+            configs[name] = None
+            continue
+        try:
+            options = json.loads(raw) if name and sep else None
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"lynx-compile quality: --config {pair!r}: {raw!r} is not JSON ({e})") from None
+        if not isinstance(options, dict):
+            raise SystemExit(f"lynx-compile quality: --config {pair!r} is not NAME=JSON with a JSON object of lynx "
+                             """options, e.g. --config 'naive={"compensate": false}'""")
+        configs[name] = options
+    configs = configs or dict(quality.DEFAULT_CONFIGS)
+    if no_cost_model:
+        configs = {k: v if v is None else {**v, "cost_model": False} for k, v in configs.items()}
+    for options in configs.values():
+        LynxConfig.from_options(options)  # fail here, with the list of valid options
+    return configs
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:

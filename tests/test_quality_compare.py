@@ -1,0 +1,138 @@
+"""``quality.compare`` on a tiny random yardstick: the rows, determinism, the files, and bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from lynx_compile import quality, yardstick
+from lynx_compile.quality import Variant, compare, grid, pipelines, transformer_inputs
+
+STEPS = 2
+CONFIGS = {"defaults": {}, "nothing_sparse": {"min_rows": 10**9}}
+META = {"device", "torch", "triton", "commit", "date", "model", "captions", "steps", "guidance", "path"}
+ROW = {"config", "options", "psnr_db", "ssim", "adherence", "fid_like", "mean_rel_err", "sparse_gemms", "seconds",
+       "path"}
+
+
+def tiny_pipeline() -> yardstick.YardstickPipeline:
+    return yardstick.build_pipeline(seed=0, config_overrides=yardstick.TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[yardstick.Scene]:
+    return yardstick.sample_scenes(2, torch.Generator().manual_seed(1))
+
+
+def run(scenes: list[yardstick.Scene], out: Path | None = None, configs: dict = CONFIGS) -> quality.QualityResult:
+    evaluator = yardstick.Evaluator()  # random weights: the numbers mean nothing, the plumbing is what is tested
+    reference = pipelines.reference_images(4)
+    return compare(tiny_pipeline(), [yardstick.caption(s) for s in scenes], configs, steps=STEPS, batch_size=2,
+                   evaluator=evaluator, scenes=scenes, reference_images=reference, out=out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def result(scenes: list[yardstick.Scene], tmp_path_factory: pytest.TempPathFactory) -> quality.QualityResult:
+    torch.manual_seed(0)  # the evaluator's random weights
+    return run(scenes, tmp_path_factory.mktemp("quality"))
+
+
+def test_rows(result: quality.QualityResult) -> None:
+    rows = {row["config"]: row for row in result.rows}
+    assert list(rows) == ["dense", *CONFIGS]
+    dense, defaults, nothing = rows["dense"], rows["defaults"], rows["nothing_sparse"]
+    assert dense["psnr_db"] is None and dense["ssim"] == 1.0 and dense["mean_rel_err"] is None
+    assert dense["sparse_gemms"] == 0 and dense["options"] is None
+    assert defaults["sparse_gemms"] > 0 and defaults["path"] == "reference" and defaults["options"] == {}
+    assert defaults["mean_rel_err"] > 0
+    assert 0 < defaults["ssim"] < 1 and defaults["psnr_db"] > 0
+    assert nothing["sparse_gemms"] == 0 and nothing["mean_rel_err"] == 0.0 and nothing["path"] == "dense"
+    for row in rows.values():
+        assert 0 <= row["adherence"] <= 1 and row["fid_like"] >= 0
+    assert result.meta["path"] == "reference" and result.meta["captions"] == 2 and result.meta["steps"] == STEPS
+
+
+def test_nothing_sparse_gives_the_dense_images(result: quality.QualityResult) -> None:
+    """Compiled with no GEMM sparse, the model is dense up to Inductor's float32 rounding."""
+    torch.testing.assert_close(result.images["nothing_sparse"], result.images["dense"], atol=1e-5, rtol=0)
+    assert not torch.allclose(result.images["defaults"], result.images["dense"], atol=1e-3, rtol=0)
+
+
+def test_a_reference_run_is_deterministic(result: quality.QualityResult, scenes: list[yardstick.Scene]) -> None:
+    torch.manual_seed(0)
+    again = run(scenes, configs={"defaults": CONFIGS["defaults"]})
+    for a, b in zip(result.rows, again.rows):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    assert [row["config"] for row in again.rows] == ["dense", "defaults"]
+    for name, images in again.images.items():
+        assert torch.equal(images, result.images[name])
+
+
+def test_files(result: quality.QualityResult) -> None:
+    json_path, md_path, png_path = result.files
+    data = json.loads(json_path.read_text())
+    assert set(data) == {"meta", "rows"} and set(data["meta"]) == META
+    assert [set(row) for row in data["rows"]] == [ROW] * 3
+    assert data["rows"][0]["psnr_db"] is None  # inf is not JSON
+    assert data["meta"]["guidance"] == tiny_pipeline().default_guidance_scale
+    md = md_path.read_text()
+    assert "| nothing_sparse |" in md and "reference path ran" in md
+    cell_h, cell_w = grid.cell_size(64, 64)
+    assert (cell_h, cell_w) == (128, 128)
+    with Image.open(png_path) as image:
+        assert image.size == (grid.LABEL + 3 * (cell_w + grid.PAD) + grid.PAD, grid.HEADER + 2 * (cell_h + grid.PAD)
+                              + grid.PAD)
+
+
+def test_a_transform_variant_runs_what_it_returns() -> None:
+    """A Variant without options runs the transformed module eagerly: a copy gives the dense images exactly."""
+    result = compare(tiny_pipeline(), ["a small red circle top left, plain background"],
+                     {"copy": Variant(transform=copy.deepcopy)}, steps=1, progress=False)
+    assert torch.equal(result.images["copy"], result.images["dense"])
+    assert result.rows[1]["psnr_db"] is None and result.rows[1]["ssim"] == 1.0 and result.rows[1]["options"] is None
+
+
+def test_captured_rows_are_spread_over_the_guidance_batch() -> None:
+    """Two prompts with classifier-free guidance are 4 transformer rows, [uncond; cond]: 2 rows are 0 and 3."""
+    pipe, prompts = tiny_pipeline(), ["a small red circle top left, plain background"] * 2
+    full = transformer_inputs(pipe, prompts, at_steps=[0, 1], steps=2)
+    two = transformer_inputs(pipe, prompts, at_steps=[1], steps=2, rows=2)
+    assert sorted(full) == [0, 1] and list(two) == [1]
+    for key, value in full[1][1].items():
+        if isinstance(value, torch.Tensor) and value.shape[0] == 4:
+            assert torch.equal(two[1][1][key], value[[0, 3]])
+    assert not torch.equal(full[0][1]["timestep"], full[1][1]["timestep"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"configs": {"bad": {"not_an_option": 1}}}, ValueError, "unknown lynx option"),
+        ({"configs": {"bad": {"min_rows": "many"}}}, TypeError, "min_rows"),
+        ({"configs": {"dense": {"min_rows": 1}}}, ValueError, "takes no options"),
+        ({"seeds": [0, 1, 2]}, ValueError, "3 seeds for 1 prompts"),
+        ({"prompts": []}, ValueError, "at least one prompt"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"scenes": []}, ValueError, "0 scenes for 1 prompts"),
+    ],
+)
+def test_bad_input_fails_before_any_sampling(kwargs: dict, error: type, match: str) -> None:
+    pipe = tiny_pipeline()
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(error, match=match):
+        compare(pipe, kwargs.pop("prompts", ["a small red circle top left, plain background"]), steps=1,
+                progress=False, **kwargs)
+    assert not calls
+
+
+def test_a_pipeline_without_a_transformer_is_an_error() -> None:
+    pipe = tiny_pipeline()
+    pipe.transformer = None
+    with pytest.raises(TypeError, match="transformer"):
+        compare(pipe, ["a small red circle top left, plain background"], progress=False)
