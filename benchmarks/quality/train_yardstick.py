@@ -467,8 +467,8 @@ def _plot_loss(losses: Sequence[float], path: Path, width: int = 900, height: in
                   for i in range(len(losses))]
         ordered = sorted(losses)
         y_max = ordered[int(0.99 * (len(ordered) - 1))] * 1.1 or 1.0
-        x_of = lambda i: left + (right - left) * i / max(len(losses) - 1, 1)  # noqa: E731
-        y_of = lambda v: bottom - (bottom - top) * min(v, y_max) / y_max  # noqa: E731
+        x_of = lambda i: left + (right - left) * i / max(len(losses) - 1, 1)
+        y_of = lambda v: bottom - (bottom - top) * min(v, y_max) / y_max
         for values, colour in ((losses, (190, 190, 190)), (smooth, (30, 80, 200))):
             points = [(x_of(i), y_of(v)) for i, v in enumerate(values)]
             draw.line(points if len(points) > 1 else points * 2, fill=colour, width=1 if colour[0] > 100 else 2)

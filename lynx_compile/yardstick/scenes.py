@@ -16,9 +16,26 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "BACKGROUNDS", "CELL", "COLOURS", "IGNORE", "IMAGE_SIZE", "MAX_OBJECTS", "Obj", "PALETTE", "POSITIONS",
-    "SHAPES", "SIZES", "Scene", "TEXT_LENGTH", "Tokenizer", "VOCAB", "caption", "labels", "parse_caption",
-    "render", "sample_scenes",
+    "BACKGROUNDS",
+    "CELL",
+    "COLOURS",
+    "IGNORE",
+    "IMAGE_SIZE",
+    "MAX_OBJECTS",
+    "PALETTE",
+    "POSITIONS",
+    "SHAPES",
+    "SIZES",
+    "TEXT_LENGTH",
+    "VOCAB",
+    "Obj",
+    "Scene",
+    "Tokenizer",
+    "caption",
+    "labels",
+    "parse_caption",
+    "render",
+    "sample_scenes",
 ]
 
 IMAGE_SIZE = 64
@@ -223,7 +240,7 @@ def _triangle(px: torch.Tensor, py: torch.Tensor, half_side: torch.Tensor) -> to
 
 def _background(kind: torch.Tensor, u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(n, H, W) greyish textures, low contrast: base grey 0.3-0.65, amplitude 0.05-0.10."""
-    p = lambda k: u[:, k].view(-1, 1, 1)  # noqa: E731  (one texture parameter per image, broadcast)
+    p = lambda k: u[:, k].view(-1, 1, 1)
     grey, amplitude = 0.30 + 0.35 * p(0), 0.05 + 0.05 * p(1)
     angle, phase_x, phase_y = math.pi * p(3), 2 * math.pi * p(4), 2 * math.pi * p(5)
     # striped: soft square wave across a random direction, period 6-10 px
