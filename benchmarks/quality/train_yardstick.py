@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from lynx_compile.yardstick import (
+    EVALUATOR_PATH,
     HEADS,
     IGNORE,
     TINY_OVERRIDES,
@@ -58,6 +59,7 @@ from lynx_compile.yardstick import (
     features,
     frechet_distance,
     labels,
+    load_evaluator,
     load_pipeline,
     predict,
     render,
@@ -106,6 +108,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=500, help="linear learning-rate warm-up steps")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--decay", choices=("none", "cosine"), default="none",
+                   help="learning rate after warm-up: constant, or cosine to zero over --minutes")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="a directory this script wrote: continue from its EMA weights and reuse its evaluator "
+                        "(a second stage of the same training; the model card lists every stage)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (eager if it fails)")
     p.add_argument("--tiny", action="store_true", help="1 layer, 1 head, a few eval captions and steps (CPU tests)")
     args = p.parse_args(argv)
@@ -128,7 +135,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    evaluator, evaluator_acc, evaluator_losses, evaluator_s = train_evaluator(args, budget, device)
+    if args.resume is None:
+        evaluator, evaluator_acc, evaluator_losses, evaluator_s = train_evaluator(args, budget, device)
+    else:
+        evaluator = load_evaluator(args.resume / EVALUATOR_PATH.name, device)
+        save_evaluator(evaluator, args.out / EVALUATOR_PATH.name)
+        evaluator_acc, evaluator_losses, evaluator_s = {"clean": evaluator.accuracy}, [], 0.0
     print(f"evaluator: {evaluator_s:.0f} s, accuracy on {budget.accuracy_images} fresh images: "
           + ", ".join(f"{k} {v:.4f}" for k, v in evaluator_acc["clean"].items()), flush=True)
 
@@ -138,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "evaluator_accuracy": evaluator_acc["clean"],
               "hyperparameters": {"lr": args.lr, "warmup_steps": args.warmup, "betas": [0.9, 0.99],
                                   "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": args.ema_decay,
-                                  "caption_dropout": args.caption_dropout,
+                                  "caption_dropout": args.caption_dropout, "decay": args.decay,
                                   "autocast": "bf16" if device.type == "cuda" else "none (float32)"}}
     train = train_yardstick(args, budget, batch, device, record)
 
@@ -240,12 +252,25 @@ def adaln_zero_init(transformer: torch.nn.Module) -> None:
 
 def train_yardstick(args: argparse.Namespace, budget: Budget, batch: int, device: torch.device,
                     record: dict[str, Any]) -> dict[str, Any]:
-    pipe = build_pipeline(args.seed, TINY_OVERRIDES if args.tiny else None, device=device)
-    adaln_zero_init(pipe.transformer)
+    if args.resume is None:
+        pipe = build_pipeline(args.seed, TINY_OVERRIDES if args.tiny else None, device=device)
+        adaln_zero_init(pipe.transformer)
+    else:
+        pipe = load_pipeline(args.resume, device=device, dtype=torch.float32)
+        earlier = pipe.record
+        record["stages"] = [*earlier.get("stages", []), {k: earlier[k] for k in ("command", "steps", "minutes",
+                                                                                 "final_loss", "gpu")}]
     transformer, text_encoder, tokenizer = pipe.transformer, pipe.text_encoder, pipe.tokenizer
     params = [*transformer.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / args.warmup, 1.0))
+    def lr_factor(s: int) -> float:
+        """Linear warm-up; then constant, or cosine to zero over the wall-time budget (the run stops on time)."""
+        warm = min((s + 1) / args.warmup, 1.0)
+        if args.decay == "none" or s == 0:
+            return warm
+        return warm * 0.5 * (1 + math.cos(math.pi * min((time.perf_counter() - started) / limit, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     ema = EMAModel(params, decay=args.ema_decay, foreach=True)
     ema_pipe = YardstickPipeline(copy.deepcopy(transformer), copy.deepcopy(text_encoder), tokenizer, pipe.scheduler)
     ema_params = [*ema_pipe.transformer.parameters(), *ema_pipe.text_encoder.parameters()]
@@ -256,6 +281,8 @@ def train_yardstick(args: argparse.Namespace, budget: Budget, batch: int, device
     losses: list[float] = []
     pending: list[torch.Tensor] = []
     step = 0
+    started = time.perf_counter()
+    limit = args.minutes * 60
 
     def fetch_losses() -> None:
         """Move the pending losses to the host (this waits for the GPU); a non-finite one stops the run
@@ -277,7 +304,6 @@ def train_yardstick(args: argparse.Namespace, budget: Budget, batch: int, device
         save_pipeline(ema_pipe, args.out)
 
     started = last_save = time.perf_counter()
-    limit = args.minutes * 60
     bar = tqdm(total=args.steps, desc="yardstick", unit="step", mininterval=_bar_interval())
     transformer.train()
     while step == 0 or ((args.steps is None or step < args.steps) and time.perf_counter() - started < limit):
@@ -361,6 +387,13 @@ def evaluate(pipe: YardstickPipeline, evaluator: Evaluator, budget: Budget,
 # ---------------------------------------------------------------- stage 4: artefacts
 
 
+def _stages(record: dict[str, Any]) -> str:
+    """The earlier stages a ``--resume`` continued from, one line each (empty for a single stage)."""
+    return "".join(f"- Stage {i + 1}: {st['steps']} steps in {st['minutes']:.2f} minutes on {st['gpu']}, final loss "
+                   f"{st['final_loss']:.4f} (`{st['command']}`); the next stage starts from its EMA weights.\n"
+                   for i, st in enumerate(record.get("stages", [])))
+
+
 def model_card(pipe: YardstickPipeline, evaluator: Evaluator, budget: Budget, timings: dict[str, float],
                scenes: Sequence[Scene]) -> str:
     r, ev, h = pipe.record, pipe.record["evaluation"], pipe.record["hyperparameters"]
@@ -394,7 +427,7 @@ large) in distinct cells of a 3x3 grid, on a plain, striped, checkered or dotted
 Captions name every attribute: "{caption(scenes[0])}".
 
 ## Training
-- {r['steps']} steps of batch {r['batch']} in {r['minutes']:.2f} minutes on {r['gpu']}
+{_stages(r)}- {r['steps']} steps of batch {r['batch']} in {r['minutes']:.2f} minutes on {r['gpu']}
   ({timings['step_ms']:.1f} ms per step), seed {r['seed']}; torch {r['versions']['torch']},
   diffusers {r['versions']['diffusers']}, Python {r['versions']['python']}.
 - Flow matching as SD3: sigma ~ sigmoid(N(0, 1)), x_t = (1 - sigma) x0 + sigma noise, target
