@@ -91,7 +91,8 @@ def run(models: dict[str, Any], prompts: Sequence[str], steps: int = STEPS) -> d
     measured = {name: measure(pipe, prompts, steps) for name, pipe in models.items()}
     names = list(next(iter(measured.values())))
     return {
-        "meta": {**stamp({"captions": len(prompts), "steps": steps}, PROTOCOL), "captions": len(prompts), "steps": steps, "sampled_steps": sample_steps(steps),
+        "meta": {**stamp({"captions": len(prompts), "steps": steps}, PROTOCOL), "captions": len(prompts),
+                 "steps": steps, "sampled_steps": sample_steps(steps),
                  "models": list(models)},
         "gaussian_pruned_E": gaussian_pruned_energy(),
         "rows": [{"gemm": name, "kind": kind(name), **{m: measured[m].get(name) for m in models}} for name in names],
