@@ -387,6 +387,9 @@ def evaluate(pipe: YardstickPipeline, evaluator: Evaluator, budget: Budget,
 # ---------------------------------------------------------------- stage 4: artefacts
 
 
+_DECAY = {"none": "constant", "cosine": "cosine decay to zero"}
+
+
 def _stages(record: dict[str, Any]) -> str:
     """The earlier stages a ``--resume`` continued from, one line each (empty for a single stage)."""
     return "".join(f"- Stage {i + 1}: {st['steps']} steps in {st['minutes']:.2f} minutes on {st['gpu']}, final loss "
@@ -432,7 +435,8 @@ Captions name every attribute: "{caption(scenes[0])}".
   diffusers {r['versions']['diffusers']}, Python {r['versions']['python']}.
 - Flow matching as SD3: sigma ~ sigmoid(N(0, 1)), x_t = (1 - sigma) x0 + sigma noise, target
   noise - x0, timestep 1000 sigma; {h['caption_dropout']:.0%} empty captions; AdamW lr {h['lr']:g}
-  ({h['warmup_steps']} warm-up steps), betas {tuple(h['betas'])}, weight decay {h['weight_decay']:g}, gradient
+  ({h['warmup_steps']} warm-up steps, then {_DECAY[h.get('decay', 'none')]}), betas {tuple(h['betas'])},
+  weight decay {h['weight_decay']:g}, gradient
   clip {h['grad_clip']:g}, autocast {h['autocast']}, {'torch.compile' if r['compiled'] else 'eager'};
   adaLN-Zero init; EMA {h['ema_decay']:g} (the EMA weights are what is saved and sampled).
 - Final loss (mean of the last 200 steps): {r['final_loss']:.4f} (`loss.png`, `train_log.json`).
