@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from typing import Any
 import torch
 import triton
 
+from lynx_compile.provenance import source_commit
+
 RESULTS = Path(__file__).resolve().parent / "results"
-_REPO = RESULTS.parents[1]
 
 # Bytes moved per element of a bf16 activation from its producer's store to one GEMM's load, by
 # where the report says it was pruned ("-": a dense layer). Analytic, from the kernels' loads/stores.
@@ -45,18 +45,6 @@ def gpu_slug() -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower().removeprefix("nvidia ")).strip("_")
 
 
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of this tree, with ``-dirty`` when it has uncommitted changes; ``unknown``
-    outside git."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def stamp(options: dict[str, Any], protocol: str) -> dict[str, Any]:
     """The ``meta`` of a result: the machine, the versions, the code, the options and the timing protocol."""
     cuda = torch.cuda.is_available()
@@ -66,7 +54,7 @@ def stamp(options: dict[str, Any], protocol: str) -> dict[str, Any]:
         "triton": triton.__version__,
         "cusparselt": torch.backends.cusparselt.version() if cuda else None,
         "date": datetime.date.today().isoformat(),
-        "commit": git_commit(),
+        "commit": source_commit(),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in options.items()},
         "protocol": protocol,
     }

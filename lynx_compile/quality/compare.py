@@ -16,7 +16,6 @@ import inspect as pyinspect
 import json
 import logging
 import math
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from ..backend import reports
 from ..config import LynxConfig
 from ..inspection import inspect
+from ..provenance import source_commit
 from ..yardstick.evaluator import adherence, features, frechet_distance
 from .grid import write_grid
 from .metrics import psnr, ssim
@@ -215,7 +215,7 @@ def compare(
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "torch": torch.__version__,
         "triton": triton.__version__,
-        "commit": _commit(),
+        "commit": source_commit(),
         "date": datetime.date.today().isoformat(),
         "model": model or _model_name(pipe, transformer),
         "captions": len(prompts),
@@ -520,15 +520,3 @@ def _dtype(module: torch.nn.Module) -> torch.dtype:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _commit() -> str:
-    """git HEAD of the lynx_compile checkout, ``-dirty`` with local changes; ``unknown`` outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
