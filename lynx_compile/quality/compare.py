@@ -439,7 +439,9 @@ def _options_json(variant: Variant | None) -> dict[str, Any] | None:
 
 
 def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    if isinstance(value, tuple):
+        return list(value)
+    return value if value is None or isinstance(value, (str, int, float, bool, list, dict)) else str(value)
 
 
 def _row(name: str, variant: Variant | None, seconds: float, *, sparse: list[Any], rel_err: float | None) -> dict:
