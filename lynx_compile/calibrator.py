@@ -98,11 +98,36 @@ def _sample(pipe: Any, prompts: list[Any], backend: Callable[..., Any], steps: i
 
     original = pipe.transformer
     pipe.transformer = torch.compile(original, backend=backend, dynamic=False)
+    bar_config = getattr(pipe, "_progress_bar_config", None)
+    if hasattr(pipe, "set_progress_bar_config"):  # ours counts the steps
+        pipe.set_progress_bar_config(**{**(bar_config or {}), "disable": True})
     try:
         with bar:
             for b, batch in enumerate(batches):
                 generators = [torch.Generator().manual_seed(seed + b * size + i) for i in range(len(batch))]
-                pipe(prompt=batch, num_inference_steps=steps, generator=generators, output_type="latent",
+                pipe(**batched_prompts(batch), num_inference_steps=steps, generator=generators, output_type="latent",
                      callback_on_step_end=on_step, **(pipe_kwargs or {}))
     finally:
         pipe.transformer = original
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(**(bar_config or {}))
+
+
+def batched_prompts(prompts: list[Any]) -> dict[str, Any]:
+    """Pipeline kwargs for a batch of prompts: ``prompt=[...]``, or dict prompts' tensors concatenated (pipelines
+    without a text encoder take per-prompt embeddings)."""
+    if isinstance(prompts[0], str):
+        return {"prompt": prompts}
+    keys = set(prompts[0])
+    merged: dict[str, Any] = {}
+    for key in keys:
+        values = [p.get(key) for p in prompts]
+        if any(set(p) != keys for p in prompts):
+            raise ValueError(f"prompt dicts of one batch must have the same keys, got {[sorted(p) for p in prompts]}")
+        if all(isinstance(v, torch.Tensor) for v in values):
+            merged[key] = torch.cat(values)
+        elif all(v == values[0] for v in values):
+            merged[key] = values[0]
+        else:
+            raise ValueError(f"prompt dicts of one batch differ in {key!r}; use batch_size=1")
+    return merged

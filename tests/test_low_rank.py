@@ -11,7 +11,7 @@ from hypothesis import given
 from torch import nn
 
 import lynx_compile
-from lynx_compile import Calibration, CalibrationMismatch, LynxConfig, lowrank, yardstick
+from lynx_compile import Calibration, CalibrationMismatch, LynxConfig, cli, lowrank, yardstick
 from lynx_compile.calibration import GemmStatistics
 from lynx_compile.semantics import prune_2to4, prune_2to4_compensated
 
@@ -228,3 +228,13 @@ def test_a_pipeline_calibration_sees_every_step_with_the_pass_names() -> None:
     tokens = (yardstick.IMAGE_SIZE // pipe.transformer.config.patch_size) ** 2
     guidance = 2 if pipe.default_guidance_scale > 1 else 1
     assert calibration.stats["transformer_blocks.0.ff.net.2"].rows == 3 * guidance * len(captions) * tokens
+
+
+def test_the_cli_calibrates_a_pipeline(tmp_path, capsys) -> None:
+    out = tmp_path / "zoo.safetensors"
+    assert cli.main(["calibrate", "--pipeline", "zoo:flux", "--num-prompts", "1", "--steps", "2", "-o", "min_rows=16",
+                     "--out", str(out), "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    calibration = Calibration.load(out)
+    assert calibration.names and all(s.rows > 0 for s in calibration.stats.values())
+    assert "transformer_blocks.0.attn.to_q" in calibration.names

@@ -27,6 +27,7 @@ import triton
 from tqdm.auto import tqdm
 
 from ..backend import reports
+from ..calibrator import batched_prompts
 from ..config import LynxConfig
 from ..inspection import inspect
 from ..yardstick.evaluator import adherence, features, frechet_distance
@@ -341,7 +342,7 @@ class _Runner:
     def _call(self, batch: range) -> torch.Tensor:
         self.step = 0
         generators = [torch.Generator().manual_seed(self.seeds[i]) for i in batch]
-        prompt_kwargs = _batched([self.prompts[i] for i in batch])
+        prompt_kwargs = batched_prompts([self.prompts[i] for i in batch])
         out = self.pipe(**self.call_kwargs, **prompt_kwargs, generator=generators, callback_on_step_end=self._on_step)
         images = out.images if hasattr(out, "images") else out[0]
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] != len(batch):
@@ -386,25 +387,6 @@ def _rows(args: tuple[Any, ...], kwargs: dict[str, Any], rows: int | None) -> In
         return v.clone()
 
     return tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()}
-
-
-def _batched(prompts: list[Any]) -> dict[str, Any]:
-    """Pipeline kwargs for a batch of prompts: ``prompt=[...]``, or dict prompts' tensors concatenated."""
-    if isinstance(prompts[0], str):
-        return {"prompt": prompts}
-    keys = set(prompts[0])
-    merged: dict[str, Any] = {}
-    for key in keys:
-        values = [p.get(key) for p in prompts]
-        if any(set(p) != keys for p in prompts):
-            raise ValueError(f"prompt dicts of one batch must have the same keys, got {[sorted(p) for p in prompts]}")
-        if all(isinstance(v, torch.Tensor) for v in values):
-            merged[key] = torch.cat(values)
-        elif all(v == values[0] for v in values):
-            merged[key] = values[0]
-        else:
-            raise ValueError(f"prompt dicts of one batch differ in {key!r}; use batch_size=1")
-    return merged
 
 
 def _variants(configs: Mapping[str, Any]) -> dict[str, Variant]:
