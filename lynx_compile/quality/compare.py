@@ -113,7 +113,8 @@ _COLUMN_NOTES = """\
 - adherence: the share of the prompts' attributes the evaluator finds in the samples (yardstick only).
 - FID-like: Frechet distance between the evaluator's features of the samples and of the reference images.
 - mean rel_err: the mean over the captured steps and the GEMMs this configuration makes sparse of each GEMM's
-  own relative output error (`lynx_compile.inspect`, float32, fed the dense run's inputs at those steps).
+  own relative output error (`lynx_compile.inspect`, float32, fed the dense run's inputs at those steps; with
+  option low_rank, with the branch added).
 - sparse GEMMs: GEMMs on 2:4 activations in this configuration's compiled graphs; path: theirs.
 - seconds: wall time of the configuration's sampling, its compilation included."""
 
@@ -446,7 +447,8 @@ def _mean_rel_err(module: torch.nn.Module, captured: list[Inputs],
     """Mean of ``rel_err`` over the captured calls and the GEMMs named in ``sparse``."""
     errors = []
     for args, kwargs in captured:
-        by_name = {layer.name: layer.rel_err for layer in inspect(module, *args, options=options, **kwargs).layers}
+        by_name = {layer.name: layer.rel_err if layer.rel_err_low_rank is None else layer.rel_err_low_rank
+                   for layer in inspect(module, *args, options=options, **kwargs).layers}
         missing = sparse - by_name.keys()
         if missing:
             log.warning("lynx quality: inspect did not see the sparse GEMMs %s; mean_rel_err leaves them out",
