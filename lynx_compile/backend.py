@@ -113,6 +113,9 @@ def lynx_backend(
     )
     if errors is not None:
         report.notes.append("rel_err and pruned_E: measured on the inputs of the call that compiled this graph")
+    if branches:
+        report.notes.append(f"low_rank={config.low_rank}: {len(branches)} GEMMs add (x A) B, fitted from "
+                            f"{config.calibration!r}")
     if _needs_autograd(example_inputs):
         reason = "autograd needed: lynx is inference-only (use torch.no_grad() or requires_grad_(False))"
         log.warning("lynx: %s; compiling this graph dense", reason)
