@@ -67,9 +67,13 @@ def _branches(sites: Sequence[GemmSite], config: LynxConfig) -> low_rank.Factors
         return {}
     assert config.calibration is not None
     calibration = resolve(config.calibration)
-    return {site.name: calibration.factors(site.name, config.low_rank) for site in sites
-            if site.name in calibration.stats and (calibration.stats[site.name].k, calibration.stats[site.name].n)
-            == (site.k, site.n)}
+    out: low_rank.Factors = {}
+    for site in sites:
+        stats = calibration.stats.get(site.name)
+        if stats is not None and (stats.k, stats.n) == (site.k, site.n):
+            a, b = calibration.factors(site.name, config.low_rank)
+            out[site.name] = (a.to(site.device), b.to(site.device))
+    return out
 
 
 def _device_of(value: Any) -> str | None:
