@@ -7,7 +7,9 @@ id (``best_alg``); and the whole lynx linear as the compiled model runs it (prun
 sparse_mm, row slice, bias add), also without the bias add: in a compiled DiT the add can fuse
 into the consumer (GELU, gated residual), a pointwise kernel the dense path runs too; and with the
 bias folded into the GEMM (option ``fold_bias``: the activation compressed with a ones column, the
-weight with the bias appended, K + BIAS_COLUMNS, its own algorithm id). The table's `floor bound` is
+weight with the bias appended, K + BIAS_COLUMNS, its own algorithm id); and with the low-rank branch of
+option ``low_rank=32`` (``lynx_lowrank32_ms``: the lynx linear, then ``x @ A`` and ``@ B`` with the add in
+cuBLAS's epilogue, as ``addmm``). The table's `floor bound` is
 what a prune+compress pass of its own could give at best (the sparse GEMM plus the pass at its memory
 floor). All under CUDA-graph replay (at least 20
 calls per graph, median of 15 replays), after warm-up, on fresh random inputs rotated so that L2
@@ -49,6 +51,7 @@ LAYERS = [  # (name, K, N): in_features -> out_features
     ("wan fc1", 5120, 13824), ("wan fc2", 13824, 5120),
 ]
 M_VALUES = (1024, 4096, 16384)
+LOW_RANK = 32  # the branch's rank in lynx_lowrank32_ms
 
 
 @dataclasses.dataclass
@@ -68,6 +71,7 @@ class Row:
     path: str
     alg_id: int
     search: list[int]  # everything cuSPARSELt's search returned: alg_id, split_k, split_k_mode, ...
+    lynx_lowrank32_ms: float = math.nan  # the lynx linear plus a rank-LOW_RANK branch (option low_rank)
 
 
 def compressor(dtype: torch.dtype) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -81,6 +85,13 @@ def lynx_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alg_i
                 compress: Callable[[torch.Tensor], torch.Tensor] = prune_compress) -> torch.Tensor:
     """One nn.Linear on the fast path, as the compiled graph runs it."""
     return sparse_mm(compress(x), weight, alg_id)[: x.shape[0]] + bias
+
+
+def lynx_low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alg_id: int,
+                         a: torch.Tensor, b: torch.Tensor,
+                         compress: Callable[[torch.Tensor], torch.Tensor] = prune_compress) -> torch.Tensor:
+    """The lynx linear with option ``low_rank``'s branch ``(x A) B`` added (in the second GEMM's epilogue)."""
+    return torch.addmm(lynx_linear(x, weight, bias, alg_id, compress), x @ a, b)
 
 
 def copy_bandwidth() -> float:
@@ -116,6 +127,8 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
     alg = best_alg(m, k, n, dtype, "cuda")
     folded_w = with_bias_column(w, b)
     folded_alg = best_alg(m, k + BIAS_COLUMNS, n, dtype, "cuda")
+    a = torch.randn(k, LOW_RANK, device="cuda", dtype=dtype) / k**0.5
+    b_lr = torch.randn(LOW_RANK, n, device="cuda", dtype=dtype) / LOW_RANK**0.5
     calls = max(20, len(xs))  # every buffer once per replay
 
     def timed(call: Callable[[int], object]) -> float:
@@ -132,6 +145,7 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
         lynx_folded_ms=timed(
             lambda i: sparse_mm(compress(xs[i % len(xs)], ones_column=True), folded_w, folded_alg)[:m]),
         path=path, alg_id=alg, search=search_all(cs[0], w),
+        lynx_lowrank32_ms=timed(lambda i: lynx_low_rank_linear(xs[i % len(xs)], w, b, alg, a, b_lr, compress)),
     )
 
 
@@ -178,6 +192,7 @@ RATIOS: dict[str, Callable[[Row], float]] = {
     "lynx speedup": lambda r: r.dense_ms / r.lynx_ms,
     "no-bias speedup": lambda r: r.dense_ms / r.lynx_nobias_ms,
     "folded speedup": lambda r: r.dense_ms / r.lynx_folded_ms,
+    "lowrank32 speedup": lambda r: r.dense_ms / r.lynx_lowrank32_ms,
 }
 LYNX_SPEEDUPS = ("lynx speedup", "no-bias speedup", "folded speedup")  # what the cost model can keep dense
 
@@ -200,7 +215,7 @@ PROTOCOL = ("CUDA-graph replay of at least 20 calls per graph (every rotating in
             "after 3 warm-up calls; inputs rotated so that L2 never holds them; host ms per call without graphs apart")
 COLUMNS = ["layer", "m", "k", "n", "dense_ms", "prune_ms", "prune_floor_ms", "prune/floor", "sparse_gemm_ms",
            "gemm speedup", "floor bound", "lynx_ms", "lynx speedup", "lynx_nobias_ms", "no-bias speedup",
-           "lynx_folded_ms", "folded speedup", "alg_id", "path"]
+           "lynx_folded_ms", "folded speedup", "lynx_lowrank32_ms", "lowrank32 speedup", "alg_id", "path"]
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.lynx.*)
 from .backend import lynx_backend, reports
+from .calibration import Calibration, CalibrationMismatch
+from .calibrator import calibrate
 from .codegen import inductor_lowering
 from .config import DEFAULT_EXCLUDE, LynxConfig
 from .inspection import inspect
@@ -20,11 +22,14 @@ from .semantics import compensation_scale, prune_2to4, prune_2to4_compensated
 
 __all__ = [
     "DEFAULT_EXCLUDE",
+    "Calibration",
+    "CalibrationMismatch",
     "GemmPath",
     "LayerReport",
     "LynxConfig",
     "PruneSite",
     "Report",
+    "calibrate",
     "compensation_scale",
     "inspect",
     "lynx_backend",

@@ -21,7 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from .config import INDUCTOR_MODES, LynxConfig, dtype_name
 from .passes import errors as pruning
-from .passes import policy
+from .passes import low_rank, policy
 from .passes.decision import Decision
 from .passes.errors import PruningError
 from .passes.fold_bias import FoldedWeights
@@ -64,7 +64,9 @@ def pruning_errors(gm: fx.GraphModule, sites: Sequence[GemmSite], config: LynxCo
     return pruning.measure(gm, sites, example_inputs, config.compensate)
 
 
-def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningError] | None = None) -> LayerReport:
+def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningError] | None = None,
+                 rank: int = 0) -> LayerReport:
+    """``rank``: of the low-rank branch this GEMM adds (0: none)."""
     error = (errors or {}).get(site.name)
     return LayerReport(
         name=site.name,
@@ -80,6 +82,8 @@ def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningEr
         bias_folded=decision.fold_bias,
         rel_err=None if error is None else error.rel_err,
         energy_pruned=None if error is None else error.energy_pruned,
+        low_rank=rank,
+        rel_err_low_rank=None if error is None else error.rel_err_low_rank,
     )
 
 
@@ -101,27 +105,31 @@ def lynx_backend(
     config = LynxConfig.from_options(options)
     mode = _inductor_mode(mode, config)
     plan, errors = plan_graph(gm, config, example_inputs)
+    branches = low_rank.factors([s for s, _ in plan], [d for _, d in plan], config)
     report = Report(
-        [layer_report(s, d, errors) for s, d in plan],
+        [layer_report(s, d, errors, _rank(branches, s.name)) for s, d in plan],
         device=_graph_device(plan),
         options={k: v for k, v in vars(config).items()},
     )
     if errors is not None:
         report.notes.append("rel_err and pruned_E: measured on the inputs of the call that compiled this graph")
+    if branches:
+        report.notes.append(f"low_rank={config.low_rank}: {len(branches)} GEMMs add (x A) B, fitted from "
+                            f"{config.calibration!r}")
     if _needs_autograd(example_inputs):
         reason = "autograd needed: lynx is inference-only (use torch.no_grad() or requires_grad_(False))"
         log.warning("lynx: %s; compiling this graph dense", reason)
         for layer in report.layers:
-            layer.sparse, layer.path, layer.reason, layer.alg_id, layer.prune = (
-                False, GemmPath.DENSE, reason, None, PruneSite.NONE)
-        plan = []
+            layer.sparse, layer.path, layer.reason, layer.alg_id, layer.prune, layer.low_rank = (
+                False, GemmPath.DENSE, reason, None, PruneSite.NONE, 0)
+        plan, branches = [], {}
     for layer in report.layers:
         log.info("lynx: %-48s %-17s %s", layer.name, layer.path, layer.reason)
     _log_reference_once([decision for _, decision in plan])
     graph = next(_GRAPHS)
     _dump(gm, config, graph, "before")
     folds = FoldedWeights(gm)
-    sparsify(gm, plan, compensate=config.compensate, folds=folds, example_inputs=example_inputs)
+    sparsify(gm, plan, compensate=config.compensate, folds=folds, example_inputs=example_inputs, branches=branches)
     if folds.nbytes:
         report.notes.append(f"fold_bias: {len(folds)} weight copies with the bias appended, "
                             f"{folds.nbytes / 2**20:.1f} MiB")
@@ -129,6 +137,10 @@ def lynx_backend(
     on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
     compiled = folds.wrap(compile_fx(gm, example_inputs, config_patches=_inductor_patches(mode, config, on_cuda)))
     return _reported_when_run(compiled, report)
+
+
+def _rank(branches: low_rank.Factors, name: str) -> int:
+    return branches[name][0].shape[1] if name in branches else 0
 
 
 def _reported_when_run(compiled: Callable[..., Any], report: Report) -> Callable[..., Any]:

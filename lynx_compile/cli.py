@@ -1,4 +1,5 @@
-"""``lynx-compile``: the demo, the inspection report and the image-quality comparison from the command line."""
+"""``lynx-compile``: the demo, the inspection report, the image-quality comparison and the calibration of
+low-rank compensation from the command line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from . import quality, zoo
+from .calibrator import calibrate
 from .config import LynxConfig
 from .inspection import inspect
 from .quality import pipelines
@@ -32,10 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     insp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     insp.add_argument("--dump-graph", metavar="DIR", help="write the FX graphs before/after the pass")
     _quality_args(sub.add_parser("quality", help="dense and lynx images from the same seeds, measured side by side"))
+    _calibrate_args(sub.add_parser("calibrate", help="statistics of a pipeline's dense sampling for option low_rank"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.command == "quality":
         return _quality(args)
+    if args.command == "calibrate":
+        return _calibrate(args)
     options = _parse_options(args.option)
     built = _build(args)
     if args.command == "demo":
@@ -99,6 +104,48 @@ def _quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="quality_out", metavar="DIR", help="where quality.{json,md,png} go")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log every per-layer decision")
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", default=pipelines.YARDSTICK, metavar="yardstick|zoo:flux|DIR",
+                   help="as for `lynx-compile quality`")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", metavar="FILE", help="prompts, one per line")
+    p.add_argument("--num-prompts", type=int, default=32,
+                   help="prompts made when none are given, as for `quality` but from --seed (default: 32); use "
+                        "another seed than the evaluation's")
+    p.add_argument("--steps", type=int, default=28, help="sampling steps: every one is calibrated")
+    p.add_argument("--seed", type=int, default=1000, help="prompt i samples from seed + i (and the scenes from seed)")
+    p.add_argument("--batch-size", type=int, help="prompts per pipeline call (default: all for the yardstick, else 1)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a lynx option the compiled model will use (the selection, compensate), VALUE as JSON")
+    p.add_argument("--out", required=True, metavar="FILE", help="the calibration file (FILE and FILE.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    dtype = _DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    source = pipelines.open_pipeline(args.pipeline, device, dtype, seed=args.seed)
+    prompts: list[Any] = list(args.prompt)
+    if args.prompts:
+        with open(args.prompts) as f:
+            prompts += [line.strip() for line in f if line.strip()]
+    if prompts and source.kind == "zoo":
+        raise SystemExit("lynx-compile calibrate: the zoo pipeline has no text encoder: it takes no --prompt")
+    if not prompts:
+        prompts, _ = pipelines.default_prompts(source, args.num_prompts, args.seed)
+    calibration = calibrate(
+        source.pipe, prompts, options=_parse_options(args.option), steps=args.steps,
+        batch_size=args.batch_size or (len(prompts) if source.kind == pipelines.YARDSTICK else 1), seed=args.seed,
+        pipe_kwargs=source.call_kwargs, progress=not args.no_progress)
+    sidecar = calibration.save(args.out)
+    print(f"{calibration}: wrote {args.out} and {sidecar}; use it with "
+          f"options={{'low_rank': 32, 'calibration': {args.out!r}}}")
+    return 0
 
 
 def _quality(args: argparse.Namespace) -> int:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 import torch._inductor
+
+from .calibration import Calibration
 
 # GEMMs a DiT should keep dense by default: embedders (patch, text, timestep, caption; Qwen-Image
 # names its patch and text embedders img_in / txt_in) and the final output projection / output norm
@@ -80,6 +83,10 @@ class LynxConfig:
     # Inductor's mode, as torch.compile(mode=...) gives it: torch refuses mode= together with options=,
     # so this is how both reach the backend. None: torch.compile's mode, if any
     inductor_mode: str | None = None
+    # low-rank compensation: each sparse GEMM adds (x A) B, A (K x r) and B (r x N) fitted in closed form from
+    # ``calibration`` (a file of lynx_compile.calibrate, or the object) to predict its pruning error. 0: off
+    low_rank: int = 0
+    calibration: str | os.PathLike | Calibration | None = None
 
     def __post_init__(self) -> None:
         for field in ("include", "exclude", "default_exclude", "dtypes"):
@@ -111,6 +118,14 @@ class LynxConfig:
         if self.inductor_mode is not None and self.inductor_mode not in INDUCTOR_MODES:
             raise ValueError(f"lynx option 'inductor_mode' must be None or one of {INDUCTOR_MODES}, "
                              f"got {self.inductor_mode!r}")
+        if not isinstance(self.low_rank, int) or isinstance(self.low_rank, bool) or self.low_rank < 0:
+            raise TypeError(f"lynx option 'low_rank' must be a non-negative int, got {self.low_rank!r}")
+        if self.calibration is not None and not isinstance(self.calibration, (str, os.PathLike, Calibration)):
+            raise TypeError("lynx option 'calibration' must be None, a path or a lynx_compile.Calibration, "
+                            f"got {type(self.calibration).__name__}")
+        if self.low_rank and self.calibration is None:
+            raise ValueError(f"lynx option low_rank={self.low_rank} needs option 'calibration': a file written by "
+                             "`lynx-compile calibrate` or Calibration.save, or lynx_compile.calibrate(...)'s result")
         if self.fold_bias and self.compensate:
             raise ValueError("lynx options 'fold_bias' and 'compensate' cannot be combined: compensation scales "
                              "each row of a GEMM's output, and a bias added inside the GEMM would be scaled with it")

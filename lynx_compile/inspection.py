@@ -2,7 +2,8 @@
 
 The model is captured by Dynamo exactly as ``backend="lynx"`` would capture it (same graphs, same
 GEMM names, same decisions), then each graph runs through ``passes.errors.MeasuringInterpreter``: every
-GEMM's own pruning error, in float32, from the same dense input.
+GEMM's own pruning error, in float32, from the same dense input; with option ``low_rank``, also with the
+fitted branch added (for every GEMM the calibration covers, dense ones included).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import torch
 from torch import fx
 
 from .backend import layer_report
+from .calibration import resolve
 from .config import LynxConfig
+from .passes import low_rank
 from .passes.errors import MeasuringInterpreter, PruningError
-from .passes.gemms import find_gemms
+from .passes.gemms import GemmSite, find_gemms
 from .passes.policy import plan
 from .report import LayerReport, Report
 
@@ -48,6 +51,7 @@ def inspect(model: Callable[..., Any], *args: Any, options: LynxConfig | dict[st
         error = session.errors.get(name)
         if error is not None:
             layer.rel_err, layer.energy_pruned = error.rel_err, error.energy_pruned
+            layer.rel_err_low_rank = error.rel_err_low_rank
     devices = sorted({d for d in (_device_of(v) for v in (*args, *kwargs.values())) if d})
     return Report(
         list(session.layers.values()),
@@ -55,6 +59,21 @@ def inspect(model: Callable[..., Any], *args: Any, options: LynxConfig | dict[st
         options=dict(vars(config)),
         notes=["rel_err and pruned_E are measured for every GEMM, dense ones included (what pruning would cost)"],
     )
+
+
+def _branches(sites: Sequence[GemmSite], config: LynxConfig) -> low_rank.Factors:
+    """Option ``low_rank``: the branch of every GEMM the calibration has statistics of that shape for."""
+    if not config.low_rank:
+        return {}
+    assert config.calibration is not None
+    calibration = resolve(config.calibration)
+    out: low_rank.Factors = {}
+    for site in sites:
+        stats = calibration.stats.get(site.name)
+        if stats is not None and (stats.k, stats.n) == (site.k, site.n):
+            a, b = calibration.factors(site.name, config.low_rank)
+            out[site.name] = (a.to(site.device), b.to(site.device))
+    return out
 
 
 def _device_of(value: Any) -> str | None:
@@ -73,10 +92,13 @@ def _inspect_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any
         session = _SESSION.get()
         if session is None:  # called outside inspect(): behave as the plain graph
             return gm(*inputs)
-        out = MeasuringInterpreter(gm, sites, session.errors, session.config.compensate).run(*inputs)
+        config = session.config
+        out = MeasuringInterpreter(gm, sites, session.errors, config.compensate, _branches(sites, config)).run(*inputs)
         new = [site for site in sites if site.name not in session.layers]  # decided once, after a first measurement
-        for site, decision in zip(new, plan(new, session.config, errors=session.errors)):
-            session.layers[site.name] = layer_report(site, decision)
+        decisions = plan(new, config, errors=session.errors)
+        ranks = {name: a.shape[1] for name, (a, _) in low_rank.factors(new, decisions, config).items()}
+        for site, decision in zip(new, decisions):
+            session.layers[site.name] = layer_report(site, decision, rank=ranks.get(site.name, 0))
         return out
 
     return run

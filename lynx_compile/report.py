@@ -50,6 +50,8 @@ class LayerReport:
     alg_id: int | None = None
     prune: PruneSite = PruneSite.NONE
     bias_folded: bool = False  # the bias is added inside the sparse GEMM (option fold_bias)
+    low_rank: int = 0  # rank r of the low-rank branch (x A) B this GEMM adds (option low_rank)
+    rel_err_low_rank: float | None = None  # rel_err with the branch added (measured with option low_rank)
 
     @property
     def flops(self) -> int:
@@ -102,10 +104,11 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(), indent=indent, default=str)  # default: a Calibration in the options
 
     def __str__(self) -> str:
-        header = ("name", "path", "prune", "M", "K", "N", "dtype", "GFLOP", "rel_err", "pruned_E", "reason")
+        header = ("name", "path", "prune", "M", "K", "N", "dtype", "GFLOP", "rel_err", "pruned_E", "r", "rel_err_r",
+                  "reason")
         rows = [
             (
                 layer.name,
@@ -118,6 +121,8 @@ class Report:
                 f"{layer.flops / 1e9:.3g}",
                 _fmt(layer.rel_err),
                 _fmt(layer.energy_pruned),
+                str(layer.low_rank) if layer.low_rank else "-",
+                _fmt(layer.rel_err_low_rank),
                 layer.reason,
             )
             for layer in self.layers

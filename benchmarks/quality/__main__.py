@@ -12,6 +12,9 @@ cost model off: on the GPU it would keep most of them dense, and pruning would n
 Writes ``benchmarks/results/<gpu>/quality.{json,md,png}``. ``defaults_reference`` is lynx's defaults on
 the reference path: on the GPU its row against ``defaults`` shows that the cuSPARSELt path and the
 reference path give the same metrics up to bf16 rounding (on the CPU both are the reference path).
+``lowrank16/32/64``: low-rank compensation of rank 16/32/64, fitted from one calibration per run on
+CALIBRATION_CAPTIONS captions of other scenes (seed CALIBRATION_SEED) and other noise, every step, the
+pipeline's own guidance.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from typing import Any
 import torch
 
 from benchmarks.common import gpu_slug
-from lynx_compile import quality, yardstick
+from lynx_compile import calibrate, quality, yardstick
 from lynx_compile.quality import pipelines
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CAPTION_SEED = 4321
 CAPTIONS = 64
 REFERENCES = 2048
+CALIBRATION_SEED = 8765  # captions for the low-rank fit: never the evaluated ones
+CALIBRATION_CAPTIONS = 32
+CALIBRATION_NOISE_SEED = 100_000  # sample i of the calibration starts from seed 100000 + i
 _NO_COST_MODEL = {"cost_model": False}
 # Every configuration the benchmark knows, in the order of its table: "naive" has every recovery option
 # off, "defaults" is lynx's defaults of the day. A later accuracy option gets its own entry here.
@@ -39,6 +45,9 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "defaults": {**_NO_COST_MODEL},
     "compensate": {"compensate": True, **_NO_COST_MODEL},
     "defaults_reference": {"path": "reference", **_NO_COST_MODEL},
+    "lowrank16": {"low_rank": 16, **_NO_COST_MODEL},
+    "lowrank32": {"low_rank": 32, **_NO_COST_MODEL},
+    "lowrank64": {"low_rank": 64, **_NO_COST_MODEL},
 }
 
 
@@ -52,13 +61,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--out", type=Path, help="default: benchmarks/results/<gpu>/")
+    p.add_argument("--calibration-captions", type=int, default=CALIBRATION_CAPTIONS)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     pipe = yardstick.load_pipeline(device=device, dtype=dtype)
     scenes = yardstick.sample_scenes(args.captions, torch.Generator().manual_seed(CAPTION_SEED))
+    configs = {name: CONFIGS[name] for name in args.configs}
+    if any(options and options.get("low_rank") for options in configs.values()):
+        calibration = calibrate(pipe, calibration_captions(args.calibration_captions), steps=args.steps,
+                                batch_size=args.batch_size, seed=CALIBRATION_NOISE_SEED)
+        configs = {name: {**options, "calibration": calibration} if options and options.get("low_rank") else options
+                   for name, options in configs.items()}
     result = quality.compare(
-        pipe, [yardstick.caption(s) for s in scenes], {name: CONFIGS[name] for name in args.configs},
+        pipe, [yardstick.caption(s) for s in scenes], configs,
         seeds=range(args.captions), steps=args.steps, guidance_scale=pipe.default_guidance_scale,
         batch_size=args.batch_size, evaluator=yardstick.load_evaluator(device=device), scenes=scenes,
         reference_images=pipelines.reference_images(REFERENCES), model="yardstick (trained)",
@@ -66,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(result)
     print("wrote " + ", ".join(str(f) for f in result.files))
+
+
+def calibration_captions(n: int) -> list[str]:
+    """``n`` captions of scenes drawn from CALIBRATION_SEED: disjoint from the evaluated ones."""
+    return [yardstick.caption(s) for s in yardstick.sample_scenes(n, torch.Generator().manual_seed(CALIBRATION_SEED))]
 
 
 if __name__ == "__main__":

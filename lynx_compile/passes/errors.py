@@ -3,19 +3,21 @@
 An ``fx.Interpreter`` runs the graph as it is (dense) and, at every GEMM, also computes the output
 on the pruned input from the *same dense input*, then carries on with the dense output: each GEMM's
 error is its own, not the accumulation of the layers before it. Errors are computed in float32 so
-they show pruning, not rounding.
+they show pruning, not rounding. With low-rank factors for a GEMM (option ``low_rank``) it also measures
+the error with the branch ``(x A) B`` added.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx
 
+from .. import lowrank
 from ..semantics import prune_2to4, prune_2to4_compensated
 from .gemms import GemmSite
 
@@ -28,6 +30,7 @@ class PruningError:
     out_sq: float = 0.0  # ||Y_dense||^2
     pruned_sq: float = 0.0  # ||x - prune(x)||^2
     in_sq: float = 0.0  # ||x||^2
+    branch_err_sq: float | None = None  # ||Y_pruned + (x A) B - Y_dense||^2, when measured with a branch
 
     @property
     def rel_err(self) -> float:
@@ -36,39 +39,51 @@ class PruningError:
         return (self.err_sq / self.out_sq) ** 0.5 if self.out_sq > 0 else float(self.err_sq > 0)
 
     @property
+    def rel_err_low_rank(self) -> float | None:
+        """``rel_err`` with the low-rank branch added (None: not measured with one)."""
+        if self.branch_err_sq is None:
+            return None
+        return (self.branch_err_sq / self.out_sq) ** 0.5 if self.out_sq > 0 else float(self.branch_err_sq > 0)
+
+    @property
     def energy_pruned(self) -> float:
         """Share of the input's energy that pruning removes."""
         return self.pruned_sq / self.in_sq if self.in_sq > 0 else 0.0
 
-    def add(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, compensate: bool) -> None:
+    def add(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, compensate: bool,
+            branch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         x, weight = x.float(), weight.float()
         bias = None if bias is None else bias.float()
         pruned = prune_2to4(x)
         dense = F.linear(x, weight, bias)
         sparse = F.linear(prune_2to4_compensated(x) if compensate else pruned, weight, bias)
         self.err_sq += (sparse - dense).square().sum().item()
+        if branch is not None:
+            with_branch = sparse + lowrank.branch(x, branch[0].float(), branch[1].float())
+            self.branch_err_sq = (self.branch_err_sq or 0.0) + (with_branch - dense).square().sum().item()
         self.out_sq += dense.square().sum().item()
         self.pruned_sq += (x - pruned).square().sum().item()
         self.in_sq += x.square().sum().item()
 
 
-class MeasuringInterpreter(fx.Interpreter):
-    """Runs ``gm`` and adds every GEMM's pruning error to ``errors[site.name]`` (created as needed)."""
+class GemmInterpreter(fx.Interpreter):
+    """Runs ``gm`` and calls ``visit`` at every GEMM with K % 4 == 0, with its dense input, its weight as
+    (N, K) and its bias, as the graph computed them."""
 
-    def __init__(self, gm: fx.GraphModule, sites: Iterable[GemmSite], errors: dict[str, PruningError],
-                 compensate: bool) -> None:
+    def __init__(self, gm: fx.GraphModule, sites: Iterable[GemmSite]) -> None:
         super().__init__(gm)
         self.sites = {site.node: site for site in sites if site.k % 4 == 0}
-        self.errors, self.compensate = errors, compensate
         self._keep_operands_until_their_gemm()
+
+    def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        raise NotImplementedError
 
     def run_node(self, node: fx.Node) -> Any:
         out = super().run_node(node)
         site = self.sites.get(node)
         if site is not None:
             weight = self.env[site.weight] if site.weight_is_nk else self.env[site.weight].t()
-            bias = None if site.bias is None else self.env[site.bias]
-            self.errors.setdefault(site.name, PruningError()).add(self.env[site.x], weight, bias, self.compensate)
+            self.visit(site, self.env[site.x], weight, None if site.bias is None else self.env[site.bias])
         return out
 
     def _keep_operands_until_their_gemm(self) -> None:
@@ -84,6 +99,20 @@ class MeasuringInterpreter(fx.Interpreter):
         self.user_to_last_uses = {}
         for freed, user in last.items():
             self.user_to_last_uses.setdefault(user, []).append(freed)
+
+
+class MeasuringInterpreter(GemmInterpreter):
+    """Runs ``gm`` and adds every GEMM's pruning error to ``errors[site.name]`` (created as needed);
+    ``branches``: low-rank factors (A, B) by GEMM name, measured with and without."""
+
+    def __init__(self, gm: fx.GraphModule, sites: Iterable[GemmSite], errors: dict[str, PruningError],
+                 compensate: bool, branches: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        super().__init__(gm, sites)
+        self.errors, self.compensate, self.branches = errors, compensate, branches or {}
+
+    def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.errors.setdefault(site.name, PruningError()).add(x, weight, bias, self.compensate,
+                                                              self.branches.get(site.name))
 
 
 def measure(gm: fx.GraphModule, sites: Iterable[GemmSite], inputs: Iterable[Any],

@@ -99,6 +99,15 @@ class _Fold:
     stamp: tuple[Any, ...]
 
 
+def register_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
+    """``tensor`` as buffer ``name`` of ``gm`` (for a ``get_attr``); returns ``name``."""
+    gm.register_buffer(name, tensor)
+    sources = getattr(gm, "_param_name_to_source", None)
+    if sources is not None:  # Dynamo's map for the buffers AOTAutograd lifts (static inputs): ours too
+        sources[name] = ConstantSource(name)
+    return name
+
+
 class FoldedWeights:
     """The weight copies of one compiled graph, and the per-call check that keeps them current."""
 
@@ -123,12 +132,7 @@ class FoldedWeights:
             _warn_unversioned()
         fold = _Fold(_folded(w, b, site.weight_is_nk), weight, bias, site.weight_is_nk, _stamp(w, b))
         self._folds.append(fold)
-        name = f"_lynx_folded_weight_{len(self._folds) - 1}"
-        self._gm.register_buffer(name, fold.buffer)
-        sources = getattr(self._gm, "_param_name_to_source", None)
-        if sources is not None:  # Dynamo's map for the buffers AOTAutograd lifts (static inputs): ours too
-            sources[name] = ConstantSource(name)
-        return name
+        return register_constant(self._gm, f"_lynx_folded_weight_{len(self._folds) - 1}", fold.buffer)
 
     def refresh(self, args: Sequence[Any]) -> None:
         """Re-copy every fold whose weight or bias is another tensor or was changed in place."""

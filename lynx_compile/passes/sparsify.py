@@ -6,6 +6,7 @@
     bias folded        ->   c = compress_activation(x, method, ones_column=True)
                             sparse_linear(c, x, Wb, alg_id)           # Wb = [W | b | 0...], a buffer
     reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
+    low_rank           ->   ... + low_rank.branch(x, A, B)              # (x @ A) @ B, A and B buffers
 
 With ``compensate``, ``compress_activation_compensated`` also returns the per-row scale, from sums
 of squares the prune+compress kernel writes on its pass over x.
@@ -24,18 +25,21 @@ from typing import Any
 import torch
 from torch import fx
 
-from .. import ops
+from .. import lowrank, ops
 from ..report import GemmPath, PruneSite
 from ..semantics import compensation_scale, prune_2to4
 from .decision import Decision
-from .fold_bias import FoldedWeights
+from .fold_bias import FoldedWeights, register_constant
 from .gemms import GemmSite
+from .low_rank import Factors
 
 
 def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compensate: bool,
-             folds: FoldedWeights | None = None, example_inputs: Sequence[Any] = ()) -> int:
+             folds: FoldedWeights | None = None, example_inputs: Sequence[Any] = (),
+             branches: Factors | None = None) -> int:
     """Rewrite in place; returns the number of GEMMs rewritten. Decisions with ``fold_bias`` need
-    ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them)."""
+    ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them).
+    ``branches``: the low-rank factors (A, B) of GEMMs that add ``(x A) B`` (option ``low_rank``)."""
     graph = gm.graph
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
     # (x, prune site, bias folded) -> (operand, scale): one compression per activation and kind
@@ -66,6 +70,10 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
                 out = graph.call_function(ops.sparse_linear, (operand, x, weight, decision.alg_id, *extra))
             if bias is not None:
                 out = graph.call_function(torch.add, (out, bias))
+            if branches and site.name in branches:
+                a, b = (graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_{ab}", factor))
+                        for ab, factor in zip("ab", branches[site.name], strict=True))
+                out = graph.call_function(torch.add, (out, graph.call_function(lowrank.branch, (x, a, b))))
         out.meta.update(node.meta)
         node.replace_all_uses_with(out)
         graph.erase_node(node)

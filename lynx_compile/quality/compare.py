@@ -26,6 +26,7 @@ import triton
 from tqdm.auto import tqdm
 
 from ..backend import reports
+from ..calibrator import batched_prompts
 from ..config import LynxConfig
 from ..inspection import inspect
 from ..provenance import source_commit
@@ -112,7 +113,8 @@ _COLUMN_NOTES = """\
 - adherence: the share of the prompts' attributes the evaluator finds in the samples (yardstick only).
 - FID-like: Frechet distance between the evaluator's features of the samples and of the reference images.
 - mean rel_err: the mean over the captured steps and the GEMMs this configuration makes sparse of each GEMM's
-  own relative output error (`lynx_compile.inspect`, float32, fed the dense run's inputs at those steps).
+  own relative output error (`lynx_compile.inspect`, float32, fed the dense run's inputs at those steps; with
+  option low_rank, with the branch added).
 - sparse GEMMs: GEMMs on 2:4 activations in this configuration's compiled graphs; path: theirs.
 - seconds: wall time of the configuration's sampling, its compilation included."""
 
@@ -341,7 +343,7 @@ class _Runner:
     def _call(self, batch: range) -> torch.Tensor:
         self.step = 0
         generators = [torch.Generator().manual_seed(self.seeds[i]) for i in batch]
-        prompt_kwargs = _batched([self.prompts[i] for i in batch])
+        prompt_kwargs = batched_prompts([self.prompts[i] for i in batch])
         out = self.pipe(**self.call_kwargs, **prompt_kwargs, generator=generators, callback_on_step_end=self._on_step)
         images = out.images if hasattr(out, "images") else out[0]
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] != len(batch):
@@ -388,25 +390,6 @@ def _rows(args: tuple[Any, ...], kwargs: dict[str, Any], rows: int | None) -> In
     return tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()}
 
 
-def _batched(prompts: list[Any]) -> dict[str, Any]:
-    """Pipeline kwargs for a batch of prompts: ``prompt=[...]``, or dict prompts' tensors concatenated."""
-    if isinstance(prompts[0], str):
-        return {"prompt": prompts}
-    keys = set(prompts[0])
-    merged: dict[str, Any] = {}
-    for key in keys:
-        values = [p.get(key) for p in prompts]
-        if any(set(p) != keys for p in prompts):
-            raise ValueError(f"prompt dicts of one batch must have the same keys, got {[sorted(p) for p in prompts]}")
-        if all(isinstance(v, torch.Tensor) for v in values):
-            merged[key] = torch.cat(values)
-        elif all(v == values[0] for v in values):
-            merged[key] = values[0]
-        else:
-            raise ValueError(f"prompt dicts of one batch differ in {key!r}; use batch_size=1")
-    return merged
-
-
 def _variants(configs: Mapping[str, Any]) -> dict[str, Variant]:
     """Name -> Variant, every lynx option checked now (before any sampling), the dense one first."""
     if not isinstance(configs, Mapping):
@@ -439,7 +422,9 @@ def _options_json(variant: Variant | None) -> dict[str, Any] | None:
 
 
 def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    if isinstance(value, tuple):
+        return list(value)
+    return value if value is None or isinstance(value, (str, int, float, bool, list, dict)) else str(value)
 
 
 def _row(name: str, variant: Variant | None, seconds: float, *, sparse: list[Any], rel_err: float | None) -> dict:
@@ -462,7 +447,8 @@ def _mean_rel_err(module: torch.nn.Module, captured: list[Inputs],
     """Mean of ``rel_err`` over the captured calls and the GEMMs named in ``sparse``."""
     errors = []
     for args, kwargs in captured:
-        by_name = {layer.name: layer.rel_err for layer in inspect(module, *args, options=options, **kwargs).layers}
+        by_name = {layer.name: layer.rel_err if layer.rel_err_low_rank is None else layer.rel_err_low_rank
+                   for layer in inspect(module, *args, options=options, **kwargs).layers}
         missing = sparse - by_name.keys()
         if missing:
             log.warning("lynx quality: inspect did not see the sparse GEMMs %s; mean_rel_err leaves them out",

@@ -1,0 +1,190 @@
+"""``Calibration``: per-GEMM statistics of a dense model's activations, what the low-rank fit needs.
+
+For each GEMM ``y = x W^T + b`` (K in, N out), over every calibration row x: ``Sxx = sum x x^T`` (K x K),
+``Sxt = sum x t^T`` (K x N) with ``t = (x - P(x)) W^T`` the pruned layer's output error (P: 2:4 pruning, with
+norm compensation when the calibration assumed it), ``sum ||t||^2`` and the number of rows. Accumulated in
+float64, streaming: memory is K x (K + N) per GEMM whatever the number of rows. The file keeps the
+statistics, not factors, so that any rank can be fitted at compile time (``lowrank.fit``).
+
+File: ``PATH`` (safetensors, ``<name>/sxx`` and ``<name>/sxt`` per GEMM) and ``PATH.json`` beside it (format
+version, GEMM names with K, N, rows and ``sum ||t||^2``, the model dtype, the pruning options assumed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import lowrank
+from .semantics import prune_2to4, prune_2to4_compensated
+
+FORMAT = 1
+# The options of LynxConfig that change t = (x - P(x)) W^T: a calibration made under other values
+# fits the wrong error.
+PRUNING_OPTIONS = ("compensate",)
+
+
+class CalibrationMismatch(ValueError):
+    """A calibration does not fit the model or the options it is used with."""
+
+
+@dataclasses.dataclass
+class GemmStatistics:
+    """The streaming moments of one GEMM (float64, on the device of the activations that fed them)."""
+
+    sxx: torch.Tensor  # (K, K)
+    sxt: torch.Tensor  # (K, N)
+    rows: int = 0
+    tt: float = 0.0  # sum ||t||^2: the pruning error's energy without the branch
+
+    @classmethod
+    def empty(cls, k: int, n: int, device: torch.device | str = "cpu") -> GemmStatistics:
+        return cls(torch.zeros(k, k, dtype=torch.float64, device=device),
+                   torch.zeros(k, n, dtype=torch.float64, device=device))
+
+    @property
+    def k(self) -> int:
+        return self.sxx.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.sxt.shape[1]
+
+    def add(self, x: torch.Tensor, weight: torch.Tensor, compensate: bool) -> None:
+        """Add the rows of ``x`` (any leading dims, K last; the GEMM's activation as the model computes it) for
+        the weight ``weight`` (N, K). P(x) is computed in x's own dtype, as the pruned layer computes it."""
+        x = x.reshape(-1, x.shape[-1])
+        pruned = prune_2to4_compensated(x) if compensate else prune_2to4(x)
+        x64 = x.double()
+        t = (x64 - pruned.double()) @ weight.double().mT
+        self.sxx += x64.mT @ x64
+        self.sxt += x64.mT @ t
+        self.rows += x.shape[0]
+        self.tt += t.square().sum().item()
+
+    def merged(self, other: GemmStatistics) -> GemmStatistics:
+        return GemmStatistics(self.sxx + other.sxx.to(self.sxx.device), self.sxt + other.sxt.to(self.sxt.device),
+                              self.rows + other.rows, self.tt + other.tt)
+
+
+class Calibration:
+    """Statistics per GEMM name (the names of the lynx pass), the model dtype and the pruning options they
+    assume. ``factors(name, r)`` fits (and caches) the rank-r branch of one GEMM."""
+
+    def __init__(self, stats: Mapping[str, GemmStatistics], *, options: Mapping[str, Any], dtype: str,
+                 source: str = "memory") -> None:
+        missing = [o for o in PRUNING_OPTIONS if o not in options]
+        if missing:
+            raise ValueError(f"a calibration needs the pruning options {list(PRUNING_OPTIONS)}; missing {missing}")
+        self.stats = dict(stats)
+        self.options = {o: options[o] for o in PRUNING_OPTIONS}
+        self.dtype = dtype
+        self.source = source  # where it came from: for error messages and the report
+        self._fits: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __repr__(self) -> str:
+        return f"Calibration({len(self.stats)} GEMMs, {self.rows} rows, {self.options}, from {self.source})"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.stats)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the GEMM that saw the most (the others: fewer, when some calls skipped them)."""
+        return max((s.rows for s in self.stats.values()), default=0)
+
+    def factors(self, name: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (K x r) and B (r x N), float64 on the CPU: ``lowrank.fit`` of this GEMM's statistics."""
+        key = (name, rank)
+        if key not in self._fits:
+            s = self.stats[name]
+            a, b = lowrank.fit(s.sxx.cpu(), s.sxt.cpu(), rank)
+            self._fits[key] = (a, b)
+        return self._fits[key]
+
+    def check(self, gemms: Iterable[tuple[str, int, int]], options: Mapping[str, Any]) -> None:
+        """Raise ``CalibrationMismatch`` unless every ``(name, K, N)`` has statistics of that shape and
+        ``options`` prune as the calibration assumed."""
+        differ = {o: (self.options[o], options[o]) for o in PRUNING_OPTIONS if options[o] != self.options[o]}
+        if differ:
+            raise CalibrationMismatch(
+                f"calibration {self.source} assumed " + ", ".join(f"{o}={c!r}" for o, (c, _) in differ.items())
+                + ", the model is compiled with " + ", ".join(f"{o}={u!r}" for o, (_, u) in differ.items())
+                + ": calibrate again with the same options")
+        gemms = list(gemms)
+        missing = [name for name, _, _ in gemms if name not in self.stats]
+        if missing:
+            raise CalibrationMismatch(
+                f"calibration {self.source} has no statistics for the GEMMs {missing} (it has {self.names}): "
+                "calibrate this model with the options it is compiled with")
+        shapes = [(name, (k, n), (self.stats[name].k, self.stats[name].n)) for name, k, n in gemms
+                  if (k, n) != (self.stats[name].k, self.stats[name].n)]
+        if shapes:
+            raise CalibrationMismatch(
+                f"calibration {self.source} was made for other shapes: "
+                + ", ".join(f"{name} is K x N = {m} in the model, {c} in the calibration" for name, m, c in shapes))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path`` (safetensors) and ``path.json``; returns the JSON path."""
+        path = Path(path)
+        tensors = {}
+        for name, s in self.stats.items():
+            tensors[f"{name}/sxx"], tensors[f"{name}/sxt"] = s.sxx.cpu().contiguous(), s.sxt.cpu().contiguous()
+        save_file(tensors, path)
+        meta = {
+            "format": FORMAT,
+            "dtype": self.dtype,
+            "options": self.options,
+            "gemms": {name: {"k": s.k, "n": s.n, "rows": s.rows, "tt": s.tt} for name, s in self.stats.items()},
+        }
+        sidecar = _sidecar(path)
+        sidecar.write_text(json.dumps(meta, indent=1) + "\n")
+        return sidecar
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Calibration:
+        path = Path(path)
+        sidecar = _sidecar(path)
+        if not path.is_file() or not sidecar.is_file():
+            raise FileNotFoundError(f"calibration {path}: needs {path} and {sidecar} (lynx_compile.calibrate(...)"
+                                    ".save(path) or `lynx-compile calibrate`)")
+        meta = json.loads(sidecar.read_text())
+        if meta.get("format") != FORMAT:
+            raise CalibrationMismatch(f"calibration {path} has format {meta.get('format')}, this lynx_compile reads "
+                                      f"format {FORMAT}: calibrate again")
+        tensors = load_file(path)
+        stats = {}
+        for name, g in meta["gemms"].items():
+            sxx, sxt = tensors[f"{name}/sxx"], tensors[f"{name}/sxt"]
+            if sxx.shape != (g["k"], g["k"]) or sxt.shape != (g["k"], g["n"]):
+                raise CalibrationMismatch(f"calibration {path}: {name}'s tensors {tuple(sxx.shape)}, "
+                                          f"{tuple(sxt.shape)} disagree with its K={g['k']}, N={g['n']}")
+            stats[name] = GemmStatistics(sxx, sxt, g["rows"], g["tt"])
+        return cls(stats, options=meta["options"], dtype=meta["dtype"], source=str(path))
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+_LOADED: dict[tuple[str, int, int], Calibration] = {}
+
+
+def resolve(calibration: str | os.PathLike | Calibration) -> Calibration:
+    """The object itself, or the file loaded (once per path and modification)."""
+    if isinstance(calibration, Calibration):
+        return calibration
+    path = Path(calibration).resolve()
+    stat = path.stat() if path.is_file() else None
+    key = (str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    if key not in _LOADED:
+        _LOADED[key] = Calibration.load(path)
+    return _LOADED[key]

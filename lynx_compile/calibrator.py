@@ -1,0 +1,133 @@
+"""``lynx_compile.calibrate``: run the dense model on example inputs (or a diffusers pipeline's whole sampling
+loop) and collect the statistics the low-rank fit needs, per GEMM.
+
+The model is captured by Dynamo as ``backend="lynx"`` captures it, so the GEMM names are the pass's names
+exactly; each graph then runs through a ``GemmInterpreter`` that feeds every GEMM the lynx pass could make
+sparse (``legality``, under the given options) to its ``GemmStatistics``, and carries on dense.
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import fx
+from tqdm.auto import tqdm
+
+from .calibration import PRUNING_OPTIONS, Calibration, GemmStatistics
+from .config import LynxConfig, dtype_name
+from .passes import legality
+from .passes.errors import GemmInterpreter
+from .passes.gemms import GemmSite, find_gemms
+
+
+class _Collector(GemmInterpreter):
+    def __init__(self, gm: fx.GraphModule, sites: Sequence[GemmSite], stats: dict[str, GemmStatistics],
+                 compensate: bool) -> None:
+        super().__init__(gm, sites)
+        self.stats, self.compensate = stats, compensate
+
+    def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        stats = self.stats.setdefault(site.name, GemmStatistics.empty(site.k, site.n, x.device))
+        stats.add(x, weight, self.compensate)
+
+
+def calibrate(model_or_pipe: Any, inputs_or_prompts: Iterable[Any], *,
+              options: LynxConfig | Mapping[str, Any] | None = None, steps: int = 28, batch_size: int | None = None,
+              seed: int = 0, pipe_kwargs: Mapping[str, Any] | None = None, progress: bool = True) -> Calibration:
+    """Statistics of every GEMM the lynx pass may make sparse under ``options`` (the pruning it assumes:
+    ``compensate``), on the dense model's activations.
+
+    ``model_or_pipe``: a module (or any callable) with ``inputs_or_prompts`` its example inputs, each a tensor
+    (``model(x)``), a tuple (``model(*args)``) or a dict (``model(**kwargs)``); or a diffusers pipeline (it
+    has a ``.transformer`` module) with ``inputs_or_prompts`` its prompts: its real sampling loop runs,
+    ``steps`` steps, ``batch_size`` prompts per call (default: all), prompt i from seed ``seed + i``, the
+    pipeline's own guidance unless ``pipe_kwargs`` say otherwise, so every timestep is seen (with
+    classifier-free guidance, both halves of its batch).
+    """
+    config = LynxConfig.from_options(options)
+    stats: dict[str, GemmStatistics] = {}
+    dtypes: set[str] = set()
+
+    def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any) -> Callable[..., Any]:
+        sites = [s for s in find_gemms(gm) if legality.can_sparsify(s, config).sparse]
+        dtypes.update(dtype_name(s.dtype) for s in sites)
+
+        def run(*args: Any) -> Any:
+            return _Collector(gm, sites, stats, config.compensate).run(*args)
+
+        return run
+
+    with torch.no_grad():
+        if isinstance(getattr(model_or_pipe, "transformer", None), torch.nn.Module):
+            _sample(model_or_pipe, list(inputs_or_prompts), backend, steps, batch_size, seed, pipe_kwargs, progress)
+        else:
+            compiled = torch.compile(model_or_pipe, backend=backend, dynamic=False)
+            total = len(inputs_or_prompts) if isinstance(inputs_or_prompts, Sequence) else None
+            for item in tqdm(inputs_or_prompts, total=total, desc="lynx calibrate", unit="call", disable=not progress):
+                if isinstance(item, Mapping):
+                    compiled(**item)
+                elif isinstance(item, (tuple, list)):
+                    compiled(*item)
+                else:
+                    compiled(item)
+    if not stats:
+        raise RuntimeError("lynx calibrate: no GEMM the lynx pass could make sparse ran (check the options: "
+                           f"include/exclude, min_rows={config.min_rows}, dtypes)")
+    return Calibration(stats, options={o: getattr(config, o) for o in PRUNING_OPTIONS},
+                       dtype=",".join(sorted(dtypes)))
+
+
+def _sample(pipe: Any, prompts: list[Any], backend: Callable[..., Any], steps: int, batch_size: int | None,
+            seed: int, pipe_kwargs: Mapping[str, Any] | None, progress: bool) -> None:
+    """The pipeline's sampling loop over every batch of prompts, its transformer compiled with ``backend``."""
+    if not prompts:
+        raise ValueError("lynx calibrate: no prompts")
+    if "callback_on_step_end" not in pyinspect.signature(pipe.__call__).parameters:
+        raise TypeError(f"{type(pipe).__name__}.__call__ takes no callback_on_step_end: calibrate follows the steps "
+                        "through it (every diffusers DiT pipeline has it)")
+    size = batch_size or len(prompts)
+    batches = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+    bar = tqdm(total=len(batches) * steps, desc="lynx calibrate", unit="step", disable=not progress)
+
+    def on_step(_pipe: Any, _i: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        bar.update(1)
+        return callback_kwargs
+
+    original = pipe.transformer
+    pipe.transformer = torch.compile(original, backend=backend, dynamic=False)
+    bar_config = getattr(pipe, "_progress_bar_config", None)
+    if hasattr(pipe, "set_progress_bar_config"):  # ours counts the steps
+        pipe.set_progress_bar_config(**{**(bar_config or {}), "disable": True})
+    try:
+        with bar:
+            for b, batch in enumerate(batches):
+                generators = [torch.Generator().manual_seed(seed + b * size + i) for i in range(len(batch))]
+                pipe(**batched_prompts(batch), num_inference_steps=steps, generator=generators, output_type="latent",
+                     callback_on_step_end=on_step, **(pipe_kwargs or {}))
+    finally:
+        pipe.transformer = original
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(**(bar_config or {}))
+
+
+def batched_prompts(prompts: list[Any]) -> dict[str, Any]:
+    """Pipeline kwargs for a batch of prompts: ``prompt=[...]``, or dict prompts' tensors concatenated (pipelines
+    without a text encoder take per-prompt embeddings)."""
+    if isinstance(prompts[0], str):
+        return {"prompt": prompts}
+    keys = set(prompts[0])
+    merged: dict[str, Any] = {}
+    for key in keys:
+        values = [p.get(key) for p in prompts]
+        if any(set(p) != keys for p in prompts):
+            raise ValueError(f"prompt dicts of one batch must have the same keys, got {[sorted(p) for p in prompts]}")
+        if all(isinstance(v, torch.Tensor) for v in values):
+            merged[key] = torch.cat(values)
+        elif all(v == values[0] for v in values):
+            merged[key] = values[0]
+        else:
+            raise ValueError(f"prompt dicts of one batch differ in {key!r}; use batch_size=1")
+    return merged

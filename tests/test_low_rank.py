@@ -1,0 +1,240 @@
+"""Calibration and low-rank compensation: the closed-form fit, the streaming statistics, the calibration file and
+its checks, and the compensated layer's numbers on the reference path."""
+
+import json
+
+import hypothesis.strategies as st
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from torch import nn
+
+import lynx_compile
+from lynx_compile import Calibration, CalibrationMismatch, LynxConfig, cli, lowrank, yardstick
+from lynx_compile.calibration import GemmStatistics
+from lynx_compile.semantics import prune_2to4, prune_2to4_compensated
+
+
+class Mlp(nn.Module):
+    def __init__(self, k: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.up = nn.Linear(k, hidden)
+        self.down = nn.Linear(hidden, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+def activations(n: int = 4, k: int = 64) -> list[torch.Tensor]:
+    """DiT-like rows: a few channels carry most of the energy, so pruning errors are structured."""
+    scale = torch.ones(k)
+    scale[::7] = 8.0
+    return [torch.randn(2, 128, k) * scale for _ in range(n)]
+
+
+OPTIONS = {"min_rows": 16}
+
+
+@pytest.fixture(scope="module")
+def model_and_calibration() -> tuple[Mlp, Calibration, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    xs = activations()
+    return model, lynx_compile.calibrate(model, xs, options=OPTIONS, progress=False), xs
+
+
+@given(k=st.integers(2, 24), n=st.integers(1, 24), rank=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_the_fit_recovers_a_planted_low_rank_correction(k: int, n: int, rank: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4 * k + 8, k, generator=g, dtype=torch.float64)
+    planted = torch.randn(k, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, n, generator=g,
+                                                                                    dtype=torch.float64)
+    t = x @ planted
+    a, b = lowrank.fit(x.T @ x, x.T @ t, rank, ridge=0.0)
+    r = min(rank, k, n)
+    assert a.shape == (k, r) and b.shape == (r, n)
+    torch.testing.assert_close(a @ b, planted, rtol=1e-7, atol=1e-7 * planted.abs().max().item())
+    # with the default ridge: the same up to the ridge's size
+    a, b = lowrank.fit(x.T @ x, x.T @ t, rank)
+    torch.testing.assert_close(x @ a @ b, t, rtol=1e-3, atol=1e-4 * t.abs().max().item())
+
+
+@given(rank=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_the_fit_is_the_best_of_its_rank(rank: int, seed: int) -> None:
+    """No other rank-r map does better on the rows (truncated SVD of the least-squares map, random rank-r maps),
+    and ``residual`` from the moments is the directly measured error."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(200, 16, generator=g, dtype=torch.float64) * torch.linspace(0.1, 4, 16, dtype=torch.float64)
+    t = x @ torch.randn(16, 12, generator=g, dtype=torch.float64) + 0.3 * torch.randn(200, 12, generator=g,
+                                                                                        dtype=torch.float64)
+    sxx, sxt, tt = x.T @ x, x.T @ t, t.square().sum().item()
+    a, b = lowrank.fit(sxx, sxt, rank, ridge=0.0)
+    best = (x @ a @ b - t).square().sum().item()
+    assert lowrank.residual(sxx, sxt, tt, a, b) == pytest.approx(best, rel=1e-9, abs=1e-9)
+    m = torch.linalg.lstsq(x, t).solution
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    naive = (x @ (u[:, :rank] * s[:rank]) @ vh[:rank] - t).square().sum().item()
+    assert best <= naive * (1 + 1e-9)
+    for _ in range(3):  # nearby rank-r maps do worse
+        da, db = torch.randn_like(a, dtype=torch.float64), torch.randn_like(b, dtype=torch.float64)
+        near = (a + 0.01 * da.mul(a.norm() / da.norm())) @ (b + 0.01 * db.mul(b.norm() / db.norm()))
+        assert best <= (x @ near - t).square().sum().item()
+
+
+@given(splits=st.lists(st.integers(1, 40), min_size=1, max_size=5), compensate=st.booleans())
+def test_streaming_statistics_equal_the_batch_statistics(splits: list[int], compensate: bool) -> None:
+    x = torch.randn(sum(splits), 32) * torch.linspace(0.2, 3, 32)
+    weight = torch.randn(24, 32)
+    streamed = GemmStatistics.empty(32, 24)
+    for chunk in x.split(splits):
+        streamed.add(chunk, weight, compensate)
+    p = prune_2to4_compensated(x) if compensate else prune_2to4(x)
+    x64 = x.double()
+    t = (x64 - p.double()) @ weight.double().T
+    assert streamed.rows == x.shape[0]
+    torch.testing.assert_close(streamed.sxx, x64.T @ x64, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(streamed.sxt, x64.T @ t, rtol=1e-12, atol=1e-10)
+    assert streamed.tt == pytest.approx(t.square().sum().item(), rel=1e-12)
+
+
+def test_calibrate_covers_the_pass_gemms(model_and_calibration) -> None:
+    _, calibration, xs = model_and_calibration
+    assert calibration.names == ["up", "down"]
+    assert calibration.stats["up"].k == 64 and calibration.stats["up"].n == 128
+    assert calibration.rows == sum(x.shape[0] * x.shape[1] for x in xs)
+    assert calibration.options == {"compensate": False} and calibration.dtype == "float32"
+
+
+def test_save_load_round_trip(model_and_calibration, tmp_path) -> None:
+    _, calibration, _ = model_and_calibration
+    path = tmp_path / "calib.safetensors"
+    sidecar = calibration.save(path)
+    meta = json.loads(sidecar.read_text())
+    assert meta["format"] == 1 and meta["options"] == {"compensate": False} and meta["dtype"] == "float32"
+    assert meta["gemms"]["down"] == {"k": 128, "n": 64, "rows": calibration.stats["down"].rows,
+                                     "tt": calibration.stats["down"].tt}
+    loaded = Calibration.load(path)
+    assert loaded.names == calibration.names and loaded.options == calibration.options
+    for name in calibration.names:
+        assert torch.equal(loaded.stats[name].sxx, calibration.stats[name].sxx)
+        assert torch.equal(loaded.stats[name].sxt, calibration.stats[name].sxt)
+    for got, want in zip(loaded.factors("up", 8), calibration.factors("up", 8), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_a_compensated_layer_computes_the_documented_formula(model_and_calibration, tmp_path) -> None:
+    """Reference path: y = prune(x) W^T + b + (x A) B, A and B in the model dtype, from the file."""
+    model, calibration, xs = model_and_calibration
+    path = tmp_path / "calib.safetensors"
+    calibration.save(path)
+    x = xs[0]
+    with torch.no_grad():
+        torch.compiler.reset()
+        got = torch.compile(model, backend="lynx", options={**OPTIONS, "low_rank": 8, "calibration": str(path)})(x)
+        a_up, b_up = (f.float() for f in calibration.factors("up", 8))
+        a_dn, b_dn = (f.float() for f in calibration.factors("down", 8))
+        h = F.gelu(F.linear(prune_2to4(x), model.up.weight, model.up.bias) + (x @ a_up) @ b_up)
+        want = F.linear(prune_2to4(h), model.down.weight, model.down.bias) + (h @ a_dn) @ b_dn
+        naive = F.linear(prune_2to4(F.gelu(F.linear(prune_2to4(x), model.up.weight, model.up.bias))),
+                         model.down.weight, model.down.bias)
+        dense = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - dense).norm() < 0.95 * (naive - dense).norm()  # the branch pays off on structured rows
+    layers = lynx_compile.reports()[-1].layers
+    assert [(layer.name, layer.low_rank) for layer in layers] == [("up", 8), ("down", 8)]
+
+
+def test_inspect_measures_the_error_with_and_without_the_branch(model_and_calibration) -> None:
+    model, calibration, xs = model_and_calibration
+    torch.compiler.reset()
+    report = lynx_compile.inspect(model, xs[0], options={**OPTIONS, "low_rank": 16, "calibration": calibration})
+    for layer in report.layers:
+        assert layer.low_rank == 16
+        assert layer.rel_err_low_rank < layer.rel_err
+    assert " r " in str(report).splitlines()[0] + " " and "rel_err_r" in str(report)
+    json.loads(report.to_json())  # the Calibration object in the options does not break the JSON
+
+
+def test_low_rank_needs_a_calibration() -> None:
+    with pytest.raises(ValueError, match="low_rank=8 needs option 'calibration'"):
+        LynxConfig(low_rank=8)
+    with pytest.raises(TypeError, match="'low_rank' must be a non-negative int"):
+        LynxConfig(low_rank=-1, calibration="x")
+    with pytest.raises(TypeError, match="'calibration' must be None, a path"):
+        LynxConfig(low_rank=8, calibration=3)
+
+
+def _refused(model: nn.Module, x: torch.Tensor, calibration: Calibration, match: str, **options) -> None:
+    """Compiling ``model`` fails with a ``CalibrationMismatch`` saying ``match`` (Dynamo wraps backend errors)."""
+    torch.compiler.reset()
+    with torch.no_grad(), pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=match) as info:
+        torch.compile(model, backend="lynx", options={**OPTIONS, "low_rank": 4, "calibration": calibration,
+                                                      **options})(x)
+    assert isinstance(info.value.inner_exception, CalibrationMismatch)
+
+
+def test_mismatched_names_are_an_error(model_and_calibration) -> None:
+    _, calibration, xs = model_and_calibration
+
+    class Other(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(64, 64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x)
+
+    _refused(Other(), xs[0], calibration, r"no statistics for the GEMMs \['proj'\]")
+
+
+def test_mismatched_shapes_are_an_error(model_and_calibration) -> None:
+    _, calibration, _ = model_and_calibration
+    _refused(Mlp(k=32), torch.randn(2, 128, 32), calibration, r"up is K x N = \(32, 128\) in the model, \(64, 128\)")
+
+
+def test_mismatched_options_are_an_error(model_and_calibration) -> None:
+    model, calibration, xs = model_and_calibration
+    _refused(model, xs[0], calibration, "assumed compensate=False, the model is compiled with compensate=True",
+             compensate=True)
+
+
+def test_a_missing_or_old_file_is_an_error(model_and_calibration, tmp_path) -> None:
+    _, calibration, _ = model_and_calibration
+    with pytest.raises(FileNotFoundError, match="needs"):
+        Calibration.load(tmp_path / "nothing.safetensors")
+    path = tmp_path / "old.safetensors"
+    sidecar = calibration.save(path)
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "format": 0}))
+    with pytest.raises(CalibrationMismatch, match="format 0"):
+        Calibration.load(path)
+
+
+def test_a_pipeline_calibration_sees_every_step_with_the_pass_names() -> None:
+    """The real sampling loop: every step, both halves of the guidance batch, the names the pass reports."""
+    pipe = yardstick.build_pipeline(seed=0, config_overrides=yardstick.TINY_OVERRIDES)
+    captions = [yardstick.caption(s) for s in yardstick.sample_scenes(2, torch.Generator().manual_seed(1))]
+    options = {"min_rows": 16}
+    calibration = lynx_compile.calibrate(pipe, captions, options=options, steps=2, progress=False)
+    torch.compiler.reset()
+    before = len(lynx_compile.reports())
+    pipe.transformer = torch.compile(pipe.transformer, backend="lynx",
+                                     options={**options, "low_rank": 4, "calibration": calibration})
+    with torch.no_grad():
+        pipe(captions[:1], num_inference_steps=1, output_type="latent")
+    sparse = [layer for report in lynx_compile.reports()[before:] for layer in report.layers if layer.sparse]
+    assert sparse and all(layer.low_rank == 4 for layer in sparse)
+    assert {layer.name for layer in sparse} == set(calibration.names)
+    tokens = (yardstick.IMAGE_SIZE // pipe.transformer.config.patch_size) ** 2
+    guidance = 2 if pipe.default_guidance_scale > 1 else 1
+    assert calibration.stats["transformer_blocks.0.ff.net.2"].rows == 2 * guidance * len(captions) * tokens
+
+
+def test_the_cli_calibrates_a_pipeline(tmp_path, capsys) -> None:
+    out = tmp_path / "zoo.safetensors"
+    assert cli.main(["calibrate", "--pipeline", "zoo:flux", "--num-prompts", "1", "--steps", "2", "-o", "min_rows=16",
+                     "--out", str(out), "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    calibration = Calibration.load(out)
+    assert calibration.names and all(s.rows > 0 for s in calibration.stats.values())
+    assert "transformer_blocks.0.attn.to_q" in calibration.names
