@@ -52,24 +52,19 @@ class PruningError:
         self.in_sq += x.square().sum().item()
 
 
-class MeasuringInterpreter(fx.Interpreter):
-    """Runs ``gm`` and adds every GEMM's pruning error to ``errors[site.name]`` (created as needed)."""
+class GemmInterpreter(fx.Interpreter):
+    """Runs ``gm`` node by node, keeping every GEMM's operands (as ``GemmSite`` names them) alive until
+    that GEMM ran, so that a subclass can read them at the GEMM."""
 
-    def __init__(self, gm: fx.GraphModule, sites: Iterable[GemmSite], errors: dict[str, PruningError],
-                 compensate: bool) -> None:
+    def __init__(self, gm: fx.GraphModule, sites: Iterable[GemmSite]) -> None:
         super().__init__(gm)
         self.sites = {site.node: site for site in sites if site.k % 4 == 0}
-        self.errors, self.compensate = errors, compensate
         self._keep_operands_until_their_gemm()
 
-    def run_node(self, node: fx.Node) -> Any:
-        out = super().run_node(node)
-        site = self.sites.get(node)
-        if site is not None:
-            weight = self.env[site.weight] if site.weight_is_nk else self.env[site.weight].t()
-            bias = None if site.bias is None else self.env[site.bias]
-            self.errors.setdefault(site.name, PruningError()).add(self.env[site.x], weight, bias, self.compensate)
-        return out
+    def operands(self, site: GemmSite) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The GEMM's activation, its weight as (N, K) and its bias, as computed in this run."""
+        weight = self.env[site.weight] if site.weight_is_nk else self.env[site.weight].t()
+        return self.env[site.x], weight, None if site.bias is None else self.env[site.bias]
 
     def _keep_operands_until_their_gemm(self) -> None:
         """A GEMM's operands as ``GemmSite`` names them (a weight before its transpose, an
@@ -84,6 +79,22 @@ class MeasuringInterpreter(fx.Interpreter):
         self.user_to_last_uses = {}
         for freed, user in last.items():
             self.user_to_last_uses.setdefault(user, []).append(freed)
+
+
+class MeasuringInterpreter(GemmInterpreter):
+    """Runs ``gm`` and adds every GEMM's pruning error to ``errors[site.name]`` (created as needed)."""
+
+    def __init__(self, gm: fx.GraphModule, sites: Iterable[GemmSite], errors: dict[str, PruningError],
+                 compensate: bool) -> None:
+        super().__init__(gm, sites)
+        self.errors, self.compensate = errors, compensate
+
+    def run_node(self, node: fx.Node) -> Any:
+        out = super().run_node(node)
+        site = self.sites.get(node)
+        if site is not None:
+            self.errors.setdefault(site.name, PruningError()).add(*self.operands(site), self.compensate)
+        return out
 
 
 def measure(gm: fx.GraphModule, sites: Iterable[GemmSite], inputs: Iterable[Any],
