@@ -20,6 +20,7 @@ from .config import LynxConfig
 from .passes.errors import MeasuringInterpreter, PruningError
 from .passes.gemms import find_gemms
 from .passes.policy import plan
+from .passes.sensitivity import OutputError
 from .report import LayerReport, Report
 
 
@@ -75,7 +76,9 @@ def _inspect_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any
             return gm(*inputs)
         out = MeasuringInterpreter(gm, sites, session.errors, session.config.compensate).run(*inputs)
         new = [site for site in sites if site.name not in session.layers]  # decided once, after a first measurement
-        for site, decision in zip(new, plan(new, session.config, errors=session.errors)):
+        output_error = None if session.config.error_budget is None else OutputError(
+            gm, sites, [inputs], session.config.compensate)
+        for site, decision in zip(new, plan(new, session.config, errors=session.errors, output_error=output_error)):
             session.layers[site.name] = layer_report(site, decision)
         return out
 
