@@ -157,7 +157,7 @@ def test_folded_biases_match_reference_path_and_follow_weight_updates_under_cuda
     assert rel(updated, fresh) < 1e-3  # and the folded copies followed it
 
 
-def test_dense_steps_switch_on_the_fast_path_with_cuda_graphs():
+def test_dense_steps_switch_on_the_fast_path_with_cuda_graphs(monkeypatch):
     """Option dense_steps on cuSPARSELt with CUDA graphs (the default): the first steps equal dense, the rest the
     plain sparse compile, and nothing recompiles per step."""
     built = zoo.build("flux", width=4, resolution=256, batch=2, dtype=torch.bfloat16, device="cuda")
@@ -165,15 +165,21 @@ def test_dense_steps_switch_on_the_fast_path_with_cuda_graphs():
     with torch.no_grad():
         dense = built()
         sparse = _run(built.model, built.example_kwargs, options).clone()
+        compiles = []
+        inner = lynx_compile.backend.compile_fx
+        monkeypatch.setattr(lynx_compile.backend, "compile_fx", lambda *a, **k: compiles.append(1) or inner(*a, **k))
         compiled = torch.compile(built.model, backend="lynx", options={**options, "dense_steps": 2})
         outs = []
         for step in range(4):
             steps.set_step(step, 4)
             outs.append(zoo.sample(compiled(**built.example_kwargs)).clone())
+            if step == 0:
+                first = len(compiles)
         steps.set_step(None)
     assert rel(outs[0], dense) < 2e-2 and rel(outs[1], dense) < 2e-2
     assert rel(outs[2], sparse) < 1e-2 and rel(outs[3], sparse) < 1e-2 and rel(outs[2], dense) > 5e-2
     assert any("dense_steps=2" in note for note in lynx_compile.reports()[-1].notes)
+    assert len(compiles) == first and first % 2 == 0  # a dense and a sparse graph per Dynamo graph, at step 0 only
     torch._dynamo.reset()
 
 
