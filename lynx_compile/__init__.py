@@ -19,6 +19,7 @@ from .config import DEFAULT_EXCLUDE, LynxConfig
 from .inspection import inspect
 from .report import GemmPath, LayerReport, PruneSite, Report
 from .semantics import compensation_scale, prune_2to4, prune_2to4_compensated
+from .steps import follow_steps, set_step
 
 __all__ = [
     "DEFAULT_EXCLUDE",
@@ -31,11 +32,13 @@ __all__ = [
     "Report",
     "calibrate",
     "compensation_scale",
+    "follow_steps",
     "inspect",
     "lynx_backend",
     "prune_2to4",
     "prune_2to4_compensated",
     "reports",
+    "set_step",
 ]
 __version__ = "0.1.0"
 

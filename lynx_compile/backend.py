@@ -6,6 +6,7 @@ Registered under the ``torch_dynamo_backends`` entry point (so ``"lynx"`` is a b
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import logging
@@ -19,6 +20,7 @@ from torch._inductor.compile_fx import compile_fx
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._subclasses.fake_tensor import FakeTensor
 
+from . import steps
 from .config import INDUCTOR_MODES, LynxConfig, dtype_name
 from .passes import errors as pruning
 from .passes import low_rank, policy
@@ -26,6 +28,7 @@ from .passes.decision import Decision
 from .passes.errors import PruningError
 from .passes.fold_bias import FoldedWeights
 from .passes.gemms import GemmSite, find_gemms
+from .passes.sensitivity import OutputError
 from .passes.sparsify import sparsify
 from .report import GemmPath, LayerReport, PruneSite, Report
 
@@ -46,22 +49,38 @@ def plan_graph(
     gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any] = (), *, measure: bool = True
 ) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None]:
     """Each GEMM with its decision, and the pruning errors the decisions used (option ``max_layer_error``)."""
+    plan, errors, _ = _plan(gm, config, example_inputs, measure=measure)
+    return plan, errors
+
+
+def _plan(gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any], *, measure: bool = True
+          ) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None, OutputError | None]:
+    """``plan_graph``, and the output error measurement of option ``error_budget`` (for the report)."""
     sites = find_gemms(gm)
     errors = pruning_errors(gm, sites, config, example_inputs)
-    return list(zip(sites, policy.plan(sites, config, measure=measure, errors=errors))), errors
+    output_error = None
+    if config.error_budget is not None and _real("error_budget", example_inputs):
+        output_error = OutputError(gm, sites, [example_inputs], config.compensate)
+    decisions = policy.plan(sites, config, measure=measure, errors=errors, output_error=output_error)
+    return list(zip(sites, decisions)), errors, output_error
 
 
 def pruning_errors(gm: fx.GraphModule, sites: Sequence[GemmSite], config: LynxConfig,
                    example_inputs: Sequence[Any]) -> dict[str, PruningError] | None:
     """Each GEMM's pruning error on the inputs the graph is compiled with, for option
     ``max_layer_error`` (None without it, or when the inputs are fake: then nothing goes sparse)."""
-    if config.max_layer_error is None:
-        return None
-    if any(isinstance(t, FakeTensor) for t in example_inputs):
-        log.warning("lynx: max_layer_error: the graph is compiled with fake inputs, pruning errors cannot be "
-                    "measured; its GEMMs stay dense")
+    if config.max_layer_error is None or not _real("max_layer_error", example_inputs):
         return None
     return pruning.measure(gm, sites, example_inputs, config.compensate)
+
+
+def _real(option: str, example_inputs: Sequence[Any]) -> bool:
+    """Whether errors can be measured on the inputs; if not (fake inputs), warn that the graph stays dense."""
+    if any(isinstance(t, FakeTensor) for t in example_inputs):
+        log.warning("lynx: %s: the graph is compiled with fake inputs, pruning errors cannot be "
+                    "measured; its GEMMs stay dense", option)
+        return False
+    return True
 
 
 def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningError] | None = None,
@@ -104,7 +123,7 @@ def lynx_backend(
     the two, so option ``inductor_mode`` gives Inductor's mode together with lynx options."""
     config = LynxConfig.from_options(options)
     mode = _inductor_mode(mode, config)
-    plan, errors = plan_graph(gm, config, example_inputs)
+    plan, errors, output_error = _plan(gm, config, example_inputs)
     branches = low_rank.factors([s for s, _ in plan], [d for _, d in plan], config)
     report = Report(
         [layer_report(s, d, errors, _rank(branches, s.name)) for s, d in plan],
@@ -116,6 +135,11 @@ def lynx_backend(
     if branches:
         report.notes.append(f"low_rank={config.low_rank}: {len(branches)} GEMMs add (x A) B, fitted from "
                             f"{config.calibration!r}")
+    if output_error is not None and output_error.verified is not None:
+        error, chosen = output_error.verified
+        report.notes.append(f"error_budget={config.error_budget:g}: output error {error:.4g} with the {chosen} chosen "
+                            f"GEMMs pruned, measured on the inputs of the call that compiled this graph "
+                            f"({output_error.runs} runs with pruning)")
     if _needs_autograd(example_inputs):
         reason = "autograd needed: lynx is inference-only (use torch.no_grad() or requires_grad_(False))"
         log.warning("lynx: %s; compiling this graph dense", reason)
@@ -128,6 +152,9 @@ def lynx_backend(
     _log_reference_once([decision for _, decision in plan])
     graph = next(_GRAPHS)
     _dump(gm, config, graph, "before")
+    # option dense_steps: the graph as it is, compiled beside the sparse one (sparsify rewrites gm in place)
+    dense_gm = fx.GraphModule(gm, copy.deepcopy(gm.graph)) if config.dense_steps and any(
+        d.sparse for _, d in plan) else None
     folds = FoldedWeights(gm)
     sparsify(gm, plan, compensate=config.compensate, folds=folds, example_inputs=example_inputs, branches=branches)
     if folds.nbytes:
@@ -135,12 +162,44 @@ def lynx_backend(
                             f"{folds.nbytes / 2**20:.1f} MiB")
     _dump(gm, config, graph, "after")
     on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
-    compiled = folds.wrap(compile_fx(gm, example_inputs, config_patches=_inductor_patches(mode, config, on_cuda)))
+    patches = _inductor_patches(mode, config, on_cuda)
+    compiled = folds.wrap(compile_fx(gm, example_inputs, config_patches=patches))
+    if dense_gm is not None:
+        compiled = _by_step(compiled, compile_fx(dense_gm, example_inputs, config_patches=patches),
+                            config.dense_steps, report)
     return _reported_when_run(compiled, report)
 
 
 def _rank(branches: low_rank.Factors, name: str) -> int:
     return branches[name][0].shape[1] if name in branches else 0
+
+
+def _by_step(sparse: Callable[..., Any], dense: Callable[..., Any], dense_steps: int | float,
+             report: Report) -> Callable[..., Any]:
+    """Option ``dense_steps``: one of the two compiled graphs per call, by the denoising step read now.
+
+    Dynamo calls this function after its guards passed; the step is read here, so Dynamo guards on
+    nothing and a new step never recompiles (docs/design.md, "Timestep schedule"). With no step set, the
+    sparse graph runs, with a warning once and a note in the report."""
+    first = (f"the first {dense_steps} denoising steps" if isinstance(dense_steps, int)
+             else f"the first {dense_steps:g} of the denoising steps")
+    report.notes.append(f"dense_steps={dense_steps:g}: {first} run this graph dense (a second graph, compiled "
+                        "beside the sparse one), the others sparse")
+    unknown = False
+
+    @functools.wraps(sparse)
+    def run(*args: Any) -> Any:
+        nonlocal unknown
+        now = steps.runs_dense(dense_steps)
+        if now is None and not unknown:
+            unknown = True
+            report.notes.append(f"dense_steps={dense_steps:g}: the graph ran with no denoising step set "
+                                "(lynx_compile.follow_steps / set_step): it ran sparse")
+            _warn_once("lynx: option dense_steps is set but no denoising step is (use lynx_compile.follow_steps(pipe) "
+                       "or lynx_compile.set_step(i, total)): the graphs run sparse on every step")
+        return dense(*args) if now else sparse(*args)
+
+    return run
 
 
 def _reported_when_run(compiled: Callable[..., Any], report: Report) -> Callable[..., Any]:
@@ -185,6 +244,13 @@ def _graph_device(plan: list[tuple[GemmSite, Decision]]) -> str:
 
 
 _LOGGED_REFERENCE: set[str] = set()
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def _log_reference_once(decisions: Sequence[Decision]) -> None:

@@ -79,6 +79,14 @@ class LynxConfig:
     # error, float32), measured at compile time on the inputs of the call that compiles the graph; the
     # report then shows every GEMM's measured error. None: no budget, nothing measured
     max_layer_error: float | None = None
+    # the first k denoising steps (an int) or that fraction of them (a float in (0, 1)) run dense: the dense
+    # graph is compiled beside the sparse one and each call picks one by the step lynx_compile.follow_steps
+    # (or set_step) reports, read at call time (steps.py). 0: always sparse
+    dense_steps: int | float = 0
+    # the allowed relative L2 error of each compiled graph's output: GEMMs are chosen by a knapsack over their
+    # measured effect on the output (each pruned alone) against the time they save, then verified together on
+    # the compiling call's inputs (passes/sensitivity.py). None: no budget, nothing measured
+    error_budget: float | None = None
     dump_graphs: str | None = None  # directory: write each FX graph before and after the pass
     # Inductor's mode, as torch.compile(mode=...) gives it: torch refuses mode= together with options=,
     # so this is how both reach the backend. None: torch.compile's mode, if any
@@ -111,6 +119,14 @@ class LynxConfig:
         budget = self.max_layer_error
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0):
             raise TypeError(f"lynx option 'max_layer_error' must be None or a number >= 0, got {budget!r}")
+        steps = self.dense_steps
+        if isinstance(steps, bool) or not ((isinstance(steps, int) and steps >= 0)
+                                           or (isinstance(steps, float) and 0 < steps < 1)):
+            raise TypeError(f"lynx option 'dense_steps' must be an int >= 0 (steps) or a float in (0, 1) (a fraction "
+                            f"of the steps), got {steps!r}")
+        budget = self.error_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0):
+            raise TypeError(f"lynx option 'error_budget' must be None or a number >= 0, got {budget!r}")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):
             raise TypeError(f"lynx option 'dump_graphs' must be a directory path (str), got {self.dump_graphs!r}")
         if self.path not in _PATHS:

@@ -23,6 +23,7 @@ from .passes import low_rank
 from .passes.errors import MeasuringInterpreter, PruningError
 from .passes.gemms import GemmSite, find_gemms
 from .passes.policy import plan
+from .passes.sensitivity import OutputError
 from .report import LayerReport, Report
 
 
@@ -95,7 +96,8 @@ def _inspect_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any
         config = session.config
         out = MeasuringInterpreter(gm, sites, session.errors, config.compensate, _branches(sites, config)).run(*inputs)
         new = [site for site in sites if site.name not in session.layers]  # decided once, after a first measurement
-        decisions = plan(new, config, errors=session.errors)
+        output_error = None if config.error_budget is None else OutputError(gm, sites, [inputs], config.compensate)
+        decisions = plan(new, config, errors=session.errors, output_error=output_error)
         ranks = {name: a.shape[1] for name, (a, _) in low_rank.factors(new, decisions, config).items()}
         for site, decision in zip(new, decisions):
             session.layers[site.name] = layer_report(site, decision, rank=ranks.get(site.name, 0))

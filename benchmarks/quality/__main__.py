@@ -28,6 +28,7 @@ import torch
 from benchmarks.common import gpu_slug
 from lynx_compile import calibrate, quality, yardstick
 from lynx_compile.quality import pipelines
+from lynx_compile.quality.compare import Variant, transformer_inputs
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CAPTION_SEED = 4321
@@ -48,7 +49,16 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "lowrank16": {"low_rank": 16, **_NO_COST_MODEL},
     "lowrank32": {"low_rank": 32, **_NO_COST_MODEL},
     "lowrank64": {"low_rank": 64, **_NO_COST_MODEL},
+    "dense_steps_25pct": {"dense_steps": 0.25, **_NO_COST_MODEL},
+    # output error budgets, bracketing the yardstick's trade-offs (CPU, step 14 of 8 calibration captions: 0.05
+    # keeps 8 of 72 block GEMMs sparse, output error 0.032; 0.2 keeps 12, 42% of the GEMM FLOPs). The
+    # sensitivities are measured on calibration captions disjoint from the evaluated ones (see main); at their step 0,
+    # as the benchmark runs them, 0.05 kept 20 GEMMs sparse and 0.2 kept 53 (8 captions, CPU)
+    "budget_lo": {"error_budget": 0.05, **_NO_COST_MODEL},
+    "budget_hi": {"error_budget": 0.2, **_NO_COST_MODEL},
 }
+SENSITIVITY_NOISE_SEED = 10_000  # the error budgets' sensitivities: CALIBRATION_SEED's captions, this noise
+CALIBRATION_STEP = 0  # the step a denoising loop compiles at
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,12 +77,19 @@ def main(argv: list[str] | None = None) -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     pipe = yardstick.load_pipeline(device=device, dtype=dtype)
     scenes = yardstick.sample_scenes(args.captions, torch.Generator().manual_seed(CAPTION_SEED))
-    configs = {name: CONFIGS[name] for name in args.configs}
+    configs: dict[str, Any] = {name: CONFIGS[name] for name in args.configs}
     if any(options and options.get("low_rank") for options in configs.values()):
         calibration = calibrate(pipe, calibration_captions(args.calibration_captions), steps=args.steps,
                                 batch_size=args.batch_size, seed=CALIBRATION_NOISE_SEED)
         configs = {name: {**options, "calibration": calibration} if options and options.get("low_rank") else options
                    for name, options in configs.items()}
+    measuring = [name for name, options in configs.items() if options and "error_budget" in options]
+    if measuring:  # the compiling call: step CALIBRATION_STEP of other captions, at the sampling's batch shape
+        batch = min(args.batch_size, args.captions)
+        warmup = [transformer_inputs(pipe, calibration_captions(batch), [CALIBRATION_STEP],
+                                     seeds=range(SENSITIVITY_NOISE_SEED, SENSITIVITY_NOISE_SEED + batch),
+                                     steps=args.steps, guidance_scale=pipe.default_guidance_scale)[CALIBRATION_STEP]]
+        configs.update({name: Variant(options=configs[name], warmup=warmup) for name in measuring})
     result = quality.compare(
         pipe, [yardstick.caption(s) for s in scenes], configs,
         seeds=range(args.captions), steps=args.steps, guidance_scale=pipe.default_guidance_scale,

@@ -75,15 +75,19 @@ class GemmInterpreter(fx.Interpreter):
         self.sites = {site.node: site for site in sites if site.k % 4 == 0}
         self._keep_operands_until_their_gemm()
 
+    def operands(self, site: GemmSite) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The GEMM's activation, its weight as (N, K) and its bias, as computed in this run."""
+        weight = self.env[site.weight] if site.weight_is_nk else self.env[site.weight].t()
+        return self.env[site.x], weight, None if site.bias is None else self.env[site.bias]
+
     def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        raise NotImplementedError
+        """Called right after each GEMM ran; the base class does nothing."""
 
     def run_node(self, node: fx.Node) -> Any:
         out = super().run_node(node)
         site = self.sites.get(node)
         if site is not None:
-            weight = self.env[site.weight] if site.weight_is_nk else self.env[site.weight].t()
-            self.visit(site, self.env[site.x], weight, None if site.bias is None else self.env[site.bias])
+            self.visit(site, *self.operands(site))
         return out
 
     def _keep_operands_until_their_gemm(self) -> None:

@@ -2,8 +2,10 @@
 
 The steps, each of which may keep a GEMM dense with its reason for the report: ``legality`` (names,
 dtype, shape, what the device and the kernels can do: the path and where the pruning runs); the
-error budget (option ``max_layer_error``, on measured pruning errors); option ``fold_bias``; and
-``profitability`` (on the GPU: cuSPARSELt's fastest algorithm, then the cost model). Inductor's
+error budget (option ``max_layer_error``, on measured pruning errors); option ``fold_bias``;
+``profitability`` (on the GPU: cuSPARSELt's fastest algorithm, then the cost model); and the output error
+budget (option ``error_budget``: ``sensitivity``, a knapsack over measured output errors against the time
+saved that ``profitability`` gives). Inductor's
 ``pad_mm`` keeps its ``can_pad`` and ``should_pad`` apart the same way (docs/design.md, "Legality
 and profitability").
 """
@@ -14,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from ..config import LynxConfig
-from . import legality, profitability
+from . import legality, profitability, sensitivity
 from .decision import Decision
 from .errors import PruningError
 from .fold_bias import fold_biases
@@ -22,22 +24,26 @@ from .gemms import GemmSite
 
 
 def plan(sites: Sequence[GemmSite], config: LynxConfig, *, measure: bool = True,
-         errors: Mapping[str, PruningError] | None = None) -> list[Decision]:
+         errors: Mapping[str, PruningError] | None = None,
+         output_error: sensitivity.OutputError | None = None) -> list[Decision]:
     """One decision per site. ``measure=False`` skips the timing on the GPU (algorithm search, cost
     model): inspection of the semantics only. ``errors``: each GEMM's measured pruning error, which
-    option ``max_layer_error`` needs."""
+    option ``max_layer_error`` needs; ``output_error``: the graph's output error for a set of pruned GEMMs,
+    which option ``error_budget`` needs."""
     decisions = [legality.can_sparsify(site, config) for site in sites]
     if config.max_layer_error is not None:
         decisions = [within_error_budget(site, d, config.max_layer_error, errors or {})
                      for site, d in zip(sites, decisions, strict=True)]
     if config.fold_bias:  # never with compensate (LynxConfig refuses it): a per-row scale must not scale the bias
         decisions = fold_biases(sites, decisions)
-    if not measure:
-        return decisions
-    decisions = [profitability.with_alg(site, d) for site, d in zip(sites, decisions, strict=True)]
-    if not config.cost_model:
-        return decisions
-    return profitability.apply_cost_model(sites, decisions, config.min_speedup, config.compensate)
+    if measure:
+        decisions = [profitability.with_alg(site, d) for site, d in zip(sites, decisions, strict=True)]
+        if config.cost_model:
+            decisions = profitability.apply_cost_model(sites, decisions, config.min_speedup, config.compensate)
+    if config.error_budget is not None:
+        saved, unit = profitability.time_saved(sites, decisions, measure, config.compensate)
+        decisions = sensitivity.within_output_budget(sites, decisions, config.error_budget, output_error, saved, unit)
+    return decisions
 
 
 def within_error_budget(site: GemmSite, decision: Decision, budget: float,

@@ -64,3 +64,21 @@ def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_s
                 continue
             out[i] = Decision.dense(reason)
     return out
+
+
+def time_saved(sites: Sequence[GemmSite], decisions: Sequence[Decision], measured: bool,
+               compensate: bool = False) -> tuple[dict[int, float], str]:
+    """What each sparse decision saves, and the unit: where every sparse GEMM is on cuSPARSELt and ``measured``
+    (timing allowed), the cost model's measured dense minus sparse time, the shared prune+compress split
+    evenly over its group ("ms"); otherwise (the reference path, no timing) a proxy, the half of the GEMM's
+    FLOPs that 2:4 skips ("GFLOP")."""
+    sparse = [i for i, d in enumerate(decisions) if d.sparse]
+    if not measured or not all(decisions[i].path.on_cusparselt for i in sparse):
+        return {i: sites[i].flops / 2e9 for i in sparse}, "GFLOP"
+    saved: dict[int, float] = {}
+    for members in activation_groups(sites, decisions).values():
+        for i in members:
+            c = tuning.measure_costs(padded_rows(sites[i].m), sites[i].k, sites[i].n, sites[i].dtype,
+                                     decisions[i].alg_id, sites[i].device, decisions[i].fold_bias, compensate)
+            saved[i] = c.dense_ms - c.sparse_gemm_ms - c.prune_ms / len(members)
+    return saved, "ms"

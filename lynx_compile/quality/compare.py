@@ -30,6 +30,7 @@ from ..calibrator import batched_prompts
 from ..config import LynxConfig
 from ..inspection import inspect
 from ..provenance import source_commit
+from ..steps import follow_steps
 from ..yardstick.evaluator import adherence, features, frechet_distance
 from .grid import write_grid
 from .metrics import psnr, ssim
@@ -57,6 +58,10 @@ class Variant:
 
     options: LynxConfig | Mapping[str, Any] | None = None
     transform: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    # transformer calls (args, kwargs) the compiled transformer runs first: the compiling call, so that options
+    # measuring at compile time (error_budget, max_layer_error) measure on them, e.g. on calibration prompts
+    # disjoint from the evaluated ones. Their shapes must be the sampling's, or sampling compiles again
+    warmup: Sequence[tuple[tuple[Any, ...], dict[str, Any]]] = ()
 
 
 @dataclasses.dataclass
@@ -166,7 +171,7 @@ def compare(
     rows: list[dict[str, Any]] = []
     images: dict[str, torch.Tensor] = {}
     captured: dict[int, Inputs] = {}
-    with torch.no_grad(), bar, runner.quiet():
+    with torch.no_grad(), bar, runner.quiet(), follow_steps(pipe):  # for option dense_steps
         for name, variant in variants.items():
             bar.set_postfix_str(name)
             if name == DENSE:
@@ -189,7 +194,10 @@ def compare(
             # code compiled for an equal configuration (of this or another instance of the same model class).
             torch.compiler.reset()
             before = len(reports())
-            images[name], seconds = runner.sample(torch.compile(module, backend="lynx", options=options, dynamic=False))
+            compiled = torch.compile(module, backend="lynx", options=options, dynamic=False)
+            for args, kwargs in variant.warmup:
+                compiled(*args, **kwargs)
+            images[name], seconds = runner.sample(compiled)
             new = reports()[before:]
             if not new:
                 raise RuntimeError(f"config {name!r}: torch.compile never called the lynx backend (the transformer "

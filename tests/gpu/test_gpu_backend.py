@@ -10,7 +10,7 @@ from helpers import rel
 from torch._inductor.utils import run_and_get_code
 
 import lynx_compile
-from lynx_compile import PruneSite, prune_2to4, zoo
+from lynx_compile import PruneSite, prune_2to4, steps, zoo
 from lynx_compile.codegen.cusparselt_layout import compress_reference, padded_rows, significant_numel
 from lynx_compile.codegen.prune_compress import prune_compress
 
@@ -155,3 +155,39 @@ def test_folded_biases_match_reference_path_and_follow_weight_updates_under_cuda
     assert fast_vs_ref < min(5e-2, pruning / 4)
     assert rel(updated, fast) > 1e-2  # the update changed the output
     assert rel(updated, fresh) < 1e-3  # and the folded copies followed it
+
+
+def test_dense_steps_switch_on_the_fast_path_with_cuda_graphs(monkeypatch):
+    """Option dense_steps on cuSPARSELt with CUDA graphs (the default): the first steps equal dense, the rest the
+    plain sparse compile, and nothing recompiles per step."""
+    built = zoo.build("flux", width=4, resolution=256, batch=2, dtype=torch.bfloat16, device="cuda")
+    options = {"cost_model": False, "min_rows": 16}
+    with torch.no_grad():
+        dense = built()
+        sparse = _run(built.model, built.example_kwargs, options).clone()
+        compiles = []
+        inner = lynx_compile.backend.compile_fx
+        monkeypatch.setattr(lynx_compile.backend, "compile_fx", lambda *a, **k: compiles.append(1) or inner(*a, **k))
+        compiled = torch.compile(built.model, backend="lynx", options={**options, "dense_steps": 2})
+        outs = []
+        for step in range(4):
+            steps.set_step(step, 4)
+            outs.append(zoo.sample(compiled(**built.example_kwargs)).clone())
+            if step == 0:
+                first = len(compiles)
+        steps.set_step(None)
+    assert rel(outs[0], dense) < 2e-2 and rel(outs[1], dense) < 2e-2
+    assert rel(outs[2], sparse) < 1e-2 and rel(outs[3], sparse) < 1e-2 and rel(outs[2], dense) > 5e-2
+    assert any("dense_steps=2" in note for note in lynx_compile.reports()[-1].notes)
+    assert len(compiles) == first and first % 2 == 0  # a dense and a sparse graph per Dynamo graph, at step 0 only
+    torch._dynamo.reset()
+
+
+def test_output_error_budget_on_the_fast_path():
+    built = zoo.build("flux", width=4, resolution=256, batch=2, dtype=torch.bfloat16, device="cuda")
+    with torch.no_grad():
+        dense = built()
+        out = _run(built.model, built.example_kwargs, {"cost_model": False, "min_rows": 16, "error_budget": 0.1})
+    assert rel(out, dense) <= 0.1 * 1.05  # bf16: the compiled graph rounds a little differently from the measuring run
+    layers = lynx_compile.reports()[-1].layers
+    assert any(layer.sparse and layer.path == "cusparselt" for layer in layers)

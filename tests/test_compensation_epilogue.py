@@ -1,0 +1,44 @@
+"""Norm compensation costs no pass over the GEMM's output: its per-row scale (computed from the sums of squares
+the prune+compress kernel writes) is a pointwise op on the output that Inductor fuses with the bias add and
+the consumer, so the scaled graph has no more kernels over the output than the unscaled one."""
+
+import re
+
+import pytest
+import torch
+from torch._inductor.utils import run_and_get_code
+
+from lynx_compile.ops import _scaled
+from lynx_compile.semantics import norm_partials, scale_from_partials
+
+
+def _epilogue(x, w, b, norms, scaled):
+    out = torch.mm(x, w.t())  # an extern kernel, as lynx::sparse_mm is to Inductor
+    if scaled:
+        out = _scaled(out, scale_from_partials(norms))
+    return torch.nn.functional.gelu(out + b)
+
+
+def _kernels(device, scaled):
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=g).to(device) for s in ((256, 512), (384, 512), (384,)))
+    torch._dynamo.reset()
+    out, (code,) = run_and_get_code(torch.compile(lambda *a: _epilogue(*a, scaled)), x, w, b, norm_partials(x))
+    torch.testing.assert_close(out, _epilogue(x, w, b, norm_partials(x), scaled), rtol=1e-4, atol=1e-4)
+    return re.findall(r"^(cpp_fused_\w+|triton_\w+) = ", code, re.M), code
+
+
+def test_the_scale_fuses_into_the_bias_add_and_consumer_on_cpu():
+    plain, _ = _kernels("cpu", False)
+    scaled, _ = _kernels("cpu", True)
+    assert len(scaled) == len(plain) == 1  # one kernel after the GEMM, scale, bias and GELU in it
+    assert "gelu" in scaled[0] and "sqrt" in scaled[0]
+
+
+@pytest.mark.gpu
+def test_the_scale_reads_the_output_once_on_the_gpu():
+    plain, _ = _kernels("cuda", False)
+    scaled, code = _kernels("cuda", True)
+    # at most one more kernel: the per-row reduction of the (2, M, K/128) partial sums, which never reads the output
+    assert len(plain) <= len(scaled) <= len(plain) + 1, code
+    assert sum("gelu" in k for k in scaled) == 1, code
