@@ -104,7 +104,7 @@ def search_all(compressed: torch.Tensor, weight: torch.Tensor) -> list[int]:
 
 def prune_floor_bytes(m: int, k: int, dtype: torch.dtype) -> int:
     m_pad = round_up(m, CSLT_MULTIPLE)  # what prune_compress writes for m rows
-    return m * k * dtype.itemsize + m_pad * k // 2 * dtype.itemsize + metadata_nbytes(m_pad, k)
+    return m * k * dtype.itemsize + m_pad * k // 2 * dtype.itemsize + metadata_nbytes(m_pad, k, dtype)
 
 
 def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: float) -> Row:

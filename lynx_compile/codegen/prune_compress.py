@@ -254,7 +254,7 @@ def launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_colum
     out = torch.empty(compressed_shape(m_pad, k, x.dtype), dtype=x.dtype, device=x.device)
     raw = out.view(-1).view(torch.uint8)
     values_bytes = m_pad * k  # m_pad x k/2 elements of 2 bytes
-    meta = raw[values_bytes : values_bytes + metadata_nbytes(m_pad, k)].view(torch.int64)
+    meta = raw[values_bytes : values_bytes + metadata_nbytes(m_pad, k, x.dtype)].view(torch.int64)
     tail_start = significant_numel(m_pad, k, x.dtype) * x.element_size()
     tail_bytes = raw.numel() - tail_start
     abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
