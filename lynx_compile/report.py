@@ -50,6 +50,7 @@ class LayerReport:
     alg_id: int | None = None
     prune: PruneSite = PruneSite.NONE
     bias_folded: bool = False  # the bias is added inside the sparse GEMM (option fold_bias)
+    precision: str = "-"  # the GEMM's operands: "fp8" (float8_e4m3fn, option precision), or the activation's dtype
 
     @property
     def flops(self) -> int:
@@ -105,7 +106,8 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent)
 
     def __str__(self) -> str:
-        header = ("name", "path", "prune", "M", "K", "N", "dtype", "GFLOP", "rel_err", "pruned_E", "reason")
+        header = ("name", "path", "prune", "M", "K", "N", "dtype", "precision", "GFLOP", "rel_err", "pruned_E",
+                  "reason")
         rows = [
             (
                 layer.name,
@@ -115,6 +117,7 @@ class Report:
                 str(layer.k),
                 str(layer.n),
                 layer.dtype,
+                layer.precision,
                 f"{layer.flops / 1e9:.3g}",
                 _fmt(layer.rel_err),
                 _fmt(layer.energy_pruned),

@@ -133,17 +133,18 @@ def prune_2to4_compensated(x: torch.Tensor) -> torch.Tensor:
 
 def fp8_scale_exponent(amax: torch.Tensor) -> torch.Tensor:
     """Per row, the smallest integer s with ``amax * 2^-s <= FP8_MAX``, at least FP8_SCALE_EXP_MIN
-    (int32). From amax's float32 bits: amax = 1.f x 2^e needs s = e - 8, or e - 7 when 1.f > 1.75.
-    Non-finite amax gives 0 (its row's scale is NaN: ``fp8_scale``)."""
-    bits = amax.float().contiguous().view(torch.int32)
-    biased = (bits >> 23) & 0xFF
-    s = biased - 135 + ((bits & 0x7FFFFF) > 0x600000).to(torch.int32)
-    return torch.where(biased == 255, 0, s.clamp(min=FP8_SCALE_EXP_MIN))
+    (int32): amax = 1.f x 2^e needs s = e - 8, or e - 7 when 1.f > 1.75. Non-finite amax gives 0
+    (its row's scale is NaN: ``quantise_fp8_rows``). ``frexp``, not float bits: Inductor (torch 2.13,
+    CPU) miscompiled a bit cast of a reduction's result fused with the pruning."""
+    mantissa, e = torch.frexp(amax.float())  # amax = mantissa x 2^e, mantissa in [0.5, 1)
+    s = (e - 9 + (mantissa > 0.875).to(torch.int32)).clamp(min=FP8_SCALE_EXP_MIN)
+    s = torch.where(amax == 0, FP8_SCALE_EXP_MIN, s)
+    return torch.where(torch.isfinite(amax), s, 0).to(torch.int32)
 
 
 def pow2(e: torch.Tensor) -> torch.Tensor:
-    """2^e as float32, exactly, for int32 e in [-126, 127]."""
-    return ((e + 127) << 23).to(torch.int32).view(torch.float32)
+    """2^e as float32, exactly, for integer e in [-126, 127]."""
+    return torch.pow(2.0, e.float())
 
 
 def quantise_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,13 +157,14 @@ def quantise_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     elements quantise to 0x7F. A row with a NaN or an infinity gets ``scale = NaN``: whatever its q,
     its GEMM output row is NaN, as the dense model's would be (up to which NaN/inf).
     """
-    xf = x.float()
-    xf = torch.where(xf.abs() < 2.0**FP8_SCALE_EXP_MIN, xf * 0.0, xf)  # x * 0.0 keeps the sign of a zero
-    amax = xf.abs().amax(-1)
+    xf = x.reshape(-1, x.shape[-1]).float()
+    amax = xf.abs().amax(-1)  # flushing values below 2^-126 would not change s
     s = fp8_scale_exponent(amax)
+    xf = torch.where(xf.abs() < 2.0**FP8_SCALE_EXP_MIN, xf * 0.0, xf)  # x * 0.0 keeps the sign of a zero
     q = (xf * pow2(-s).unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8)
     q = torch.where(torch.isnan(xf), torch.full_like(q, FP8_NAN_BITS), q).view(FP8)
-    return q, torch.where(torch.isfinite(amax), pow2(s), float("nan"))
+    scale = torch.where(torch.isfinite(amax), pow2(s), float("nan"))
+    return q.view(x.shape), scale.view(x.shape[:-1])
 
 
 def fp8_epilogue(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor,
