@@ -10,6 +10,12 @@ from torch import nn
 
 import lynx_compile
 from lynx_compile import zoo
+from lynx_compile.codegen import cusparselt, self_check, tuning
+from lynx_compile.codegen.cusparselt_layout import compressed_shape, decompress_reference
+from lynx_compile.passes import legality
+from lynx_compile.passes.decision import Decision
+from lynx_compile.report import GemmPath, PruneSite
+from lynx_compile.semantics import FP8 as FP8_DTYPE
 from lynx_compile.semantics import fp8_linear, prune_2to4, quantise_fp8_rows
 
 FP8 = {"min_rows": 16, "precision": "fp8"}
@@ -92,3 +98,35 @@ def test_every_zoo_architecture_plans_fp8(name):
     sparse = [layer for layer in report.layers if layer.sparse]
     assert sparse and all(layer.precision == "fp8" for layer in sparse)
     assert all(layer.precision == layer.dtype for layer in report.layers if not layer.sparse)
+
+
+def _emulated_sparse_mm(operand, weight, alg_id, out_dtype=None):
+    """cuSPARSELt's e4m3 GEMM on a CPU: the decompressed operand times the weight, in float32."""
+    k = weight.shape[1]
+    m = next(m for m in range(32, 1 << 14, 32) if compressed_shape(m, k, FP8_DTYPE) == tuple(operand.shape))
+    return (decompress_reference(operand, m, k).float() @ weight.float().t()).to(out_dtype)
+
+
+def test_emulated_fp8_fast_path_equals_the_reference(monkeypatch):
+    """The fast path's graph (custom ops, fake kernels, the Triton kernel in the interpreter, the
+    epilogue Inductor fuses) on a CPU, cuSPARSELt emulated: the same numbers as the semantics."""
+    monkeypatch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
+    monkeypatch.setattr(cusparselt, "fp8_supported", lambda device=None: (True, "emulated"))
+    monkeypatch.setattr(tuning, "best_alg", lambda *shape: 0)
+    fast = Decision(True, GemmPath.CUSPARSELT, "block GEMM (emulated)", prune=PruneSite.TRITON)
+    monkeypatch.setattr(legality, "_sparse_path", lambda site, config: fast)
+    monkeypatch.setattr(self_check, "fast_compress_ok", lambda *a, **kw: True)
+    torch._dynamo.reset()
+    lin = nn.Linear(64, 128).bfloat16()
+    x = torch.randn(2, 40, 64, dtype=torch.bfloat16)
+    n = len(lynx_compile.reports())
+    with torch.no_grad():
+        out = torch.compile(lin, backend="lynx", options={**FP8, "cost_model": False, "cudagraphs": False})(x)
+        wq, ws = quantise_fp8_rows(lin.weight)
+        want = fp8_linear(prune_2to4(x), wq, ws) + lin.bias
+    [report] = lynx_compile.reports()[n:]
+    assert report.layers[0].path == GemmPath.CUSPARSELT and report.layers[0].precision == "fp8"
+    # the emulated GEMM rounds its float32 accumulator to bf16 before the epilogue (as the GPU's does);
+    # power-of-two scales make that exact, the bias add rounds once more
+    assert rel(out, want) < 1e-2
+    assert torch.equal(out.isnan(), want.isnan())
