@@ -2,6 +2,7 @@
 report, its fallbacks, and every zoo architecture's plan."""
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from helpers import rel
 from torch import nn
 
 import lynx_compile
+from benchmarks import linear
 from lynx_compile import zoo
 from lynx_compile.codegen import cusparselt, self_check, tuning
 from lynx_compile.codegen.cusparselt_layout import compressed_shape, decompress_reference
@@ -130,3 +132,10 @@ def test_emulated_fp8_fast_path_equals_the_reference(monkeypatch):
     # power-of-two scales make that exact, the bias add rounds once more
     assert rel(out, want) < 1e-2
     assert torch.equal(out.isnan(), want.isnan())
+
+
+def test_linear_benchmark_without_torchao_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # import fails
+    linear._say_once.cache_clear()
+    assert linear.torchao_fp8_linear(torch.zeros(32, 32), torch.zeros(32)) is None
+    assert "torchao not importable" in capsys.readouterr().out
