@@ -208,7 +208,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
         if fp8_model is not None:
             with cold_caches(root):
                 fns["torchao_fp8"], _, _ = timed_compile(
-                    lambda: torch.compile(fp8_model, mode="reduce-overhead"), kwargs0)
+                    lambda m=fp8_model: torch.compile(m, mode="reduce-overhead"), kwargs0)
         max_autotune_compile_s = None
         if max_autotune:
             with cold_caches(root):
