@@ -17,6 +17,8 @@ reference path give the same metrics up to bf16 rounding (on the CPU both are th
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +33,37 @@ CAPTION_SEED = 4321
 CAPTIONS = 64
 REFERENCES = 2048
 _NO_COST_MODEL = {"cost_model": False}
+def torchao_fp8(transformer: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the transformer with every nn.Linear in torchao's dense fp8 (per-row dynamic
+    activation and per-row weight scales): the FP8 baseline serving runs today."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    copied = copy.deepcopy(transformer)
+    quantize_(copied, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return copied
+
+
 # Every configuration the benchmark knows, in the order of its table: "naive" has every recovery option
 # off, "defaults" is lynx's defaults of the day. A later accuracy option gets its own entry here.
-CONFIGS: dict[str, dict[str, Any] | None] = {
+# "fp8": lynx with precision="fp8"; "torchao_fp8": torchao's dense fp8 (skipped, said, where it cannot run).
+CONFIGS: dict[str, dict[str, Any] | quality.Variant | None] = {
     "dense": None,
     "naive": {"compensate": False, **_NO_COST_MODEL},
     "defaults": {**_NO_COST_MODEL},
     "compensate": {"compensate": True, **_NO_COST_MODEL},
     "defaults_reference": {"path": "reference", **_NO_COST_MODEL},
+    "fp8": {"precision": "fp8", **_NO_COST_MODEL},
+    "torchao_fp8": quality.Variant(transform=torchao_fp8),  # dense fp8, no lynx
 }
+
+
+def torchao_fp8_unsupported(device: torch.device) -> str | None:
+    """Why the torchao_fp8 row cannot run here (torchao missing, or no fp8 tensor cores), or None."""
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed (pip install -e '.[bench]')"
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        return f"torchao's float8 GEMMs need an sm89+ GPU, not {device}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,10 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    configs = list(args.configs)
+    skip = torchao_fp8_unsupported(device) if "torchao_fp8" in configs else None
+    if skip:
+        print(f"note: config torchao_fp8 skipped: {skip}", flush=True)
+        configs.remove("torchao_fp8")
     pipe = yardstick.load_pipeline(device=device, dtype=dtype)
     scenes = yardstick.sample_scenes(args.captions, torch.Generator().manual_seed(CAPTION_SEED))
     result = quality.compare(
-        pipe, [yardstick.caption(s) for s in scenes], {name: CONFIGS[name] for name in args.configs},
+        pipe, [yardstick.caption(s) for s in scenes], {name: CONFIGS[name] for name in configs},
         seeds=range(args.captions), steps=args.steps, guidance_scale=pipe.default_guidance_scale,
         batch_size=args.batch_size, evaluator=yardstick.load_evaluator(device=device), scenes=scenes,
         reference_images=pipelines.reference_images(REFERENCES), model="yardstick (trained)",
