@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..semantics import FP8, FP8_NAN_BITS, FP8_SCALE_EXP_MIN, SPARSE_DTYPES, round_up
+from ..semantics import FP8, FP8_SCALE_EXP_MIN, SPARSE_DTYPES, round_up
 from .cusparselt_layout import FP8_MULTIPLE, FP8_TILE_COLS, TILE_ROWS, compressed_shape, metadata_nbytes
 from .prune_compress import MAGNITUDE_BITS, rank_2to4, select_2to4
 
@@ -52,7 +52,7 @@ def e4m3_bits(bits, s):
     mag = tl.where(e >= -6, normal, sub)
     mag = tl.where(biased == 0, 0, mag)
     mag = tl.where(a == 0x7F800000, 0x7E, mag)  # +-inf saturates (its row's scale is NaN)
-    return tl.where(a > 0x7F800000, FP8_NAN_BITS, sign | mag)
+    return tl.where(a > 0x7F800000, 0x7F, sign | mag)  # semantics.FP8_NAN_BITS (a literal: Triton refuses globals)
 
 
 @triton.jit
