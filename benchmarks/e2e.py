@@ -14,6 +14,7 @@ replaces its row). Variants (``flux:1:fused``) are rows of the same table.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import statistics
@@ -72,6 +73,10 @@ class Row:
     max_autotune_compile_s: float | None
     per_block_inductor_ms: float
     per_block_lynx_ms: float
+    # torchao's dense fp8 (Float8DynamicActivationFloat8WeightConfig, per row, every nn.Linear) under
+    # torch.compile(mode="reduce-overhead"), timed in the same run; None without torchao
+    torchao_fp8_ms: float | None = None
+    torchao_fp8_loop_ms: float | None = None
 
 
 def call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
@@ -121,7 +126,8 @@ class Variant:
 VARIANTS: dict[str, Variant] = {"default": Variant(), "fused": Variant({"fuse_producers": True}),
                                 "fold": Variant({"fold_bias": True}),
                                 "fold_fused": Variant({"fold_bias": True, "fuse_producers": True}),
-                                "qkv": Variant(fuse_qkv=True), "compensate": Variant({"compensate": True})}
+                                "qkv": Variant(fuse_qkv=True), "compensate": Variant({"compensate": True}),
+                                "fp8": Variant({"precision": "fp8"})}
 
 
 def prepare(model: torch.nn.Module, variant: str) -> dict[str, Any]:
@@ -155,6 +161,19 @@ def pay_first_compile(root: str) -> None:
         torch.compile(lambda t: t.sin() * 2)(torch.ones(8, device="cuda"))
 
 
+def torchao_fp8(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A copy of ``model`` with every nn.Linear in torchao's dense fp8 (dynamic per-row activation
+    scales, per-row weight scales): what FP8 serving runs today. None, said, without torchao."""
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as e:
+        print(f"torchao not importable ({e}): torchao_fp8_ms left empty; pip install -e '.[bench]'", flush=True)
+        return None
+    copied = copy.deepcopy(model)
+    quantize_(copied, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return copied
+
+
 def run_case(name: str, batch: int, runs: int, variant: str = "default", max_autotune: bool = False) -> Row:
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
@@ -185,13 +204,18 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
             dense, ref, inductor_compile_s = timed_compile(
                 lambda: torch.compile(model, mode="reduce-overhead"), kwargs0)
         fns = {"inductor": dense, "lynx": lynx}
+        fp8_model = torchao_fp8(model)
+        if fp8_model is not None:
+            with cold_caches(root):
+                fns["torchao_fp8"], _, _ = timed_compile(
+                    lambda m=fp8_model: torch.compile(m, mode="reduce-overhead"), kwargs0)
         max_autotune_compile_s = None
         if max_autotune:
             with cold_caches(root):
                 fns["max_autotune"], _, max_autotune_compile_s = timed_compile(
                     lambda: torch.compile(model, mode="max-autotune"), kwargs0)
         ms = time_interleaved(fns, make_inputs, runs)
-        del fns, dense, lynx
+        del fns, dense, lynx, fp8_model
     rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     depth = spec["depth"]
     return Row(
@@ -208,6 +232,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
         lynx_loop_ms=ms["lynx_loop"], loop_speedup=ms["inductor_loop"] / ms["lynx_loop"],
         max_autotune_ms=ms.get("max_autotune"), max_autotune_compile_s=max_autotune_compile_s,
         per_block_inductor_ms=ms["inductor"] / depth, per_block_lynx_ms=ms["lynx"] / depth,
+        torchao_fp8_ms=ms.get("torchao_fp8"), torchao_fp8_loop_ms=ms.get("torchao_fp8_loop"),
     )
 
 
@@ -217,7 +242,9 @@ Qwen-Image's double-stream blocks, zimage = Z-Image's main blocks after its 2 + 
 `backend="lynx"` defaults (CUDA graphs, cost model, standalone Triton prune+compress); `variant=fused` adds
 `fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both; `variant=qkv` runs diffusers'
 `fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM per attention, lynx
-defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation). `*_ms`: CUDA events
+defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation); `variant=fp8` adds
+`precision="fp8"`; `torchao_fp8_*`: torchao's dense fp8 (per-row `Float8DynamicActivationFloat8WeightConfig`,
+every nn.Linear, `torch.compile(mode="reduce-overhead")`), timed in the same run. `*_ms`: CUDA events
 around each synchronised call (the GPU also waits for the call's ~1 ms of CPU work: guards, CUDA-graph input
 copies, launch), median of the runs, fresh inputs every run, all timed before any loop (a call right after a
 loop runs ~1 ms slower); `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled
@@ -231,8 +258,8 @@ large because weights and inputs are random Gaussians: not an accuracy figure. `
 `mode="max-autotune"`, only where run (`--max-autotune`)."""
 
 COLUMNS = ["model", "variant", "batch", "tokens", "depth", "eager_ms", "inductor_ms", "lynx_ms", "speedup_vs_inductor",
-           "inductor_loop_ms", "lynx_loop_ms", "loop_speedup", "max_autotune_ms", "max_autotune_compile_s",
-           "rel_err_vs_dense", "inductor_compile_s", "lynx_compile_s",
+           "inductor_loop_ms", "lynx_loop_ms", "loop_speedup", "torchao_fp8_ms", "torchao_fp8_loop_ms",
+           "max_autotune_ms", "max_autotune_compile_s", "rel_err_vs_dense", "inductor_compile_s", "lynx_compile_s",
            "lynx_recompile_s", "layers_sparse", "layers_fused", "layers_folded", "layers_total", "act_mb_dense",
            "act_mb_lynx",
            "per_block_inductor_ms", "per_block_lynx_ms"]

@@ -16,7 +16,11 @@ calls per graph, median of 15 replays), after warm-up, on fresh random inputs ro
 never holds them. A separate section measures the CPU time per call without graphs (cuSPARSELt
 plans its GEMM at every call).
 
-    python -m benchmarks.linear [--m 1024 4096 16384] [--quick]
+    python -m benchmarks.linear [--m 1024 4096 16384] [--quick] [--no-fp8]
+
+With fp8 (default): rows gain ``lynx_fp8_ms`` (precision="fp8": prune + quantise + compress, the
+e4m3 GEMM, the scale epilogue + bias compiled into one kernel) and ``torchao_fp8_ms`` (torchao's
+``Float8DynamicActivationFloat8WeightConfig(PerRow())`` + torch.compile; empty without torchao).
 
 Writes benchmarks/results/<gpu>/linear.{json,md}.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -36,12 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, result_stem, stamp, write_json, write_table
-from lynx_compile.codegen.cusparselt import compress_compat, sparse_mm
+from lynx_compile.codegen.cusparselt import compress_compat, compress_compat_fp8, sparse_mm
 from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, metadata_nbytes
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_autotuned
+from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress
 from lynx_compile.codegen.self_check import fast_compress_ok
 from lynx_compile.codegen.tuning import best_alg, cuda_graph_ms, rotating_inputs
-from lynx_compile.semantics import BIAS_COLUMNS, round_up, with_bias_column
+from lynx_compile.semantics import BIAS_COLUMNS, fp8_epilogue, quantise_fp8_rows, round_up, with_bias_column
 
 LAYERS = [  # (name, K, N): in_features -> out_features
     ("pixart fc1", 1152, 4608), ("pixart fc2", 4608, 1152),
@@ -72,6 +78,12 @@ class Row:
     alg_id: int
     search: list[int]  # everything cuSPARSELt's search returned: alg_id, split_k, split_k_mode, ...
     lynx_lowrank32_ms: float = math.nan  # the lynx linear plus a rank-LOW_RANK branch (option low_rank)
+    # precision="fp8": prune + quantise + compress, the e4m3 GEMM (bf16 out), the scale epilogue and the
+    # bias add (one compiled pointwise kernel, as Inductor fuses it in a model); torchao's dense fp8
+    # (Float8DynamicActivationFloat8WeightConfig, per row, torch.compile), None where it is not installed
+    lynx_fp8_ms: float | None = None
+    torchao_fp8_ms: float | None = None
+    fp8_alg_id: int | None = None
 
 
 def compressor(dtype: torch.dtype) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -115,10 +127,10 @@ def search_all(compressed: torch.Tensor, weight: torch.Tensor) -> list[int]:
 
 def prune_floor_bytes(m: int, k: int, dtype: torch.dtype) -> int:
     m_pad = round_up(m, CSLT_MULTIPLE)  # what prune_compress writes for m rows
-    return m * k * dtype.itemsize + m_pad * k // 2 * dtype.itemsize + metadata_nbytes(m_pad, k)
+    return m * k * dtype.itemsize + m_pad * k // 2 * dtype.itemsize + metadata_nbytes(m_pad, k, dtype)
 
 
-def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: float) -> Row:
+def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: float, fp8: bool = True) -> Row:
     path, compress = compressor(dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
     b = torch.randn(n, device="cuda", dtype=dtype)
@@ -134,7 +146,7 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
     def timed(call: Callable[[int], object]) -> float:
         return cuda_graph_ms(call, calls=calls)
 
-    return Row(
+    row = Row(
         layer=layer, m=m, k=k, n=n, dtype=str(dtype).removeprefix("torch."),
         dense_ms=timed(lambda i: F.linear(xs[i % len(xs)], w, b)),
         prune_ms=timed(lambda i: compress(xs[i % len(xs)])),
@@ -147,6 +159,57 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
         path=path, alg_id=alg, search=search_all(cs[0], w),
         lynx_lowrank32_ms=timed(lambda i: lynx_low_rank_linear(xs[i % len(xs)], w, b, alg, a, b_lr, compress)),
     )
+    return measure_fp8(row, w, b, xs, calls) if fp8 else row
+
+
+@functools.cache
+def _fp8_epilogue() -> Callable[..., torch.Tensor]:
+    """The scale epilogue and bias add, compiled as the backend's graph gets them (one kernel)."""
+    return torch.compile(lambda acc, sx, ws, b: fp8_epilogue(acc, sx, ws, b.dtype) + b, dynamic=True)
+
+
+def lynx_fp8_linear(x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor, alg_id: int,
+                    fast: bool) -> torch.Tensor:
+    """One nn.Linear on the fp8 fast path, as the compiled graph runs it."""
+    m_pad = round_up(x.shape[0], 32)
+    c, sx = prune_quantise_compress(x, m_pad) if fast else compress_compat_fp8(x, m_pad)
+    return _fp8_epilogue()(sparse_mm(c, wq, alg_id, out_dtype=x.dtype)[: x.shape[0]], sx, ws, bias)
+
+
+def torchao_fp8_linear(w: torch.Tensor, b: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torchao's dense fp8 linear (dynamic per-row activation scales, per-row weight scales), compiled;
+    None (said once) where torchao is not installed: ``pip install -e '.[bench]'``."""
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as e:
+        _say_once(f"torchao not importable ({e}): torchao_fp8_ms left empty; pip install -e '.[bench]'")
+        return None
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    quantize_(lin, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return torch.compile(lin, dynamic=False)
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    print(message, flush=True)
+
+
+def measure_fp8(row: Row, w: torch.Tensor, b: torch.Tensor, xs: list[torch.Tensor], calls: int) -> Row:
+    """The fp8 columns of ``row`` (same weights and inputs): lynx fp8 and torchao's dense fp8."""
+    dtype, (m, k, n) = w.dtype, (row.m, row.k, row.n)
+    wq, ws = quantise_fp8_rows(w)
+    fast = fast_compress_ok(torch.device("cuda"), dtype, fp8=True)
+    alg = best_alg(m, k, n, dtype, "cuda", fp8=True)
+    row.fp8_alg_id = alg
+    row.lynx_fp8_ms = cuda_graph_ms(lambda i: lynx_fp8_linear(xs[i % len(xs)], wq, ws, b, alg, fast), calls=calls)
+    torchao = torchao_fp8_linear(w, b)
+    if torchao is not None:
+        with torch.no_grad():
+            row.torchao_fp8_ms = cuda_graph_ms(lambda i: torchao(xs[i % len(xs)]), calls=calls)
+    return row
 
 
 def host_ms_per_call(fn: Callable[[], object], calls: int = 50) -> float:
@@ -193,6 +256,8 @@ RATIOS: dict[str, Callable[[Row], float]] = {
     "no-bias speedup": lambda r: r.dense_ms / r.lynx_nobias_ms,
     "folded speedup": lambda r: r.dense_ms / r.lynx_folded_ms,
     "lowrank32 speedup": lambda r: r.dense_ms / r.lynx_lowrank32_ms,
+    "fp8 speedup": lambda r: r.dense_ms / r.lynx_fp8_ms if r.lynx_fp8_ms else math.nan,
+    "fp8 vs torchao": lambda r: r.torchao_fp8_ms / r.lynx_fp8_ms if r.lynx_fp8_ms and r.torchao_fp8_ms else math.nan,
 }
 LYNX_SPEEDUPS = ("lynx speedup", "no-bias speedup", "folded speedup")  # what the cost model can keep dense
 
@@ -215,7 +280,8 @@ PROTOCOL = ("CUDA-graph replay of at least 20 calls per graph (every rotating in
             "after 3 warm-up calls; inputs rotated so that L2 never holds them; host ms per call without graphs apart")
 COLUMNS = ["layer", "m", "k", "n", "dense_ms", "prune_ms", "prune_floor_ms", "prune/floor", "sparse_gemm_ms",
            "gemm speedup", "floor bound", "lynx_ms", "lynx speedup", "lynx_nobias_ms", "no-bias speedup",
-           "lynx_folded_ms", "folded speedup", "lynx_lowrank32_ms", "lowrank32 speedup", "alg_id", "path"]
+           "lynx_folded_ms", "folded speedup", "lynx_lowrank32_ms", "lowrank32 speedup", "lynx_fp8_ms", "fp8 speedup",
+           "torchao_fp8_ms", "fp8 vs torchao", "alg_id", "path"]
 
 
 def main() -> None:
@@ -223,6 +289,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results root; files go to OUT/<gpu>/linear.*")
     parser.add_argument("--m", type=int, nargs="+", default=list(M_VALUES))
     parser.add_argument("--quick", action="store_true", help="three layers only")
+    parser.add_argument("--no-fp8", dest="fp8", action="store_false", help="skip lynx fp8 and torchao fp8")
     args = parser.parse_args()
     dtype = torch.bfloat16
     bandwidth = copy_bandwidth()
@@ -234,11 +301,11 @@ def main() -> None:
     for m in args.m:
         for layer, k, n in layers:
             try:
-                rows.append(measure(layer, m, k, n, dtype, bandwidth))
+                rows.append(measure(layer, m, k, n, dtype, bandwidth, args.fp8))
                 r = rows[-1]
                 print(f"{layer:16s} M={m:5d} {k:5d}->{n:5d}  dense {r.dense_ms:.3f}  prune {r.prune_ms:.3f} "
                       f"(floor {r.prune_floor_ms:.3f})  gemm {r.sparse_gemm_ms:.3f}  lynx {r.lynx_ms:.3f}  "
-                      f"x{r.dense_ms / r.lynx_ms:.2f}", flush=True)
+                      f"x{r.dense_ms / r.lynx_ms:.2f}  fp8 {r.lynx_fp8_ms}  torchao fp8 {r.torchao_fp8_ms}", flush=True)
             except Exception as e:  # one failing shape must not lose the others
                 failures.append({"case": f"{layer} M={m}", "error": repr(e)[:300]})
                 print("FAILED", failures[-1], flush=True)

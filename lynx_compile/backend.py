@@ -99,6 +99,7 @@ def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningEr
         alg_id=decision.alg_id if decision.path.on_cusparselt else None,
         prune=decision.prune,
         bias_folded=decision.fold_bias,
+        precision="fp8" if decision.fp8 else dtype_name(site.dtype),
         rel_err=None if error is None else error.rel_err,
         energy_pruned=None if error is None else error.energy_pruned,
         low_rank=rank,
@@ -158,8 +159,7 @@ def lynx_backend(
     folds = FoldedWeights(gm)
     sparsify(gm, plan, compensate=config.compensate, folds=folds, example_inputs=example_inputs, branches=branches)
     if folds.nbytes:
-        report.notes.append(f"fold_bias: {len(folds)} weight copies with the bias appended, "
-                            f"{folds.nbytes / 2**20:.1f} MiB")
+        report.notes.append(f"{len(folds)} weight copies (bias appended, or fp8), {folds.nbytes / 2**20:.1f} MiB")
     _dump(gm, config, graph, "after")
     on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
     patches = _inductor_patches(mode, config, on_cuda)

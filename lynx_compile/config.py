@@ -34,6 +34,7 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _PATHS = ("auto", "reference")
+PRECISIONS = ("bf16", "fp8")  # the sparse GEMMs' operands: the activation's own 16 bits, or float8_e4m3fn
 INDUCTOR_MODES: tuple[str, ...] = tuple(torch._inductor.list_mode_options())  # torch.compile's modes
 
 
@@ -95,6 +96,11 @@ class LynxConfig:
     # ``calibration`` (a file of lynx_compile.calibrate, or the object) to predict its pruning error. 0: off
     low_rank: int = 0
     calibration: str | os.PathLike | Calibration | None = None
+    # "fp8": sparse GEMMs run on float8_e4m3fn operands (per-row activation and per-channel weight
+    # power-of-two scales, applied after the GEMM; docs/design.md, "FP8"). Needs a 16-bit activation
+    # and an sm90+ GPU; elsewhere the GEMM runs 2:4 in its own dtype, with the reason in the report.
+    # Dense GEMMs stay in the model's dtype
+    precision: str = "bf16"
 
     def __post_init__(self) -> None:
         for field in ("include", "exclude", "default_exclude", "dtypes"):
@@ -131,6 +137,8 @@ class LynxConfig:
             raise TypeError(f"lynx option 'dump_graphs' must be a directory path (str), got {self.dump_graphs!r}")
         if self.path not in _PATHS:
             raise ValueError(f"lynx option 'path' must be one of {_PATHS}, got {self.path!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"lynx option 'precision' must be one of {PRECISIONS}, got {self.precision!r}")
         if self.inductor_mode is not None and self.inductor_mode not in INDUCTOR_MODES:
             raise ValueError(f"lynx option 'inductor_mode' must be None or one of {INDUCTOR_MODES}, "
                              f"got {self.inductor_mode!r}")
@@ -145,6 +153,9 @@ class LynxConfig:
         if self.fold_bias and self.compensate:
             raise ValueError("lynx options 'fold_bias' and 'compensate' cannot be combined: compensation scales "
                              "each row of a GEMM's output, and a bias added inside the GEMM would be scaled with it")
+        if self.fold_bias and self.precision == "fp8":
+            raise ValueError("lynx options 'fold_bias' and precision='fp8' cannot be combined: the fp8 GEMM's "
+                             "scales are applied to its output, and a bias added inside the GEMM would be scaled too")
 
     @classmethod
     def from_options(cls, options: LynxConfig | Mapping[str, Any] | None = None) -> LynxConfig:

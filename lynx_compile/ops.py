@@ -29,6 +29,15 @@ Paths (``GemmPath``, chosen per layer at compile time, shown in the report):
   the shape.
 - ``cusparselt-compat``: ``torch._cslt_compress`` of the reference pruning (method ``cslt``), when
   the Triton kernel's layout self-check failed against the installed cuSPARSELt (slow, never wrong).
+
+Option ``precision="fp8"`` (docs/design.md, "FP8"): the weight is quantised once at compile time
+(``wq``, ``w_scale``: ``quantise_fp8_rows`` per output channel, buffers of the graph module), and
+
+    c, x_scale = lynx::compress_fp8(x.reshape(-1, K), padded, method)  # e4m3 bytes + float32 row scales
+    acc = lynx::sparse_mm_fp8(c, wq, padded, rows, alg_id, x.dtype)  # e4m3 x e4m3 -> bf16/fp16
+    y = fp8_epilogue(acc, x_scale [* compensation], w_scale) [+ bias]  # in the graph: Inductor fuses it
+
+The reference path computes ``semantics.fp8_linear`` on the pruned activation: the same numbers.
 """
 
 from __future__ import annotations
@@ -38,8 +47,17 @@ import torch.nn.functional as F
 
 from .codegen import cusparselt, prune_compress
 from .codegen.cusparselt_layout import compressed_int64_numel, compressed_shape, padded_rows
+from .codegen.prune_quantise_compress import prune_quantise_compress
 from .report import PruneSite
-from .semantics import BIAS_COLUMNS, norm_chunks, norm_partials, scale_from_partials
+from .semantics import (
+    BIAS_COLUMNS,
+    FP8,
+    fp8_epilogue,
+    fp8_linear,
+    norm_chunks,
+    norm_partials,
+    scale_from_partials,
+)
 
 _METHODS = (PruneSite.FUSED, PruneSite.TRITON, PruneSite.CSLT)  # where compress_2to4 can prune
 
@@ -136,3 +154,61 @@ def reference_linear(pruned: torch.Tensor, weight: torch.Tensor, scale: torch.Te
 
 def _scaled(out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (out.float() * scale.unsqueeze(-1)).to(out.dtype)
+
+
+@torch.library.custom_op("lynx::compress_fp8", mutates_args=())
+def compress_fp8(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch._cslt_compress(q)`` as flat int64 and the float32 row scales (M,), ``q, scale =
+    quantise_fp8_rows(prune_2to4(x zero-padded to rows))``. ``method``: ``triton`` (the fused kernel)
+    or ``cslt`` (its slow exact twin, when the kernel failed its self-check)."""
+    if method == PruneSite.TRITON:
+        compressed, scale = prune_quantise_compress(x, rows)
+    elif method == PruneSite.CSLT:
+        compressed, scale = cusparselt.compress_compat_fp8(x, rows)
+    else:
+        raise ValueError(f"unknown fp8 compress method {method!r}; valid: ['triton', 'cslt']")
+    return compressed.reshape(-1).view(torch.int64), scale
+
+
+@compress_fp8.register_fake
+def _(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return (x.new_empty((compressed_int64_numel(rows, x.shape[1], FP8),), dtype=torch.int64),
+            x.new_empty((x.shape[0],), dtype=torch.float32))
+
+
+@torch.library.custom_op("lynx::sparse_mm_fp8", mutates_args=())
+def sparse_mm_fp8(compressed: torch.Tensor, wq: torch.Tensor, padded: int, rows: int, alg_id: int,
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """The unscaled product ``(q @ wq.T)[:rows]`` of e4m3 operands, in ``out_dtype`` (bf16/fp16)."""
+    operand = compressed.view(FP8).view(compressed_shape(padded, wq.shape[1], FP8))
+    return cusparselt.sparse_mm(operand, wq, alg_id, out_dtype=out_dtype)[:rows]
+
+
+@sparse_mm_fp8.register_fake
+def _(compressed: torch.Tensor, wq: torch.Tensor, padded: int, rows: int, alg_id: int,
+      out_dtype: torch.dtype) -> torch.Tensor:
+    return wq.new_empty((rows, wq.shape[0]), dtype=out_dtype)
+
+
+def compress_activation_fp8(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compressed e4m3 activation and its row scales, shaped ``x.shape[:-1]``."""
+    rows = x.numel() // x.shape[-1]
+    compressed, scale = torch.ops.lynx.compress_fp8(x.reshape(-1, x.shape[-1]), padded_rows(rows), method)
+    return compressed, scale.view(x.shape[:-1])
+
+
+def sparse_linear_fp8(compressed: torch.Tensor, x_scale: torch.Tensor, x: torch.Tensor, wq: torch.Tensor,
+                      w_scale: torch.Tensor, alg_id: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The fp8 GEMM of one layer on an already compressed activation, with its scale epilogue (plain
+    torch ops: Inductor fuses them into one pointwise kernel with the bias add). ``x`` gives the shape
+    and dtype; ``scale``: a further row scale (compensation)."""
+    rows = x.numel() // x.shape[-1]
+    acc = torch.ops.lynx.sparse_mm_fp8(compressed, wq, padded_rows(rows), rows, alg_id, x.dtype)
+    acc = acc.view(*x.shape[:-1], wq.shape[0])
+    return fp8_epilogue(acc, x_scale if scale is None else x_scale * scale, w_scale, x.dtype)
+
+
+def reference_linear_fp8(pruned: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                         scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference path of an fp8 layer: ``semantics.fp8_linear`` of the pruned activation."""
+    return fp8_linear(pruned, wq, w_scale, scale)

@@ -52,6 +52,7 @@ class LayerReport:
     bias_folded: bool = False  # the bias is added inside the sparse GEMM (option fold_bias)
     low_rank: int = 0  # rank r of the low-rank branch (x A) B this GEMM adds (option low_rank)
     rel_err_low_rank: float | None = None  # rel_err with the branch added (measured with option low_rank)
+    precision: str = "-"  # the GEMM's operands: "fp8" (float8_e4m3fn, option precision), or the activation's dtype
 
     @property
     def flops(self) -> int:
@@ -107,8 +108,8 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent, default=str)  # default: a Calibration in the options
 
     def __str__(self) -> str:
-        header = ("name", "path", "prune", "M", "K", "N", "dtype", "GFLOP", "rel_err", "pruned_E", "r", "rel_err_r",
-                  "reason")
+        header = ("name", "path", "prune", "M", "K", "N", "dtype", "precision", "GFLOP", "rel_err", "pruned_E", "r",
+                  "rel_err_r", "reason")
         rows = [
             (
                 layer.name,
@@ -118,6 +119,7 @@ class Report:
                 str(layer.k),
                 str(layer.n),
                 layer.dtype,
+                layer.precision,
                 f"{layer.flops / 1e9:.3g}",
                 _fmt(layer.rel_err),
                 _fmt(layer.energy_pruned),

@@ -1,5 +1,5 @@
 """The semantics every path must reproduce bit for bit: 2:4 activation pruning, the ones column of a
-folded bias, and norm compensation.
+folded bias, norm compensation, and the float8 quantisation of option ``precision="fp8"``.
 
 Along the last (reduction) dimension, in consecutive groups of 4, keep the 2 values of largest
 magnitude and zero the other 2. NaN and +-inf count as the largest magnitude (NaN ties with inf);
@@ -21,6 +21,13 @@ SPARSE_DTYPES = (torch.bfloat16, torch.float16)
 # cuSPARSELt takes K in multiples of 16, but its Hopper kernels step K by 64: K + 16 for FLUX's
 # q/k/v made the whole model slower than K + 64 (docs/design.md, "Bias folding").
 BIAS_COLUMNS = 64
+# float8_e4m3fn: its largest finite magnitude, and the bits a NaN element quantises to (torch's own NaN)
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+FP8_NAN_BITS = 0x7F
+# Exponents of the power-of-two fp8 scales: the smallest normal float32 (rows of zeros or of values
+# below it get 2^-126) up to what the largest bfloat16 needs (2^120)
+FP8_SCALE_EXP_MIN = -126
 # Columns per partial sum of squares for compensation (``norm_partials``): divides every tile width
 # of the prune+compress kernel, and leaves 2 x 4 bytes of sums per 128 x 2 bytes of activation.
 NORM_CHUNK = 128
@@ -122,3 +129,57 @@ def prune_2to4_compensated(x: torch.Tensor) -> torch.Tensor:
     """The pruned row rescaled to the unpruned row's L2 norm (computed in float32, cast back)."""
     pruned = prune_2to4(x)
     return (pruned.float() * compensation_scale(x, pruned).unsqueeze(-1)).to(x.dtype)
+
+
+def fp8_scale_exponent(amax: torch.Tensor) -> torch.Tensor:
+    """Per row, the smallest integer s with ``amax * 2^-s <= FP8_MAX``, at least FP8_SCALE_EXP_MIN
+    (int32): amax = 1.f x 2^e needs s = e - 8, or e - 7 when 1.f > 1.75. Non-finite amax gives 0
+    (its row's scale is NaN: ``quantise_fp8_rows``). ``frexp``, not float bits: Inductor (torch 2.13,
+    CPU) miscompiled a bit cast of a reduction's result fused with the pruning."""
+    mantissa, e = torch.frexp(amax.float())  # amax = mantissa x 2^e, mantissa in [0.5, 1)
+    s = (e - 9 + (mantissa > 0.875).to(torch.int32)).clamp(min=FP8_SCALE_EXP_MIN)
+    s = torch.where(amax == 0, FP8_SCALE_EXP_MIN, s)
+    return torch.where(torch.isfinite(amax), s, 0).to(torch.int32)
+
+
+def pow2(e: torch.Tensor) -> torch.Tensor:
+    """2^e as float32, exactly, for integer e in [-126, 127]."""
+    return torch.pow(2.0, e.float())
+
+
+def quantise_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row float8_e4m3fn quantisation with power-of-two scales: ``(q, scale)`` with
+    ``q.float() * scale[..., None] ~= x``; ``scale``: float32, shape ``x.shape[:-1]``.
+
+    ``scale = 2^s`` with s from ``fp8_scale_exponent(amax)`` (amax of |x| per row, float32): the
+    scaling is exact, and ``q = e4m3(clamp(x * 2^-s, +-448))`` rounds to nearest, ties to even,
+    saturating. Magnitudes below 2^-126 (16-bit subnormals) count as zeros of their sign; NaN
+    elements quantise to 0x7F. A row with a NaN or an infinity gets ``scale = NaN``: whatever its q,
+    its GEMM output row is NaN, as the dense model's would be (up to which NaN/inf).
+    """
+    xf = x.reshape(-1, x.shape[-1]).float()
+    amax = xf.abs().amax(-1)  # flushing values below 2^-126 would not change s
+    s = fp8_scale_exponent(amax)
+    xf = torch.where(xf.abs() < 2.0**FP8_SCALE_EXP_MIN, xf * 0.0, xf)  # x * 0.0 keeps the sign of a zero
+    q = (xf * pow2(-s).unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8)
+    q = torch.where(torch.isnan(xf), torch.full_like(q, FP8_NAN_BITS), q).view(FP8)
+    scale = torch.where(torch.isfinite(amax), pow2(s), float("nan"))
+    return q.view(x.shape), scale.view(x.shape[:-1])
+
+
+def fp8_epilogue(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The output of an fp8 GEMM from its accumulator: ``acc * row_scale[:, None] * col_scale[None, :]``
+    in float32, then ``dtype``. With power-of-two scales the products are exact, so an accumulator
+    already rounded to bf16 gives the same bits as a float32 one rounded at the end."""
+    return (acc.float() * row_scale.unsqueeze(-1) * col_scale).to(dtype)
+
+
+def fp8_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+               row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference fp8 GEMM of a pruned activation: quantise its rows, multiply the e4m3 values in
+    float32 by the quantised weight ``wq`` (N, K) with its per-channel ``w_scale`` (N,), scale back
+    (``fp8_epilogue``, with ``row_scale`` too, e.g. compensation's), in x's dtype."""
+    xq, x_scale = quantise_fp8_rows(x)
+    scale = x_scale if row_scale is None else x_scale * row_scale
+    return fp8_epilogue(xq.float() @ wq.float().t(), scale, w_scale, x.dtype)

@@ -26,6 +26,8 @@ from lynx_compile import LynxConfig, backend
         ({"max_layer_error": True}, TypeError, "max_layer_error"),
         ({"max_layer_error": float("nan")}, TypeError, "max_layer_error"),
         ({"inductor_mode": "fastest"}, ValueError, "inductor_mode.*max-autotune"),
+        ({"precision": "fp4"}, ValueError, "precision.*bf16.*fp8"),
+        ({"precision": "fp8", "fold_bias": True}, ValueError, "'fold_bias' and precision='fp8'"),
         ("min_rows=3", TypeError, "dict or LynxConfig"),
     ],
 )

@@ -26,7 +26,7 @@ def _cost_model(monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: 
                                                dtype=torch.bfloat16, device=torch.device("cuda")))
             times[(sites[-1].k, n)] = tuning.Costs(dense_ms, prune_ms, gemm_ms)
 
-    def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms):
+    def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms, fp8=False):
         assert norms is compensate  # with compensation the prune+compress timed also sums the norms
         return times[(k, n)]
 

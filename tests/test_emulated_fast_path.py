@@ -77,7 +77,7 @@ def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold(monkeypatch):
     assert all(d.gemm_k(s.k) == s.k + BIAS_COLUMNS for s, d in zip(sites, folded) if d.fold_bias)
     # fc1 reads q/k/v's input, feeds a GELU: it keeps its add and gets a compression of its own
     groups = activation_groups(sites, folded)
-    assert sorted(len(members) for (x, _, _), members in groups.items() if x is sites[0].x) == [1, 3]
+    assert sorted(len(members) for (x, _, _, _), members in groups.items() if x is sites[0].x) == [1, 3]
     [fc1] = [d for s, d in zip(sites, folded) if s.name == "fc1"]
     assert "compressed apart from the 3 folded GEMMs" in fc1.reason
     # a group whose activation is pruned in Inductor's template keeps its bias add (no ones column there)
@@ -169,7 +169,7 @@ def test_folded_model_equals_the_pruned_model_and_reports_the_folds(folded_model
     assert {n for n, layer in layers.items() if layer.bias_folded} == {"to_q", "to_k", "to_v"}
     assert "bias folded into the sparse GEMM (an add would feed rms_norm)" in layers["to_q"].reason
     assert "compressed apart from the 3 folded GEMMs" in layers["fc1"].reason
-    assert any(note.startswith("fold_bias: 3 weight copies") for r in reports for note in r.notes)
+    assert any(note.startswith("3 weight copies (bias appended") for r in reports for note in r.notes)
 
 
 def test_in_place_weight_and_bias_updates_reach_the_folded_copies(folded_model):

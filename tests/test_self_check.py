@@ -11,9 +11,9 @@ from lynx_compile.codegen import cusparselt, self_check
 from lynx_compile.codegen.cusparselt_layout import compress_reference
 from lynx_compile.config import LynxConfig
 from lynx_compile.passes import legality
-from lynx_compile.semantics import norm_partials, with_ones_column
+from lynx_compile.semantics import norm_partials, quantise_fp8_rows, with_ones_column
 
-VARIANTS = [{}, {"ones_column": True}, {"norms": True}]
+VARIANTS = [{}, {"ones_column": True}, {"norms": True}, {"fp8": True}]
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=["plain", "ones_column", "norms"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=["plain", "ones_column", "norms", "fp8"])
 def test_every_variant_passes_against_the_reference_layout(emulated, variant, caplog):
     with caplog.at_level(logging.WARNING, logger="lynx_compile"):
         assert self_check.fast_compress_ok("cpu", torch.bfloat16, **variant)
@@ -33,6 +33,7 @@ def test_every_variant_passes_against_the_reference_layout(emulated, variant, ca
 @pytest.mark.parametrize("variant, broken", [
     ({"ones_column": True}, (cusparselt, "with_ones_column", lambda x: 2 * with_ones_column(x))),
     ({"norms": True}, (self_check, "norm_partials", lambda x: norm_partials(x) * (1 + 1e-4))),
+    ({"fp8": True}, (cusparselt, "quantise_fp8_rows", lambda x: (lambda q, s: (q, 2 * s))(*quantise_fp8_rows(x)))),
 ])
 def test_a_variant_that_differs_fails_alone_and_warns_once(emulated, variant, broken, caplog):
     """Where only one variant disagrees (here the expectation is made wrong), only it falls back."""
@@ -41,7 +42,8 @@ def test_a_variant_that_differs_fails_alone_and_warns_once(emulated, variant, br
         assert not self_check.fast_compress_ok("cpu", torch.bfloat16, **variant)
         assert not self_check.fast_compress_ok("cpu", torch.bfloat16, **variant)  # cached: no second check
     [record] = caplog.records
-    assert ("with a ones column" if "ones_column" in variant else "with norm sums") in record.getMessage()
+    expected = {"ones_column": "with a ones column", "norms": "with norm sums", "fp8": "fp8 quantisation"}
+    assert expected[next(iter(variant))] in record.getMessage()
     assert self_check.fast_compress_ok("cpu", torch.bfloat16)
 
 

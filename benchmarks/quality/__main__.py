@@ -20,6 +20,8 @@ pipeline's own guidance.
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,20 @@ CALIBRATION_SEED = 8765  # captions for the low-rank fit: never the evaluated on
 CALIBRATION_CAPTIONS = 32
 CALIBRATION_NOISE_SEED = 100_000  # sample i of the calibration starts from seed 100000 + i
 _NO_COST_MODEL = {"cost_model": False}
+def torchao_fp8(transformer: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the transformer with every nn.Linear in torchao's dense fp8 (per-row dynamic
+    activation and per-row weight scales): the FP8 baseline serving runs today."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    copied = copy.deepcopy(transformer)
+    quantize_(copied, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return copied
+
+
 # Every configuration the benchmark knows, in the order of its table: "naive" has every recovery option
 # off, "defaults" is lynx's defaults of the day. A later accuracy option gets its own entry here.
-CONFIGS: dict[str, dict[str, Any] | None] = {
+# "fp8": lynx with precision="fp8"; "torchao_fp8": torchao's dense fp8 (skipped, said, where it cannot run).
+CONFIGS: dict[str, dict[str, Any] | quality.Variant | None] = {
     "dense": None,
     "naive": {"compensate": False, **_NO_COST_MODEL},
     "defaults": {**_NO_COST_MODEL},
@@ -56,9 +69,20 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     # as the benchmark runs them, 0.05 kept 20 GEMMs sparse and 0.2 kept 53 (8 captions, CPU)
     "budget_lo": {"error_budget": 0.05, **_NO_COST_MODEL},
     "budget_hi": {"error_budget": 0.2, **_NO_COST_MODEL},
+    "fp8": {"precision": "fp8", **_NO_COST_MODEL},
+    "torchao_fp8": quality.Variant(transform=torchao_fp8),  # dense fp8, no lynx
 }
 SENSITIVITY_NOISE_SEED = 10_000  # the error budgets' sensitivities: CALIBRATION_SEED's captions, this noise
 CALIBRATION_STEP = 0  # the step a denoising loop compiles at
+
+
+def torchao_fp8_unsupported(device: torch.device) -> str | None:
+    """Why the torchao_fp8 row cannot run here (torchao missing, or no fp8 tensor cores), or None."""
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed (pip install -e '.[bench]')"
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        return f"torchao's float8 GEMMs need an sm89+ GPU, not {device}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,15 +99,21 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    names = list(args.configs)
+    skip = torchao_fp8_unsupported(device) if "torchao_fp8" in names else None
+    if skip:
+        print(f"note: config torchao_fp8 skipped: {skip}", flush=True)
+        names.remove("torchao_fp8")
     pipe = yardstick.load_pipeline(device=device, dtype=dtype)
     scenes = yardstick.sample_scenes(args.captions, torch.Generator().manual_seed(CAPTION_SEED))
-    configs: dict[str, Any] = {name: CONFIGS[name] for name in args.configs}
-    if any(options and options.get("low_rank") for options in configs.values()):
+    configs: dict[str, Any] = {name: CONFIGS[name] for name in names}
+    if any(isinstance(options, dict) and options.get("low_rank") for options in configs.values()):
         calibration = calibrate(pipe, calibration_captions(args.calibration_captions), steps=args.steps,
                                 batch_size=args.batch_size, seed=CALIBRATION_NOISE_SEED)
-        configs = {name: {**options, "calibration": calibration} if options and options.get("low_rank") else options
+        configs = {name: {**options, "calibration": calibration} if isinstance(options, dict) and options.get("low_rank") else options
                    for name, options in configs.items()}
-    measuring = [name for name, options in configs.items() if options and "error_budget" in options]
+    measuring = [name for name, options in configs.items()
+                 if isinstance(options, dict) and "error_budget" in options]
     if measuring:  # the compiling call: step CALIBRATION_STEP of other captions, at the sampling's batch shape
         batch = min(args.batch_size, args.captions)
         warmup = [transformer_inputs(pipe, calibration_captions(batch), [CALIBRATION_STEP],

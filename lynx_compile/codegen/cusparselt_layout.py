@@ -41,6 +41,15 @@ only. Bytes past ``m*k + R64*K32/8`` (and those rounding the buffer up to whole 
 tensor) are never written: torch's tensor holds whatever the caching allocator held before.
 ``significant_numel`` says where the data ends; this module and the Triton kernel write zeros
 after it, and comparisons must stop there.
+
+float8_e4m3fn (option ``precision="fp8"``), from the probe recorded in ``tests/data/cslt_fp8_fixtures.pt``.
+m and k must be multiples of 32 (16 is refused). Values as above, one byte each: bytes [0, m*k/2).
+Metadata: the same nibbles (including 0xE for empty groups and padding), in tiles of 64 rows x 64
+columns (16 groups), 512 bytes each, row tiles outermost: tile (tr, tc) at ``(tr * K64/64 + tc) * 512``.
+Inside a tile, row ``16b + 8h + i`` and groups ``2p, 2p + 1`` (p = 4q + j: 0..7) share the byte at
+``128 b + 16 i + h + 2 q + 4 j``, group 2p in the low nibble: a byte holds two neighbouring groups of
+one row, and a row's 16 bytes interleave with the row 8 below it. cuSPARSELt allocates and writes
+exactly ``m*k/2 + R64*K64/8`` bytes (fitted to every shape probed), so every byte is significant.
 """
 
 from __future__ import annotations
@@ -49,11 +58,14 @@ import math
 
 import torch
 
-from ..semantics import SPARSE_DTYPES, round_up
+from ..semantics import FP8, SPARSE_DTYPES, round_up
 
 CSLT_MULTIPLE = 16  # cuSPARSELt takes m and k in multiples of 16 (the rows of a sparse operand: its minimum padding)
+FP8_MULTIPLE = 32  # ... and in multiples of 32 for float8_e4m3fn
 TILE_ROWS = 64  # metadata tile: 64 rows ...
-TILE_COLS = 32  # ... by 32 columns = 256 bytes
+TILE_COLS = 32  # ... by 32 columns = 256 bytes (16-bit); 64 columns = 512 bytes for fp8
+FP8_TILE_COLS = 64
+LAYOUT_DTYPES = (*SPARSE_DTYPES, FP8)  # the dtypes whose layout this module knows
 EMPTY_NIBBLE = 0b1110  # indices (2, 3): an all-zero group, and the padding
 
 
@@ -63,21 +75,34 @@ def padded_rows(m: int) -> int:
     return round_up(m, TILE_ROWS)
 
 
+def shape_multiple(dtype: torch.dtype) -> int:
+    """What cuSPARSELt needs m and k of a ``dtype`` sparse operand to be multiples of."""
+    return FP8_MULTIPLE if dtype == FP8 else CSLT_MULTIPLE
+
+
+def _tile_cols(dtype: torch.dtype) -> int:
+    return FP8_TILE_COLS if dtype == FP8 else TILE_COLS
+
+
 def _check_shape(m: int, k: int, dtype: torch.dtype) -> None:
-    if dtype not in SPARSE_DTYPES:
-        raise ValueError(f"cuSPARSELt layout known for {SPARSE_DTYPES} only, got {dtype}")
-    if m <= 0 or k <= 0 or m % CSLT_MULTIPLE or k % CSLT_MULTIPLE:
-        raise ValueError(f"cuSPARSELt needs m and k to be positive multiples of 16, got ({m}, {k})")
+    if dtype not in LAYOUT_DTYPES:
+        raise ValueError(f"cuSPARSELt layout known for {LAYOUT_DTYPES} only, got {dtype}")
+    multiple = shape_multiple(dtype)
+    if m <= 0 or k <= 0 or m % multiple or k % multiple:
+        raise ValueError(f"cuSPARSELt needs m and k of a {dtype} operand to be positive multiples of {multiple}, "
+                         f"got ({m}, {k})")
 
 
-def metadata_nbytes(m: int, k: int) -> int:
-    """Bytes of metadata cuSPARSELt writes (whole 64 x 32 tiles)."""
-    return round_up(m, TILE_ROWS) * round_up(k, TILE_COLS) // 8
+def metadata_nbytes(m: int, k: int, dtype: torch.dtype) -> int:
+    """Bytes of metadata cuSPARSELt writes (whole 64 x 32 tiles; 64 x 64 for fp8)."""
+    return round_up(m, TILE_ROWS) * round_up(k, _tile_cols(dtype)) // 8
 
 
 def compressed_nbytes(m: int, k: int, dtype: torch.dtype) -> int:
     """cuSPARSELt's compressed size in bytes: the values, then its metadata allocation."""
     _check_shape(m, k, dtype)
+    if dtype == FP8:
+        return m * k // 2 + metadata_nbytes(m, k, dtype)
     meta = max(round_up(m, 64) * round_up(k, 32), round_up(m, 32) * round_up(k, 64)) // 8  # the docstring's formula
     return m * k // 2 * dtype.itemsize + meta
 
@@ -96,7 +121,7 @@ def compressed_int64_numel(m: int, k: int, dtype: torch.dtype) -> int:
 def significant_numel(m: int, k: int, dtype: torch.dtype) -> int:
     """Elements of the flattened compressed tensor that cuSPARSELt writes; the rest is unspecified."""
     _check_shape(m, k, dtype)
-    return (m * k // 2 * dtype.itemsize + metadata_nbytes(m, k)) // dtype.itemsize
+    return (m * k // 2 * dtype.itemsize + metadata_nbytes(m, k, dtype)) // dtype.itemsize
 
 
 def kept_indices(xp: torch.Tensor) -> torch.Tensor:
@@ -115,21 +140,28 @@ def kept_indices(xp: torch.Tensor) -> torch.Tensor:
     return torch.stack([first, last], dim=-1)
 
 
-def _pack_metadata(nibbles: torch.Tensor) -> torch.Tensor:
+def _pack_metadata(nibbles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(m, k/4) nibbles -> cuSPARSELt's metadata bytes (uint8, whole tiles, padding = 0xE)."""
     m, groups = nibbles.shape
-    rows, cols = round_up(m, TILE_ROWS), round_up(groups * 4, TILE_COLS)
+    rows, cols = round_up(m, TILE_ROWS), round_up(groups * 4, _tile_cols(dtype))
     padded = torch.full((rows, cols // 4), EMPTY_NIBBLE, dtype=torch.uint8, device=nibbles.device)
     padded[:m, :groups] = nibbles
+    if dtype == FP8:
+        # row = 64 tr + 16 b + 8 h + i, group = 16 tc + 8 q + 2 j + n  ->  byte order (tr, tc, b, i, j, q, h), nibble n
+        t = padded.reshape(rows // 64, 4, 2, 8, cols // 64, 2, 4, 2).permute(0, 4, 1, 3, 6, 5, 2, 7)
+        return (t[..., 0] | (t[..., 1] << 4)).reshape(-1)
     # row = 64 tr + 16 b + 8 h + i, group = 8 tc + 4 q + j  ->  byte order (tr, tc, b, i, j, q), nibble h
     t = padded.reshape(rows // 64, 4, 2, 8, cols // 32, 2, 4)
     t = t.permute(0, 4, 1, 3, 6, 5, 2)
     return (t[..., 0] | (t[..., 1] << 4)).reshape(-1)
 
 
-def _unpack_metadata(meta: torch.Tensor, m: int, k: int) -> torch.Tensor:
+def _unpack_metadata(meta: torch.Tensor, m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
     """Inverse of ``_pack_metadata``: metadata bytes -> (m, k/4) nibbles."""
-    rows, cols = round_up(m, TILE_ROWS), round_up(k, TILE_COLS)
+    rows, cols = round_up(m, TILE_ROWS), round_up(k, _tile_cols(dtype))
+    if dtype == FP8:
+        t = torch.stack([meta & 0xF, meta >> 4], dim=-1).reshape(rows // 64, cols // 64, 4, 8, 4, 2, 2, 2)
+        return t.permute(0, 2, 6, 3, 1, 5, 4, 7).reshape(rows, cols // 4)[:m, : k // 4]
     t = torch.stack([meta & 0xF, meta >> 4], dim=-1).reshape(rows // 64, cols // 32, 4, 8, 4, 2, 2)
     return t.permute(0, 2, 6, 3, 1, 5, 4).reshape(rows, cols // 4)[:m, : k // 4]
 
@@ -137,22 +169,25 @@ def _unpack_metadata(meta: torch.Tensor, m: int, k: int) -> torch.Tensor:
 def compress_reference(xp: torch.Tensor) -> torch.Tensor:
     """What ``torch._cslt_compress(xp)`` returns, in plain torch (CPU or GPU); zeros past the data.
 
-    ``xp``: 2-D, already 2:4 along the last dim, m and k multiples of 16, bf16 or fp16.
+    ``xp``: 2-D, already 2:4 along the last dim, m and k multiples of 16 (32 for fp8), bf16, fp16
+    or float8_e4m3fn.
     """
     if xp.dim() != 2:
         raise ValueError(f"expected a 2-D tensor, got shape {tuple(xp.shape)}")
     m, k = xp.shape
     _check_shape(m, k, xp.dtype)
     xp = xp.contiguous()
-    idx = kept_indices(xp)
-    values = xp.reshape(m, k // 4, 4).gather(-1, idx).reshape(m, k // 2)
+    idx = kept_indices(xp.float())  # exact for every layout dtype; what counts as nonzero is a float compare
+    bits = xp.view(torch.uint8 if xp.dtype == FP8 else torch.int16)
+    values = bits.reshape(m, k // 4, 4).gather(-1, idx).reshape(m, k // 2)
     nibbles = (idx[..., 0] | (idx[..., 1] << 2)).to(torch.uint8)
-    meta = _pack_metadata(nibbles)
+    meta = _pack_metadata(nibbles, xp.dtype)
     shape = compressed_shape(m, k, xp.dtype)
     out = torch.zeros(shape, dtype=xp.dtype, device=xp.device)
     raw = out.view(-1).view(torch.uint8)
-    raw[: m * k] = values.reshape(-1).view(torch.uint8)
-    raw[m * k : m * k + meta.numel()] = meta
+    values_nbytes = m * k // 2 * xp.dtype.itemsize
+    raw[:values_nbytes] = values.reshape(-1).view(torch.uint8)
+    raw[values_nbytes : values_nbytes + meta.numel()] = meta
     return out
 
 
@@ -160,11 +195,14 @@ def decompress_reference(c: torch.Tensor, m: int, k: int) -> torch.Tensor:
     """The dense (m, k) 2:4 matrix a compressed tensor stands for (a -0.0 that was dropped reads 0.0)."""
     _check_shape(m, k, c.dtype)
     raw = c.contiguous().view(-1).view(torch.uint8)
-    values = raw[: m * k].view(c.dtype).reshape(m, k // 4, 2)
-    nibbles = _unpack_metadata(raw[m * k : m * k + metadata_nbytes(m, k)], m, k).long()
+    bits = torch.uint8 if c.dtype == FP8 else torch.int16
+    values_nbytes = m * k // 2 * c.dtype.itemsize
+    values = raw[:values_nbytes].view(bits).reshape(m, k // 4, 2)
+    meta = raw[values_nbytes : values_nbytes + metadata_nbytes(m, k, c.dtype)]
+    nibbles = _unpack_metadata(meta, m, k, c.dtype).long()
     idx = torch.stack([nibbles & 3, nibbles >> 2], dim=-1)
-    dense = torch.zeros(m, k // 4, 4, dtype=c.dtype, device=c.device)
-    return dense.scatter_(-1, idx, values).reshape(m, k)
+    dense = torch.zeros(m, k // 4, 4, dtype=bits, device=c.device)
+    return dense.scatter_(-1, idx, values).reshape(m, k).view(c.dtype)
 
 
 def probe_matrix(m: int, k: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -197,6 +235,7 @@ def probe_matrix(m: int, k: int, dtype: torch.dtype, seed: int = 0) -> torch.Ten
 def same_compressed(a: torch.Tensor, b: torch.Tensor, m: int, k: int) -> bool:
     """Bit-exact equality of two compressed tensors over the bytes cuSPARSELt defines."""
     n = significant_numel(m, k, a.dtype)
+    bits = torch.uint8 if a.dtype == FP8 else torch.int16
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(
-        a.reshape(-1)[:n].view(torch.int16), b.reshape(-1)[:n].view(torch.int16)
+        a.reshape(-1)[:n].view(bits), b.reshape(-1)[:n].view(bits)
     )

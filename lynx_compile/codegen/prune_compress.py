@@ -10,8 +10,7 @@ clamped to the infinity pattern, so NaN ties with inf and no float arithmetic to
 a group's top two come from a min/max network over keys (magnitude, then index), which also gives
 cuSPARSELt's index choice; each 16 x 32 block of index nibbles is then packed into the eight
 64-bit metadata words cuSPARSELt stores. The selection logic only knows the element width
-(ABS_MASK, MAG_MAX), so fp8 e4m3 needs new constants and its own (unprobed) metadata tiling, not
-new selection logic.
+(ABS_MASK, MAG_MAX); the fp8 kernel (``prune_quantise_compress``) ranks with ``rank_2to4`` too.
 """
 
 from __future__ import annotations
@@ -39,11 +38,11 @@ MAGNITUDE_BITS = {torch.bfloat16: (0x7FFF, 0x7F80), torch.float16: (0x7FFF, 0x7C
 
 
 @triton.jit
-def select_2to4(x, ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr):
-    """Top two of each group of 4 along the last dim of a (BLOCK_M, BLOCK_K) tile.
+def rank_2to4(x, ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr):
+    """The four members of each group of 4 along the last dim of a (BLOCK_M, BLOCK_K) tile, their
+    keys, and the two largest keys: element i is kept by ``prune_2to4`` iff ``k_i >= second``.
 
-    Returns (first, last, v_first, v_last), each (BLOCK_M, BLOCK_K // 4): the two indices
-    cuSPARSELt stores (first < last) and the values at them (x's bits; pruned members read as 0).
+    Returns (x0, x1, x2, x3, k0, k1, k2, k3, top, second), each (BLOCK_M, BLOCK_K // 4).
     """
     BLOCK_M: tl.constexpr = x.shape[0]
     GROUPS: tl.constexpr = x.shape[1] // 4
@@ -65,6 +64,17 @@ def select_2to4(x, ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr):
     hi23, lo23 = tl.maximum(k2, k3), tl.minimum(k2, k3)
     top = tl.maximum(hi01, hi23)
     second = tl.maximum(tl.minimum(hi01, hi23), tl.maximum(lo01, lo23))
+    return x0, x1, x2, x3, k0, k1, k2, k3, top, second
+
+
+@triton.jit
+def select_2to4(x, ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr):
+    """Top two of each group of 4 along the last dim of a (BLOCK_M, BLOCK_K) tile.
+
+    Returns (first, last, v_first, v_last), each (BLOCK_M, BLOCK_K // 4): the two indices
+    cuSPARSELt stores (first < last) and the values at them (x's bits; pruned members read as 0).
+    """
+    x0, x1, x2, x3, _, _, k2, k3, top, second = rank_2to4(x, ABS_MASK, MAG_MAX)
     keep2 = k2 >= second
     keep3 = k3 >= second
 
@@ -254,7 +264,7 @@ def launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_colum
     out = torch.empty(compressed_shape(m_pad, k, x.dtype), dtype=x.dtype, device=x.device)
     raw = out.view(-1).view(torch.uint8)
     values_bytes = m_pad * k  # m_pad x k/2 elements of 2 bytes
-    meta = raw[values_bytes : values_bytes + metadata_nbytes(m_pad, k)].view(torch.int64)
+    meta = raw[values_bytes : values_bytes + metadata_nbytes(m_pad, k, x.dtype)].view(torch.int64)
     tail_start = significant_numel(m_pad, k, x.dtype) * x.element_size()
     tail_bytes = raw.numel() - tail_start
     abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]

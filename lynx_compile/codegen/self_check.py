@@ -13,17 +13,18 @@ import logging
 import torch
 
 from ..semantics import BIAS_COLUMNS, norm_partials, round_up
-from .cusparselt import compress_compat
-from .cusparselt_layout import CSLT_MULTIPLE, probe_matrix, same_compressed
+from .cusparselt import compress_compat, compress_compat_fp8
+from .cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, probe_matrix, same_compressed
 from .prune_compress import compile_tiles, launch, norms_buffer, tile_configs
+from .prune_quantise_compress import prune_quantise_compress
 
 log = logging.getLogger("lynx_compile")
 
-_CHECKED: dict[tuple[str, torch.dtype, int | None, bool, bool], bool] = {}
+_CHECKED: dict[tuple[str, torch.dtype, int | None, bool, bool, bool], bool] = {}
 
 
 def fast_compress_ok(device: torch.device | str, dtype: torch.dtype, *, ones_column: bool = False,
-                     norms: bool = False) -> bool:
+                     norms: bool = False, fp8: bool = False) -> bool:
     """Whether the Triton kernel reproduces the installed cuSPARSELt's layout on this device.
 
     Checked once per (device, dtype, cuSPARSELt version, kernel variant) on an adversarial matrix
@@ -32,16 +33,20 @@ def fast_compress_ok(device: torch.device | str, dtype: torch.dtype, *, ones_col
     the norm sums (``compensate``) are kernels of their own, checked when first asked for; the norm
     sums must equal ``norm_partials`` up to float32 summation order. On a mismatch the caller must
     take the slow exact path (``torch._cslt_compress(prune_2to4(x))``): never a wrong result.
+    ``fp8``: the prune + quantise + compress kernel (``prune_quantise_compress``), against
+    ``torch._cslt_compress(quantise_fp8_rows(prune_2to4(x)))`` and its row scales.
     """
     device = torch.device(device)
-    key = (str(device), dtype, torch.backends.cusparselt.version(), ones_column, norms)
+    key = (str(device), dtype, torch.backends.cusparselt.version(), ones_column, norms, fp8)
     if key not in _CHECKED:
         try:
-            ok, detail = _check(probe_matrix(200, 528, dtype, seed=0).to(device), ones_column, norms)
+            x = probe_matrix(200, 544 if fp8 else 528, dtype, seed=0).to(device)  # K % 32 for fp8
+            ok, detail = _check_fp8(x) if fp8 else _check(x, ones_column, norms)
         except Exception as e:  # a kernel that cannot run is as unusable as a wrong one
             ok, detail = False, repr(e)
         if not ok:
-            variant = " with a ones column" if ones_column else " with norm sums" if norms else ""
+            variant = (" with a ones column" if ones_column else " with norm sums" if norms
+                       else " + fp8 quantisation" if fp8 else "")
             log.warning("lynx: Triton prune+compress%s does not match torch._cslt_compress on %s %s "
                         "(cuSPARSELt %s): %s; using torch._cslt_compress", variant, device, dtype, key[2], detail)
         _CHECKED[key] = ok
@@ -61,4 +66,17 @@ def _check(x: torch.Tensor, ones_column: bool, norms: bool) -> tuple[bool, str]:
             return False, f"layout differs (tile {config.kwargs})"
         if sums is not None and not torch.allclose(sums, expected_norms, rtol=1e-5, atol=0.0, equal_nan=True):
             return False, f"norm sums differ from norm_partials (tile {config.kwargs})"
+    return True, ""
+
+
+def _check_fp8(x: torch.Tensor) -> tuple[bool, str]:
+    """(ok, what differs): the fp8 kernel against cuSPARSELt's compression of the quantised pruning."""
+    m_pad = round_up(x.shape[0], FP8_MULTIPLE)
+    expected, expected_scale = compress_compat_fp8(x, m_pad)
+    got, scale = prune_quantise_compress(x, m_pad)
+    if not same_compressed(got, expected, m_pad, x.shape[1]):
+        return False, "fp8 layout differs"
+    if not torch.equal(scale.nan_to_num(), expected_scale.nan_to_num()) or not torch.equal(scale.isnan(),
+                                                                                            expected_scale.isnan()):
+        return False, "fp8 row scales differ"
     return True, ""

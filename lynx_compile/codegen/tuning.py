@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_dir
 
-from ..semantics import BIAS_COLUMNS, norm_partials, round_up
+from ..semantics import BIAS_COLUMNS, norm_partials, quantise_fp8_rows, round_up
 from . import cusparselt, self_check
 from .cusparselt_layout import CSLT_MULTIPLE
 from .prune_compress import prune_compress, prune_compress_with_norms
+from .prune_quantise_compress import prune_quantise_compress
 
 log = logging.getLogger("lynx_compile")
 
@@ -79,12 +80,16 @@ def _weight(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.T
 
 
 def _compressor(device: torch.device, dtype: torch.dtype, ones_column: bool = False,
-                norms: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+                norms: bool = False, fp8: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """The compression the model will run: the Triton kernel (with a ones column, or summing the
-    norms compensation needs), or the exact slow path where that kernel failed its self-check."""
-    fast = self_check.fast_compress_ok(device, dtype, ones_column=ones_column, norms=norms)
+    norms compensation needs, or quantising to fp8), or the exact slow path where that kernel
+    failed its self-check."""
+    fast = self_check.fast_compress_ok(device, dtype, ones_column=ones_column, norms=norms, fp8=fp8)
 
     def compress(x: torch.Tensor) -> torch.Tensor:
+        if fp8:
+            return (prune_quantise_compress(x, round_up(x.shape[0], 32)) if fast
+                    else cusparselt.compress_compat_fp8(x))[0]
         if fast:
             return prune_compress_with_norms(x)[0] if norms else prune_compress(x, ones_column=ones_column)
         if norms:
@@ -95,14 +100,16 @@ def _compressor(device: torch.device, dtype: torch.dtype, ones_column: bool = Fa
 
 
 def operands(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device,
-             compress: Callable[[torch.Tensor], torch.Tensor]
+             compress: Callable[[torch.Tensor], torch.Tensor], fp8: bool = False
              ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """A weight, rotating activations (``rotating_inputs``) and their compressed forms."""
+    """A weight (quantised to e4m3 with ``fp8``), rotating activations (``rotating_inputs``) and their
+    compressed forms."""
     xs = rotating_inputs(lambda: torch.randn(m, k, dtype=dtype, device=device), m * k * dtype.itemsize)
-    return _weight(n, k, dtype, device), xs, [compress(x) for x in xs]
+    w = _weight(n, k, dtype, device)
+    return quantise_fp8_rows(w)[0] if fp8 else w, xs, [compress(x) for x in xs]
 
 
-def search_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> int:
+def search_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, fp8: bool = False) -> int:
     """Time every algorithm id and keep the fastest (uncached: ``best_alg`` caches it).
 
     cuSPARSELt's own search is not enough: on an H100 it returned id 1 for a shape in one call and
@@ -112,10 +119,11 @@ def search_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device)
     those pick the winner. (Asking cuSPARSELt for its number of ids runs its whole
     search: 0.5 s for a large shape.)
     """
-    w, _, cs = operands(m, k, n, dtype, device, _compressor(device, dtype))
+    w, _, cs = operands(m, k, n, dtype, device, _compressor(device, dtype, fp8=fp8), fp8)
+    out_dtype = dtype if fp8 else None
 
     def run(alg: int, i: int) -> torch.Tensor:
-        return cusparselt.sparse_mm(cs[i % len(cs)], w, alg)
+        return cusparselt.sparse_mm(cs[i % len(cs)], w, alg, out_dtype)
 
     quick = queued_ms(run, range(MAX_ALG_IDS), calls=2, refused=RuntimeError)
     finalists = sorted(quick, key=quick.get)[:3]
@@ -125,12 +133,14 @@ def search_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device)
     return min(final, key=final.get)
 
 
-def best_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device | str) -> int:
+def best_alg(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device | str, fp8: bool = False) -> int:
     """The fastest cuSPARSELt algorithm id for (M, K) x (K, N), M padded to cuSPARSELt's multiple of
-    16; timed once per GPU/version/shape."""
+    16 (32 for ``fp8``: e4m3 operands, ``dtype`` the activation's and the output's); timed once per
+    GPU/version/shape."""
     device = torch.device(device)
-    m = round_up(m, CSLT_MULTIPLE)
-    return int(_cached("alg_timed", _cache_key(m, k, n, dtype, device), lambda: search_alg(m, k, n, dtype, device)))
+    m = round_up(m, 32 if fp8 else CSLT_MULTIPLE)
+    key = _cache_key(m, k, n, dtype, device) + (",fp8" if fp8 else "")
+    return int(_cached("alg_timed", key, lambda: search_alg(m, k, n, dtype, device, fp8)))
 
 
 def cuda_graph_ms(call: Callable[[int], object], calls: int = 20, replays: int = 15, warmup: int = 3) -> float:
@@ -254,7 +264,8 @@ class Costs:
 
 
 def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
-                  device: torch.device | str = "cuda", ones_column: bool = False, norms: bool = False) -> Costs:
+                  device: torch.device | str = "cuda", ones_column: bool = False, norms: bool = False,
+                  fp8: bool = False) -> Costs:
     """Time the three parts separately (cached on disk), so that a caller can charge one
     prune+compress to all the GEMMs that share an activation (q, k, v, and FLUX's MLP input).
 
@@ -265,23 +276,28 @@ def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
     pointwise kernel (GELU, gated residual) when there is one, which the dense path runs too.
     ``ones_column``: a folded bias; the compression and the sparse GEMM then have K + BIAS_COLUMNS
     columns, the dense GEMM it replaces has K. ``norms``: compensation; the compression also sums
-    the row norms (the per-row scale of the GEMM's output is left out, like the bias add).
+    the row norms (the per-row scale of the GEMM's output is left out, like the bias add). ``fp8``:
+    prune + quantise + compress and the e4m3 GEMM against the same dense 16-bit GEMM (the scale
+    epilogue is left out: it fuses into the consumer like the bias add; with ``norms`` the fp8 path's
+    separate norm pass is not timed).
     """
     device = torch.device(device)
-    compress = _compressor(device, dtype, ones_column, norms)
+    compress = _compressor(device, dtype, ones_column, norms and not fp8, fp8)
 
     def measure() -> list[float]:
-        w, xs, cs = operands(m, k, n, dtype, device, compress)
+        w, xs, cs = operands(m, k, n, dtype, device, compress, fp8)
+        w_dense = _weight(n, k, dtype, device) if fp8 else w
         w_sparse = _weight(n, k + BIAS_COLUMNS, dtype, device) if ones_column else w  # [W | b | 0...]
+        out_dtype = dtype if fp8 else None
         parts: dict[str, Callable[[int], torch.Tensor]] = {
-            "dense": lambda i: F.linear(xs[i % len(xs)], w),
+            "dense": lambda i: F.linear(xs[i % len(xs)], w_dense),
             "prune": lambda i: compress(xs[i % len(xs)]),
-            "sparse_gemm": lambda i: cusparselt.sparse_mm(cs[i % len(cs)], w_sparse, alg_id),
+            "sparse_gemm": lambda i: cusparselt.sparse_mm(cs[i % len(cs)], w_sparse, alg_id, out_dtype),
         }
         ms = queued_ms(lambda part, i: parts[part](i), parts, calls=4, rounds=5)
         return [ms["dense"], ms["prune"], ms["sparse_gemm"]]
 
-    fast = self_check.fast_compress_ok(device, dtype, ones_column=ones_column, norms=norms)
+    fast = self_check.fast_compress_ok(device, dtype, ones_column=ones_column, norms=norms and not fp8, fp8=fp8)
     key = f"{_cache_key(round_up(m, CSLT_MULTIPLE), k, n, dtype, device)},alg={alg_id},fast={fast}"
-    key += (",ones_column" if ones_column else "") + (",norms" if norms else "")
+    key += (",ones_column" if ones_column else "") + (",norms" if norms else "") + (",fp8" if fp8 else "")
     return Costs(*(float(t) for t in _cached("costs", key, measure)))

@@ -19,6 +19,7 @@ class Decision:
     prune: PruneSite = PruneSite.NONE
     fold_bias: bool = False  # the bias is added inside the sparse GEMM (``passes/fold_bias.py``)
     fallback: str | None = None  # why the reference or compat path rather than the fast one (logged once)
+    fp8: bool = False  # option precision="fp8" holds for this GEMM: e4m3 operands (docs/design.md, "FP8")
 
     @classmethod
     def dense(cls, reason: str) -> Decision:
@@ -30,11 +31,11 @@ class Decision:
 
 
 def activation_groups(sites: Sequence[GemmSite], decisions: Sequence[Decision]
-                      ) -> dict[tuple[object, PruneSite, bool], list[int]]:
-    """The cuSPARSELt GEMMs by what they share: the activation, where it is pruned, and the ones column
-    of a folded bias. Each group's activation is compressed once."""
-    groups: dict[tuple[object, PruneSite, bool], list[int]] = {}
+                      ) -> dict[tuple[object, PruneSite, bool, bool], list[int]]:
+    """The cuSPARSELt GEMMs by what they share: the activation, where it is pruned, the ones column
+    of a folded bias, and fp8. Each group's activation is compressed once."""
+    groups: dict[tuple[object, PruneSite, bool, bool], list[int]] = {}
     for i, (site, decision) in enumerate(zip(sites, decisions, strict=True)):
         if decision.sparse and decision.path.on_cusparselt:
-            groups.setdefault((site.x, decision.prune, decision.fold_bias), []).append(i)
+            groups.setdefault((site.x, decision.prune, decision.fold_bias, decision.fp8), []).append(i)
     return groups

@@ -34,7 +34,7 @@ from torch._dynamo.source import ConstantSource
 
 from ..codegen import self_check
 from ..report import PruneSite
-from ..semantics import with_bias_column
+from ..semantics import quantise_fp8_rows, with_bias_column
 from .decision import Decision, activation_groups
 from .gemms import GemmSite, is_transpose
 from .producers import EXTERN_FUNCTIONS, is_norm, is_view
@@ -67,7 +67,7 @@ def fold_biases(sites: Sequence[GemmSite], decisions: list[Decision]) -> list[De
     pruned in Inductor's template keep their bias adds: the template writes no ones column; nor do
     they fold where the Triton kernel's ones-column variant failed its self-check."""
     out = list(decisions)
-    for (_, prune, _), members in activation_groups(sites, decisions).items():
+    for (_, prune, _, _), members in activation_groups(sites, decisions).items():
         if prune == PruneSite.FUSED:
             continue
         costly = {i: costly_bias_add(sites[i]) for i in members}
@@ -92,10 +92,9 @@ def fold_biases(sites: Sequence[GemmSite], decisions: list[Decision]) -> list[De
 
 @dataclasses.dataclass
 class _Fold:
-    buffer: torch.Tensor  # (N, K + BIAS_COLUMNS): [W | b | 0 ...]
-    weight: Callable[[Sequence[Any]], torch.Tensor]  # the call's weight and bias
-    bias: Callable[[Sequence[Any]], torch.Tensor]
-    weight_is_nk: bool
+    buffers: tuple[torch.Tensor, ...]  # [W | b | 0 ...]; or the fp8 weight and its channel scales
+    sources: tuple[Callable[[Sequence[Any]], torch.Tensor], ...]  # the call's tensors they are made from
+    make: Callable[..., tuple[torch.Tensor, ...]]  # sources -> buffers
     stamp: tuple[Any, ...]
 
 
@@ -109,37 +108,58 @@ def register_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> st
 
 
 class FoldedWeights:
-    """The weight copies of one compiled graph, and the per-call check that keeps them current."""
+    """The weight copies of one compiled graph (folded biases, fp8 weights), and the per-call check
+    that keeps them current."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         self._gm = gm
         self._position = {n: i for i, n in enumerate(gm.graph.find_nodes(op="placeholder"))}
         self._folds: list[_Fold] = []
+        self._buffers = 0
 
     def __len__(self) -> int:
         return len(self._folds)
 
     @property
     def nbytes(self) -> int:
-        return sum(f.buffer.numel() * f.buffer.element_size() for f in self._folds)
+        return sum(b.numel() * b.element_size() for f in self._folds for b in f.buffers)
 
     def add(self, site: GemmSite, example_inputs: Sequence[Any]) -> str:
         """Make ``[W | b | 0 ...]`` for ``site``, register it on the graph module; returns its name."""
         assert site.bias is not None, "only GEMMs with a bias are folded"
-        weight, bias = self._source(site.weight), self._source(site.bias)
-        w, b = weight(example_inputs), bias(example_inputs)
-        if _version(w) is None or _version(b) is None:
+        nk = site.weight_is_nk
+        (name,) = self._register((site.weight, site.bias), lambda w, b: (_folded(w, b, nk),), example_inputs)
+        return name
+
+    def add_fp8(self, site: GemmSite, example_inputs: Sequence[Any]) -> tuple[str, str]:
+        """Quantise ``site``'s weight to e4m3 per output channel (``quantise_fp8_rows`` of the (N, K)
+        weight), register the values and the float32 scales; returns their names."""
+        nk = site.weight_is_nk
+        wq, scale = self._register((site.weight,), lambda w: quantise_fp8_rows(w if nk else w.t()), example_inputs)
+        return wq, scale
+
+    def _register(self, nodes: Sequence[fx.Node], make: Callable[..., tuple[torch.Tensor, ...]],
+                  example_inputs: Sequence[Any]) -> tuple[str, ...]:
+        sources = tuple(self._source(node) for node in nodes)
+        tensors = [source(example_inputs) for source in sources]
+        if any(_version(t) is None for t in tensors):
             _warn_unversioned()
-        fold = _Fold(_folded(w, b, site.weight_is_nk), weight, bias, site.weight_is_nk, _stamp(w, b))
+        with torch.no_grad():
+            fold = _Fold(tuple(b.contiguous() for b in make(*tensors)), sources, make, _stamp(*tensors))
         self._folds.append(fold)
-        return register_constant(self._gm, f"_lynx_folded_weight_{len(self._folds) - 1}", fold.buffer)
+        names = []
+        for buffer in fold.buffers:
+            name = f"_lynx_folded_weight_{self._buffers}"
+            self._buffers += 1
+            names.append(register_constant(self._gm, name, buffer))
+        return tuple(names)
 
     def refresh(self, args: Sequence[Any]) -> None:
-        """Re-copy every fold whose weight or bias is another tensor or was changed in place."""
+        """Re-make every fold whose sources are other tensors or were changed in place."""
         for fold in self._folds:
-            w, b = fold.weight(args), fold.bias(args)
-            if _stamp(w, b) != fold.stamp:
-                _fill(fold, w, b)
+            tensors = [source(args) for source in fold.sources]
+            if _stamp(*tensors) != fold.stamp:
+                _fill(fold, tensors)
 
     def wrap(self, compiled: Callable[..., Any]) -> Callable[..., Any]:
         """``compiled`` (as Dynamo calls it: ``compiled(*args)``), refreshing the folds first."""
@@ -161,13 +181,14 @@ class FoldedWeights:
 
 
 def _folded(w: torch.Tensor, b: torch.Tensor, weight_is_nk: bool) -> torch.Tensor:
+    return with_bias_column(w if weight_is_nk else w.t(), b)
+
+
+def _fill(fold: _Fold, tensors: Sequence[torch.Tensor]) -> None:
     with torch.no_grad():
-        return with_bias_column(w if weight_is_nk else w.t(), b)
-
-
-def _fill(fold: _Fold, w: torch.Tensor, b: torch.Tensor) -> None:
-    fold.buffer.copy_(_folded(w, b, fold.weight_is_nk))  # in place: the compiled graph holds the buffer
-    fold.stamp = _stamp(w, b)
+        for buffer, new in zip(fold.buffers, fold.make(*tensors), strict=True):
+            buffer.copy_(new)  # in place: the compiled graph holds the buffers
+    fold.stamp = _stamp(*tensors)
 
 
 def _stamp(*tensors: torch.Tensor) -> tuple[Any, ...]:

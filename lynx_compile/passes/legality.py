@@ -9,8 +9,12 @@ the pruning runs. Whether it is also faster is ``profitability``'s question (doc
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+
 from ..codegen import cusparselt, self_check
-from ..codegen.cusparselt_layout import CSLT_MULTIPLE, padded_rows
+from ..codegen.cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, padded_rows
 from ..codegen.inductor_lowering import eligible
 from ..config import LynxConfig, dtype_name
 from ..report import GemmPath, PruneSite
@@ -19,9 +23,57 @@ from .decision import Decision
 from .gemms import GemmSite
 from .producers import fusable_producer
 
+log = logging.getLogger("lynx_compile")
+
 
 def can_sparsify(site: GemmSite, config: LynxConfig) -> Decision:
-    """The path the GEMM may take (dense, with the reason, when it may not be sparse)."""
+    """The path the GEMM may take (dense, with the reason, when it may not be sparse), and with
+    option ``precision="fp8"`` whether it runs on e4m3 operands."""
+    decision = _sparse_path(site, config)
+    if config.precision != "fp8" or not decision.sparse:
+        return decision
+    return _fp8(site, config, decision)
+
+
+def _fp8(site: GemmSite, config: LynxConfig, decision: Decision) -> Decision:
+    """Option precision="fp8" for a sparse GEMM: e4m3 where the activation is 16-bit and the device
+    (or the reference path) can; else 2:4 in the activation's own dtype, with the reason (logged once)."""
+    if site.dtype not in SPARSE_DTYPES:
+        return _not_fp8(decision, f"precision='fp8' needs a 16-bit activation: 2:4 in {dtype_name(site.dtype)}")
+    if decision.path == GemmPath.REFERENCE:
+        return dataclasses.replace(decision, fp8=True, reason=f"{decision.reason}; fp8 (emulated)")
+    ok, why = cusparselt.fp8_supported(site.device)
+    if not ok:
+        why = f"precision='fp8': {why}; 2:4 in {dtype_name(site.dtype)}"
+    elif site.k % FP8_MULTIPLE or site.n % 16:
+        why = (f"precision='fp8': K={site.k}, N={site.n}: e4m3 needs K % 32 == 0 and N % 16 == 0; "
+               f"2:4 in {dtype_name(site.dtype)}")
+    if not ok or site.k % FP8_MULTIPLE or site.n % 16:
+        return _not_fp8(decision, why)
+    if not self_check.fast_compress_ok(site.device, site.dtype, fp8=True):
+        fallback = "Triton prune+quantise+compress self-check failed"
+        return Decision(True, GemmPath.CUSPARSELT_COMPAT, f"{_why_selected(decision)}; fp8, compression by "
+                        f"torch._cslt_compress ({fallback})", prune=PruneSite.CSLT, fallback=fallback, fp8=True)
+    return Decision(True, GemmPath.CUSPARSELT, f"{_why_selected(decision)}; fp8, Triton prune+quantise+compress",
+                    prune=PruneSite.TRITON, fp8=True)
+
+
+def _not_fp8(decision: Decision, why: str) -> Decision:
+    _warn_once(why)
+    return dataclasses.replace(decision, reason=f"{decision.reason}; {why}")
+
+
+@functools.cache
+def _warn_once(why: str) -> None:
+    log.warning("lynx: %s", why)
+
+
+def _why_selected(decision: Decision) -> str:
+    return decision.reason.split("; ")[0]
+
+
+def _sparse_path(site: GemmSite, config: LynxConfig) -> Decision:
+    """The 16-bit path the GEMM may take (dense, with the reason, when it may not be sparse)."""
     selected, why = config.select_by_name(site.name)
     if not selected:
         return Decision.dense(why)

@@ -21,7 +21,7 @@ def with_alg(site: GemmSite, decision: Decision) -> Decision:
     """The fastest cuSPARSELt algorithm for the GEMM (timed once per shape, cached)."""
     if not decision.path.on_cusparselt:
         return decision
-    alg = tuning.best_alg(padded_rows(site.m), decision.gemm_k(site.k), site.n, site.dtype, site.device)
+    alg = tuning.best_alg(padded_rows(site.m), decision.gemm_k(site.k), site.n, site.dtype, site.device, decision.fp8)
     return dataclasses.replace(decision, alg_id=alg)
 
 
@@ -38,7 +38,8 @@ def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_s
     out = list(decisions)
     for members in activation_groups(sites, decisions).values():
         costs = {i: tuning.measure_costs(padded_rows(sites[i].m), sites[i].k, sites[i].n, sites[i].dtype,
-                                         decisions[i].alg_id, sites[i].device, decisions[i].fold_bias, compensate)
+                                         decisions[i].alg_id, sites[i].device, decisions[i].fold_bias, compensate,
+                                         decisions[i].fp8)
                  for i in members}
         gaining = [i for i in members if costs[i].dense_ms / costs[i].sparse_gemm_ms >= min_speedup]
         prune_ms = costs[members[0]].prune_ms  # same activation: same (M, K)

@@ -11,6 +11,12 @@
 With ``compensate``, ``compress_activation_compensated`` also returns the per-row scale, from sums
 of squares the prune+compress kernel writes on its pass over x.
 
+    precision="fp8"    ->   c, sx = compress_activation_fp8(x, method)      # once per x
+                            sparse_linear_fp8(c, sx, x, Wq, sw, alg_id[, scale]) + b   # Wq, sw: buffers
+    ... reference path ->   p = prune_2to4(x); reference_linear_fp8(p, Wq, sw[, scale]) + b
+
+(the fp8 kernel sums no norms: with ``compensate`` the scale is ``compensation_scale`` in the graph).
+
 ``compress_activation``, ``sparse_linear``, ``prune_2to4`` and ``compensation_scale`` are plain Python over
 torch ops and ``torch.ops.lynx.*``: AOTAutograd traces through them, so Inductor sees (and fuses)
 the pruning of the reference path, the reshapes, the compensation scale and the bias add.
@@ -37,13 +43,13 @@ from .low_rank import Factors
 def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compensate: bool,
              folds: FoldedWeights | None = None, example_inputs: Sequence[Any] = (),
              branches: Factors | None = None) -> int:
-    """Rewrite in place; returns the number of GEMMs rewritten. Decisions with ``fold_bias`` need
-    ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them).
+    """Rewrite in place; returns the number of GEMMs rewritten. Decisions with ``fold_bias`` or ``fp8``
+    need ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them).
     ``branches``: the low-rank factors (A, B) of GEMMs that add ``(x A) B`` (option ``low_rank``)."""
     graph = gm.graph
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
-    # (x, prune site, bias folded) -> (operand, scale): one compression per activation and kind
-    shared: dict[tuple[fx.Node, PruneSite, bool], tuple[fx.Node, fx.Node | None]] = {}
+    # (x, prune site, bias folded, fp8) -> (operand, fp8 row scales, scale): one compression per activation, kind
+    shared: dict[tuple[fx.Node, PruneSite, bool, bool], tuple[fx.Node, fx.Node | None, fx.Node | None]] = {}
     rewritten = 0
     for site, decision in plan:
         if not decision.sparse:
@@ -52,22 +58,31 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
         x = replaced.get(site.x, site.x)
         bias = replaced.get(site.bias, site.bias)
         with graph.inserting_before(node):  # sites come in graph order: the first user of x
-            key = (x, decision.prune, decision.fold_bias)
+            key = (x, decision.prune, decision.fold_bias, decision.fp8)
             if key not in shared:
                 shared[key] = _prepare(graph, x, decision, compensate)
-            operand, scale = shared[key]
-            if decision.fold_bias:
-                assert folds is not None, "fold_bias decisions need a FoldedWeights"
-                weight, bias = graph.get_attr(folds.add(site, example_inputs)), None
-            elif site.weight_is_nk:
-                weight = site.weight
-            else:
-                weight = graph.call_function(torch.t, (site.weight,))
+            operand, x_scale, scale = shared[key]
             extra = () if scale is None else (scale,)
-            if decision.path == GemmPath.REFERENCE:
-                out = graph.call_function(ops.reference_linear, (operand, weight, *extra))
+            if decision.fp8:
+                assert folds is not None, "fp8 decisions need a FoldedWeights"
+                wq, w_scale = (graph.get_attr(name) for name in folds.add_fp8(site, example_inputs))
+                if decision.path == GemmPath.REFERENCE:
+                    out = graph.call_function(ops.reference_linear_fp8, (operand, wq, w_scale, *extra))
+                else:
+                    out = graph.call_function(ops.sparse_linear_fp8,
+                                              (operand, x_scale, x, wq, w_scale, decision.alg_id, *extra))
             else:
-                out = graph.call_function(ops.sparse_linear, (operand, x, weight, decision.alg_id, *extra))
+                if decision.fold_bias:
+                    assert folds is not None, "fold_bias decisions need a FoldedWeights"
+                    weight, bias = graph.get_attr(folds.add(site, example_inputs)), None
+                elif site.weight_is_nk:
+                    weight = site.weight
+                else:
+                    weight = graph.call_function(torch.t, (site.weight,))
+                if decision.path == GemmPath.REFERENCE:
+                    out = graph.call_function(ops.reference_linear, (operand, weight, *extra))
+                else:
+                    out = graph.call_function(ops.sparse_linear, (operand, x, weight, decision.alg_id, *extra))
             if bias is not None:
                 out = graph.call_function(torch.add, (out, bias))
             if branches and site.name in branches:
@@ -85,13 +100,23 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
     return rewritten
 
 
-def _prepare(graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool) -> tuple[fx.Node, fx.Node | None]:
-    """The pruned (reference) or compressed (cuSPARSELt) activation, and the compensation scale."""
+def _prepare(graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool
+             ) -> tuple[fx.Node, fx.Node | None, fx.Node | None]:
+    """The pruned (reference) or compressed (cuSPARSELt) activation, its fp8 row scales (fast fp8
+    path), and the compensation scale."""
     if decision.path == GemmPath.REFERENCE:
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(compensation_scale, (x, pruned)) if compensate else None
-        return pruned, scale
+        return pruned, None, scale
+    if decision.fp8:
+        pair = graph.call_function(ops.compress_activation_fp8, (x, decision.prune.value))
+        scale = None
+        if compensate:  # the fp8 kernel sums no norms: Inductor computes them in a kernel of its own
+            scale = graph.call_function(compensation_scale, (x, graph.call_function(prune_2to4, (x,))))
+        return (graph.call_function(operator.getitem, (pair, 0)), graph.call_function(operator.getitem, (pair, 1)),
+                scale)
     if compensate:  # the kernel sums the norms on its pass over x (a folded bias is never compensated)
         pair = graph.call_function(ops.compress_activation_compensated, (x, decision.prune.value))
-        return graph.call_function(operator.getitem, (pair, 0)), graph.call_function(operator.getitem, (pair, 1))
-    return graph.call_function(ops.compress_activation, (x, decision.prune.value, decision.fold_bias)), None
+        return (graph.call_function(operator.getitem, (pair, 0)), None,
+                graph.call_function(operator.getitem, (pair, 1)))
+    return graph.call_function(ops.compress_activation, (x, decision.prune.value, decision.fold_bias)), None, None

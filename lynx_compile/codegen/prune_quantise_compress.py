@@ -1,0 +1,182 @@
+"""Fused 2:4 prune + per-row fp8 quantisation + cuSPARSELt compression, in one Triton kernel.
+
+``prune_quantise_compress(x) == (torch._cslt_compress(q), scale)`` with ``q, scale =
+quantise_fp8_rows(prune_2to4(x padded with zero rows))`` bit for bit (``semantics``; the e4m3 layout
+is in ``cusparselt_layout``). Each program owns 16 rows and sweeps K twice: first the pruned rows'
+amax (an integer max over magnitude bits, so NaN and inf need no float compare), then it prunes
+again, quantises and writes the e4m3 values and metadata. The second sweep reads x back from L2:
+the activation leaves DRAM once. The rounding is integer arithmetic on float32 bits, not a cast:
+Triton's interpreter does not round its fp8 casts to nearest even, and the CPU tests must see the
+same bits as the GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..semantics import FP8, FP8_SCALE_EXP_MIN, SPARSE_DTYPES, round_up
+from .cusparselt_layout import FP8_MULTIPLE, FP8_TILE_COLS, TILE_ROWS, compressed_shape, metadata_nbytes
+from .prune_compress import MAGNITUDE_BITS, rank_2to4, select_2to4
+
+BLOCK_M = 16  # rows per program: one 16-row block of the metadata tile
+
+
+@triton.jit
+def _float32_bits(v, IS_BF16: tl.constexpr):
+    """The float32 bit pattern (int32) of a bf16/fp16 tensor, exactly."""
+    if IS_BF16:
+        return (v.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << 16
+    return v.to(tl.float32).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def e4m3_bits(bits, s):
+    """float32 bits (int32) and the row's scale exponent s -> bits of e4m3(clamp(x * 2^-s, +-448))
+    (int32, 0..255), round to nearest even; float32 subnormals -> zeros of their sign, NaN -> 0x7F."""
+    sign = (bits >> 24) & 0x80
+    a = bits & 0x7FFFFFFF
+    biased = a >> 23
+    sig = (a & 0x7FFFFF) | 0x800000  # 24-bit significand: the value is sig x 2^(e - 23)
+    e = biased - 127 - s
+    # normal e4m3 (e >= -6): 4 significant bits, nearest even; a carry to 16 moves up a binade
+    r = (sig + 0x7FFFF + ((sig >> 20) & 1)) >> 20
+    e_n = tl.where(r == 16, e + 1, e)
+    r = tl.where(r == 16, 8, r)
+    normal = (e_n + 7) * 8 + (r - 8)
+    normal = tl.where((e_n > 8) | ((e_n == 8) & (r > 14)), 0x7E, normal)  # saturate at 448
+    # subnormal e4m3 (e < -6): multiples of 2^-9, i.e. sig >> (14 - e), nearest even (8 is the smallest normal)
+    shift = tl.minimum(14 - e, 31)
+    sub = (sig + (1 << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift
+    mag = tl.where(e >= -6, normal, sub)
+    mag = tl.where(biased == 0, 0, mag)
+    mag = tl.where(a == 0x7F800000, 0x7E, mag)  # +-inf saturates (its row's scale is NaN)
+    return tl.where(a > 0x7F800000, 0x7F, sign | mag)  # semantics.FP8_NAN_BITS (a literal: Triton refuses globals)
+
+
+@triton.jit
+def select_quantised(x, s, ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, IS_BF16: tl.constexpr):
+    """Prune each group of 4 (on the 16-bit magnitudes), quantise what is kept (row exponents s,
+    (BLOCK_M, 1)), and pick the two indices cuSPARSELt stores for the *quantised* group: a kept value
+    that rounds to zero is a zero to it, which changes its choice (``cusparselt_layout.kept_indices``).
+    Returns (first, last, q_first, q_last): indices and e4m3 bits (int32), (BLOCK_M, BLOCK_K // 4)."""
+    x0, x1, x2, x3, k0, k1, k2, k3, _, second = rank_2to4(x, ABS_MASK, MAG_MAX)
+    zero = tl.zeros_like(x0)
+    q0 = e4m3_bits(_float32_bits(tl.where(k0 >= second, x0, zero), IS_BF16), s)
+    q1 = e4m3_bits(_float32_bits(tl.where(k1 >= second, x1, zero), IS_BF16), s)
+    q2 = e4m3_bits(_float32_bits(tl.where(k2 >= second, x2, zero), IS_BF16), s)
+    q3 = e4m3_bits(_float32_bits(tl.where(k3 >= second, x3, zero), IS_BF16), s)
+    nz0, nz1, nz2, nz3 = (q0 & 0x7F) != 0, (q1 & 0x7F) != 0, (q2 & 0x7F) != 0, (q3 & 0x7F) != 0
+    count = nz0.to(tl.int32) + nz1.to(tl.int32) + nz2.to(tl.int32) + nz3.to(tl.int32)
+    # fewer than two nonzeros: topped up with the highest free indices (3, then 2)
+    chosen2 = nz2 | (count == 0) | ((count == 1) & nz3)
+    chosen3 = nz3 | (count < 2)
+    first = tl.where(nz0, 0, tl.where(nz1, 1, 2))
+    last = tl.where(chosen3, 3, tl.where(chosen2, 2, 1))
+    q_first = tl.where(first == 0, q0, tl.where(first == 1, q1, q2))
+    q_last = tl.where(last == 3, q3, tl.where(last == 2, q2, q1))
+    return first, last, q_first, q_last
+
+
+@triton.jit
+def fp8_metadata_bytes(first, last, rows, pid_k, BLOCK_K: tl.constexpr, META_COL_TILES):
+    """cuSPARSELt's fp8 metadata of a (BLOCK_M, BLOCK_K) tile: bytes (two groups of a row each) and
+    where they go. Row 64 tr + 16 b + 8 h + i, groups 2p and 2p + 1 of 64-column tile tc (p = 4q + j)
+    -> byte (tr * META_COL_TILES + tc) * 512 + 128 b + 16 i + h + 2 q + 4 j."""
+    BM: tl.constexpr = first.shape[0]
+    PAIRS: tl.constexpr = BLOCK_K // 8
+    nibble = first | (last << 2)
+    lo, hi = tl.split(tl.reshape(nibble, (BM, PAIRS, 2)))
+    byte = lo | (hi << 4)
+    pair = pid_k * PAIRS + tl.arange(0, PAIRS)  # global pair of groups
+    tile_col, p = pair // 8, pair % 8
+    row_part = (rows // 64) * META_COL_TILES * 512 + ((rows % 64) // 16) * 128 + (rows % 8) * 16 + (rows // 8) % 2
+    col_part = tile_col * 512 + 2 * (p // 4) + 4 * (p % 4)
+    return byte, row_part[:, None] + col_part[None, :], (tile_col < META_COL_TILES)[None, :]
+
+
+@triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES"])
+def prune_quantise_compress_kernel(
+    x_ptr, values_ptr, meta_ptr, scale_ptr, M, M_PAD, K, stride_xm, META_COL_TILES,
+    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, IS_BF16: tl.constexpr, EXP_MIN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # the grid covers the metadata's rows (64-row tiles)
+    in_x = rows < M  # rows past M read as zeros: the padding, never stored in x
+
+    # Sweep 1: the largest magnitude the pruning keeps, as bits (NaN's are above inf's)
+    amax_bits = tl.zeros((BLOCK_M,), tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :],
+                    other=0.0)
+        _, _, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
+        mag = tl.maximum(v_first.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK,
+                         v_last.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK)
+        amax_bits = tl.maximum(amax_bits, tl.max(mag, axis=1))
+    finite = amax_bits < MAG_MAX
+    # the amax as float32 bits (a positive 16-bit float's bits order like its value)
+    if IS_BF16:
+        amax = amax_bits << 16
+    else:
+        amax = amax_bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32).to(tl.int32, bitcast=True)
+    biased = amax >> 23
+    s = tl.maximum(biased - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32), EXP_MIN)
+    s = tl.where(finite, s, 0)
+    scale = tl.where(finite, ((s + 127) << 23).to(tl.float32, bitcast=True), float("nan"))
+    tl.store(scale_ptr + rows, scale, mask=in_x)
+
+    # Sweep 2: prune again (x comes back from L2), quantise, choose cuSPARSELt's indices, write
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :],
+                    other=0.0)
+        first, last, q_first, q_last = select_quantised(x, s[:, None], ABS_MASK, MAG_MAX, IS_BF16)
+        vals = tl.reshape(tl.join(q_first, q_last), (BLOCK_M, BLOCK_K // 2)).to(tl.uint8)
+        vcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        tl.store(values_ptr + rows[:, None] * (K // 2) + vcols[None, :], vals,
+                 mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :])
+        byte, where, in_k = fp8_metadata_bytes(first, last, rows, k0 // BLOCK_K, BLOCK_K, META_COL_TILES)
+        tl.store(meta_ptr + where, byte.to(tl.uint8), mask=in_k)
+
+
+def _block_k(k: int) -> int:
+    """Columns per step: a power of two of whole 64-column metadata tiles, up to 256."""
+    return min(256, max(FP8_TILE_COLS, triton.next_power_of_2(k)))
+
+
+def prune_quantise_compress(x: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(torch._cslt_compress(q), scale)``, ``q, scale = quantise_fp8_rows(prune_2to4(x zero-padded to rows))``.
+
+    x: 2-D (M, K) bf16/fp16, unit column stride, K a multiple of 32, any M >= 1. ``rows``: rows of the
+    compressed operand, a multiple of 32 and >= M (default: M rounded up to 32). Returns the compressed
+    e4m3 operand (``compressed_shape(rows, K, FP8)``) and the float32 row scales, shape (M,): NaN for
+    a row with a NaN or inf (``semantics.quantise_fp8_rows``).
+    """
+    if x.dtype not in SPARSE_DTYPES:
+        raise ValueError(f"prune_quantise_compress supports {SPARSE_DTYPES}, got {x.dtype}")
+    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < FP8_MULTIPLE or x.shape[1] % FP8_MULTIPLE:
+        raise ValueError(f"prune_quantise_compress needs a 2-D (M >= 1, K % {FP8_MULTIPLE} == 0) tensor, "
+                         f"got shape {tuple(x.shape)}")
+    if x.stride(1) != 1:
+        raise ValueError("prune_quantise_compress needs rows contiguous in memory (stride(1) == 1)")
+    m, k = x.shape
+    m_pad = round_up(m, FP8_MULTIPLE) if rows is None else rows
+    if m_pad < m or m_pad % FP8_MULTIPLE:
+        raise ValueError(f"rows={rows} must be a multiple of {FP8_MULTIPLE} and at least M={m}")
+    if round_up(m_pad, TILE_ROWS) * k >= 2**31:
+        raise ValueError(f"prune_quantise_compress indexes with 32-bit integers: {m_pad} x {k} is too large")
+    out = torch.empty(compressed_shape(m_pad, k, FP8), dtype=FP8, device=x.device)
+    raw = out.view(-1).view(torch.uint8)
+    meta = raw[m_pad * k // 2 : m_pad * k // 2 + metadata_nbytes(m_pad, k, FP8)]
+    scale = torch.empty(m, dtype=torch.float32, device=x.device)
+    abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
+    grid = (round_up(m_pad, TILE_ROWS) // BLOCK_M,)
+    prune_quantise_compress_kernel[grid](
+        x, raw, meta, scale, m, m_pad, k, x.stride(0), -(-k // FP8_TILE_COLS),
+        ABS_MASK=abs_mask, MAG_MAX=mag_max, IS_BF16=x.dtype == torch.bfloat16, EXP_MIN=FP8_SCALE_EXP_MIN,
+        BLOCK_M=BLOCK_M, BLOCK_K=_block_k(k), num_warps=4,
+    )
+    return out, scale

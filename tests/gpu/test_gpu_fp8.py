@@ -1,0 +1,72 @@
+"""precision="fp8" on a GPU with fp8 sparse tensor cores (sm90+): the fused kernel against live
+cuSPARSELt bit for bit, the fp8 GEMM against the reference path, a whole zoo model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import rel
+
+import lynx_compile
+from lynx_compile import zoo
+from lynx_compile.codegen import cusparselt, self_check
+from lynx_compile.codegen.cusparselt_layout import probe_matrix, same_compressed
+from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress
+from lynx_compile.semantics import fp8_linear, prune_2to4, quantise_fp8_rows
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not cusparselt.fp8_supported()[0], reason="needs sm90+ and cuSPARSELt"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m, k, rows", [(64, 128, 64), (200, 544, 256), (1000, 3072, 1024), (4096, 12288, 4096)])
+def test_kernel_is_bit_exact_with_cslt_compress_of_the_quantised_pruning(dtype, m, k, rows):
+    x = probe_matrix(m, k, dtype, seed=k).cuda()
+    got, scale = prune_quantise_compress(x, rows)
+    q, want_scale = quantise_fp8_rows(prune_2to4(F.pad(x, (0, 0, 0, rows - m))))
+    want = torch._cslt_compress(q)
+    assert same_compressed(got, want, rows, k)
+    assert torch.equal(scale.nan_to_num(), want_scale[:m].nan_to_num())
+    assert torch.equal(scale.isnan(), want_scale[:m].isnan())
+
+
+def test_self_check_passes():
+    self_check._CHECKED.clear()
+    assert self_check.fast_compress_ok("cuda", torch.bfloat16, fp8=True)
+
+
+def test_fp8_linear_matches_the_reference_path():
+    torch._dynamo.reset()
+    lin = torch.nn.Linear(3072, 3072).cuda().bfloat16()
+    x = torch.randn(2, 1024, 3072, device="cuda", dtype=torch.bfloat16)
+    opts = {"precision": "fp8", "cost_model": False}
+    n = len(lynx_compile.reports())
+    with torch.no_grad():
+        fast = torch.compile(lin, backend="lynx", options=opts)(x)
+        wq, ws = quantise_fp8_rows(lin.weight)
+        ref = fp8_linear(prune_2to4(x), wq, ws) + lin.bias
+        bf16 = F.linear(prune_2to4(x), lin.weight, lin.bias)
+    [report] = lynx_compile.reports()[n:]
+    assert report.layers[0].path == "cusparselt" and report.layers[0].precision == "fp8"
+    print(f"\nfp8 fast vs fp8 reference {rel(fast, ref):.2e}; fp8 vs bf16 pruned {rel(fast, bf16):.3f}")
+    assert rel(fast, ref) < 5e-3  # accumulation order and one bf16 rounding of the accumulator
+    assert rel(fast, bf16) < 0.1
+
+
+def test_flux_fp8_end_to_end():
+    built = zoo.build("flux", width=4, resolution=256, batch=2, dtype=torch.bfloat16, device="cuda")
+    opts = {"min_rows": 16, "cost_model": False, "precision": "fp8"}
+    torch._dynamo.reset()
+    n = len(lynx_compile.reports())
+    with torch.no_grad():
+        fast = zoo.sample(torch.compile(built.model, backend="lynx", options=opts)(**built.example_kwargs))
+        layers = [layer for r in lynx_compile.reports()[n:] for layer in r.layers]
+        torch._dynamo.reset()
+        ref = zoo.sample(torch.compile(built.model, backend="lynx", options={**opts, "path": "reference"})(
+            **built.example_kwargs))
+        dense = built()
+    sparse = [layer for layer in layers if layer.sparse]
+    assert sparse and all(layer.precision == "fp8" and layer.path == "cusparselt" for layer in sparse)
+    print(f"\nflux fp8: fast vs reference {rel(fast, ref):.4f}, vs dense {rel(fast, dense):.4f}")
+    assert rel(fast, ref) < max(5e-2, rel(ref, dense) / 4)

@@ -1,0 +1,141 @@
+"""Option precision="fp8" on the CPU (the reference path: the fp8 semantics in torch ops), its
+report, its fallbacks, and every zoo architecture's plan."""
+
+import logging
+import sys
+
+import pytest
+import torch
+from helpers import rel
+from torch import nn
+
+import lynx_compile
+from benchmarks import linear
+from lynx_compile import zoo
+from lynx_compile.codegen import cusparselt, self_check, tuning
+from lynx_compile.codegen.cusparselt_layout import compressed_shape, decompress_reference
+from lynx_compile.passes import legality
+from lynx_compile.passes.decision import Decision
+from lynx_compile.report import GemmPath, PruneSite
+from lynx_compile.semantics import FP8 as FP8_DTYPE
+from lynx_compile.semantics import fp8_linear, prune_2to4, quantise_fp8_rows
+
+FP8 = {"min_rows": 16, "precision": "fp8"}
+
+
+class MLP(nn.Module):
+    def __init__(self, k: int = 64, n: int = 128) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(k, n), nn.Linear(n, k, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+def _expected(model: MLP, x: torch.Tensor) -> torch.Tensor:
+    def layer(lin: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+        wq, ws = quantise_fp8_rows(lin.weight)
+        out = fp8_linear(prune_2to4(h), wq, ws)
+        return out if lin.bias is None else out + lin.bias
+    return layer(model.down, torch.nn.functional.gelu(layer(model.up, x)))
+
+
+def test_fp8_reference_path_equals_the_semantics():
+    torch._dynamo.reset()
+    lin = nn.Linear(64, 128, bias=False).bfloat16()
+    x = torch.randn(2, 32, 64, dtype=torch.bfloat16)
+    n = len(lynx_compile.reports())
+    with torch.no_grad():
+        out = torch.compile(lin, backend="lynx", options=FP8)(x)
+        wq, ws = quantise_fp8_rows(lin.weight)
+        assert torch.equal(out, fp8_linear(prune_2to4(x), wq, ws))  # bit for bit
+    [report] = lynx_compile.reports()[n:]
+    assert [layer.precision for layer in report.layers] == ["fp8"]
+    assert "fp8 (emulated)" in report.layers[0].reason
+
+
+def test_fp8_mlp_is_close_to_the_semantics_and_to_bf16():
+    torch._dynamo.reset()
+    model = MLP().bfloat16()
+    x = torch.randn(2, 32, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = torch.compile(model, backend="lynx", options=FP8)(x)
+        # Inductor adds the bias to the float32 epilogue before rounding: the second layer's input
+        # differs from eager's by a rounding, which can flip its picks
+        assert rel(out, _expected(model, x)) < 5e-2
+        torch._dynamo.reset()
+        bf16 = torch.compile(model, backend="lynx", options={"min_rows": 16})(x)
+    assert 1e-3 < rel(out, bf16) < 0.2  # fp8 is not bf16 (3 mantissa bits, both operands), but close to it
+
+
+def test_weight_changes_reach_the_quantised_copy():
+    torch._dynamo.reset()
+    model = MLP().bfloat16()
+    x = torch.randn(64, 64, dtype=torch.bfloat16)
+    f = torch.compile(model, backend="lynx", options=FP8)
+    with torch.no_grad():
+        f(x)
+        before = _expected(model, x)
+        model.up.weight.mul_(2)
+        assert rel(f(x), _expected(model, x)) < 5e-2 < rel(before, _expected(model, x))
+
+
+def test_float32_model_keeps_its_precision_with_a_logged_reason(caplog):
+    torch._dynamo.reset()
+    n = len(lynx_compile.reports())
+    with caplog.at_level(logging.WARNING, logger="lynx_compile"), torch.no_grad():
+        torch.compile(MLP(), backend="lynx", options=FP8)(torch.randn(64, 64))
+    [report] = lynx_compile.reports()[n:]
+    assert all(layer.precision == "float32" and layer.sparse for layer in report.layers)
+    assert "needs a 16-bit activation" in report.layers[0].reason
+    assert "needs a 16-bit activation" in report.to_json()
+    assert "precision" in str(report).splitlines()[0]
+
+
+@pytest.mark.parametrize("name", zoo.ZOO_NAMES)
+def test_every_zoo_architecture_plans_fp8(name):
+    built = zoo.build(name, batch=2, dtype=torch.bfloat16)
+    with torch.no_grad():
+        report = lynx_compile.inspect(built.model, options={**FP8, "min_rows": 32}, **built.example_kwargs)
+    sparse = [layer for layer in report.layers if layer.sparse]
+    assert sparse and all(layer.precision == "fp8" for layer in sparse)
+    assert all(layer.precision == layer.dtype for layer in report.layers if not layer.sparse)
+
+
+def _emulated_sparse_mm(operand, weight, alg_id, out_dtype=None):
+    """cuSPARSELt's e4m3 GEMM on a CPU: the decompressed operand times the weight, in float32."""
+    k = weight.shape[1]
+    m = next(m for m in range(32, 1 << 14, 32) if compressed_shape(m, k, FP8_DTYPE) == tuple(operand.shape))
+    return (decompress_reference(operand, m, k).float() @ weight.float().t()).to(out_dtype)
+
+
+def test_emulated_fp8_fast_path_equals_the_reference(monkeypatch):
+    """The fast path's graph (custom ops, fake kernels, the Triton kernel in the interpreter, the
+    epilogue Inductor fuses) on a CPU, cuSPARSELt emulated: the same numbers as the semantics."""
+    monkeypatch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
+    monkeypatch.setattr(cusparselt, "fp8_supported", lambda device=None: (True, "emulated"))
+    monkeypatch.setattr(tuning, "best_alg", lambda *shape: 0)
+    fast = Decision(True, GemmPath.CUSPARSELT, "block GEMM (emulated)", prune=PruneSite.TRITON)
+    monkeypatch.setattr(legality, "_sparse_path", lambda site, config: fast)
+    monkeypatch.setattr(self_check, "fast_compress_ok", lambda *a, **kw: True)
+    torch._dynamo.reset()
+    lin = nn.Linear(64, 128).bfloat16()
+    x = torch.randn(2, 40, 64, dtype=torch.bfloat16)
+    n = len(lynx_compile.reports())
+    with torch.no_grad():
+        out = torch.compile(lin, backend="lynx", options={**FP8, "cost_model": False, "cudagraphs": False})(x)
+        wq, ws = quantise_fp8_rows(lin.weight)
+        want = fp8_linear(prune_2to4(x), wq, ws) + lin.bias
+    [report] = lynx_compile.reports()[n:]
+    assert report.layers[0].path == GemmPath.CUSPARSELT and report.layers[0].precision == "fp8"
+    # the emulated GEMM rounds its float32 accumulator to bf16 before the epilogue (as the GPU's does);
+    # power-of-two scales make that exact, the bias add rounds once more
+    assert rel(out, want) < 1e-2
+    assert torch.equal(out.isnan(), want.isnan())
+
+
+def test_linear_benchmark_without_torchao_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # import fails
+    linear._say_once.cache_clear()
+    assert linear.torchao_fp8_linear(torch.zeros(32, 32), torch.zeros(32)) is None
+    assert "torchao not importable" in capsys.readouterr().out
