@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     if any(isinstance(options, dict) and options.get("low_rank") for options in configs.values()):
         calibration = calibrate(pipe, calibration_captions(args.calibration_captions), steps=args.steps,
                                 batch_size=args.batch_size, seed=CALIBRATION_NOISE_SEED)
-        configs = {name: {**options, "calibration": calibration} if isinstance(options, dict) and options.get("low_rank") else options
+        configs = {name: {**options, "calibration": calibration}
+                   if isinstance(options, dict) and options.get("low_rank") else options
                    for name, options in configs.items()}
     measuring = [name for name, options in configs.items()
                  if isinstance(options, dict) and "error_budget" in options]
