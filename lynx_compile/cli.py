@@ -127,15 +127,7 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    dtype = _DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    source = pipelines.open_pipeline(args.pipeline, device, dtype, seed=args.seed)
-    prompts: list[Any] = list(args.prompt)
-    if args.prompts:
-        with open(args.prompts) as f:
-            prompts += [line.strip() for line in f if line.strip()]
-    if prompts and source.kind == "zoo":
-        raise SystemExit("lynx-compile calibrate: the zoo pipeline has no text encoder: it takes no --prompt")
+    _, source, prompts = _open(args, "calibrate")
     if not prompts:
         prompts, _ = pipelines.default_prompts(source, args.num_prompts, args.seed)
     calibration = calibrate(
@@ -150,15 +142,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _quality(args: argparse.Namespace) -> int:
     configs = _parse_configs(args.config, args.no_cost_model)
-    device = torch.device(args.device)
-    dtype = _DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    source = pipelines.open_pipeline(args.pipeline, device, dtype, seed=args.seed)
-    prompts: list[Any] = list(args.prompt)
-    if args.prompts:
-        with open(args.prompts) as f:
-            prompts += [line.strip() for line in f if line.strip()]
-    if prompts and source.kind == "zoo":
-        raise SystemExit("lynx-compile quality: the zoo pipeline has no text encoder: it takes no --prompt")
+    device, source, prompts = _open(args, "quality")
     if prompts:
         scenes = pipelines.scenes_of(prompts) if source.kind == pipelines.YARDSTICK else None
     else:
@@ -185,6 +169,20 @@ def _quality(args: argparse.Namespace) -> int:
         print(f"adherence and FID-like not measured: {why}")
     print("wrote " + ", ".join(str(f) for f in result.files))
     return 0
+
+
+def _open(args: argparse.Namespace, verb: str) -> tuple[torch.device, pipelines.Source, list[Any]]:
+    """The device, the opened pipeline and the prompts given (``--prompt``, ``--prompts`` file) of ``verb``."""
+    device = torch.device(args.device)
+    dtype = _DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    source = pipelines.open_pipeline(args.pipeline, device, dtype, seed=args.seed)
+    prompts: list[Any] = list(args.prompt)
+    if args.prompts:
+        with open(args.prompts) as f:
+            prompts += [line.strip() for line in f if line.strip()]
+    if prompts and source.kind == "zoo":
+        raise SystemExit(f"lynx-compile {verb}: the zoo pipeline has no text encoder: it takes no --prompt")
+    return device, source, prompts
 
 
 def _parse_configs(pairs: list[str], no_cost_model: bool) -> dict[str, dict[str, Any] | None]:

@@ -231,18 +231,25 @@ def norms_buffer(x: torch.Tensor) -> torch.Tensor:
 
 def _padded(x: torch.Tensor, rows: int | None) -> int:
     """Rows of the compressed operand for ``x``, after checking what the kernel takes."""
+    return checked_rows(x, rows, CSLT_MULTIPLE, "prune_compress")
+
+
+def checked_rows(x: torch.Tensor, rows: int | None, multiple: int, kernel: str, index_rows: int = 1) -> int:
+    """Rows of a compressed operand for ``x`` (``rows``, or M rounded up to ``multiple``), after checking
+    what the prune kernels take: a 16-bit, 2-D, row-contiguous x with K a multiple of ``multiple``, and
+    offsets (rows rounded up to ``index_rows``, times K) that fit the kernels' 32-bit indexing."""
     if x.dtype not in SPARSE_DTYPES:
-        raise ValueError(f"prune_compress supports {SPARSE_DTYPES}, got {x.dtype}")
-    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 16 or x.shape[1] % 16:
-        raise ValueError(f"prune_compress needs a 2-D (M >= 1, K % 16 == 0) tensor, got shape {tuple(x.shape)}")
+        raise ValueError(f"{kernel} supports {SPARSE_DTYPES}, got {x.dtype}")
+    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < multiple or x.shape[1] % multiple:
+        raise ValueError(f"{kernel} needs a 2-D (M >= 1, K % {multiple} == 0) tensor, got shape {tuple(x.shape)}")
     if x.stride(1) != 1:
-        raise ValueError("prune_compress needs rows contiguous in memory (stride(1) == 1)")
+        raise ValueError(f"{kernel} needs rows contiguous in memory (stride(1) == 1)")
     m, k = x.shape
-    m_pad = round_up(m, CSLT_MULTIPLE) if rows is None else rows
-    if m_pad < m or m_pad % CSLT_MULTIPLE:
-        raise ValueError(f"rows={rows} must be a multiple of {CSLT_MULTIPLE} and at least M={m}")
-    if m_pad * k >= 2**31:
-        raise ValueError(f"prune_compress indexes with 32-bit integers: {m_pad} x {k} is too large")
+    m_pad = round_up(m, multiple) if rows is None else rows
+    if m_pad < m or m_pad % multiple:
+        raise ValueError(f"rows={rows} must be a multiple of {multiple} and at least M={m}")
+    if round_up(m_pad, index_rows) * k >= 2**31:
+        raise ValueError(f"{kernel} indexes with 32-bit integers: {m_pad} x {k} is too large")
     return m_pad
 
 

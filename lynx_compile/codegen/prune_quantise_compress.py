@@ -16,9 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..semantics import FP8, FP8_SCALE_EXP_MIN, SPARSE_DTYPES, round_up
+from ..semantics import FP8, FP8_SCALE_EXP_MIN, round_up
 from .cusparselt_layout import FP8_MULTIPLE, FP8_TILE_COLS, TILE_ROWS, compressed_shape, metadata_nbytes
-from .prune_compress import MAGNITUDE_BITS, rank_2to4, select_2to4
+from .prune_compress import MAGNITUDE_BITS, checked_rows, rank_2to4, select_2to4
 
 BLOCK_M = 16  # rows per program: one 16-row block of the metadata tile
 
@@ -155,19 +155,8 @@ def prune_quantise_compress(x: torch.Tensor, rows: int | None = None) -> tuple[t
     e4m3 operand (``compressed_shape(rows, K, FP8)``) and the float32 row scales, shape (M,): NaN for
     a row with a NaN or inf (``semantics.quantise_fp8_rows``).
     """
-    if x.dtype not in SPARSE_DTYPES:
-        raise ValueError(f"prune_quantise_compress supports {SPARSE_DTYPES}, got {x.dtype}")
-    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < FP8_MULTIPLE or x.shape[1] % FP8_MULTIPLE:
-        raise ValueError(f"prune_quantise_compress needs a 2-D (M >= 1, K % {FP8_MULTIPLE} == 0) tensor, "
-                         f"got shape {tuple(x.shape)}")
-    if x.stride(1) != 1:
-        raise ValueError("prune_quantise_compress needs rows contiguous in memory (stride(1) == 1)")
+    m_pad = checked_rows(x, rows, FP8_MULTIPLE, "prune_quantise_compress", index_rows=TILE_ROWS)
     m, k = x.shape
-    m_pad = round_up(m, FP8_MULTIPLE) if rows is None else rows
-    if m_pad < m or m_pad % FP8_MULTIPLE:
-        raise ValueError(f"rows={rows} must be a multiple of {FP8_MULTIPLE} and at least M={m}")
-    if round_up(m_pad, TILE_ROWS) * k >= 2**31:
-        raise ValueError(f"prune_quantise_compress indexes with 32-bit integers: {m_pad} x {k} is too large")
     out = torch.empty(compressed_shape(m_pad, k, FP8), dtype=FP8, device=x.device)
     raw = out.view(-1).view(torch.uint8)
     meta = raw[m_pad * k // 2 : m_pad * k // 2 + metadata_nbytes(m_pad, k, FP8)]
