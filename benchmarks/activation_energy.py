@@ -31,8 +31,10 @@ from lynx_compile.quality import transformer_inputs
 RESULTS = Path(__file__).resolve().parent / "results"
 CAPTION_SEED = 4321
 STEPS = 28
-PROTOCOL = ("the yardstick sampled at its own guidance from seeds 0..n-1; per GEMM the share of the input energy "
-            "that 2:4 pruning removes, at 4 sampled steps, trained weights against the same architecture random")
+PROTOCOL = (
+    "the yardstick sampled at its own guidance from seeds 0..n-1; per GEMM the share of the input energy "
+    "that 2:4 pruning removes, at 4 sampled steps, trained weights against the same architecture random"
+)
 # GEMM kinds by module path (diffusers' SD3 MMDiT; the text stream's counterparts in the same kind)
 KINDS = (
     ("q/k/v", r"\.attn\.(to_[qkv]|add_[qkv]_proj)$"),
@@ -91,9 +93,13 @@ def run(models: dict[str, Any], prompts: Sequence[str], steps: int = STEPS) -> d
     measured = {name: measure(pipe, prompts, steps) for name, pipe in models.items()}
     names = list(next(iter(measured.values())))
     return {
-        "meta": {**stamp({"captions": len(prompts), "steps": steps}, PROTOCOL), "captions": len(prompts),
-                 "steps": steps, "sampled_steps": sample_steps(steps),
-                 "models": list(models)},
+        "meta": {
+            **stamp({"captions": len(prompts), "steps": steps}, PROTOCOL),
+            "captions": len(prompts),
+            "steps": steps,
+            "sampled_steps": sample_steps(steps),
+            "models": list(models),
+        },
         "gaussian_pruned_E": gaussian_pruned_energy(),
         "rows": [{"gemm": name, "kind": kind(name), **{m: measured[m].get(name) for m in models}} for name in names],
         "summary": {m: summary(measured[m]) for m in models},
@@ -103,18 +109,28 @@ def run(models: dict[str, Any], prompts: Sequence[str], steps: int = STEPS) -> d
 def markdown(data: dict[str, Any]) -> str:
     m, models, at = data["meta"], data["meta"]["models"], data["meta"]["sampled_steps"]
     lines = [
-        "# Share of each GEMM's input energy that 2:4 pruning removes (pruned_E)", "",
+        "# Share of each GEMM's input energy that 2:4 pruning removes (pruned_E)",
+        "",
         f"{m['gpu']}, torch {m['torch']}, {m['date']}; {m['captions']} yardstick captions, classifier-free guidance "
-        f"batch, steps {at} of {m['steps']}. An i.i.d. Gaussian activation loses {data['gaussian_pruned_E']:.4f}.", "",
-        "Mean per GEMM kind (over its GEMMs and the steps):", "",
-        "| kind | " + " | ".join(models) + " |", "|---|" + "---|" * len(models),
+        f"batch, steps {at} of {m['steps']}. An i.i.d. Gaussian activation loses {data['gaussian_pruned_E']:.4f}.",
+        "",
+        "Mean per GEMM kind (over its GEMMs and the steps):",
+        "",
+        "| kind | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
     ]
     kinds = list(data["summary"][models[0]])
-    lines += [f"| {k} | " + " | ".join(f"{data['summary'][model].get(k, float('nan')):.4f}" for model in models) + " |"
-              for k in kinds]
-    lines += ["", "Per GEMM and step:", "",
-              "| GEMM | kind | " + " | ".join(f"{model} t{s}" for model in models for s in at) + " |",
-              "|---|---|" + "---|" * (len(models) * len(at))]
+    lines += [
+        f"| {k} | " + " | ".join(f"{data['summary'][model].get(k, float('nan')):.4f}" for model in models) + " |"
+        for k in kinds
+    ]
+    lines += [
+        "",
+        "Per GEMM and step:",
+        "",
+        "| GEMM | kind | " + " | ".join(f"{model} t{s}" for model in models for s in at) + " |",
+        "|---|---|" + "---|" * (len(models) * len(at)),
+    ]
     for row in data["rows"]:
         cells = [_fmt((row[model] or {}).get(s)) for model in models for s in at]
         lines.append(f"| {row['gemm']} | {row['kind']} | " + " | ".join(cells) + " |")

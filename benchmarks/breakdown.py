@@ -54,8 +54,10 @@ _PATTERNS = [  # first match wins
 ]
 # dense, then e2e's lynx variants: lynx (defaults), lynx_fused, lynx_fold, lynx_fold_fused
 # (not e2e's model-side variants: the dense model profiled beside them would have to change too)
-VARIANTS = {"dense": {}, **{"lynx" if v == "default" else f"lynx_{v}": e.options for v, e in E2E_VARIANTS.items()
-                            if not e.fuse_qkv}}
+VARIANTS = {
+    "dense": {},
+    **{"lynx" if v == "default" else f"lynx_{v}": e.options for v, e in E2E_VARIANTS.items() if not e.fuse_qkv},
+}
 
 
 def category(kernel: str) -> str:
@@ -84,8 +86,9 @@ def _profile(fn, kwargs: dict[str, Any], calls: int) -> tuple[dict[str, float], 
     return per_cat, dict(per_kernel), span_ms - sum(per_kernel.values())
 
 
-def run_case(name: str, batch: int, calls: int, cudagraphs: bool, variants: list[str]
-             ) -> tuple[list[dict[str, Any]], dict[str, list]]:
+def run_case(
+    name: str, batch: int, calls: int, cudagraphs: bool, variants: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, list]]:
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
     rows, kernels = [], {}
@@ -100,14 +103,25 @@ def run_case(name: str, batch: int, calls: int, cudagraphs: bool, variants: list
                 model = torch.compile(built.model, backend="lynx", options={**options, "cudagraphs": cudagraphs})
             per_cat, per_kernel, idle_ms = _profile(model, built.example_kwargs, calls)
             layers = [layer for r in lynx_compile.reports()[n:] for layer in r.layers]
-            rows.append({"model": name, "batch": batch, "tokens": built.tokens, "depth": spec["depth"],
-                         "variant": variant, "cudagraphs": cudagraphs, "total_ms": sum(per_cat.values()),
-                         **{f"{c}_ms": per_cat[c] for c in CATEGORIES}, "idle_ms": idle_ms,
-                         "layers_sparse": sum(layer.sparse for layer in layers),
-                         "layers_fused": sum(layer.prune == "fused" for layer in layers)})
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "tokens": built.tokens,
+                    "depth": spec["depth"],
+                    "variant": variant,
+                    "cudagraphs": cudagraphs,
+                    "total_ms": sum(per_cat.values()),
+                    **{f"{c}_ms": per_cat[c] for c in CATEGORIES},
+                    "idle_ms": idle_ms,
+                    "layers_sparse": sum(layer.sparse for layer in layers),
+                    "layers_fused": sum(layer.prune == "fused" for layer in layers),
+                }
+            )
             kernels[variant] = sorted(per_kernel.items(), key=lambda kv: -kv[1])
-            kernels[f"{variant}_layers"] = [(layer.name, layer.m, layer.k, layer.n, layer.prune)
-                                            for layer in layers if layer.sparse]
+            kernels[f"{variant}_layers"] = [
+                (layer.name, layer.m, layer.k, layer.n, layer.prune) for layer in layers if layer.sparse
+            ]
     dense = rows[0]
     for row in rows[1:]:  # the dense GEMM time lynx moved to the sparse path, and what it became there
         moved = dense["dense_gemm_ms"] - row["dense_gemm_ms"]
@@ -125,8 +139,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=["flux:1"])
     p.add_argument("--calls", type=int, default=5)
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS)[1:], default=["lynx", "lynx_fused"],
-                   help="lynx variants profiled beside dense")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS)[1:],
+        default=["lynx", "lynx_fused"],
+        help="lynx variants profiled beside dense",
+    )
     p.add_argument("--cudagraphs", action="store_true", help="profile graph replays (dense: reduce-overhead)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results root; files go to OUT/<gpu>/breakdown.*")
     p.add_argument("--append", action="store_true", help="add the cases to the rows already in the result files")
@@ -141,17 +160,35 @@ def main() -> None:
     for case in args.cases:
         name, batch = case.split(":")
         case_rows, kernels[f"{case}{':cudagraphs' if args.cudagraphs else ''}"] = run_case(
-            name, int(batch), args.calls, args.cudagraphs, args.variants)
+            name, int(batch), args.calls, args.cudagraphs, args.variants
+        )
         rows.extend({**row, "commit": meta["commit"]} for row in case_rows)
         for row in case_rows:
             print(row, flush=True)
     rerun = {_row_key(r) for r in rows}
     rows = [r for r in earlier if _row_key(r) not in rerun] + rows
     write_json(stem, meta, rows, kernels=kernels)
-    write_table(stem.with_suffix(".md"), "GPU time per forward by kernel category (ms; `cudagraphs`: CUDA graphs on)",
-                rows, ["model", "batch", "tokens", "depth", "variant", "cudagraphs", "total_ms",
-                       *(f"{c}_ms" for c in CATEGORIES), "idle_ms", "speedup_vs_dense", "amdahl_bound",
-                       "layers_sparse", "layers_fused"], meta=meta)
+    write_table(
+        stem.with_suffix(".md"),
+        "GPU time per forward by kernel category (ms; `cudagraphs`: CUDA graphs on)",
+        rows,
+        [
+            "model",
+            "batch",
+            "tokens",
+            "depth",
+            "variant",
+            "cudagraphs",
+            "total_ms",
+            *(f"{c}_ms" for c in CATEGORIES),
+            "idle_ms",
+            "speedup_vs_dense",
+            "amdahl_bound",
+            "layers_sparse",
+            "layers_fused",
+        ],
+        meta=meta,
+    )
 
 
 if __name__ == "__main__":

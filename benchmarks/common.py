@@ -35,8 +35,10 @@ BYTES_PER_ELEMENT = {
 
 def activation_mb(layers: Sequence[Any], dense: bool = False) -> float:
     """MB moved for the inputs of the sparsified GEMMs (a shared input counted once per GEMM)."""
-    return sum(layer.m * layer.k * BYTES_PER_ELEMENT["-" if dense else layer.prune]
-               for layer in layers if layer.sparse) / 1e6
+    return (
+        sum(layer.m * layer.k * BYTES_PER_ELEMENT["-" if dense else layer.prune] for layer in layers if layer.sparse)
+        / 1e6
+    )
 
 
 def gpu_slug() -> str:
@@ -78,23 +80,36 @@ def earlier_rows(stem: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     old = json.loads(path.read_text())
-    differ = {k: (old["meta"][k], meta[k]) for k in ("gpu", "torch", "triton", "cusparselt")
-              if old["meta"][k] != meta[k]}
+    differ = {
+        k: (old["meta"][k], meta[k]) for k in ("gpu", "torch", "triton", "cusparselt") if old["meta"][k] != meta[k]
+    }
     if differ:
         raise SystemExit(f"--append: {path} was measured with other {differ}; move it away or run without --append")
     commit = old["meta"].get("commit", "unknown")
     return [{"commit": commit, **row} for row in old["rows"]]
 
 
-def write_table(path: Path, title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
-                failures: Sequence[dict[str, Any]] = (), meta: dict[str, Any] | None = None,
-                notes: str = "") -> None:
+def write_table(
+    path: Path,
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    failures: Sequence[dict[str, Any]] = (),
+    meta: dict[str, Any] | None = None,
+    notes: str = "",
+) -> None:
     """The markdown beside the JSON; ``meta``: the stamp the numbers carry (default: this machine's)."""
     m = meta or stamp({}, "")
-    lines = [f"# {title}", "", f"{m['gpu']}, torch {m['torch']}, Triton {m['triton']}, "
-             f"cuSPARSELt {m['cusparselt']}, {m['date']}, commit {m.get('commit', 'unknown')}", "",
-             *([notes, ""] if notes else []),
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [
+        f"# {title}",
+        "",
+        f"{m['gpu']}, torch {m['torch']}, Triton {m['triton']}, "
+        f"cuSPARSELt {m['cusparselt']}, {m['date']}, commit {m.get('commit', 'unknown')}",
+        "",
+        *([notes, ""] if notes else []),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     lines.extend(f"\nNot measured: `{f['case']}`: {f['error']}" for f in failures)

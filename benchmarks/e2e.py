@@ -123,11 +123,15 @@ class Variant:
     fuse_qkv: bool = False
 
 
-VARIANTS: dict[str, Variant] = {"default": Variant(), "fused": Variant({"fuse_producers": True}),
-                                "fold": Variant({"fold_bias": True}),
-                                "fold_fused": Variant({"fold_bias": True, "fuse_producers": True}),
-                                "qkv": Variant(fuse_qkv=True), "compensate": Variant({"compensate": True}),
-                                "fp8": Variant({"precision": "fp8"})}
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(),
+    "fused": Variant({"fuse_producers": True}),
+    "fold": Variant({"fold_bias": True}),
+    "fold_fused": Variant({"fold_bias": True, "fuse_producers": True}),
+    "qkv": Variant(fuse_qkv=True),
+    "compensate": Variant({"compensate": True}),
+    "fp8": Variant({"precision": "fp8"}),
+}
 
 
 def prepare(model: torch.nn.Module, variant: str) -> dict[str, Any]:
@@ -182,8 +186,16 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
     seeds = iter(range(1, 10_000))
 
     def make_inputs() -> dict[str, Any]:
-        return zoo.example_inputs(name, model, resolution=spec["resolution"], frames=spec.get("frames"),
-                                  batch=batch, dtype=torch.bfloat16, device="cuda", seed=next(seeds))
+        return zoo.example_inputs(
+            name,
+            model,
+            resolution=spec["resolution"],
+            frames=spec.get("frames"),
+            batch=batch,
+            dtype=torch.bfloat16,
+            device="cuda",
+            seed=next(seeds),
+        )
 
     def lynx_model():
         return torch.compile(model, backend="lynx", options=options)
@@ -202,37 +214,56 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
             lynx, out, lynx_recompile_s = timed_compile(lynx_model, kwargs0)
         with cold_caches(root):
             dense, ref, inductor_compile_s = timed_compile(
-                lambda: torch.compile(model, mode="reduce-overhead"), kwargs0)
+                lambda: torch.compile(model, mode="reduce-overhead"), kwargs0
+            )
         fns = {"inductor": dense, "lynx": lynx}
         fp8_model = torchao_fp8(model)
         if fp8_model is not None:
             with cold_caches(root):
                 fns["torchao_fp8"], _, _ = timed_compile(
-                    lambda m=fp8_model: torch.compile(m, mode="reduce-overhead"), kwargs0)
+                    lambda m=fp8_model: torch.compile(m, mode="reduce-overhead"), kwargs0
+                )
         max_autotune_compile_s = None
         if max_autotune:
             with cold_caches(root):
                 fns["max_autotune"], _, max_autotune_compile_s = timed_compile(
-                    lambda: torch.compile(model, mode="max-autotune"), kwargs0)
+                    lambda: torch.compile(model, mode="max-autotune"), kwargs0
+                )
         ms = time_interleaved(fns, make_inputs, runs)
         del fns, dense, lynx, fp8_model
     rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     depth = spec["depth"]
     return Row(
-        model=name, variant=variant, batch=batch, tokens=built.tokens, depth=depth, eager_ms=eager_ms,
-        inductor_ms=ms["inductor"], lynx_ms=ms["lynx"], rel_err_vs_dense=rel, inductor_compile_s=inductor_compile_s,
+        model=name,
+        variant=variant,
+        batch=batch,
+        tokens=built.tokens,
+        depth=depth,
+        eager_ms=eager_ms,
+        inductor_ms=ms["inductor"],
+        lynx_ms=ms["lynx"],
+        rel_err_vs_dense=rel,
+        inductor_compile_s=inductor_compile_s,
         lynx_compile_s=lynx_compile_s,
-        lynx_recompile_s=lynx_recompile_s, layers_sparse=sum(layer.sparse for layer in layers),
+        lynx_recompile_s=lynx_recompile_s,
+        layers_sparse=sum(layer.sparse for layer in layers),
         layers_fused=sum(layer.prune == "fused" for layer in layers),
-        layers_folded=sum(layer.bias_folded for layer in layers), layers_total=len(layers),
-        act_mb_dense=activation_mb(layers, dense=True), act_mb_lynx=activation_mb(layers),
+        layers_folded=sum(layer.bias_folded for layer in layers),
+        layers_total=len(layers),
+        act_mb_dense=activation_mb(layers, dense=True),
+        act_mb_lynx=activation_mb(layers),
         sparse_names=[layer.name for layer in layers if layer.sparse],
         dense_reasons={layer.name: layer.reason for layer in layers if not layer.sparse},
-        speedup_vs_inductor=ms["inductor"] / ms["lynx"], inductor_loop_ms=ms["inductor_loop"],
-        lynx_loop_ms=ms["lynx_loop"], loop_speedup=ms["inductor_loop"] / ms["lynx_loop"],
-        max_autotune_ms=ms.get("max_autotune"), max_autotune_compile_s=max_autotune_compile_s,
-        per_block_inductor_ms=ms["inductor"] / depth, per_block_lynx_ms=ms["lynx"] / depth,
-        torchao_fp8_ms=ms.get("torchao_fp8"), torchao_fp8_loop_ms=ms.get("torchao_fp8_loop"),
+        speedup_vs_inductor=ms["inductor"] / ms["lynx"],
+        inductor_loop_ms=ms["inductor_loop"],
+        lynx_loop_ms=ms["lynx_loop"],
+        loop_speedup=ms["inductor_loop"] / ms["lynx_loop"],
+        max_autotune_ms=ms.get("max_autotune"),
+        max_autotune_compile_s=max_autotune_compile_s,
+        per_block_inductor_ms=ms["inductor"] / depth,
+        per_block_lynx_ms=ms["lynx"] / depth,
+        torchao_fp8_ms=ms.get("torchao_fp8"),
+        torchao_fp8_loop_ms=ms.get("torchao_fp8_loop"),
     )
 
 
@@ -257,23 +288,56 @@ bytes moved for the inputs of the sparsified GEMMs (analytic, `benchmarks/common
 large because weights and inputs are random Gaussians: not an accuracy figure. `max_autotune_*`: dense
 `mode="max-autotune"`, only where run (`--max-autotune`)."""
 
-COLUMNS = ["model", "variant", "batch", "tokens", "depth", "eager_ms", "inductor_ms", "lynx_ms", "speedup_vs_inductor",
-           "inductor_loop_ms", "lynx_loop_ms", "loop_speedup", "torchao_fp8_ms", "torchao_fp8_loop_ms",
-           "max_autotune_ms", "max_autotune_compile_s", "rel_err_vs_dense", "inductor_compile_s", "lynx_compile_s",
-           "lynx_recompile_s", "layers_sparse", "layers_fused", "layers_folded", "layers_total", "act_mb_dense",
-           "act_mb_lynx",
-           "per_block_inductor_ms", "per_block_lynx_ms"]
+COLUMNS = [
+    "model",
+    "variant",
+    "batch",
+    "tokens",
+    "depth",
+    "eager_ms",
+    "inductor_ms",
+    "lynx_ms",
+    "speedup_vs_inductor",
+    "inductor_loop_ms",
+    "lynx_loop_ms",
+    "loop_speedup",
+    "torchao_fp8_ms",
+    "torchao_fp8_loop_ms",
+    "max_autotune_ms",
+    "max_autotune_compile_s",
+    "rel_err_vs_dense",
+    "inductor_compile_s",
+    "lynx_compile_s",
+    "lynx_recompile_s",
+    "layers_sparse",
+    "layers_fused",
+    "layers_folded",
+    "layers_total",
+    "act_mb_dense",
+    "act_mb_lynx",
+    "per_block_inductor_ms",
+    "per_block_lynx_ms",
+]
 
 
-PROTOCOL = ("CUDA events around each synchronised call, median of --runs on fresh inputs, models taking turns "
-            "in reversed order every other run, after two warm-up rounds; 10-call loops timed after every single "
-            "call; each case in a process of its own, every compile cold (fresh Inductor, Triton and lynx caches)")
+PROTOCOL = (
+    "CUDA events around each synchronised call, median of --runs on fresh inputs, models taking turns "
+    "in reversed order every other run, after two warm-up rounds; 10-call loops timed after every single "
+    "call; each case in a process of its own, every compile cold (fresh Inductor, Triton and lynx caches)"
+)
 
 
 def write(rows: list[dict[str, Any]], failures: list[dict[str, Any]], stem: Path, meta: dict[str, Any]) -> None:
     write_json(stem, meta, rows, failures=failures)
-    write_table(stem.with_suffix(".md"), "End-to-end transformer forward (depth reduced: see `depth`)", rows, COLUMNS,
-                failures, meta, NOTES)
+    write_table(
+        stem.with_suffix(".md"),
+        "End-to-end transformer forward (depth reduced: see `depth`)",
+        rows,
+        COLUMNS,
+        failures,
+        meta,
+        NOTES,
+    )
 
 
 def _run_isolated(case: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -281,10 +345,20 @@ def _run_isolated(case: str, args: argparse.Namespace) -> dict[str, Any]:
     kernels in memory, lynx's self-check, cuSPARSELt's handles) makes the next one's compile look cheap."""
     with tempfile.TemporaryDirectory() as tmp:
         row_json = Path(tmp) / "row.json"
-        cmd = [sys.executable, "-m", "benchmarks.e2e", "--case", case, "--runs", str(args.runs), "--row-json",
-               str(row_json)]
-        proc = subprocess.run(cmd + (["--max-autotune"] if args.max_autotune else []), check=False,
-                              cwd=RESULTS.parents[1])
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.e2e",
+            "--case",
+            case,
+            "--runs",
+            str(args.runs),
+            "--row-json",
+            str(row_json),
+        ]
+        proc = subprocess.run(
+            cmd + (["--max-autotune"] if args.max_autotune else []), check=False, cwd=RESULTS.parents[1]
+        )
         if not row_json.exists():
             raise RuntimeError(f"exit status {proc.returncode}, no result (its output is above)")
         return json.loads(row_json.read_text())
@@ -296,8 +370,11 @@ def _case_key(row: dict[str, Any]) -> tuple[str, int, str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", nargs="+", default=[f"{model}:{batch}" for model in ("flux", "sd3", "pixart", "wan")
-                                                  for batch in (1, 2)])  # batch 2: classifier-free guidance
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        default=[f"{model}:{batch}" for model in ("flux", "sd3", "pixart", "wan") for batch in (1, 2)],
+    )  # batch 2: classifier-free guidance
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--max-autotune", action="store_true", help="also time dense mode='max-autotune' (slow compile)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results root; files go to OUT/<gpu>/e2e.*")

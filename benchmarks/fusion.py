@@ -31,8 +31,10 @@ from torch._inductor.utils import run_and_get_code
 import lynx_compile
 from benchmarks.common import RESULTS, activation_mb, result_stem, stamp, write_json, write_table
 
-PROTOCOL = ("CUDA events around single calls of the compiled block (CUDA graphs: dense reduce-overhead, lynx's "
-            "default), median of --runs, 4 rotating inputs, after 3 warm-up calls")
+PROTOCOL = (
+    "CUDA events around single calls of the compiled block (CUDA graphs: dense reduce-overhead, lynx's "
+    "default), median of --runs, 4 rotating inputs, after 3 warm-up calls"
+)
 
 
 class MlpBlock(nn.Module):
@@ -76,14 +78,17 @@ def main() -> None:
     rows = []
     for m in args.tokens:
         inputs = [
-            (torch.randn(m, args.dim, device="cuda", dtype=torch.bfloat16),
-             *(0.5 * torch.randn(args.dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)))
+            (
+                torch.randn(m, args.dim, device="cuda", dtype=torch.bfloat16),
+                *(0.5 * torch.randn(args.dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)),
+            )
             for _ in range(4)
         ]
         variants = {
             "dense": torch.compile(block, mode="reduce-overhead"),
-            "lynx_standalone": torch.compile(block, backend="lynx",
-                                             options={"fuse_producers": False, "cost_model": False}),
+            "lynx_standalone": torch.compile(
+                block, backend="lynx", options={"fuse_producers": False, "cost_model": False}
+            ),
             "lynx_fused": torch.compile(block, backend="lynx", options={"fuse_producers": True, "cost_model": False}),
         }
         row = {"m": m, "k1": args.dim, "n1": args.hidden}
@@ -116,12 +121,31 @@ def main() -> None:
     stem = result_stem("fusion", args.out)
     meta = stamp(vars(args), PROTOCOL)
     write_json(stem, meta, rows)
-    write_table(stem.with_suffix(".md"), "FLUX-width MLP block: dense vs lynx (standalone / fused prune+compress)",
-                rows, ["m", "dense_ms", "lynx_standalone_ms", "lynx_fused_ms", "speedup_standalone", "speedup_fused",
-                 "dense_kernels", "lynx_standalone_kernels", "lynx_fused_kernels",
-                 "dense_act_MB", "lynx_standalone_act_MB", "lynx_fused_act_MB", "lynx_fused_prune",
-                 "dense_compile_s", "lynx_standalone_compile_s", "lynx_fused_compile_s",
-                 "lynx_fused_rel_vs_dense"], meta=meta)
+    write_table(
+        stem.with_suffix(".md"),
+        "FLUX-width MLP block: dense vs lynx (standalone / fused prune+compress)",
+        rows,
+        [
+            "m",
+            "dense_ms",
+            "lynx_standalone_ms",
+            "lynx_fused_ms",
+            "speedup_standalone",
+            "speedup_fused",
+            "dense_kernels",
+            "lynx_standalone_kernels",
+            "lynx_fused_kernels",
+            "dense_act_MB",
+            "lynx_standalone_act_MB",
+            "lynx_fused_act_MB",
+            "lynx_fused_prune",
+            "dense_compile_s",
+            "lynx_standalone_compile_s",
+            "lynx_fused_compile_s",
+            "lynx_fused_rel_vs_dense",
+        ],
+        meta=meta,
+    )
 
 
 if __name__ == "__main__":

@@ -50,11 +50,17 @@ from lynx_compile.codegen.tuning import best_alg, cuda_graph_ms, rotating_inputs
 from lynx_compile.semantics import BIAS_COLUMNS, fp8_epilogue, quantise_fp8_rows, round_up, with_bias_column
 
 LAYERS = [  # (name, K, N): in_features -> out_features
-    ("pixart fc1", 1152, 4608), ("pixart fc2", 4608, 1152),
-    ("sd3 fc1", 1536, 6144), ("sd3 fc2", 6144, 1536),
-    ("flux proj", 3072, 3072), ("flux qkv", 3072, 9216), ("flux fc1", 3072, 12288),
-    ("flux fc2", 12288, 3072), ("flux single out", 15360, 3072),
-    ("wan fc1", 5120, 13824), ("wan fc2", 13824, 5120),
+    ("pixart fc1", 1152, 4608),
+    ("pixart fc2", 4608, 1152),
+    ("sd3 fc1", 1536, 6144),
+    ("sd3 fc2", 6144, 1536),
+    ("flux proj", 3072, 3072),
+    ("flux qkv", 3072, 9216),
+    ("flux fc1", 3072, 12288),
+    ("flux fc2", 12288, 3072),
+    ("flux single out", 15360, 3072),
+    ("wan fc1", 5120, 13824),
+    ("wan fc2", 13824, 5120),
 ]
 M_VALUES = (1024, 4096, 16384)
 LOW_RANK = 32  # the branch's rank in lynx_lowrank32_ms
@@ -93,15 +99,26 @@ def compressor(dtype: torch.dtype) -> tuple[str, Callable[[torch.Tensor], torch.
     return "cusparselt-compat", compress_compat
 
 
-def lynx_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alg_id: int,
-                compress: Callable[[torch.Tensor], torch.Tensor] = prune_compress) -> torch.Tensor:
+def lynx_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    alg_id: int,
+    compress: Callable[[torch.Tensor], torch.Tensor] = prune_compress,
+) -> torch.Tensor:
     """One nn.Linear on the fast path, as the compiled graph runs it."""
     return sparse_mm(compress(x), weight, alg_id)[: x.shape[0]] + bias
 
 
-def lynx_low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alg_id: int,
-                         a: torch.Tensor, b: torch.Tensor,
-                         compress: Callable[[torch.Tensor], torch.Tensor] = prune_compress) -> torch.Tensor:
+def lynx_low_rank_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    alg_id: int,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    compress: Callable[[torch.Tensor], torch.Tensor] = prune_compress,
+) -> torch.Tensor:
     """The lynx linear with option ``low_rank``'s branch ``(x A) B`` added (in the second GEMM's epilogue)."""
     return torch.addmm(lynx_linear(x, weight, bias, alg_id, compress), x @ a, b)
 
@@ -147,7 +164,11 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
         return cuda_graph_ms(call, calls=calls)
 
     row = Row(
-        layer=layer, m=m, k=k, n=n, dtype=str(dtype).removeprefix("torch."),
+        layer=layer,
+        m=m,
+        k=k,
+        n=n,
+        dtype=str(dtype).removeprefix("torch."),
         dense_ms=timed(lambda i: F.linear(xs[i % len(xs)], w, b)),
         prune_ms=timed(lambda i: compress(xs[i % len(xs)])),
         prune_floor_ms=prune_floor_bytes(m, k, dtype) / bandwidth,
@@ -155,8 +176,11 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
         lynx_ms=timed(lambda i: lynx_linear(xs[i % len(xs)], w, b, alg, compress)),
         lynx_nobias_ms=timed(lambda i: sparse_mm(compress(xs[i % len(xs)]), w, alg)),
         lynx_folded_ms=timed(
-            lambda i: sparse_mm(compress(xs[i % len(xs)], ones_column=True), folded_w, folded_alg)[:m]),
-        path=path, alg_id=alg, search=search_all(cs[0], w),
+            lambda i: sparse_mm(compress(xs[i % len(xs)], ones_column=True), folded_w, folded_alg)[:m]
+        ),
+        path=path,
+        alg_id=alg,
+        search=search_all(cs[0], w),
         lynx_lowrank32_ms=timed(lambda i: lynx_low_rank_linear(xs[i % len(xs)], w, b, alg, a, b_lr, compress)),
     )
     return measure_fp8(row, w, b, xs, calls) if fp8 else row
@@ -168,8 +192,9 @@ def _fp8_epilogue() -> Callable[..., torch.Tensor]:
     return torch.compile(lambda acc, sx, ws, b: fp8_epilogue(acc, sx, ws, b.dtype) + b, dynamic=True)
 
 
-def lynx_fp8_linear(x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor, alg_id: int,
-                    fast: bool) -> torch.Tensor:
+def lynx_fp8_linear(
+    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor, alg_id: int, fast: bool
+) -> torch.Tensor:
     """One nn.Linear on the fp8 fast path, as the compiled graph runs it."""
     m_pad = round_up(x.shape[0], 32)
     c, sx = prune_quantise_compress(x, m_pad) if fast else compress_compat_fp8(x, m_pad)
@@ -269,19 +294,56 @@ def markdown_rows(rows: list[Row], columns: list[str]) -> list[dict[str, object]
         out.append({**blank, **dataclasses.asdict(r), **{name: ratio(r) for name, ratio in RATIOS.items()}})
     for m in sorted({r.m for r in rows}):
         sub = [r for r in rows if r.m == m]
-        out.append({**blank, "layer": "**geomean**", "m": m,
-                    **{name: geomean([ratio(r) for r in sub]) for name, ratio in RATIOS.items()}})
-        out.append({**blank, "layer": "**geomean, cost model**", "m": m,
-                    **{name: geomean([max(1.0, RATIOS[name](r)) for r in sub]) for name in LYNX_SPEEDUPS}})
+        out.append(
+            {
+                **blank,
+                "layer": "**geomean**",
+                "m": m,
+                **{name: geomean([ratio(r) for r in sub]) for name, ratio in RATIOS.items()},
+            }
+        )
+        out.append(
+            {
+                **blank,
+                "layer": "**geomean, cost model**",
+                "m": m,
+                **{name: geomean([max(1.0, RATIOS[name](r)) for r in sub]) for name in LYNX_SPEEDUPS},
+            }
+        )
     return out
 
 
-PROTOCOL = ("CUDA-graph replay of at least 20 calls per graph (every rotating input once), median of 15 replays, "
-            "after 3 warm-up calls; inputs rotated so that L2 never holds them; host ms per call without graphs apart")
-COLUMNS = ["layer", "m", "k", "n", "dense_ms", "prune_ms", "prune_floor_ms", "prune/floor", "sparse_gemm_ms",
-           "gemm speedup", "floor bound", "lynx_ms", "lynx speedup", "lynx_nobias_ms", "no-bias speedup",
-           "lynx_folded_ms", "folded speedup", "lynx_lowrank32_ms", "lowrank32 speedup", "lynx_fp8_ms", "fp8 speedup",
-           "torchao_fp8_ms", "fp8 vs torchao", "alg_id", "path"]
+PROTOCOL = (
+    "CUDA-graph replay of at least 20 calls per graph (every rotating input once), median of 15 replays, "
+    "after 3 warm-up calls; inputs rotated so that L2 never holds them; host ms per call without graphs apart"
+)
+COLUMNS = [
+    "layer",
+    "m",
+    "k",
+    "n",
+    "dense_ms",
+    "prune_ms",
+    "prune_floor_ms",
+    "prune/floor",
+    "sparse_gemm_ms",
+    "gemm speedup",
+    "floor bound",
+    "lynx_ms",
+    "lynx speedup",
+    "lynx_nobias_ms",
+    "no-bias speedup",
+    "lynx_folded_ms",
+    "folded speedup",
+    "lynx_lowrank32_ms",
+    "lowrank32 speedup",
+    "lynx_fp8_ms",
+    "fp8 speedup",
+    "torchao_fp8_ms",
+    "fp8 vs torchao",
+    "alg_id",
+    "path",
+]
 
 
 def main() -> None:
@@ -303,25 +365,44 @@ def main() -> None:
             try:
                 rows.append(measure(layer, m, k, n, dtype, bandwidth, args.fp8))
                 r = rows[-1]
-                print(f"{layer:16s} M={m:5d} {k:5d}->{n:5d}  dense {r.dense_ms:.3f}  prune {r.prune_ms:.3f} "
-                      f"(floor {r.prune_floor_ms:.3f})  gemm {r.sparse_gemm_ms:.3f}  lynx {r.lynx_ms:.3f}  "
-                      f"x{r.dense_ms / r.lynx_ms:.2f}  fp8 {r.lynx_fp8_ms}  torchao fp8 {r.torchao_fp8_ms}", flush=True)
+                print(
+                    f"{layer:16s} M={m:5d} {k:5d}->{n:5d}  dense {r.dense_ms:.3f}  prune {r.prune_ms:.3f} "
+                    f"(floor {r.prune_floor_ms:.3f})  gemm {r.sparse_gemm_ms:.3f}  lynx {r.lynx_ms:.3f}  "
+                    f"x{r.dense_ms / r.lynx_ms:.2f}  fp8 {r.lynx_fp8_ms}  torchao fp8 {r.torchao_fp8_ms}",
+                    flush=True,
+                )
             except Exception as e:  # one failing shape must not lose the others
                 failures.append({"case": f"{layer} M={m}", "error": repr(e)[:300]})
                 print("FAILED", failures[-1], flush=True)
             torch.cuda.empty_cache()
     meta = {**stamp(vars(args), PROTOCOL), "copy_tb_s": bandwidth / 1e9}
     overhead = cpu_overhead(dtype)
-    write_json(stem, meta, [dataclasses.asdict(r) for r in rows], cpu_overhead=overhead, failures=failures,
-               # the prune kernel's autotuned tiles per (K, M bucket, dtypes): introspection only
-               prune_configs={str(k): str(v) for k, v in prune_compress_autotuned.cache.items()})
-    write_table(stem.with_suffix(".md"), "Linear layers: cuBLAS dense vs lynx 2:4 (bf16, CUDA-graph replay, ms)",
-                markdown_rows(rows, COLUMNS), COLUMNS, failures, meta)
+    write_json(
+        stem,
+        meta,
+        [dataclasses.asdict(r) for r in rows],
+        cpu_overhead=overhead,
+        failures=failures,
+        # the prune kernel's autotuned tiles per (K, M bucket, dtypes): introspection only
+        prune_configs={str(k): str(v) for k, v in prune_compress_autotuned.cache.items()},
+    )
+    write_table(
+        stem.with_suffix(".md"),
+        "Linear layers: cuBLAS dense vs lynx 2:4 (bf16, CUDA-graph replay, ms)",
+        markdown_rows(rows, COLUMNS),
+        COLUMNS,
+        failures,
+        meta,
+    )
     with stem.with_suffix(".md").open("a") as f:
-        f.write("\n`floor bound`: dense_ms / (sparse_gemm_ms + prune_floor_ms), the speed-up a prune+compress pass of "
-                "its own could give at the copy rate, bias aside.\n")
-        f.write(f"\nDevice-to-device copy {bandwidth / 1e9:.2f} TB/s (read + write). CPU time per call without "
-                f"graphs: {json.dumps(overhead)}\n")
+        f.write(
+            "\n`floor bound`: dense_ms / (sparse_gemm_ms + prune_floor_ms), the speed-up a prune+compress pass of "
+            "its own could give at the copy rate, bias aside.\n"
+        )
+        f.write(
+            f"\nDevice-to-device copy {bandwidth / 1e9:.2f} TB/s (read + write). CPU time per call without "
+            f"graphs: {json.dumps(overhead)}\n"
+        )
     print(stem.with_suffix(".md").read_text())
 
 

@@ -23,8 +23,12 @@ def e2e(data: dict[str, Any], ax_factory: Callable[..., Any]) -> Any:
     """Speed-up over dense reduce-overhead per case (eager and max-autotune beside it where run)."""
     rows = data["rows"]
     labels = [f"{r['model']} b{r['batch']}" + ("" if r["variant"] == "default" else f"\n{r['variant']}") for r in rows]
-    series = [("eager", "inductor_ms", "eager_ms"), ("max-autotune", "inductor_ms", "max_autotune_ms"),
-              ("lynx", "inductor_ms", "lynx_ms"), ("lynx, 10-call loop", "inductor_loop_ms", "lynx_loop_ms")]
+    series = [
+        ("eager", "inductor_ms", "eager_ms"),
+        ("max-autotune", "inductor_ms", "max_autotune_ms"),
+        ("lynx", "inductor_ms", "lynx_ms"),
+        ("lynx, 10-call loop", "inductor_loop_ms", "lynx_loop_ms"),
+    ]
     width = 0.8 / len(series)
     fig, ax = ax_factory(figsize=(1.4 * len(rows) + 2, 4))
     for n, (label, base, key) in enumerate(series):
@@ -46,10 +50,12 @@ def linear(data: dict[str, Any], ax_factory: Callable[..., Any]) -> Any:
     for ax, m in zip(axes[0], ms, strict=True):
         sub = [r for r in rows if r["m"] == m]
         pos = range(len(sub))
-        for offset, label, key in [(-0.3, "sparse GEMM alone", "sparse_gemm_ms"),
-                                   (-0.1, "prune+compress + GEMM", "lynx_nobias_ms"),
-                                   (0.1, "... + bias in the GEMM (fold_bias)", "lynx_folded_ms"),
-                                   (0.3, "... + unfused bias add", "lynx_ms")]:
+        for offset, label, key in [
+            (-0.3, "sparse GEMM alone", "sparse_gemm_ms"),
+            (-0.1, "prune+compress + GEMM", "lynx_nobias_ms"),
+            (0.1, "... + bias in the GEMM (fold_bias)", "lynx_folded_ms"),
+            (0.3, "... + unfused bias add", "lynx_ms"),
+        ]:
             ax.bar([p + offset for p in pos], [r["dense_ms"] / r[key] for r in sub], 0.2, label=label)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(list(pos), [f"{r['layer']}\n{r['k']}->{r['n']}" for r in sub], rotation=60, fontsize=7)

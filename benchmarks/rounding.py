@@ -30,8 +30,18 @@ from lynx_compile.semantics import keep_mask_2to4
 
 PROTOCOL = "relative L2 distances of the outputs of tiny zoo builds (width 4, 256 px, batch 2), eager; no timing"
 
-COLUMNS = ["model", "dense_bf16_vs_fp32", "compiled_bf16_vs_fp32", "pruned_bf16_vs_fp32", "pruning_effect",
-           "gemms_pruned", "flips_first", "flips_median", "flips_max", "flips_max_layer"]
+COLUMNS = [
+    "model",
+    "dense_bf16_vs_fp32",
+    "compiled_bf16_vs_fp32",
+    "pruned_bf16_vs_fp32",
+    "pruning_effect",
+    "gemms_pruned",
+    "flips_first",
+    "flips_median",
+    "flips_max",
+    "flips_max_layer",
+]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,6 +56,7 @@ def _run(built: zoo.ZooModel, pruned: list[str]) -> tuple[torch.Tensor, dict[str
         def hook(module: torch.nn.Module, args: tuple) -> tuple:
             inputs[name] = args[0].float()
             return (prune_2to4(args[0]), *args[1:])
+
         return hook
 
     hooks = [built.model.get_submodule(name).register_forward_pre_hook(prune(name)) for name in pruned]
@@ -60,8 +71,11 @@ def measure(name: str, device: torch.device) -> dict[str, object]:
     width = 3 if name == "zimage" else 4  # as the GPU tests: Z-Image's SwiGLU width must be 2:4-aligned
     bf16 = zoo.build(name, width=width, resolution=256, batch=2, dtype=torch.bfloat16, device=device)
     # the same weights and inputs, widened: only the arithmetic's rounding differs
-    fp32 = dataclasses.replace(bf16, model=copy.deepcopy(bf16.model).float(),
-                               example_kwargs=zoo.to_device_dtype(bf16.example_kwargs, device, torch.float32))
+    fp32 = dataclasses.replace(
+        bf16,
+        model=copy.deepcopy(bf16.model).float(),
+        example_kwargs=zoo.to_device_dtype(bf16.example_kwargs, device, torch.float32),
+    )
     report = lynx_compile.inspect(fp32.model, **fp32.example_kwargs, options={"min_rows": 16, "path": "reference"})
     names = [layer.name for layer in report.layers if layer.sparse]
     dense32, pruned32, x32 = _run(fp32, [])[0], *_run(fp32, names)
@@ -72,11 +86,17 @@ def measure(name: str, device: torch.device) -> dict[str, object]:
     flips = {n: (keep_mask_2to4(x32[n]) ^ keep_mask_2to4(x16[n])).float().mean().item() for n in names}
     worst, first = max(flips, key=flips.get), next(iter(x32))  # x32: in the order the GEMMs ran
     return {
-        "model": name, "dense_bf16_vs_fp32": _rel(dense16, dense32),
-        "compiled_bf16_vs_fp32": _rel(compiled16, dense32), "pruned_bf16_vs_fp32": _rel(pruned16, pruned32),
-        "pruning_effect": _rel(pruned32, dense32), "gemms_pruned": len(names),
-        "flips_first": flips[first], "flips_median": statistics.median(flips.values()),
-        "flips_max": flips[worst], "flips_max_layer": worst, "flips": flips,
+        "model": name,
+        "dense_bf16_vs_fp32": _rel(dense16, dense32),
+        "compiled_bf16_vs_fp32": _rel(compiled16, dense32),
+        "pruned_bf16_vs_fp32": _rel(pruned16, pruned32),
+        "pruning_effect": _rel(pruned32, dense32),
+        "gemms_pruned": len(names),
+        "flips_first": flips[first],
+        "flips_median": statistics.median(flips.values()),
+        "flips_max": flips[worst],
+        "flips_max_layer": worst,
+        "flips": flips,
     }
 
 
@@ -94,15 +114,22 @@ def main() -> None:
     stem = result_stem("rounding", args.out)
     meta = stamp(vars(args), PROTOCOL)
     write_json(stem, meta, rows)
-    write_table(stem.with_suffix(".md"), "bf16 rounding vs float32, dense and reference-pruned (tiny zoo builds)",
-                rows, COLUMNS, meta=meta, notes=(
-                    "Relative L2 distances of the model output. `flips_*`: share of the pruned GEMMs' input "
-                    "positions whose keep/drop decision differs between bf16 and float32 (first pruned GEMM, "
-                    "median over them, the largest and where). Eager, reference pruning: no lynx kernel ran. "
-                    "`compiled_bf16_vs_fp32`: the dense bf16 model under Inductor against float32 eager: Inductor "
-                    "computes a chain of pointwise ops in float32 and rounds only what it stores, so where a model "
-                    "rounds an intermediate to bf16 (FLUX: `guidance.to(bf16) * 1000`, 3500 -> 3504, and the "
-                    "timestep likewise) eager bf16 and compiled bf16 differ."))
+    write_table(
+        stem.with_suffix(".md"),
+        "bf16 rounding vs float32, dense and reference-pruned (tiny zoo builds)",
+        rows,
+        COLUMNS,
+        meta=meta,
+        notes=(
+            "Relative L2 distances of the model output. `flips_*`: share of the pruned GEMMs' input "
+            "positions whose keep/drop decision differs between bf16 and float32 (first pruned GEMM, "
+            "median over them, the largest and where). Eager, reference pruning: no lynx kernel ran. "
+            "`compiled_bf16_vs_fp32`: the dense bf16 model under Inductor against float32 eager: Inductor "
+            "computes a chain of pointwise ops in float32 and rounds only what it stores, so where a model "
+            "rounds an intermediate to bf16 (FLUX: `guidance.to(bf16) * 1000`, 3500 -> 3504, and the "
+            "timestep likewise) eager bf16 and compiled bf16 differ."
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """lynx_compile: a torch.compile backend that runs DiT GEMMs on 2:4-pruned activations.
 
-    fast = torch.compile(model, backend="lynx", options={"min_rows": 256})
-    report = lynx_compile.inspect(model, *args, **kwargs)
+fast = torch.compile(model, backend="lynx", options={"min_rows": 256})
+report = lynx_compile.inspect(model, *args, **kwargs)
 """
 
 from __future__ import annotations

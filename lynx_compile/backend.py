@@ -53,8 +53,9 @@ def plan_graph(
     return plan, errors
 
 
-def _plan(gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any], *, measure: bool = True
-          ) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None, OutputError | None]:
+def _plan(
+    gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any], *, measure: bool = True
+) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None, OutputError | None]:
     """``plan_graph``, and the output error measurement of option ``error_budget`` (for the report)."""
     sites = find_gemms(gm)
     errors = pruning_errors(gm, sites, config, example_inputs)
@@ -65,8 +66,9 @@ def _plan(gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any],
     return list(zip(sites, decisions)), errors, output_error
 
 
-def pruning_errors(gm: fx.GraphModule, sites: Sequence[GemmSite], config: LynxConfig,
-                   example_inputs: Sequence[Any]) -> dict[str, PruningError] | None:
+def pruning_errors(
+    gm: fx.GraphModule, sites: Sequence[GemmSite], config: LynxConfig, example_inputs: Sequence[Any]
+) -> dict[str, PruningError] | None:
     """Each GEMM's pruning error on the inputs the graph is compiled with, for option
     ``max_layer_error`` (None without it, or when the inputs are fake: then nothing goes sparse)."""
     if config.max_layer_error is None or not _real("max_layer_error", example_inputs):
@@ -77,14 +79,17 @@ def pruning_errors(gm: fx.GraphModule, sites: Sequence[GemmSite], config: LynxCo
 def _real(option: str, example_inputs: Sequence[Any]) -> bool:
     """Whether errors can be measured on the inputs; if not (fake inputs), warn that the graph stays dense."""
     if any(isinstance(t, FakeTensor) for t in example_inputs):
-        log.warning("lynx: %s: the graph is compiled with fake inputs, pruning errors cannot be "
-                    "measured; its GEMMs stay dense", option)
+        log.warning(
+            "lynx: %s: the graph is compiled with fake inputs, pruning errors cannot be measured; its GEMMs stay dense",
+            option,
+        )
         return False
     return True
 
 
-def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningError] | None = None,
-                 rank: int = 0) -> LayerReport:
+def layer_report(
+    site: GemmSite, decision: Decision, errors: dict[str, PruningError] | None = None, rank: int = 0
+) -> LayerReport:
     """``rank``: of the low-rank branch this GEMM adds (0: none)."""
     error = (errors or {}).get(site.name)
     return LayerReport(
@@ -108,9 +113,7 @@ def layer_report(site: GemmSite, decision: Decision, errors: dict[str, PruningEr
 
 
 def _needs_autograd(example_inputs: Sequence[Any]) -> bool:
-    return torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs
-    )
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
 
 
 def lynx_backend(
@@ -134,19 +137,28 @@ def lynx_backend(
     if errors is not None:
         report.notes.append("rel_err and pruned_E: measured on the inputs of the call that compiled this graph")
     if branches:
-        report.notes.append(f"low_rank={config.low_rank}: {len(branches)} GEMMs add (x A) B, fitted from "
-                            f"{config.calibration!r}")
+        report.notes.append(
+            f"low_rank={config.low_rank}: {len(branches)} GEMMs add (x A) B, fitted from {config.calibration!r}"
+        )
     if output_error is not None and output_error.verified is not None:
         error, chosen = output_error.verified
-        report.notes.append(f"error_budget={config.error_budget:g}: output error {error:.4g} with the {chosen} chosen "
-                            f"GEMMs pruned, measured on the inputs of the call that compiled this graph "
-                            f"({output_error.runs} runs with pruning)")
+        report.notes.append(
+            f"error_budget={config.error_budget:g}: output error {error:.4g} with the {chosen} chosen "
+            f"GEMMs pruned, measured on the inputs of the call that compiled this graph "
+            f"({output_error.runs} runs with pruning)"
+        )
     if _needs_autograd(example_inputs):
         reason = "autograd needed: lynx is inference-only (use torch.no_grad() or requires_grad_(False))"
         log.warning("lynx: %s; compiling this graph dense", reason)
         for layer in report.layers:
             layer.sparse, layer.path, layer.reason, layer.alg_id, layer.prune, layer.low_rank = (
-                False, GemmPath.DENSE, reason, None, PruneSite.NONE, 0)
+                False,
+                GemmPath.DENSE,
+                reason,
+                None,
+                PruneSite.NONE,
+                0,
+            )
         plan, branches = [], {}
     for layer in report.layers:
         log.info("lynx: %-48s %-17s %s", layer.name, layer.path, layer.reason)
@@ -154,8 +166,9 @@ def lynx_backend(
     graph = next(_GRAPHS)
     _dump(gm, config, graph, "before")
     # option dense_steps: the graph as it is, compiled beside the sparse one (sparsify rewrites gm in place)
-    dense_gm = fx.GraphModule(gm, copy.deepcopy(gm.graph)) if config.dense_steps and any(
-        d.sparse for _, d in plan) else None
+    dense_gm = (
+        fx.GraphModule(gm, copy.deepcopy(gm.graph)) if config.dense_steps and any(d.sparse for _, d in plan) else None
+    )
     folds = FoldedWeights(gm)
     sparsify(gm, plan, compensate=config.compensate, folds=folds, example_inputs=example_inputs, branches=branches)
     if folds.nbytes:
@@ -165,8 +178,9 @@ def lynx_backend(
     patches = _inductor_patches(mode, config, on_cuda)
     compiled = folds.wrap(compile_fx(gm, example_inputs, config_patches=patches))
     if dense_gm is not None:
-        compiled = _by_step(compiled, compile_fx(dense_gm, example_inputs, config_patches=patches),
-                            config.dense_steps, report)
+        compiled = _by_step(
+            compiled, compile_fx(dense_gm, example_inputs, config_patches=patches), config.dense_steps, report
+        )
     return _reported_when_run(compiled, report)
 
 
@@ -174,17 +188,23 @@ def _rank(branches: low_rank.Factors, name: str) -> int:
     return branches[name][0].shape[1] if name in branches else 0
 
 
-def _by_step(sparse: Callable[..., Any], dense: Callable[..., Any], dense_steps: int | float,
-             report: Report) -> Callable[..., Any]:
+def _by_step(
+    sparse: Callable[..., Any], dense: Callable[..., Any], dense_steps: int | float, report: Report
+) -> Callable[..., Any]:
     """Option ``dense_steps``: one of the two compiled graphs per call, by the denoising step read now.
 
     Dynamo calls this function after its guards passed; the step is read here, so Dynamo guards on
     nothing and a new step never recompiles (docs/design.md, "Timestep schedule"). With no step set, the
     sparse graph runs, with a warning once and a note in the report."""
-    first = (f"the first {dense_steps} denoising steps" if isinstance(dense_steps, int)
-             else f"the first {dense_steps:g} of the denoising steps")
-    report.notes.append(f"dense_steps={dense_steps:g}: {first} run this graph dense (a second graph, compiled "
-                        "beside the sparse one), the others sparse")
+    first = (
+        f"the first {dense_steps} denoising steps"
+        if isinstance(dense_steps, int)
+        else f"the first {dense_steps:g} of the denoising steps"
+    )
+    report.notes.append(
+        f"dense_steps={dense_steps:g}: {first} run this graph dense (a second graph, compiled "
+        "beside the sparse one), the others sparse"
+    )
     unknown = False
 
     @functools.wraps(sparse)
@@ -193,10 +213,14 @@ def _by_step(sparse: Callable[..., Any], dense: Callable[..., Any], dense_steps:
         now = steps.runs_dense(dense_steps)
         if now is None and not unknown:
             unknown = True
-            report.notes.append(f"dense_steps={dense_steps:g}: the graph ran with no denoising step set "
-                                "(lynx_compile.follow_steps / set_step): it ran sparse")
-            _warn_once("lynx: option dense_steps is set but no denoising step is (use lynx_compile.follow_steps(pipe) "
-                       "or lynx_compile.set_step(i, total)): the graphs run sparse on every step")
+            report.notes.append(
+                f"dense_steps={dense_steps:g}: the graph ran with no denoising step set "
+                "(lynx_compile.follow_steps / set_step): it ran sparse"
+            )
+            _warn_once(
+                "lynx: option dense_steps is set but no denoising step is (use lynx_compile.follow_steps(pipe) "
+                "or lynx_compile.set_step(i, total)): the graphs run sparse on every step"
+            )
         return dense(*args) if now else sparse(*args)
 
     return run

@@ -46,8 +46,9 @@ class GemmStatistics:
 
     @classmethod
     def empty(cls, k: int, n: int, device: torch.device | str = "cpu") -> GemmStatistics:
-        return cls(torch.zeros(k, k, dtype=torch.float64, device=device),
-                   torch.zeros(k, n, dtype=torch.float64, device=device))
+        return cls(
+            torch.zeros(k, k, dtype=torch.float64, device=device), torch.zeros(k, n, dtype=torch.float64, device=device)
+        )
 
     @property
     def k(self) -> int:
@@ -70,16 +71,21 @@ class GemmStatistics:
         self.tt += t.square().sum().item()
 
     def merged(self, other: GemmStatistics) -> GemmStatistics:
-        return GemmStatistics(self.sxx + other.sxx.to(self.sxx.device), self.sxt + other.sxt.to(self.sxt.device),
-                              self.rows + other.rows, self.tt + other.tt)
+        return GemmStatistics(
+            self.sxx + other.sxx.to(self.sxx.device),
+            self.sxt + other.sxt.to(self.sxt.device),
+            self.rows + other.rows,
+            self.tt + other.tt,
+        )
 
 
 class Calibration:
     """Statistics per GEMM name (the names of the lynx pass), the model dtype and the pruning options they
     assume. ``factors(name, r)`` fits (and caches) the rank-r branch of one GEMM."""
 
-    def __init__(self, stats: Mapping[str, GemmStatistics], *, options: Mapping[str, Any], dtype: str,
-                 source: str = "memory") -> None:
+    def __init__(
+        self, stats: Mapping[str, GemmStatistics], *, options: Mapping[str, Any], dtype: str, source: str = "memory"
+    ) -> None:
         missing = [o for o in PRUNING_OPTIONS if o not in options]
         if missing:
             raise ValueError(f"a calibration needs the pruning options {list(PRUNING_OPTIONS)}; missing {missing}")
@@ -116,21 +122,29 @@ class Calibration:
         differ = {o: (self.options[o], options[o]) for o in PRUNING_OPTIONS if options[o] != self.options[o]}
         if differ:
             raise CalibrationMismatch(
-                f"calibration {self.source} assumed " + ", ".join(f"{o}={c!r}" for o, (c, _) in differ.items())
-                + ", the model is compiled with " + ", ".join(f"{o}={u!r}" for o, (_, u) in differ.items())
-                + ": calibrate again with the same options")
+                f"calibration {self.source} assumed "
+                + ", ".join(f"{o}={c!r}" for o, (c, _) in differ.items())
+                + ", the model is compiled with "
+                + ", ".join(f"{o}={u!r}" for o, (_, u) in differ.items())
+                + ": calibrate again with the same options"
+            )
         gemms = list(gemms)
         missing = [name for name, _, _ in gemms if name not in self.stats]
         if missing:
             raise CalibrationMismatch(
                 f"calibration {self.source} has no statistics for the GEMMs {missing} (it has {self.names}): "
-                "calibrate this model with the options it is compiled with")
-        shapes = [(name, (k, n), (self.stats[name].k, self.stats[name].n)) for name, k, n in gemms
-                  if (k, n) != (self.stats[name].k, self.stats[name].n)]
+                "calibrate this model with the options it is compiled with"
+            )
+        shapes = [
+            (name, (k, n), (self.stats[name].k, self.stats[name].n))
+            for name, k, n in gemms
+            if (k, n) != (self.stats[name].k, self.stats[name].n)
+        ]
         if shapes:
             raise CalibrationMismatch(
                 f"calibration {self.source} was made for other shapes: "
-                + ", ".join(f"{name} is K x N = {m} in the model, {c} in the calibration" for name, m, c in shapes))
+                + ", ".join(f"{name} is K x N = {m} in the model, {c} in the calibration" for name, m, c in shapes)
+            )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path`` (safetensors) and ``path.json``; returns the JSON path."""
@@ -154,19 +168,25 @@ class Calibration:
         path = Path(path)
         sidecar = _sidecar(path)
         if not path.is_file() or not sidecar.is_file():
-            raise FileNotFoundError(f"calibration {path}: needs {path} and {sidecar} (lynx_compile.calibrate(...)"
-                                    ".save(path) or `lynx-compile calibrate`)")
+            raise FileNotFoundError(
+                f"calibration {path}: needs {path} and {sidecar} (lynx_compile.calibrate(...)"
+                ".save(path) or `lynx-compile calibrate`)"
+            )
         meta = json.loads(sidecar.read_text())
         if meta.get("format") != FORMAT:
-            raise CalibrationMismatch(f"calibration {path} has format {meta.get('format')}, this lynx_compile reads "
-                                      f"format {FORMAT}: calibrate again")
+            raise CalibrationMismatch(
+                f"calibration {path} has format {meta.get('format')}, this lynx_compile reads "
+                f"format {FORMAT}: calibrate again"
+            )
         tensors = load_file(path)
         stats = {}
         for name, g in meta["gemms"].items():
             sxx, sxt = tensors[f"{name}/sxx"], tensors[f"{name}/sxt"]
             if sxx.shape != (g["k"], g["k"]) or sxt.shape != (g["k"], g["n"]):
-                raise CalibrationMismatch(f"calibration {path}: {name}'s tensors {tuple(sxx.shape)}, "
-                                          f"{tuple(sxt.shape)} disagree with its K={g['k']}, N={g['n']}")
+                raise CalibrationMismatch(
+                    f"calibration {path}: {name}'s tensors {tuple(sxx.shape)}, "
+                    f"{tuple(sxt.shape)} disagree with its K={g['k']}, N={g['n']}"
+                )
             stats[name] = GemmStatistics(sxx, sxt, g["rows"], g["tt"])
         return cls(stats, options=meta["options"], dtype=meta["dtype"], source=str(path))
 

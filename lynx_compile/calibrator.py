@@ -24,8 +24,9 @@ from .passes.gemms import GemmSite, find_gemms
 
 
 class _Collector(GemmInterpreter):
-    def __init__(self, gm: fx.GraphModule, sites: Sequence[GemmSite], stats: dict[str, GemmStatistics],
-                 compensate: bool) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, sites: Sequence[GemmSite], stats: dict[str, GemmStatistics], compensate: bool
+    ) -> None:
         super().__init__(gm, sites)
         self.stats, self.compensate = stats, compensate
 
@@ -34,9 +35,17 @@ class _Collector(GemmInterpreter):
         stats.add(x, weight, self.compensate)
 
 
-def calibrate(model_or_pipe: Any, inputs_or_prompts: Iterable[Any], *,
-              options: LynxConfig | Mapping[str, Any] | None = None, steps: int = 28, batch_size: int | None = None,
-              seed: int = 0, pipe_kwargs: Mapping[str, Any] | None = None, progress: bool = True) -> Calibration:
+def calibrate(
+    model_or_pipe: Any,
+    inputs_or_prompts: Iterable[Any],
+    *,
+    options: LynxConfig | Mapping[str, Any] | None = None,
+    steps: int = 28,
+    batch_size: int | None = None,
+    seed: int = 0,
+    pipe_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Calibration:
     """Statistics of every GEMM the lynx pass may make sparse under ``options`` (the pruning it assumes:
     ``compensate``), on the dense model's activations.
 
@@ -74,22 +83,33 @@ def calibrate(model_or_pipe: Any, inputs_or_prompts: Iterable[Any], *,
                 else:
                     compiled(item)
     if not stats:
-        raise RuntimeError("lynx calibrate: no GEMM the lynx pass could make sparse ran (check the options: "
-                           f"include/exclude, min_rows={config.min_rows}, dtypes)")
-    return Calibration(stats, options={o: getattr(config, o) for o in PRUNING_OPTIONS},
-                       dtype=",".join(sorted(dtypes)))
+        raise RuntimeError(
+            "lynx calibrate: no GEMM the lynx pass could make sparse ran (check the options: "
+            f"include/exclude, min_rows={config.min_rows}, dtypes)"
+        )
+    return Calibration(stats, options={o: getattr(config, o) for o in PRUNING_OPTIONS}, dtype=",".join(sorted(dtypes)))
 
 
-def _sample(pipe: Any, prompts: list[Any], backend: Callable[..., Any], steps: int, batch_size: int | None,
-            seed: int, pipe_kwargs: Mapping[str, Any] | None, progress: bool) -> None:
+def _sample(
+    pipe: Any,
+    prompts: list[Any],
+    backend: Callable[..., Any],
+    steps: int,
+    batch_size: int | None,
+    seed: int,
+    pipe_kwargs: Mapping[str, Any] | None,
+    progress: bool,
+) -> None:
     """The pipeline's sampling loop over every batch of prompts, its transformer compiled with ``backend``."""
     if not prompts:
         raise ValueError("lynx calibrate: no prompts")
     if "callback_on_step_end" not in pyinspect.signature(pipe.__call__).parameters:
-        raise TypeError(f"{type(pipe).__name__}.__call__ takes no callback_on_step_end: calibrate follows the steps "
-                        "through it (every diffusers DiT pipeline has it)")
+        raise TypeError(
+            f"{type(pipe).__name__}.__call__ takes no callback_on_step_end: calibrate follows the steps "
+            "through it (every diffusers DiT pipeline has it)"
+        )
     size = batch_size or len(prompts)
-    batches = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+    batches = [prompts[i : i + size] for i in range(0, len(prompts), size)]
     bar = tqdm(total=len(batches) * steps, desc="lynx calibrate", unit="step", disable=not progress)
 
     def on_step(_pipe: Any, _i: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +125,14 @@ def _sample(pipe: Any, prompts: list[Any], backend: Callable[..., Any], steps: i
         with bar:
             for b, batch in enumerate(batches):
                 generators = [torch.Generator().manual_seed(seed + b * size + i) for i in range(len(batch))]
-                pipe(**batched_prompts(batch), num_inference_steps=steps, generator=generators, output_type="latent",
-                     callback_on_step_end=on_step, **(pipe_kwargs or {}))
+                pipe(
+                    **batched_prompts(batch),
+                    num_inference_steps=steps,
+                    generator=generators,
+                    output_type="latent",
+                    callback_on_step_end=on_step,
+                    **(pipe_kwargs or {}),
+                )
     finally:
         pipe.transformer = original
         if hasattr(pipe, "set_progress_bar_config"):

@@ -71,33 +71,55 @@ def _model_args(p: argparse.ArgumentParser, *, default_model: str) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--checkpoint", help="local diffusers checkpoint directory instead of random weights")
     p.add_argument(
-        "-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a lynx option, VALUE as JSON (e.g. -o min_rows=64 -o 'exclude=[\"*.ff.*\"]')",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every per-layer decision")
 
 
 def _quality_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pipeline", default=pipelines.YARDSTICK, metavar="yardstick|zoo:flux|DIR",
-                   help="the trained yardstick, the tiny random zoo FLUX, or a local directory: a saved yardstick or "
-                        "any diffusers pipeline (DiffusionPipeline.from_pretrained)")
+    p.add_argument(
+        "--pipeline",
+        default=pipelines.YARDSTICK,
+        metavar="yardstick|zoo:flux|DIR",
+        help="the trained yardstick, the tiny random zoo FLUX, or a local directory: a saved yardstick or "
+        "any diffusers pipeline (DiffusionPipeline.from_pretrained)",
+    )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", metavar="FILE", help="prompts, one per line")
-    p.add_argument("--num-prompts", type=int, default=8,
-                   help="prompts made when none are given: yardstick captions of random scenes, random embeddings "
-                        "for the zoo, a built-in list for a checkpoint (default: 8)")
-    p.add_argument("--config", action="append", default=[], metavar="NAME=JSON",
-                   help="a configuration: lynx options as a JSON object (repeatable; default: "
-                        + ", ".join(f"{k}={json.dumps(v)}" for k, v in quality.DEFAULT_CONFIGS.items() if v is not None)
-                        + "; dense always runs first)")
+    p.add_argument(
+        "--num-prompts",
+        type=int,
+        default=8,
+        help="prompts made when none are given: yardstick captions of random scenes, random embeddings "
+        "for the zoo, a built-in list for a checkpoint (default: 8)",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a configuration: lynx options as a JSON object (repeatable; default: "
+        + ", ".join(f"{k}={json.dumps(v)}" for k, v in quality.DEFAULT_CONFIGS.items() if v is not None)
+        + "; dense always runs first)",
+    )
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
     p.add_argument("--height", type=int, help="image height (diffusers and zoo pipelines)")
     p.add_argument("--width", type=int, help="image width (diffusers and zoo pipelines)")
     p.add_argument("--seed", type=int, default=0, help="prompt i samples from seed + i (and the scenes from seed)")
     p.add_argument("--batch-size", type=int, help="prompts per pipeline call (default: all for the yardstick, else 1)")
-    p.add_argument("--reference-images", type=int, default=2048, metavar="N",
-                   help="yardstick: renders the FID-like distance compares with (0: no FID-like)")
+    p.add_argument(
+        "--reference-images",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="yardstick: renders the FID-like distance compares with (0: no FID-like)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--no-cost-model", action="store_true", help="add cost_model: false to every lynx configuration")
@@ -107,20 +129,34 @@ def _quality_args(p: argparse.ArgumentParser) -> None:
 
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pipeline", default=pipelines.YARDSTICK, metavar="yardstick|zoo:flux|DIR",
-                   help="as for `lynx-compile quality`")
+    p.add_argument(
+        "--pipeline",
+        default=pipelines.YARDSTICK,
+        metavar="yardstick|zoo:flux|DIR",
+        help="as for `lynx-compile quality`",
+    )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", metavar="FILE", help="prompts, one per line")
-    p.add_argument("--num-prompts", type=int, default=32,
-                   help="prompts made when none are given, as for `quality` but from --seed (default: 32); use "
-                        "another seed than the evaluation's")
+    p.add_argument(
+        "--num-prompts",
+        type=int,
+        default=32,
+        help="prompts made when none are given, as for `quality` but from --seed (default: 32); use "
+        "another seed than the evaluation's",
+    )
     p.add_argument("--steps", type=int, default=28, help="sampling steps: every one is calibrated")
     p.add_argument("--seed", type=int, default=1000, help="prompt i samples from seed + i (and the scenes from seed)")
     p.add_argument("--batch-size", type=int, help="prompts per pipeline call (default: all for the yardstick, else 1)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a lynx option the compiled model will use (the selection, compensate), VALUE as JSON")
+    p.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a lynx option the compiled model will use (the selection, compensate), VALUE as JSON",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the calibration file (FILE and FILE.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -131,12 +167,20 @@ def _calibrate(args: argparse.Namespace) -> int:
     if not prompts:
         prompts, _ = pipelines.default_prompts(source, args.num_prompts, args.seed)
     calibration = calibrate(
-        source.pipe, prompts, options=_parse_options(args.option), steps=args.steps,
-        batch_size=args.batch_size or (len(prompts) if source.kind == pipelines.YARDSTICK else 1), seed=args.seed,
-        pipe_kwargs=source.call_kwargs, progress=not args.no_progress)
+        source.pipe,
+        prompts,
+        options=_parse_options(args.option),
+        steps=args.steps,
+        batch_size=args.batch_size or (len(prompts) if source.kind == pipelines.YARDSTICK else 1),
+        seed=args.seed,
+        pipe_kwargs=source.call_kwargs,
+        progress=not args.no_progress,
+    )
     sidecar = calibration.save(args.out)
-    print(f"{calibration}: wrote {args.out} and {sidecar}; use it with "
-          f"options={{'low_rank': 32, 'calibration': {args.out!r}}}")
+    print(
+        f"{calibration}: wrote {args.out} and {sidecar}; use it with "
+        f"options={{'low_rank': 32, 'calibration': {args.out!r}}}"
+    )
     return 0
 
 
@@ -155,13 +199,24 @@ def _quality(args: argparse.Namespace) -> int:
             pipe_kwargs[key] = getattr(args, key)
     evaluator, reference, why = pipelines.grading(source, scenes, args.reference_images, device)
     if device.type == "cpu":
-        print("lynx-compile quality on the CPU: the reference path (pruning, then a dense GEMM), the same numbers as "
-              "the GPU up to rounding, no speed-up; keep sizes small")
+        print(
+            "lynx-compile quality on the CPU: the reference path (pruning, then a dense GEMM), the same numbers as "
+            "the GPU up to rounding, no speed-up; keep sizes small"
+        )
     result = quality.compare(
-        source.pipe, prompts, configs, seeds=[args.seed + i for i in range(len(prompts))], steps=args.steps,
-        guidance_scale=args.guidance, pipe_kwargs=pipe_kwargs,
+        source.pipe,
+        prompts,
+        configs,
+        seeds=[args.seed + i for i in range(len(prompts))],
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        pipe_kwargs=pipe_kwargs,
         batch_size=args.batch_size or (len(prompts) if source.kind == pipelines.YARDSTICK else 1),
-        evaluator=evaluator, scenes=scenes, reference_images=reference, model=source.model, out=args.out,
+        evaluator=evaluator,
+        scenes=scenes,
+        reference_images=reference,
+        model=source.model,
+        out=args.out,
         progress=not args.no_progress,
     )
     print(result)
@@ -198,8 +253,10 @@ def _parse_configs(pairs: list[str], no_cost_model: bool) -> dict[str, dict[str,
         except json.JSONDecodeError as e:
             raise SystemExit(f"lynx-compile quality: --config {pair!r}: {raw!r} is not JSON ({e})") from None
         if not isinstance(options, dict):
-            raise SystemExit(f"lynx-compile quality: --config {pair!r} is not NAME=JSON with a JSON object of lynx "
-                             """options, e.g. --config 'naive={"compensate": false}'""")
+            raise SystemExit(
+                f"lynx-compile quality: --config {pair!r} is not NAME=JSON with a JSON object of lynx "
+                """options, e.g. --config 'naive={"compensate": false}'"""
+            )
         configs[name] = options
     configs = configs or dict(quality.DEFAULT_CONFIGS)
     if no_cost_model:
@@ -227,15 +284,25 @@ def _build(args: argparse.Namespace) -> zoo.ZooModel:
     device = torch.device(args.device)
     dtype = _DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     return zoo.build(
-        args.model, size=args.size, depth=args.depth, width=args.width, resolution=args.resolution,
-        frames=args.frames, batch=args.batch, dtype=dtype, device=device, checkpoint=args.checkpoint,
+        args.model,
+        size=args.size,
+        depth=args.depth,
+        width=args.width,
+        resolution=args.resolution,
+        frames=args.frames,
+        batch=args.batch,
+        dtype=dtype,
+        device=device,
+        checkpoint=args.checkpoint,
     )
 
 
 def _demo(built: zoo.ZooModel, options: dict[str, Any], runs: int) -> int:
     device = next(built.model.parameters()).device
-    print(f"lynx demo: {built.name} ({sum(p.numel() for p in built.model.parameters()) / 1e6:.1f}M params) "
-          f"on {device}, {built.tokens} tokens")
+    print(
+        f"lynx demo: {built.name} ({sum(p.numel() for p in built.model.parameters()) / 1e6:.1f}M params) "
+        f"on {device}, {built.tokens} tokens"
+    )
     report = inspect(built.model, **built.example_kwargs, options=options)
     print(report, end="\n\n")
     with torch.no_grad():

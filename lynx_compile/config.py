@@ -126,10 +126,13 @@ class LynxConfig:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0):
             raise TypeError(f"lynx option 'max_layer_error' must be None or a number >= 0, got {budget!r}")
         steps = self.dense_steps
-        if isinstance(steps, bool) or not ((isinstance(steps, int) and steps >= 0)
-                                           or (isinstance(steps, float) and 0 < steps < 1)):
-            raise TypeError(f"lynx option 'dense_steps' must be an int >= 0 (steps) or a float in (0, 1) (a fraction "
-                            f"of the steps), got {steps!r}")
+        if isinstance(steps, bool) or not (
+            (isinstance(steps, int) and steps >= 0) or (isinstance(steps, float) and 0 < steps < 1)
+        ):
+            raise TypeError(
+                f"lynx option 'dense_steps' must be an int >= 0 (steps) or a float in (0, 1) (a fraction "
+                f"of the steps), got {steps!r}"
+            )
         budget = self.error_budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0):
             raise TypeError(f"lynx option 'error_budget' must be None or a number >= 0, got {budget!r}")
@@ -140,22 +143,31 @@ class LynxConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"lynx option 'precision' must be one of {PRECISIONS}, got {self.precision!r}")
         if self.inductor_mode is not None and self.inductor_mode not in INDUCTOR_MODES:
-            raise ValueError(f"lynx option 'inductor_mode' must be None or one of {INDUCTOR_MODES}, "
-                             f"got {self.inductor_mode!r}")
+            raise ValueError(
+                f"lynx option 'inductor_mode' must be None or one of {INDUCTOR_MODES}, got {self.inductor_mode!r}"
+            )
         if not isinstance(self.low_rank, int) or isinstance(self.low_rank, bool) or self.low_rank < 0:
             raise TypeError(f"lynx option 'low_rank' must be a non-negative int, got {self.low_rank!r}")
         if self.calibration is not None and not isinstance(self.calibration, (str, os.PathLike, Calibration)):
-            raise TypeError("lynx option 'calibration' must be None, a path or a lynx_compile.Calibration, "
-                            f"got {type(self.calibration).__name__}")
+            raise TypeError(
+                "lynx option 'calibration' must be None, a path or a lynx_compile.Calibration, "
+                f"got {type(self.calibration).__name__}"
+            )
         if self.low_rank and self.calibration is None:
-            raise ValueError(f"lynx option low_rank={self.low_rank} needs option 'calibration': a file written by "
-                             "`lynx-compile calibrate` or Calibration.save, or lynx_compile.calibrate(...)'s result")
+            raise ValueError(
+                f"lynx option low_rank={self.low_rank} needs option 'calibration': a file written by "
+                "`lynx-compile calibrate` or Calibration.save, or lynx_compile.calibrate(...)'s result"
+            )
         if self.fold_bias and self.compensate:
-            raise ValueError("lynx options 'fold_bias' and 'compensate' cannot be combined: compensation scales "
-                             "each row of a GEMM's output, and a bias added inside the GEMM would be scaled with it")
+            raise ValueError(
+                "lynx options 'fold_bias' and 'compensate' cannot be combined: compensation scales "
+                "each row of a GEMM's output, and a bias added inside the GEMM would be scaled with it"
+            )
         if self.fold_bias and self.precision == "fp8":
-            raise ValueError("lynx options 'fold_bias' and precision='fp8' cannot be combined: the fp8 GEMM's "
-                             "scales are applied to its output, and a bias added inside the GEMM would be scaled too")
+            raise ValueError(
+                "lynx options 'fold_bias' and precision='fp8' cannot be combined: the fp8 GEMM's "
+                "scales are applied to its output, and a bias added inside the GEMM would be scaled too"
+            )
 
     @classmethod
     def from_options(cls, options: LynxConfig | Mapping[str, Any] | None = None) -> LynxConfig:

@@ -37,8 +37,9 @@ class _Session:
 _SESSION: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("lynx_inspect", default=None)
 
 
-def inspect(model: Callable[..., Any], *args: Any, options: LynxConfig | dict[str, Any] | None = None,
-            **kwargs: Any) -> Report:
+def inspect(
+    model: Callable[..., Any], *args: Any, options: LynxConfig | dict[str, Any] | None = None, **kwargs: Any
+) -> Report:
     """Run ``model(*args, **kwargs)`` once and report every GEMM the lynx backend would see."""
     config = LynxConfig.from_options(options)
     session = _Session(config)

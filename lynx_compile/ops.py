@@ -85,8 +85,9 @@ def compress_2to4_norms(x: torch.Tensor, rows: int, method: str) -> tuple[torch.
     return compressed, norms
 
 
-def _compress(x: torch.Tensor, rows: int, method: str, ones_column: bool = False,
-              with_norms: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _compress(
+    x: torch.Tensor, rows: int, method: str, ones_column: bool = False, with_norms: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The two ops' eager work: the compressed bytes as flat int64, and ``norm_partials(x)`` if asked."""
     if method in (PruneSite.FUSED, PruneSite.TRITON):
         if with_norms:
@@ -120,8 +121,10 @@ def _(compressed: torch.Tensor, weight: torch.Tensor, padded: int, rows: int, al
 
 @compress_2to4_norms.register_fake
 def _(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return (x.new_empty((compressed_int64_numel(rows, x.shape[1], x.dtype),), dtype=torch.int64),
-            x.new_empty((2, x.shape[0], norm_chunks(x.shape[1])), dtype=torch.float32))
+    return (
+        x.new_empty((compressed_int64_numel(rows, x.shape[1], x.dtype),), dtype=torch.int64),
+        x.new_empty((2, x.shape[0], norm_chunks(x.shape[1])), dtype=torch.float32),
+    )
 
 
 def compress_activation(x: torch.Tensor, method: str, ones_column: bool = False) -> torch.Tensor:
@@ -172,21 +175,25 @@ def compress_fp8(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor,
 
 @compress_fp8.register_fake
 def _(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return (x.new_empty((compressed_int64_numel(rows, x.shape[1], FP8),), dtype=torch.int64),
-            x.new_empty((x.shape[0],), dtype=torch.float32))
+    return (
+        x.new_empty((compressed_int64_numel(rows, x.shape[1], FP8),), dtype=torch.int64),
+        x.new_empty((x.shape[0],), dtype=torch.float32),
+    )
 
 
 @torch.library.custom_op("lynx::sparse_mm_fp8", mutates_args=())
-def sparse_mm_fp8(compressed: torch.Tensor, wq: torch.Tensor, padded: int, rows: int, alg_id: int,
-                  out_dtype: torch.dtype) -> torch.Tensor:
+def sparse_mm_fp8(
+    compressed: torch.Tensor, wq: torch.Tensor, padded: int, rows: int, alg_id: int, out_dtype: torch.dtype
+) -> torch.Tensor:
     """The unscaled product ``(q @ wq.T)[:rows]`` of e4m3 operands, in ``out_dtype`` (bf16/fp16)."""
     operand = compressed.view(FP8).view(compressed_shape(padded, wq.shape[1], FP8))
     return cusparselt.sparse_mm(operand, wq, alg_id, out_dtype=out_dtype)[:rows]
 
 
 @sparse_mm_fp8.register_fake
-def _(compressed: torch.Tensor, wq: torch.Tensor, padded: int, rows: int, alg_id: int,
-      out_dtype: torch.dtype) -> torch.Tensor:
+def _(
+    compressed: torch.Tensor, wq: torch.Tensor, padded: int, rows: int, alg_id: int, out_dtype: torch.dtype
+) -> torch.Tensor:
     return wq.new_empty((rows, wq.shape[0]), dtype=out_dtype)
 
 
@@ -197,8 +204,15 @@ def compress_activation_fp8(x: torch.Tensor, method: str) -> tuple[torch.Tensor,
     return compressed, scale.view(x.shape[:-1])
 
 
-def sparse_linear_fp8(compressed: torch.Tensor, x_scale: torch.Tensor, x: torch.Tensor, wq: torch.Tensor,
-                      w_scale: torch.Tensor, alg_id: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_linear_fp8(
+    compressed: torch.Tensor,
+    x_scale: torch.Tensor,
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    w_scale: torch.Tensor,
+    alg_id: int,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The fp8 GEMM of one layer on an already compressed activation, with its scale epilogue (plain
     torch ops: Inductor fuses them into one pointwise kernel with the bias add). ``x`` gives the shape
     and dtype; ``scale``: a further row scale (compensation)."""
@@ -208,7 +222,8 @@ def sparse_linear_fp8(compressed: torch.Tensor, x_scale: torch.Tensor, x: torch.
     return fp8_epilogue(acc, x_scale if scale is None else x_scale * scale, w_scale, x.dtype)
 
 
-def reference_linear_fp8(pruned: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
-                         scale: torch.Tensor | None = None) -> torch.Tensor:
+def reference_linear_fp8(
+    pruned: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """The reference path of an fp8 layer: ``semantics.fp8_linear`` of the pruned activation."""
     return fp8_linear(pruned, wq, w_scale, scale)

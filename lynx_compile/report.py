@@ -108,8 +108,22 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent, default=str)  # default: a Calibration in the options
 
     def __str__(self) -> str:
-        header = ("name", "path", "prune", "M", "K", "N", "dtype", "precision", "GFLOP", "rel_err", "pruned_E", "r",
-                  "rel_err_r", "reason")
+        header = (
+            "name",
+            "path",
+            "prune",
+            "M",
+            "K",
+            "N",
+            "dtype",
+            "precision",
+            "GFLOP",
+            "rel_err",
+            "pruned_E",
+            "r",
+            "rel_err_r",
+            "reason",
+        )
         rows = [
             (
                 layer.name,

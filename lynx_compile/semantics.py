@@ -59,8 +59,9 @@ def keep_mask_2to4(x: torch.Tensor) -> torch.Tensor:
     # rank_i = #{j : mag_j > mag_i, or mag_j == mag_i and j < i}; keep the two of rank 0 and 1.
     ranks = []
     for i in range(GROUP):
-        beaten = [(mag[..., j] >= mag[..., i]) if j < i else (mag[..., j] > mag[..., i])
-                  for j in range(GROUP) if j != i]
+        beaten = [
+            (mag[..., j] >= mag[..., i]) if j < i else (mag[..., j] > mag[..., i]) for j in range(GROUP) if j != i
+        ]
         ranks.append(sum(b.to(torch.int8) for b in beaten))
     rank = torch.stack(ranks, dim=-1)
     return (rank < KEEP).reshape(x.shape)
@@ -167,16 +168,18 @@ def quantise_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(x.shape), scale.view(x.shape[:-1])
 
 
-def fp8_epilogue(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor,
-                 dtype: torch.dtype) -> torch.Tensor:
+def fp8_epilogue(
+    acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """The output of an fp8 GEMM from its accumulator: ``acc * row_scale[:, None] * col_scale[None, :]``
     in float32, then ``dtype``. With power-of-two scales the products are exact, so an accumulator
     already rounded to bf16 gives the same bits as a float32 one rounded at the end."""
     return (acc.float() * row_scale.unsqueeze(-1) * col_scale).to(dtype)
 
 
-def fp8_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
-               row_scale: torch.Tensor | None = None) -> torch.Tensor:
+def fp8_linear(
+    x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, row_scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """The reference fp8 GEMM of a pruned activation: quantise its rows, multiply the e4m3 values in
     float32 by the quantised weight ``wq`` (N, K) with its per-channel ``w_scale`` (N,), scale back
     (``fp8_epilogue``, with ``row_scale`` too, e.g. compensation's), in x's dtype."""

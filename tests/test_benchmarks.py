@@ -86,10 +86,14 @@ def test_rounding_floor_grows_with_the_pruning_flips() -> None:
 def test_floor_bound_caps_what_a_separate_prune_pass_gives() -> None:
     """The bound charges the sparse GEMM plus the prune at its floor: it sits between the GEMM alone and
     the measured prune + GEMM, and its geomean row is the geomean of the rows' bounds."""
-    rows = [linear.Row("a", 4096, 3072, 3072, "bfloat16", 0.109, 0.019, 0.013, 0.078, 0.130, 0.095, 0.099,
-                       "cusparselt", 20, []),
-            linear.Row("b", 4096, 12288, 3072, "bfloat16", 0.433, 0.067, 0.052, 0.278, 0.380, 0.364, 0.372,
-                       "cusparselt", 20, [])]
+    rows = [
+        linear.Row(
+            "a", 4096, 3072, 3072, "bfloat16", 0.109, 0.019, 0.013, 0.078, 0.130, 0.095, 0.099, "cusparselt", 20, []
+        ),
+        linear.Row(
+            "b", 4096, 12288, 3072, "bfloat16", 0.433, 0.067, 0.052, 0.278, 0.380, 0.364, 0.372, "cusparselt", 20, []
+        ),
+    ]
     table = linear.markdown_rows(rows, ["layer", "m", "gemm speedup", "floor bound", "no-bias speedup"])
     for row in table[:2]:
         assert row["no-bias speedup"] < row["floor bound"] < row["gemm speedup"]

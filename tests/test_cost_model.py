@@ -14,16 +14,20 @@ from lynx_compile.passes import profitability
 from lynx_compile.passes.decision import Decision
 
 
-def _cost_model(monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: float, min_speedup: float,
-                compensate: bool = False):
+def _cost_model(
+    monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: float, min_speedup: float, compensate: bool = False
+):
     """Run the cost model on GEMM groups (one activation each) of (dense_ms, sparse_gemm_ms),
     GPU measurements stubbed out (they see norms=compensate); returns the decisions group by group."""
     sites, times = [], {}
     for g, members in enumerate(groups):
         for j, (dense_ms, gemm_ms) in enumerate(members):
             n = 1024 * (j + 1)  # shapes tell the GEMMs apart in the stub
-            sites.append(types.SimpleNamespace(x=f"x{g}", m=4096, k=1024 * (g + 1), n=n,
-                                               dtype=torch.bfloat16, device=torch.device("cuda")))
+            sites.append(
+                types.SimpleNamespace(
+                    x=f"x{g}", m=4096, k=1024 * (g + 1), n=n, dtype=torch.bfloat16, device=torch.device("cuda")
+                )
+            )
             times[(sites[-1].k, n)] = tuning.Costs(dense_ms, prune_ms, gemm_ms)
 
     def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms, fp8=False):
@@ -36,16 +40,20 @@ def _cost_model(monkeypatch, groups: list[list[tuple[float, float]]], prune_ms: 
     return [[next(out) for _ in members] for members in groups]
 
 
-@pytest.mark.parametrize("dense_ms, gemm_ms, min_speedup, sparse", [
-    (1.0, 0.85, 1.1, False),  # 1.0 / (0.1 + 0.85) = 1.05x: faster, but by less than the bar
-    (1.0, 0.75, 1.1, True),  # 1.18x
-    (1.0, 0.85, 1.0, True),  # min_speedup=1: any measured gain
-    (1.0, 0.95, 1.0, False),  # 0.95 + 0.1 > 1.0
-])
+@pytest.mark.parametrize(
+    "dense_ms, gemm_ms, min_speedup, sparse",
+    [
+        (1.0, 0.85, 1.1, False),  # 1.0 / (0.1 + 0.85) = 1.05x: faster, but by less than the bar
+        (1.0, 0.75, 1.1, True),  # 1.18x
+        (1.0, 0.85, 1.0, True),  # min_speedup=1: any measured gain
+        (1.0, 0.95, 1.0, False),  # 0.95 + 0.1 > 1.0
+    ],
+)
 @pytest.mark.parametrize("compensate", [False, True])
 def test_cost_model_bar(monkeypatch, dense_ms, gemm_ms, min_speedup, sparse, compensate):
-    [[decision]] = _cost_model(monkeypatch, [[(dense_ms, gemm_ms)]], prune_ms=0.1, min_speedup=min_speedup,
-                               compensate=compensate)
+    [[decision]] = _cost_model(
+        monkeypatch, [[(dense_ms, gemm_ms)]], prune_ms=0.1, min_speedup=min_speedup, compensate=compensate
+    )
     assert decision.sparse is sparse
     assert f"{dense_ms / (0.1 + gemm_ms):.2f}x" in decision.reason
     assert (decision.alg_id == 3 and "block GEMM" in decision.reason) if sparse else ("min_speedup" in decision.reason)
@@ -59,8 +67,11 @@ def test_cost_model_shares_pruning(monkeypatch):
     assert not alone.sparse and "0.91x < min_speedup" in alone.reason
 
 
-@given(st.lists(st.tuples(st.floats(0.1, 2.0), st.floats(0.1, 2.0)), min_size=1, max_size=5),
-       st.floats(0.0, 1.0), st.floats(0.8, 1.5))
+@given(
+    st.lists(st.tuples(st.floats(0.1, 2.0), st.floats(0.1, 2.0)), min_size=1, max_size=5),
+    st.floats(0.0, 1.0),
+    st.floats(0.8, 1.5),
+)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_cost_model_group_properties(monkeypatch, group, prune_ms, min_speedup):
     """Whatever the times: every sparse GEMM clears the bar on its own product, the sparse set
@@ -111,8 +122,13 @@ class _FakeGPU:
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.floats(0.01, 1.0), min_size=0, max_size=22), st.sets(st.integers(1, 3)),
-       st.integers(1, 4), st.integers(1, 5), st.booleans())
+@given(
+    st.lists(st.floats(0.01, 1.0), min_size=0, max_size=22),
+    st.sets(st.integers(1, 3)),
+    st.integers(1, 4),
+    st.integers(1, 5),
+    st.booleans(),
+)
 def test_queued_ms_times_each_key(monkeypatch, per_call, woken, calls, rounds, refusal):
     """Each key's time per call, the two warm-up calls left out (a key's first call is slow, as a
     first launch is); keys end at the first one whose warm-up raises the ``refused`` error, and any other error

@@ -59,10 +59,10 @@ class Block(nn.Module):
 
 def _inputs(d: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(2, 40, d, generator=g, dtype=torch.bfloat16),
-            torch.randn(2, 1, d, generator=g, dtype=torch.bfloat16))
-
-
+    return (
+        torch.randn(2, 40, d, generator=g, dtype=torch.bfloat16),
+        torch.randn(2, 1, d, generator=g, dtype=torch.bfloat16),
+    )
 
 
 def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold(monkeypatch):
@@ -70,8 +70,13 @@ def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold(monkeypatch):
     model = Block().to(torch.bfloat16)
     sites = gemm_sites(model, *_inputs())
     assert {s.name: costly_bias_add(s) for s in sites} == {
-        "to_q": "rms_norm", "to_k": "scaled_dot_product_attention", "to_v": "scaled_dot_product_attention",
-        "to_out": None, "fc1": None, "fc2": None}
+        "to_q": "rms_norm",
+        "to_k": "scaled_dot_product_attention",
+        "to_v": "scaled_dot_product_attention",
+        "to_out": None,
+        "fc1": None,
+        "fc2": None,
+    }
     folded = fold_biases(sites, [FAST] * len(sites))
     assert {s.name for s, d in zip(sites, folded) if d.fold_bias} == {"to_q", "to_k", "to_v"}
     assert all(d.gemm_k(s.k) == s.k + BIAS_COLUMNS for s, d in zip(sites, folded) if d.fold_bias)
@@ -91,7 +96,10 @@ def test_no_bias_folds_where_the_ones_column_kernel_failed_its_self_check(monkey
     folded = fold_biases(sites, [FAST] * len(sites))
     assert not any(d.fold_bias for d in folded)
     assert {s.name for s, d in zip(sites, folded) if "kernel with a ones column failed its self-check" in d.reason} == {
-        "to_q", "to_k", "to_v"}
+        "to_q",
+        "to_k",
+        "to_v",
+    }
 
 
 def _emulated_sparse_mm(operand: torch.Tensor, weight: torch.Tensor, alg_id: int) -> torch.Tensor:
@@ -136,16 +144,16 @@ def folded_model():
 
 def _eager_pruned(model: Block, x: torch.Tensor, scale: torch.Tensor, prune=prune_2to4) -> torch.Tensor:
     """The block in eager bf16 with every GEMM's input pruned (by ``prune``)."""
-    hooks = [m.register_forward_pre_hook(lambda mod, args: (prune(args[0]),))
-             for m in (model.to_q, model.to_k, model.to_v, model.to_out, model.fc1, model.fc2)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: (prune(args[0]),))
+        for m in (model.to_q, model.to_k, model.to_v, model.to_out, model.fc1, model.fc2)
+    ]
     try:
         with torch.no_grad():
             return model(x, scale)
     finally:
         for h in hooks:
             h.remove()
-
-
 
 
 def test_a_folded_gemm_adds_its_bias_to_rounding_level(monkeypatch):
@@ -190,8 +198,20 @@ def test_refresh_follows_a_replaced_tensor():
     w_node, b_node = gm.graph.placeholder("w"), gm.graph.placeholder("b")
     folds = FoldedWeights(gm)
     w, b = torch.randn(16, 32, dtype=torch.bfloat16), torch.randn(16, dtype=torch.bfloat16)
-    site = GemmSite(node=None, name="layer", x=None, weight=w_node, weight_is_nk=True, bias=b_node, m=64, k=32, n=16,
-                    dtype=w.dtype, device=w.device, dynamic_m=False)
+    site = GemmSite(
+        node=None,
+        name="layer",
+        x=None,
+        weight=w_node,
+        weight_is_nk=True,
+        bias=b_node,
+        m=64,
+        k=32,
+        n=16,
+        dtype=w.dtype,
+        device=w.device,
+        dynamic_m=False,
+    )
     buffer = getattr(gm, folds.add(site, [w, b]))
     assert torch.equal(buffer, torch.cat([w, b[:, None], torch.zeros(16, BIAS_COLUMNS - 1, dtype=w.dtype)], 1))
     run = folds.wrap(lambda w, b: buffer[:, 32].clone())
@@ -215,8 +235,9 @@ def test_compensated_model_takes_its_norms_from_the_prune_kernel():
     patch, calls = pytest.MonkeyPatch(), []
     for name in ("prune_compress", "prune_compress_with_norms"):
         kernel = getattr(prune_compress_module, name)
-        patch.setattr(prune_compress_module, name,
-                      lambda *a, _k=kernel, _n=name, **kw: calls.append(_n) or _k(*a, **kw))
+        patch.setattr(
+            prune_compress_module, name, lambda *a, _k=kernel, _n=name, **kw: calls.append(_n) or _k(*a, **kw)
+        )
     try:
         model, compiled, reports = _emulated({**FOLD_OPTIONS, "fold_bias": False, "compensate": True}, patch)
         x, scale = _inputs(seed=3)

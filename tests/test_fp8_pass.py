@@ -37,6 +37,7 @@ def _expected(model: MLP, x: torch.Tensor) -> torch.Tensor:
         wq, ws = quantise_fp8_rows(lin.weight)
         out = fp8_linear(prune_2to4(h), wq, ws)
         return out if lin.bias is None else out + lin.bias
+
     return layer(model.down, torch.nn.functional.gelu(layer(model.up, x)))
 
 

@@ -93,8 +93,15 @@ def test_nan_elements_quantise_to_0x7f_and_nonfinite_rows_give_nan(x):
 
 
 def test_edge_rows():
-    x = torch.tensor([[0.0, -0.0, 0.0, 0.0], [448.0, 449.0, 1.0, -1.0], [1e-40, -1e-40, 0.0, 0.0],
-                      [3e38, 1.0, 0.0, 0.0], [1.75, 1.7500001, 0.0, 0.0]])
+    x = torch.tensor(
+        [
+            [0.0, -0.0, 0.0, 0.0],
+            [448.0, 449.0, 1.0, -1.0],
+            [1e-40, -1e-40, 0.0, 0.0],
+            [3e38, 1.0, 0.0, 0.0],
+            [1.75, 1.7500001, 0.0, 0.0],
+        ]
+    )
     q, scale = quantise_fp8_rows(x)
     assert scale.tolist() == [2.0**-126, 2.0, 2.0**-126, 2.0**120, 2.0**-7]  # 1.7500001 * 2^8 > 448
     assert q[0].view(torch.uint8).tolist() == [0x00, 0x80, 0x00, 0x00]

@@ -48,8 +48,9 @@ def model_and_calibration() -> tuple[Mlp, Calibration, list[torch.Tensor]]:
 def test_the_fit_recovers_a_planted_low_rank_correction(k: int, n: int, rank: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(4 * k + 8, k, generator=g, dtype=torch.float64)
-    planted = torch.randn(k, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, n, generator=g,
-                                                                                    dtype=torch.float64)
+    planted = torch.randn(k, rank, generator=g, dtype=torch.float64) @ torch.randn(
+        rank, n, generator=g, dtype=torch.float64
+    )
     t = x @ planted
     a, b = lowrank.fit(x.T @ x, x.T @ t, rank, ridge=0.0)
     r = min(rank, k, n)
@@ -66,8 +67,9 @@ def test_the_fit_is_the_best_of_its_rank(rank: int, seed: int) -> None:
     and ``residual`` from the moments is the directly measured error."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(200, 16, generator=g, dtype=torch.float64) * torch.linspace(0.1, 4, 16, dtype=torch.float64)
-    t = x @ torch.randn(16, 12, generator=g, dtype=torch.float64) + 0.3 * torch.randn(200, 12, generator=g,
-                                                                                        dtype=torch.float64)
+    t = x @ torch.randn(16, 12, generator=g, dtype=torch.float64) + 0.3 * torch.randn(
+        200, 12, generator=g, dtype=torch.float64
+    )
     sxx, sxt, tt = x.T @ x, x.T @ t, t.square().sum().item()
     a, b = lowrank.fit(sxx, sxt, rank, ridge=0.0)
     best = (x @ a @ b - t).square().sum().item()
@@ -112,8 +114,12 @@ def test_save_load_round_trip(model_and_calibration, tmp_path) -> None:
     sidecar = calibration.save(path)
     meta = json.loads(sidecar.read_text())
     assert meta["format"] == 1 and meta["options"] == {"compensate": False} and meta["dtype"] == "float32"
-    assert meta["gemms"]["down"] == {"k": 128, "n": 64, "rows": calibration.stats["down"].rows,
-                                     "tt": calibration.stats["down"].tt}
+    assert meta["gemms"]["down"] == {
+        "k": 128,
+        "n": 64,
+        "rows": calibration.stats["down"].rows,
+        "tt": calibration.stats["down"].tt,
+    }
     loaded = Calibration.load(path)
     assert loaded.names == calibration.names and loaded.options == calibration.options
     for name in calibration.names:
@@ -136,8 +142,11 @@ def test_a_compensated_layer_computes_the_documented_formula(model_and_calibrati
         a_dn, b_dn = (f.float() for f in calibration.factors("down", 8))
         h = F.gelu(F.linear(prune_2to4(x), model.up.weight, model.up.bias) + (x @ a_up) @ b_up)
         want = F.linear(prune_2to4(h), model.down.weight, model.down.bias) + (h @ a_dn) @ b_dn
-        naive = F.linear(prune_2to4(F.gelu(F.linear(prune_2to4(x), model.up.weight, model.up.bias))),
-                         model.down.weight, model.down.bias)
+        naive = F.linear(
+            prune_2to4(F.gelu(F.linear(prune_2to4(x), model.up.weight, model.up.bias))),
+            model.down.weight,
+            model.down.bias,
+        )
         dense = model(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (got - dense).norm() < 0.95 * (naive - dense).norm()  # the branch pays off on structured rows
@@ -169,8 +178,9 @@ def _refused(model: nn.Module, x: torch.Tensor, calibration: Calibration, match:
     """Compiling ``model`` fails with a ``CalibrationMismatch`` saying ``match`` (Dynamo wraps backend errors)."""
     torch.compiler.reset()
     with torch.no_grad(), pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=match) as info:
-        torch.compile(model, backend="lynx", options={**OPTIONS, "low_rank": 4, "calibration": calibration,
-                                                      **options})(x)
+        torch.compile(model, backend="lynx", options={**OPTIONS, "low_rank": 4, "calibration": calibration, **options})(
+            x
+        )
     assert isinstance(info.value.inner_exception, CalibrationMismatch)
 
 
@@ -195,8 +205,13 @@ def test_mismatched_shapes_are_an_error(model_and_calibration) -> None:
 
 def test_mismatched_options_are_an_error(model_and_calibration) -> None:
     model, calibration, xs = model_and_calibration
-    _refused(model, xs[0], calibration, "assumed compensate=False, the model is compiled with compensate=True",
-             compensate=True)
+    _refused(
+        model,
+        xs[0],
+        calibration,
+        "assumed compensate=False, the model is compiled with compensate=True",
+        compensate=True,
+    )
 
 
 def test_a_missing_or_old_file_is_an_error(model_and_calibration, tmp_path) -> None:
@@ -218,8 +233,9 @@ def test_a_pipeline_calibration_sees_every_step_with_the_pass_names() -> None:
     calibration = lynx_compile.calibrate(pipe, captions, options=options, steps=2, progress=False)
     torch.compiler.reset()
     before = len(lynx_compile.reports())
-    pipe.transformer = torch.compile(pipe.transformer, backend="lynx",
-                                     options={**options, "low_rank": 4, "calibration": calibration})
+    pipe.transformer = torch.compile(
+        pipe.transformer, backend="lynx", options={**options, "low_rank": 4, "calibration": calibration}
+    )
     with torch.no_grad():
         pipe(captions[:1], num_inference_steps=1, output_type="latent")
     sparse = [layer for report in lynx_compile.reports()[before:] for layer in report.layers if layer.sparse]
@@ -232,8 +248,25 @@ def test_a_pipeline_calibration_sees_every_step_with_the_pass_names() -> None:
 
 def test_the_cli_calibrates_a_pipeline(tmp_path, capsys) -> None:
     out = tmp_path / "zoo.safetensors"
-    assert cli.main(["calibrate", "--pipeline", "zoo:flux", "--num-prompts", "1", "--steps", "2", "-o", "min_rows=16",
-                     "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "calibrate",
+                "--pipeline",
+                "zoo:flux",
+                "--num-prompts",
+                "1",
+                "--steps",
+                "2",
+                "-o",
+                "min_rows=16",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     calibration = Calibration.load(out)
     assert calibration.names and all(s.rows > 0 for s in calibration.stats.values())

@@ -59,8 +59,6 @@ def toy_inputs(batch: int = 2, tokens: int = 24, d: int = 32, seed: int = 0):
     return torch.randn(batch, tokens, d, generator=g), torch.randn(batch, d, generator=g)
 
 
-
-
 @pytest.fixture(scope="module")
 def toy():
     torch.manual_seed(0)

@@ -67,8 +67,11 @@ def test_at_most_two_nonzeros_per_group(x):
 @given(activations())
 def test_idempotent(x):
     once = prune_2to4(x)
-    assert torch.equal(prune_2to4(once).view(torch.uint8), once.view(torch.uint8)) if x.dtype != torch.float32 \
+    assert (
+        torch.equal(prune_2to4(once).view(torch.uint8), once.view(torch.uint8))
+        if x.dtype != torch.float32
         else torch.equal(prune_2to4(once).view(torch.int32), once.view(torch.int32))
+    )
 
 
 @given(activations())
@@ -84,8 +87,9 @@ def test_kept_magnitudes_dominate_pruned(x):
 
 def test_tie_and_nan_rules():
     nan, inf = float("nan"), float("inf")
-    x = torch.tensor([[1.0, -1.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0, nan, 5.0, inf, 1.0, 0.0, 0.0, 0.0, 0.0,
-                       -inf, 2.0, nan, 7.0]])
+    x = torch.tensor(
+        [[1.0, -1.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0, nan, 5.0, inf, 1.0, 0.0, 0.0, 0.0, 0.0, -inf, 2.0, nan, 7.0]]
+    )
     y = prune_2to4(x)
     expected = torch.tensor([[1.0, -1.0, 0, 0, 0, 3.0, 3.0, 0, nan, 0, inf, 0, 0, 0, 0, 0, -inf, 0, nan, 0]])
     assert torch.equal(y.isnan(), expected.isnan())

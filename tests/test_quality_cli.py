@@ -15,9 +15,28 @@ def test_quality_on_a_saved_yardstick(tmp_path: Path, capsys: pytest.CaptureFixt
     saved = tmp_path / "tiny"
     yardstick.save_pipeline(yardstick.build_pipeline(seed=0, config_overrides=yardstick.TINY_OVERRIDES), saved)
     out = tmp_path / "out"
-    assert main(["quality", "--pipeline", str(saved), "--num-prompts", "2", "--steps", "2", "--config", "defaults={}",
-                 "--no-cost-model", "--reference-images", "16", "--no-progress",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "quality",
+                "--pipeline",
+                str(saved),
+                "--num-prompts",
+                "2",
+                "--steps",
+                "2",
+                "--config",
+                "defaults={}",
+                "--no-cost-model",
+                "--reference-images",
+                "16",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "reference path" in printed and "| defaults |" in printed and str(out / "quality.json") in printed
     data = json.loads((out / "quality.json").read_text())
@@ -30,8 +49,25 @@ def test_quality_on_a_saved_yardstick(tmp_path: Path, capsys: pytest.CaptureFixt
 
 @pytest.mark.slow  # ~20 s: compiling FLUX, even tiny, on a CPU
 def test_quality_on_the_zoo_flux(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["quality", "--pipeline", "zoo:flux", "--num-prompts", "1", "--steps", "2", "--config",
-                 'defaults={"min_rows": 16}', "--no-progress", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "quality",
+                "--pipeline",
+                "zoo:flux",
+                "--num-prompts",
+                "1",
+                "--steps",
+                "2",
+                "--config",
+                'defaults={"min_rows": 16}',
+                "--no-progress",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "quality.json").read_text())
     assert [row["config"] for row in data["rows"]] == ["dense", "defaults"]
     assert data["rows"][1]["sparse_gemms"] > 0 and data["rows"][1]["psnr_db"] > 0

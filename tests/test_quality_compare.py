@@ -16,8 +16,18 @@ from lynx_compile.quality import Variant, compare, grid, pipelines, transformer_
 STEPS = 2
 CONFIGS = {"defaults": {}, "nothing_sparse": {"min_rows": 10**9}}
 META = {"device", "torch", "triton", "commit", "date", "model", "captions", "steps", "guidance", "path"}
-ROW = {"config", "options", "psnr_db", "ssim", "adherence", "fid_like", "mean_rel_err", "sparse_gemms", "seconds",
-       "path"}
+ROW = {
+    "config",
+    "options",
+    "psnr_db",
+    "ssim",
+    "adherence",
+    "fid_like",
+    "mean_rel_err",
+    "sparse_gemms",
+    "seconds",
+    "path",
+}
 
 
 def tiny_pipeline() -> yardstick.YardstickPipeline:
@@ -32,8 +42,18 @@ def scenes() -> list[yardstick.Scene]:
 def run(scenes: list[yardstick.Scene], out: Path | None = None, configs: dict = CONFIGS) -> quality.QualityResult:
     evaluator = yardstick.Evaluator()  # random weights: the numbers mean nothing, the plumbing is what is tested
     reference = pipelines.reference_images(4)
-    return compare(tiny_pipeline(), [yardstick.caption(s) for s in scenes], configs, steps=STEPS, batch_size=2,
-                   evaluator=evaluator, scenes=scenes, reference_images=reference, out=out, progress=False)
+    return compare(
+        tiny_pipeline(),
+        [yardstick.caption(s) for s in scenes],
+        configs,
+        steps=STEPS,
+        batch_size=2,
+        evaluator=evaluator,
+        scenes=scenes,
+        reference_images=reference,
+        out=out,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +105,21 @@ def test_files(result: quality.QualityResult) -> None:
     cell_h, cell_w = grid.cell_size(64, 64)
     assert (cell_h, cell_w) == (128, 128)
     with Image.open(png_path) as image:
-        assert image.size == (grid.LABEL + 3 * (cell_w + grid.PAD) + grid.PAD, grid.HEADER + 2 * (cell_h + grid.PAD)
-                              + grid.PAD)
+        assert image.size == (
+            grid.LABEL + 3 * (cell_w + grid.PAD) + grid.PAD,
+            grid.HEADER + 2 * (cell_h + grid.PAD) + grid.PAD,
+        )
 
 
 def test_a_transform_variant_runs_what_it_returns() -> None:
     """A Variant without options runs the transformed module eagerly: a copy gives the dense images exactly."""
-    result = compare(tiny_pipeline(), ["a small red circle top left, plain background"],
-                     {"copy": Variant(transform=copy.deepcopy)}, steps=1, progress=False)
+    result = compare(
+        tiny_pipeline(),
+        ["a small red circle top left, plain background"],
+        {"copy": Variant(transform=copy.deepcopy)},
+        steps=1,
+        progress=False,
+    )
     assert torch.equal(result.images["copy"], result.images["dense"])
     assert result.rows[1]["psnr_db"] is None and result.rows[1]["ssim"] == 1.0 and result.rows[1]["options"] is None
 
@@ -126,8 +153,13 @@ def test_bad_input_fails_before_any_sampling(kwargs: dict, error: type, match: s
     calls = []
     pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
     with pytest.raises(error, match=match):
-        compare(pipe, kwargs.pop("prompts", ["a small red circle top left, plain background"]), steps=1,
-                progress=False, **kwargs)
+        compare(
+            pipe,
+            kwargs.pop("prompts", ["a small red circle top left, plain background"]),
+            steps=1,
+            progress=False,
+            **kwargs,
+        )
     assert not calls
 
 

@@ -30,11 +30,14 @@ def test_every_variant_passes_against_the_reference_layout(emulated, variant, ca
     assert not caplog.records
 
 
-@pytest.mark.parametrize("variant, broken", [
-    ({"ones_column": True}, (cusparselt, "with_ones_column", lambda x: 2 * with_ones_column(x))),
-    ({"norms": True}, (self_check, "norm_partials", lambda x: norm_partials(x) * (1 + 1e-4))),
-    ({"fp8": True}, (cusparselt, "quantise_fp8_rows", lambda x: (lambda q, s: (q, 2 * s))(*quantise_fp8_rows(x)))),
-])
+@pytest.mark.parametrize(
+    "variant, broken",
+    [
+        ({"ones_column": True}, (cusparselt, "with_ones_column", lambda x: 2 * with_ones_column(x))),
+        ({"norms": True}, (self_check, "norm_partials", lambda x: norm_partials(x) * (1 + 1e-4))),
+        ({"fp8": True}, (cusparselt, "quantise_fp8_rows", lambda x: (lambda q, s: (q, 2 * s))(*quantise_fp8_rows(x)))),
+    ],
+)
 def test_a_variant_that_differs_fails_alone_and_warns_once(emulated, variant, broken, caplog):
     """Where only one variant disagrees (here the expectation is made wrong), only it falls back."""
     emulated.setattr(*broken)
@@ -60,8 +63,16 @@ def test_a_kernel_that_cannot_run_fails_its_check(emulated, caplog):
 def test_compensated_gemms_take_the_exact_path_where_the_norms_kernel_failed(monkeypatch):
     monkeypatch.setattr(cusparselt, "sparse_tensor_cores_available", lambda device=None: (True, ""))
     monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, norms=False, **kw: not norms)
-    site = types.SimpleNamespace(name="blocks.0.ff", m=4096, k=3072, n=3072, dtype=torch.bfloat16,
-                                 device=torch.device("cuda"), dynamic_m=False, x=None)
+    site = types.SimpleNamespace(
+        name="blocks.0.ff",
+        m=4096,
+        k=3072,
+        n=3072,
+        dtype=torch.bfloat16,
+        device=torch.device("cuda"),
+        dynamic_m=False,
+        x=None,
+    )
     plain, compensated = (legality.can_sparsify(site, LynxConfig(compensate=c)) for c in (False, True))
     assert (plain.path, plain.prune) == ("cusparselt", "triton")
     assert (compensated.path, compensated.prune) == ("cusparselt-compat", "cslt")

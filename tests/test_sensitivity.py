@@ -128,8 +128,11 @@ def test_budget_is_respected_on_a_zoo_model(name, budget):
     torch._dynamo.reset()
     n = len(lynx_compile.reports())
     with torch.no_grad():
-        out = zoo.sample(torch.compile(built.model, backend="lynx",
-                                       options={"min_rows": 32, "error_budget": budget})(**built.example_kwargs))
+        out = zoo.sample(
+            torch.compile(built.model, backend="lynx", options={"min_rows": 32, "error_budget": budget})(
+                **built.example_kwargs
+            )
+        )
     layers = [layer for r in lynx_compile.reports()[n:] for layer in r.layers]
     assert rel(out, dense) <= budget * 1.001
     assert any(layer.sparse for layer in layers)

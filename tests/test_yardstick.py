@@ -49,16 +49,20 @@ from lynx_compile.yardstick import (
 )
 from lynx_compile.yardstick.scenes import CELL, GRID, IGNORE
 
-PROMPTS = ["a small red circle top left, plain background",
-           "a large blue square center, a small green triangle bottom right, striped background",
-           "a large yellow diamond right, dotted background"]
+PROMPTS = [
+    "a small red circle top left, plain background",
+    "a large blue square center, a small green triangle bottom right, striped background",
+    "a large yellow diamond right, dotted background",
+]
 
 
 @st.composite
 def scenes(draw: st.DrawFn) -> Scene:
     cells = draw(st.lists(st.sampled_from(POSITIONS), min_size=1, max_size=3, unique=True))
-    objects = tuple(Obj(draw(st.sampled_from(SHAPES)), draw(st.sampled_from(COLOURS)), draw(st.sampled_from(SIZES)), p)
-                    for p in cells)
+    objects = tuple(
+        Obj(draw(st.sampled_from(SHAPES)), draw(st.sampled_from(COLOURS)), draw(st.sampled_from(SIZES)), p)
+        for p in cells
+    )
     return Scene(objects, draw(st.sampled_from(BACKGROUNDS)))
 
 
@@ -94,11 +98,18 @@ def test_tokenizer_empty_caption_and_errors() -> None:
         tok.encode(", ".join(["a small red circle top"] * 5))
 
 
-@pytest.mark.parametrize("text", [
-    "", "plain background", "a small red circle top", "a red circle top, plain background",
-    "a small red circle middle, plain background", "a small red circle top, plain",
-    "a small red circle top, a large red square top, plain background",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "plain background",
+        "a small red circle top",
+        "a red circle top, plain background",
+        "a small red circle middle, plain background",
+        "a small red circle top, plain",
+        "a small red circle top, a large red square top, plain background",
+    ],
+)
 def test_parse_caption_rejects_malformed(text: str) -> None:
     with pytest.raises(ValueError):
         parse_caption(text)
@@ -116,8 +127,10 @@ def test_same_seed_same_scenes_and_pixels(seed: int) -> None:
 def test_caption_order_is_random() -> None:
     """Objects come in a random order, not the cells' order: the model must read positions from words."""
     many = [s for s in sample_scenes(200, _seeded(0)) if len(s.objects) > 1]
-    in_cell_order = [list(o.position for o in s.objects) == sorted((o.position for o in s.objects), key=POSITIONS.index)
-                     for s in many]
+    in_cell_order = [
+        list(o.position for o in s.objects) == sorted((o.position for o in s.objects), key=POSITIONS.index)
+        for s in many
+    ]
     assert 0 < sum(in_cell_order) < len(many)
 
 
@@ -169,7 +182,7 @@ def test_objects_are_where_labels_say(batch: list[Scene], seed: int) -> None:
     for i in range(len(batch)):
         for cell in range(GRID * GRID):
             cx, cy = int((cell % GRID + 0.5) * CELL), int((cell // GRID + 0.5) * CELL)
-            centre = images[i, :, cy - 1: cy + 2, cx - 1: cx + 2].mean((1, 2))
+            centre = images[i, :, cy - 1 : cy + 2, cx - 1 : cx + 2].mean((1, 2))
             if lab["shape"][i, cell] > 0:
                 assert (centre - PALETTE[lab["colour"][i, cell]]).abs().max() < 0.07
             else:
@@ -299,8 +312,9 @@ def tiny_pipe():
 
 def _batch_sizes(pipe) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
     sizes: list[int] = []
-    handle = pipe.transformer.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw["hidden_states"].shape[0]),
-                                                        with_kwargs=True)
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: sizes.append(kw["hidden_states"].shape[0]), with_kwargs=True
+    )
     return sizes, handle
 
 
@@ -326,8 +340,7 @@ def test_pipeline_default_guidance_and_output_types(tiny_pipe) -> None:
         tiny_pipe.default_guidance_scale = 2.0
         pil = tiny_pipe(PROMPTS[0], num_inference_steps=1, generator=_seeded(0), output_type="pil").images
         tiny_pipe.default_guidance_scale = 1.0
-        (arr,) = tiny_pipe(PROMPTS[0], num_inference_steps=1, generator=_seeded(0), output_type="np",
-                           return_dict=False)
+        (arr,) = tiny_pipe(PROMPTS[0], num_inference_steps=1, generator=_seeded(0), output_type="np", return_dict=False)
     finally:
         handle.remove()
     assert sizes == [2, 1]
@@ -350,8 +363,9 @@ def test_callback_on_step_end(tiny_pipe) -> None:
         calls.append((i, float(t), tuple(kwargs)))
         return {"latents": torch.zeros_like(kwargs["latents"])} if i == 2 else {}
 
-    images = tiny_pipe(PROMPTS[:2], num_inference_steps=3, guidance_scale=2.0, generator=_gens(0, 1),
-                       callback_on_step_end=callback).images
+    images = tiny_pipe(
+        PROMPTS[:2], num_inference_steps=3, guidance_scale=2.0, generator=_gens(0, 1), callback_on_step_end=callback
+    ).images
     assert [c[0] for c in calls] == [0, 1, 2] and all(c[2] == ("latents",) for c in calls)
     assert calls[0][1] == pytest.approx(1000.0)
     assert torch.allclose(images, torch.full_like(images, 0.5))  # the last step's latents replaced
@@ -383,8 +397,9 @@ def test_save_load_round_trip(tmp_path) -> None:
         p.set_progress_bar_config(disable=True)
     assert loaded.dtype == torch.bfloat16 and loaded.default_guidance_scale == 2.5 and loaded.record == {"steps": 3}
     kw = {"num_inference_steps": 2}
-    assert torch.equal(pipe(PROMPTS[:2], generator=_gens(0, 1), **kw).images,
-                       loaded(PROMPTS[:2], generator=_gens(0, 1), **kw).images)
+    assert torch.equal(
+        pipe(PROMPTS[:2], generator=_gens(0, 1), **kw).images, loaded(PROMPTS[:2], generator=_gens(0, 1), **kw).images
+    )
     assert loaded.to(torch.float32).dtype == torch.float32
 
 
@@ -413,13 +428,23 @@ def test_load_refuses_another_vocabulary_and_missing_weights(tmp_path) -> None:
 
 def test_train_script_tiny_writes_every_artefact(tmp_path, capsys) -> None:
     out = tmp_path / "weights"
-    result = train_yardstick.main(["--device", "cpu", "--tiny", "--steps", "2", "--evaluator-steps", "2",
-                                   "--out", str(out)])
+    result = train_yardstick.main(
+        ["--device", "cpu", "--tiny", "--steps", "2", "--evaluator-steps", "2", "--out", str(out)]
+    )
     printed = capsys.readouterr().out
     done = [line for line in printed.splitlines() if line.startswith("YARDSTICK_DONE")]
     assert len(done) == 1 and "steps=2 " in done[0]
-    for name in ("yardstick.json", "text_encoder.safetensors", "transformer/config.json", "evaluator.safetensors",
-                 "evaluator.json", "loss.png", "samples.png", "MODEL_CARD.md", "train_log.json"):
+    for name in (
+        "yardstick.json",
+        "text_encoder.safetensors",
+        "transformer/config.json",
+        "evaluator.safetensors",
+        "evaluator.json",
+        "loss.png",
+        "samples.png",
+        "MODEL_CARD.md",
+        "train_log.json",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.partial"))
     record = result["record"]
@@ -435,9 +460,11 @@ def test_train_script_tiny_writes_every_artefact(tmp_path, capsys) -> None:
 def test_train_script_compile_failure_falls_back_and_checkpoints(tmp_path, monkeypatch, caplog) -> None:
     """A torch.compile that fails on the first step: a warning, then eager; --save-every-minutes 0 saves
     the EMA weights after every step (a killed run keeps its last one)."""
+
     def broken_compile(fn):
         def compiled(*args, **kwargs):
             raise RuntimeError("no compiler here")
+
         return compiled
 
     def load(out, **kwargs):  # nothing was written: a fresh tiny pipeline with the last record saved
@@ -450,8 +477,22 @@ def test_train_script_compile_failure_falls_back_and_checkpoints(tmp_path, monke
     monkeypatch.setattr(train_yardstick, "save_pipeline", lambda pipe, out: saves.append(dict(pipe.record)))
     monkeypatch.setattr(train_yardstick, "load_pipeline", load)
     with caplog.at_level("WARNING"):
-        result = train_yardstick.main(["--device", "cpu", "--tiny", "--steps", "3", "--evaluator-steps", "1",
-                                       "--compile", "--save-every-minutes", "0", "--out", str(tmp_path)])
+        result = train_yardstick.main(
+            [
+                "--device",
+                "cpu",
+                "--tiny",
+                "--steps",
+                "3",
+                "--evaluator-steps",
+                "1",
+                "--compile",
+                "--save-every-minutes",
+                "0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     assert "torch.compile of the training step failed (RuntimeError: no compiler here)" in caplog.text
     # every step, the end of training, then the evaluated pipeline
     assert [(r["steps"], r["complete"]) for r in saves] == [(1, False), (2, False), (3, False), (3, False), (3, True)]
@@ -468,16 +509,24 @@ def test_adaln_zero_init_makes_the_output_zero() -> None:
     pipe = build_pipeline(config_overrides=TINY_OVERRIDES)
     train_yardstick.adaln_zero_init(pipe.transformer)
     hidden, pooled = pipe.text_encoder(pipe.tokenizer.encode(PROMPTS[:1]))
-    out = pipe.transformer(hidden_states=torch.randn(1, 3, 64, 64), timestep=torch.tensor([500.0]),
-                           encoder_hidden_states=hidden, pooled_projections=pooled, return_dict=False)[0]
+    out = pipe.transformer(
+        hidden_states=torch.randn(1, 3, 64, 64),
+        timestep=torch.tensor([500.0]),
+        encoder_hidden_states=hidden,
+        pooled_projections=pooled,
+        return_dict=False,
+    )[0]
     assert (out == 0).all()
 
 
 # ---------------------------------------------------------------- the committed trained files
 
 
-@pytest.mark.skipif(not EVALUATOR_PATH.is_file(), reason=f"no trained evaluator in {WEIGHTS_DIR} yet "
-                    "(python -m benchmarks.quality.train_yardstick; the lead commits its files)")
+@pytest.mark.skipif(
+    not EVALUATOR_PATH.is_file(),
+    reason=f"no trained evaluator in {WEIGHTS_DIR} yet "
+    "(python -m benchmarks.quality.train_yardstick; the lead commits its files)",
+)
 def test_committed_evaluator_reads_fresh_renders() -> None:
     ev = load_evaluator()
     batch = sample_scenes(256, _seeded(98765))
@@ -487,8 +536,11 @@ def test_committed_evaluator_reads_fresh_renders() -> None:
     assert adherence(ev, images, batch) > 0.98
 
 
-@pytest.mark.skipif(not (WEIGHTS_DIR / "yardstick.json").is_file(), reason=f"no trained yardstick in {WEIGHTS_DIR} "
-                    "yet (python -m benchmarks.quality.train_yardstick; the lead commits its files)")
+@pytest.mark.skipif(
+    not (WEIGHTS_DIR / "yardstick.json").is_file(),
+    reason=f"no trained yardstick in {WEIGHTS_DIR} "
+    "yet (python -m benchmarks.quality.train_yardstick; the lead commits its files)",
+)
 def test_committed_pipeline_loads_and_samples() -> None:
     pipe = load_pipeline(dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

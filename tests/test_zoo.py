@@ -90,10 +90,8 @@ def test_seeded_builds_are_reproducible(name):
 def test_example_inputs_match_build_and_follow_seed(name):
     built = zoo.build(name, seed=5)
     frames = 5 if name == "wan" else None
-    again = zoo.example_inputs(name, built.model, resolution=128, frames=frames, seed=5,
-                               text_tokens=built.text_tokens)
-    fresh = zoo.example_inputs(name, built.model, resolution=128, frames=frames, seed=6,
-                               text_tokens=built.text_tokens)
+    again = zoo.example_inputs(name, built.model, resolution=128, frames=frames, seed=5, text_tokens=built.text_tokens)
+    fresh = zoo.example_inputs(name, built.model, resolution=128, frames=frames, seed=6, text_tokens=built.text_tokens)
     assert again.keys() == built.example_kwargs.keys() == fresh.keys()
     for key, value in built.example_kwargs.items():
         if isinstance(value, torch.Tensor):
@@ -168,8 +166,9 @@ def test_bfloat16_build(name):
         assert "condition_embedder.time_embedder.linear_1.weight" in fp32
     else:
         assert not fp32
-    floats = {k: v.dtype for k, v in built.example_kwargs.items()
-              if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    floats = {
+        k: v.dtype for k, v in built.example_kwargs.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }
     # as the pipelines pass them: scheduler timesteps (SD3, Wan, Z-Image) and FLUX's guidance stay float32
     float32 = {"sd3": {"timestep"}, "wan": {"timestep"}, "zimage": {"t"}, "flux": {"guidance"}}.get(name, set())
     assert {k for k, dtype in floats.items() if dtype == torch.float32} == float32
@@ -186,10 +185,24 @@ def test_bfloat16_draws_the_float32_weights():
 
 # published totals: DiT 675M + per-block embedders (see the module docstring), PixArt-Sigma 0.6B,
 # SD3-medium 2B, FLUX.1 12B, Wan2.1 14B, Qwen-Image 20B, Z-Image 6B
-FULL_PARAMS = {"dit": 0.750e9, "pixart": 0.611e9, "sd3": 2.028e9, "flux": 11.90e9, "wan": 14.29e9, "qwen": 20.43e9,
-               "zimage": 6.155e9}
-FULL_TOKENS = {"dit": (256, 0), "pixart": (4096, 300), "sd3": (4096, 333), "flux": (4096, 512),
-               "wan": (21 * 30 * 52, 512), "qwen": (4096, 256), "zimage": (4096, 256)}
+FULL_PARAMS = {
+    "dit": 0.750e9,
+    "pixart": 0.611e9,
+    "sd3": 2.028e9,
+    "flux": 11.90e9,
+    "wan": 14.29e9,
+    "qwen": 20.43e9,
+    "zimage": 6.155e9,
+}
+FULL_TOKENS = {
+    "dit": (256, 0),
+    "pixart": (4096, 300),
+    "sd3": (4096, 333),
+    "flux": (4096, 512),
+    "wan": (21 * 30 * 52, 512),
+    "qwen": (4096, 256),
+    "zimage": (4096, 256),
+}
 
 
 @pytest.mark.parametrize("name", zoo.ZOO_NAMES)

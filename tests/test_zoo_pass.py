@@ -16,8 +16,6 @@ OPTS = {"min_rows": 32}  # tiny models: 64-224 image tokens, 8 text tokens, batc
 DEFAULT_RUN = ("dit", "flux")
 
 
-
-
 def _eager(built: zoo.ZooModel, pruned: set[str]) -> torch.Tensor:
     """The model with the inputs of the named linears pruned by forward pre-hooks."""
     hooks = [
@@ -31,8 +29,9 @@ def _eager(built: zoo.ZooModel, pruned: set[str]) -> torch.Tensor:
             h.remove()
 
 
-@pytest.fixture(scope="module", params=[n if n in DEFAULT_RUN else pytest.param(n, marks=pytest.mark.slow)
-                                        for n in zoo.ZOO_NAMES])
+@pytest.fixture(
+    scope="module", params=[n if n in DEFAULT_RUN else pytest.param(n, marks=pytest.mark.slow) for n in zoo.ZOO_NAMES]
+)
 def compiled(request):
     """One lynx compile per architecture, shared by the tests below."""
     built = zoo.build(request.param, batch=2)

@@ -27,8 +27,19 @@ from lynx_compile.semantics import prune_2to4, round_up
 DTYPES = (torch.bfloat16, torch.float16)
 # (M, K): M = 1 and M % 16 != 0 (row padding), M % 64 != 0 (metadata row padding), K % 32 == 16
 # (metadata column padding), K % 64 == 32 (cuSPARSELt allocates more than it writes).
-SHAPES = [(1, 16), (5, 32), (16, 16), (17, 48), (40, 64), (64, 32), (48, 80), (80, 48), (100, 96),
-          (128, 256), (33, 272)]
+SHAPES = [
+    (1, 16),
+    (5, 32),
+    (16, 16),
+    (17, 48),
+    (40, 64),
+    (64, 32),
+    (48, 80),
+    (80, 48),
+    (100, 96),
+    (128, 256),
+    (33, 272),
+]
 SHAPE_TABLE_M = (16, 32, 48, 64, 80, 112, 128, 144, 1040, 4096, 4112)
 SHAPE_TABLE_K = (16, 32, 48, 64, 80, 96, 112, 128, 1168, 3072, 3088)
 
@@ -37,12 +48,36 @@ def special_groups(dtype: torch.dtype) -> torch.Tensor:
     """32 x 128: every kind of group of 4 (ties, zeros, -0.0, NaN, inf, subnormal), rolled per row."""
     nan, inf, tiny = float("nan"), float("inf"), torch.finfo(dtype).smallest_normal / 4
     groups = [
-        [0, 0, 0, 0], [5, 0, 0, 0], [0, 5, 0, 0], [0, 0, 5, 0], [0, 0, 0, 5],
-        [-0.0, 0, 0, 0], [0, 0, -0.0, 0], [0, 0, 0, -0.0], [-0.0, -0.0, -0.0, -0.0], [3, -0.0, 0, 0],
-        [0, 0, 3, -0.0], [-0.0, 0, 0, 3], [nan, 0, 0, 0], [0, 0, 0, nan], [nan, nan, nan, nan],
-        [0, nan, 0, inf], [inf, -inf, nan, 1], [1, 1, 1, 1], [-1, 1, -1, 1], [2, -2, 1, 2],
-        [1, 2, 3, 4], [4, 3, 2, 1], [tiny, 0, 0, 0], [0, 0, tiny, -tiny], [tiny, 1, 0, 0],
-        [-tiny, -0.0, 0, -tiny], [inf, inf, inf, inf], [0, 7, 7, 0], [1, 0, 3, 4], [0, 2, 3, 4],
+        [0, 0, 0, 0],
+        [5, 0, 0, 0],
+        [0, 5, 0, 0],
+        [0, 0, 5, 0],
+        [0, 0, 0, 5],
+        [-0.0, 0, 0, 0],
+        [0, 0, -0.0, 0],
+        [0, 0, 0, -0.0],
+        [-0.0, -0.0, -0.0, -0.0],
+        [3, -0.0, 0, 0],
+        [0, 0, 3, -0.0],
+        [-0.0, 0, 0, 3],
+        [nan, 0, 0, 0],
+        [0, 0, 0, nan],
+        [nan, nan, nan, nan],
+        [0, nan, 0, inf],
+        [inf, -inf, nan, 1],
+        [1, 1, 1, 1],
+        [-1, 1, -1, 1],
+        [2, -2, 1, 2],
+        [1, 2, 3, 4],
+        [4, 3, 2, 1],
+        [tiny, 0, 0, 0],
+        [0, 0, tiny, -tiny],
+        [tiny, 1, 0, 0],
+        [-tiny, -0.0, 0, -tiny],
+        [inf, inf, inf, inf],
+        [0, 7, 7, 0],
+        [1, 0, 3, 4],
+        [0, 2, 3, 4],
     ]
     row = torch.tensor(groups, dtype=torch.float32).reshape(-1)
     row = torch.cat([row, torch.zeros(128 - row.numel())])
@@ -54,7 +89,7 @@ def compress_live(x: torch.Tensor) -> torch.Tensor:
     m, k = x.shape
     m_pad = round_up(m, CSLT_MULTIPLE)
     c = torch._cslt_compress(prune_2to4(F.pad(x.cuda(), (0, 0, 0, m_pad - m)))).cpu()
-    c.view(-1)[significant_numel(m_pad, k, x.dtype):] = 0
+    c.view(-1)[significant_numel(m_pad, k, x.dtype) :] = 0
     return c
 
 
@@ -87,8 +122,11 @@ def main() -> None:
                 c = torch._cslt_compress(torch.zeros(m, k, dtype=dtype, device="cuda"))
                 shapes.append({"m": m, "k": k, "dtype": str(dtype), "shape": tuple(c.shape)})
     data = {
-        "meta": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                 "cusparselt": torch.backends.cusparselt.version()},
+        "meta": {
+            "gpu": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "cusparselt": torch.backends.cusparselt.version(),
+        },
         "cases": cases,
         "shapes": shapes,
         "bias_per_row_rel_err": bias_per_row_rel_err(),
@@ -97,8 +135,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save(data, out / "cslt_fixtures.pt")
     size = (out / "cslt_fixtures.pt").stat().st_size
-    print(f"wrote {out / 'cslt_fixtures.pt'}: {len(cases)} cases, {len(shapes)} shapes, {size / 1e6:.2f} MB; "
-          f"bias per-row rel err {data['bias_per_row_rel_err']:.2e}")
+    print(
+        f"wrote {out / 'cslt_fixtures.pt'}: {len(cases)} cases, {len(shapes)} shapes, {size / 1e6:.2f} MB; "
+        f"bias per-row rel err {data['bias_per_row_rel_err']:.2e}"
+    )
 
 
 if __name__ == "__main__":

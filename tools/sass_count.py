@@ -57,20 +57,25 @@ def main() -> None:
         fn = getattr(module, args.kernel)
         signature = {a: "*bf16" if a.startswith(("in_ptr", "arg_")) else "*i64" for a in fn.arg_names}
         attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(fn.arg_names))}  # Inductor's buffers are aligned
-        compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs={}, attrs=attrs),
-                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": args.warps, "num_stages": 1})
+        compiled = triton.compile(
+            triton.compiler.ASTSource(fn=fn, signature=signature, constexprs={}, attrs=attrs),
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": args.warps, "num_stages": 1},
+        )
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
         tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
-        sass = subprocess.run([f"{tools}/cuobjdump", "-sass", str(cubin)], capture_output=True, text=True,
-                              check=True).stdout
+        sass = subprocess.run(
+            [f"{tools}/cuobjdump", "-sass", str(cubin)], capture_output=True, text=True, check=True
+        ).stdout
     instructions = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
-    opcodes = collections.Counter(
-        re.search(r"\*/\s+(@!?P\d+\s+)?([A-Z0-9_]+)", line).group(2) for line in instructions)
+    opcodes = collections.Counter(re.search(r"\*/\s+(@!?P\d+\s+)?([A-Z0-9_]+)", line).group(2) for line in instructions)
     block_m, block_k = (int(re.search(rf"{c} : tl.constexpr = (\d+)", source).group(1)) for c in ("BLOCK_M", "BLOCK_K"))
     per_element = len(instructions) * args.warps * 32 / (block_m * block_k)
-    print(f"{args.kernel}: {len(instructions)} SASS instructions per thread, {block_m} x {block_k} tile, "
-          f"{args.warps} warps: {per_element:.1f} per element")
+    print(
+        f"{args.kernel}: {len(instructions)} SASS instructions per thread, {block_m} x {block_k} tile, "
+        f"{args.warps} warps: {per_element:.1f} per element"
+    )
     print(" ".join(f"{op}:{n}" for op, n in opcodes.most_common(30)))
 
 

@@ -40,6 +40,8 @@ CALIBRATION_SEED = 8765  # captions for the low-rank fit: never the evaluated on
 CALIBRATION_CAPTIONS = 32
 CALIBRATION_NOISE_SEED = 100_000  # sample i of the calibration starts from seed 100000 + i
 _NO_COST_MODEL = {"cost_model": False}
+
+
 def torchao_fp8(transformer: torch.nn.Module) -> torch.nn.Module:
     """A copy of the transformer with every nn.Linear in torchao's dense fp8 (per-row dynamic
     activation and per-row weight scales): the FP8 baseline serving runs today."""
@@ -87,8 +89,13 @@ def torchao_fp8_unsupported(device: torch.device) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
-                   help="a subset of the configurations (dense always runs)")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=list(CONFIGS),
+        help="a subset of the configurations (dense always runs)",
+    )
     p.add_argument("--captions", type=int, default=CAPTIONS)
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--batch-size", type=int, default=CAPTIONS, help="captions per pipeline call")
@@ -108,24 +115,45 @@ def main(argv: list[str] | None = None) -> None:
     scenes = yardstick.sample_scenes(args.captions, torch.Generator().manual_seed(CAPTION_SEED))
     configs: dict[str, Any] = {name: CONFIGS[name] for name in names}
     if any(isinstance(options, dict) and options.get("low_rank") for options in configs.values()):
-        calibration = calibrate(pipe, calibration_captions(args.calibration_captions), steps=args.steps,
-                                batch_size=args.batch_size, seed=CALIBRATION_NOISE_SEED)
-        configs = {name: {**options, "calibration": calibration}
-                   if isinstance(options, dict) and options.get("low_rank") else options
-                   for name, options in configs.items()}
-    measuring = [name for name, options in configs.items()
-                 if isinstance(options, dict) and "error_budget" in options]
+        calibration = calibrate(
+            pipe,
+            calibration_captions(args.calibration_captions),
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=CALIBRATION_NOISE_SEED,
+        )
+        configs = {
+            name: {**options, "calibration": calibration}
+            if isinstance(options, dict) and options.get("low_rank")
+            else options
+            for name, options in configs.items()
+        }
+    measuring = [name for name, options in configs.items() if isinstance(options, dict) and "error_budget" in options]
     if measuring:  # the compiling call: step CALIBRATION_STEP of other captions, at the sampling's batch shape
         batch = min(args.batch_size, args.captions)
-        warmup = [transformer_inputs(pipe, calibration_captions(batch), [CALIBRATION_STEP],
-                                     seeds=range(SENSITIVITY_NOISE_SEED, SENSITIVITY_NOISE_SEED + batch),
-                                     steps=args.steps, guidance_scale=pipe.default_guidance_scale)[CALIBRATION_STEP]]
+        warmup = [
+            transformer_inputs(
+                pipe,
+                calibration_captions(batch),
+                [CALIBRATION_STEP],
+                seeds=range(SENSITIVITY_NOISE_SEED, SENSITIVITY_NOISE_SEED + batch),
+                steps=args.steps,
+                guidance_scale=pipe.default_guidance_scale,
+            )[CALIBRATION_STEP]
+        ]
         configs.update({name: Variant(options=configs[name], warmup=warmup) for name in measuring})
     result = quality.compare(
-        pipe, [yardstick.caption(s) for s in scenes], configs,
-        seeds=range(args.captions), steps=args.steps, guidance_scale=pipe.default_guidance_scale,
-        batch_size=args.batch_size, evaluator=yardstick.load_evaluator(device=device), scenes=scenes,
-        reference_images=pipelines.reference_images(REFERENCES), model="yardstick (trained)",
+        pipe,
+        [yardstick.caption(s) for s in scenes],
+        configs,
+        seeds=range(args.captions),
+        steps=args.steps,
+        guidance_scale=pipe.default_guidance_scale,
+        batch_size=args.batch_size,
+        evaluator=yardstick.load_evaluator(device=device),
+        scenes=scenes,
+        reference_images=pipelines.reference_images(REFERENCES),
+        model="yardstick (trained)",
         out=args.out or RESULTS / (gpu_slug() if device.type == "cuda" else "cpu"),
     )
     print(result)

@@ -87,15 +87,24 @@ class Budget:
     sample_batch: int  # prompts per pipeline call (x2 with guidance)
 
 
-FULL = Budget(batch=256, evaluator_batch=256, accuracy_images=4096, captions=64, sampling_steps=28,
-              reference_images=2048, sample_batch=64)
-TINY = Budget(batch=8, evaluator_batch=8, accuracy_images=32, captions=8, sampling_steps=2, reference_images=32,
-              sample_batch=8)
+FULL = Budget(
+    batch=256,
+    evaluator_batch=256,
+    accuracy_images=4096,
+    captions=64,
+    sampling_steps=28,
+    reference_images=2048,
+    sample_batch=64,
+)
+TINY = Budget(
+    batch=8, evaluator_batch=8, accuracy_images=32, captions=8, sampling_steps=2, reference_images=32, sample_batch=8
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=COMMAND, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where every artefact goes (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and caption dropout")
@@ -108,11 +117,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=500, help="linear learning-rate warm-up steps")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--decay", choices=("none", "cosine"), default="none",
-                   help="learning rate after warm-up: constant, or cosine to zero over --minutes")
-    p.add_argument("--resume", type=Path, default=None,
-                   help="a directory this script wrote: continue from its EMA weights and reuse its evaluator "
-                        "(a second stage of the same training; the model card lists every stage)")
+    p.add_argument(
+        "--decay",
+        choices=("none", "cosine"),
+        default="none",
+        help="learning rate after warm-up: constant, or cosine to zero over --minutes",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a directory this script wrote: continue from its EMA weights and reuse its evaluator "
+        "(a second stage of the same training; the model card lists every stage)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (eager if it fails)")
     p.add_argument("--tiny", action="store_true", help="1 layer, 1 head, a few eval captions and steps (CPU tests)")
     args = p.parse_args(argv)
@@ -141,17 +158,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         evaluator = load_evaluator(args.resume / EVALUATOR_PATH.name, device)
         save_evaluator(evaluator, args.out / EVALUATOR_PATH.name)
         evaluator_acc, evaluator_losses, evaluator_s = {"clean": evaluator.accuracy}, [], 0.0
-    print(f"evaluator: {evaluator_s:.0f} s, accuracy on {budget.accuracy_images} fresh images: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in evaluator_acc["clean"].items()), flush=True)
+    print(
+        f"evaluator: {evaluator_s:.0f} s, accuracy on {budget.accuracy_images} fresh images: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in evaluator_acc["clean"].items()),
+        flush=True,
+    )
 
-    record = {"seed": args.seed, "batch": batch, "gpu": _gpu_name(device), "versions": _versions(),
-              "command": " ".join([COMMAND, *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
-              "transformer_config": {**TRANSFORMER_CONFIG, **(TINY_OVERRIDES if args.tiny else {})},
-              "evaluator_accuracy": evaluator_acc["clean"],
-              "hyperparameters": {"lr": args.lr, "warmup_steps": args.warmup, "betas": [0.9, 0.99],
-                                  "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": args.ema_decay,
-                                  "caption_dropout": args.caption_dropout, "decay": args.decay,
-                                  "autocast": "bf16" if device.type == "cuda" else "none (float32)"}}
+    record = {
+        "seed": args.seed,
+        "batch": batch,
+        "gpu": _gpu_name(device),
+        "versions": _versions(),
+        "command": " ".join([COMMAND, *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        "transformer_config": {**TRANSFORMER_CONFIG, **(TINY_OVERRIDES if args.tiny else {})},
+        "evaluator_accuracy": evaluator_acc["clean"],
+        "hyperparameters": {
+            "lr": args.lr,
+            "warmup_steps": args.warmup,
+            "betas": [0.9, 0.99],
+            "weight_decay": 0.0,
+            "grad_clip": 1.0,
+            "ema_decay": args.ema_decay,
+            "caption_dropout": args.caption_dropout,
+            "decay": args.decay,
+            "autocast": "bf16" if device.type == "cuda" else "none (float32)",
+        },
+    }
     train = train_yardstick(args, budget, batch, device, record)
 
     eval_started = time.perf_counter()
@@ -162,27 +194,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     pipe.record = {**pipe.record, "evaluation": evaluation, "complete": True}
     save_pipeline(pipe, args.out)
 
-    timings = {"evaluator_s": evaluator_s, "train_s": train["seconds"], "evaluation_s": evaluation_s,
-               "total_s": time.perf_counter() - started, "step_ms": 1e3 * train["seconds"] / max(train["steps"], 1)}
+    timings = {
+        "evaluator_s": evaluator_s,
+        "train_s": train["seconds"],
+        "evaluation_s": evaluation_s,
+        "total_s": time.perf_counter() - started,
+        "step_ms": 1e3 * train["seconds"] / max(train["steps"], 1),
+    }
     _save_grid(samples, args.out / "samples.png")
     _plot_loss(train["losses"], args.out / "loss.png")
-    log_json = {"loss": train["losses"], "evaluator_loss": evaluator_losses, "timings": timings,
-                "budget": asdict(budget)}
+    log_json = {
+        "loss": train["losses"],
+        "evaluator_loss": evaluator_losses,
+        "timings": timings,
+        "budget": asdict(budget),
+    }
     (args.out / "train_log.json").write_text(json.dumps(log_json) + "\n")
     (args.out / "MODEL_CARD.md").write_text(model_card(pipe, evaluator, budget, timings, scenes))
 
     print(_summary(pipe.record, evaluation, timings, args.out))
     adh = evaluation["per_guidance"][str(evaluation["guidance"])]["adherence"]
-    print(f"YARDSTICK_DONE steps={train['steps']} final_loss={pipe.record['final_loss']:.4f} adherence={adh:.4f} "
-          f"guidance={evaluation['guidance']}", flush=True)
+    print(
+        f"YARDSTICK_DONE steps={train['steps']} final_loss={pipe.record['final_loss']:.4f} adherence={adh:.4f} "
+        f"guidance={evaluation['guidance']}",
+        flush=True,
+    )
     return {"record": pipe.record, "timings": timings}
 
 
 # ---------------------------------------------------------------- stage 1: evaluator
 
 
-def train_evaluator(args: argparse.Namespace, budget: Budget,
-                    device: torch.device) -> tuple[Evaluator, dict[str, dict[str, float]], list[float], float]:
+def train_evaluator(
+    args: argparse.Namespace, budget: Budget, device: torch.device
+) -> tuple[Evaluator, dict[str, dict[str, float]], list[float], float]:
     """AdamW with warm-up and cosine decay on fresh augmented renders; accuracy on fresh renders, clean
     and augmented (what it must read on generated images)."""
     started = time.perf_counter()
@@ -194,8 +239,9 @@ def train_evaluator(args: argparse.Namespace, budget: Budget,
     steps = args.evaluator_steps
     opt = torch.optim.AdamW(evaluator.parameters(), lr=2e-3, weight_decay=0.01)
     warmup = min(100, max(steps // 10, 1))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup,
-                                                                  0.5 * (1 + math.cos(math.pi * min(s / steps, 1)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
+    )
     losses: list[torch.Tensor] = []
     evaluator.train()
     for _ in tqdm(range(steps), desc="evaluator", mininterval=_bar_interval()):
@@ -204,8 +250,9 @@ def train_evaluator(args: argparse.Namespace, budget: Budget,
         target = {k: v.to(device, non_blocking=True) for k, v in labels(scenes).items()}
         with _autocast(device):
             logits = evaluator(x)
-        loss = sum(F.cross_entropy(logits[k].float().flatten(0, -2), target[k].flatten(), ignore_index=IGNORE)
-                   for k in HEADS)
+        loss = sum(
+            F.cross_entropy(logits[k].float().flatten(0, -2), target[k].flatten(), ignore_index=IGNORE) for k in HEADS
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -214,8 +261,10 @@ def train_evaluator(args: argparse.Namespace, budget: Budget,
     scenes = sample_scenes(budget.accuracy_images, torch.Generator().manual_seed(args.seed + 13))
     clean = render(scenes, torch.Generator(device).manual_seed(args.seed + 14), device)
     noisy = augment(clean, torch.Generator(device).manual_seed(args.seed + 15))
-    acc = {"clean": accuracy(predict(evaluator, clean / 2 + 0.5), scenes),
-           "augmented": accuracy(predict(evaluator, noisy / 2 + 0.5), scenes)}
+    acc = {
+        "clean": accuracy(predict(evaluator, clean / 2 + 0.5), scenes),
+        "augmented": accuracy(predict(evaluator, noisy / 2 + 0.5), scenes),
+    }
     evaluator.accuracy = acc["clean"]
     save_evaluator(evaluator, args.out / "evaluator.safetensors")
     return evaluator, acc, torch.stack(losses).tolist() if losses else [], time.perf_counter() - started
@@ -224,13 +273,24 @@ def train_evaluator(args: argparse.Namespace, budget: Budget,
 # ---------------------------------------------------------------- stage 2: yardstick
 
 
-def flow_matching_loss(transformer: torch.nn.Module, text_encoder: TextEncoder, x0: torch.Tensor,
-                       noise: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def flow_matching_loss(
+    transformer: torch.nn.Module,
+    text_encoder: TextEncoder,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+    ids: torch.Tensor,
+) -> torch.Tensor:
     """SD3's rectified-flow objective: predict the velocity ``noise - x0`` at ``x_t``."""
     s = sigma.view(-1, 1, 1, 1)
     hidden, pooled = text_encoder(ids)
-    pred = transformer(hidden_states=(1 - s) * x0 + s * noise, timestep=sigma * 1000, encoder_hidden_states=hidden,
-                       pooled_projections=pooled, return_dict=False)[0]
+    pred = transformer(
+        hidden_states=(1 - s) * x0 + s * noise,
+        timestep=sigma * 1000,
+        encoder_hidden_states=hidden,
+        pooled_projections=pooled,
+        return_dict=False,
+    )[0]
     return F.mse_loss(pred.float(), noise - x0)
 
 
@@ -250,19 +310,23 @@ def adaln_zero_init(transformer: torch.nn.Module) -> None:
             torch.nn.init.zeros_(module.bias)
 
 
-def train_yardstick(args: argparse.Namespace, budget: Budget, batch: int, device: torch.device,
-                    record: dict[str, Any]) -> dict[str, Any]:
+def train_yardstick(
+    args: argparse.Namespace, budget: Budget, batch: int, device: torch.device, record: dict[str, Any]
+) -> dict[str, Any]:
     if args.resume is None:
         pipe = build_pipeline(args.seed, TINY_OVERRIDES if args.tiny else None, device=device)
         adaln_zero_init(pipe.transformer)
     else:
         pipe = load_pipeline(args.resume, device=device, dtype=torch.float32)
         earlier = pipe.record
-        record["stages"] = [*earlier.get("stages", []), {k: earlier[k] for k in ("command", "steps", "minutes",
-                                                                                 "final_loss", "gpu")}]
+        record["stages"] = [
+            *earlier.get("stages", []),
+            {k: earlier[k] for k in ("command", "steps", "minutes", "final_loss", "gpu")},
+        ]
     transformer, text_encoder, tokenizer = pipe.transformer, pipe.text_encoder, pipe.tokenizer
     params = [*transformer.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=device.type == "cuda")
+
     def lr_factor(s: int) -> float:
         """Linear warm-up; then constant, or cosine to zero over the wall-time budget (the run stops on time)."""
         warm = min((s + 1) / args.warmup, 1.0)
@@ -290,17 +354,23 @@ def train_yardstick(args: argparse.Namespace, budget: Budget, batch: int, device
         new = torch.stack(pending).tolist() if pending else []
         pending.clear()
         if not all(math.isfinite(v) for v in new):
-            raise FloatingPointError(f"the training loss became {new} near step {step}; the last checkpoint in "
-                                     f"{args.out} predates it")
+            raise FloatingPointError(
+                f"the training loss became {new} near step {step}; the last checkpoint in {args.out} predates it"
+            )
         losses.extend(new)
 
     def checkpoint(complete: bool) -> None:
         fetch_losses()
         ema.copy_to(ema_params)
         tail = losses[-200:]
-        ema_pipe.record = {**record, "steps": step, "final_loss": sum(tail) / max(len(tail), 1),
-                           "minutes": (time.perf_counter() - started) / 60,
-                           "compiled": step_fn is not flow_matching_loss, "complete": complete}
+        ema_pipe.record = {
+            **record,
+            "steps": step,
+            "final_loss": sum(tail) / max(len(tail), 1),
+            "minutes": (time.perf_counter() - started) / 60,
+            "compiled": step_fn is not flow_matching_loss,
+            "complete": complete,
+        }
         save_pipeline(ema_pipe, args.out)
 
     started = last_save = time.perf_counter()
@@ -341,27 +411,40 @@ def train_yardstick(args: argparse.Namespace, budget: Budget, batch: int, device
     bar.close()
     seconds = time.perf_counter() - started
     checkpoint(complete=False)  # complete once evaluated
-    print(f"yardstick: {step} steps of batch {batch} in {seconds / 60:.2f} min, "
-          f"loss (mean of the last 200) {ema_pipe.record['final_loss']:.4f}", flush=True)
+    print(
+        f"yardstick: {step} steps of batch {batch} in {seconds / 60:.2f} min, "
+        f"loss (mean of the last 200) {ema_pipe.record['final_loss']:.4f}",
+        flush=True,
+    )
     return {"steps": step, "seconds": seconds, "losses": losses}
 
 
 # ---------------------------------------------------------------- stage 3: dense evaluation
 
 
-def evaluate(pipe: YardstickPipeline, evaluator: Evaluator, budget: Budget,
-             device: torch.device) -> tuple[dict[str, Any], torch.Tensor, list[Scene]]:
+def evaluate(
+    pipe: YardstickPipeline, evaluator: Evaluator, budget: Budget, device: torch.device
+) -> tuple[dict[str, Any], torch.Tensor, list[Scene]]:
     """Adherence and Fréchet distance per guidance scale on fixed captions and per-prompt seeds; the
     scale with the best adherence (ties: the smaller distance) is chosen. Also the same numbers for the
     renderer's own images of those captions: the ceiling a perfect generator would reach."""
     scenes = sample_scenes(budget.captions, torch.Generator().manual_seed(EVAL_CAPTION_SEED))
     prompts = [caption(s) for s in scenes]
-    reference = render(sample_scenes(budget.reference_images, torch.Generator().manual_seed(REFERENCE_SEED)),
-                       torch.Generator().manual_seed(REFERENCE_SEED + 1), device) / 2 + 0.5
+    reference = (
+        render(
+            sample_scenes(budget.reference_images, torch.Generator().manual_seed(REFERENCE_SEED)),
+            torch.Generator().manual_seed(REFERENCE_SEED + 1),
+            device,
+        )
+        / 2
+        + 0.5
+    )
     reference_features = features(evaluator, reference)
     real = render(scenes, torch.Generator().manual_seed(EVAL_CAPTION_SEED + 1), device) / 2 + 0.5
-    renderer = {"adherence": adherence(evaluator, real, scenes),
-                "frechet": frechet_distance(features(evaluator, real), reference_features)}
+    renderer = {
+        "adherence": adherence(evaluator, real, scenes),
+        "frechet": frechet_distance(features(evaluator, real), reference_features),
+    }
     pipe.set_progress_bar_config(disable=True)
     per_guidance, images = {}, {}
     for g in GUIDANCE_SCALES:
@@ -369,18 +452,36 @@ def evaluate(pipe: YardstickPipeline, evaluator: Evaluator, budget: Budget,
         for start in range(0, len(prompts), budget.sample_batch):
             end = min(start + budget.sample_batch, len(prompts))
             generators = [torch.Generator().manual_seed(i) for i in range(start, end)]
-            chunks.append(pipe(prompts[start:end], num_inference_steps=budget.sampling_steps, guidance_scale=g,
-                               generator=generators).images)
+            chunks.append(
+                pipe(
+                    prompts[start:end],
+                    num_inference_steps=budget.sampling_steps,
+                    guidance_scale=g,
+                    generator=generators,
+                ).images
+            )
         images[g] = torch.cat(chunks)
-        per_guidance[str(g)] = {"adherence": adherence(evaluator, images[g], scenes),
-                                "frechet": frechet_distance(features(evaluator, images[g]), reference_features)}
-        print(f"guidance {g}: adherence {per_guidance[str(g)]['adherence']:.4f}, "
-              f"Fréchet distance {per_guidance[str(g)]['frechet']:.3f}", flush=True)
+        per_guidance[str(g)] = {
+            "adherence": adherence(evaluator, images[g], scenes),
+            "frechet": frechet_distance(features(evaluator, images[g]), reference_features),
+        }
+        print(
+            f"guidance {g}: adherence {per_guidance[str(g)]['adherence']:.4f}, "
+            f"Fréchet distance {per_guidance[str(g)]['frechet']:.3f}",
+            flush=True,
+        )
     best = max(GUIDANCE_SCALES, key=lambda g: (per_guidance[str(g)]["adherence"], -per_guidance[str(g)]["frechet"]))
-    evaluation = {"guidance": best, "per_guidance": per_guidance, "renderer": renderer, "captions": len(prompts),
-                  "steps": budget.sampling_steps, "reference_images": budget.reference_images,
-                  "caption_seed": EVAL_CAPTION_SEED, "reference_seed": REFERENCE_SEED,
-                  "sample_seeds": f"0..{len(prompts) - 1}, one generator per prompt"}
+    evaluation = {
+        "guidance": best,
+        "per_guidance": per_guidance,
+        "renderer": renderer,
+        "captions": len(prompts),
+        "steps": budget.sampling_steps,
+        "reference_images": budget.reference_images,
+        "caption_seed": EVAL_CAPTION_SEED,
+        "reference_seed": REFERENCE_SEED,
+        "sample_seeds": f"0..{len(prompts) - 1}, one generator per prompt",
+    }
     return evaluation, images[best], scenes
 
 
@@ -392,13 +493,16 @@ _DECAY = {"none": "constant", "cosine": "cosine decay to zero"}
 
 def _stages(record: dict[str, Any]) -> str:
     """The earlier stages a ``--resume`` continued from, one line each (empty for a single stage)."""
-    return "".join(f"- Stage {i + 1}: {st['steps']} steps in {st['minutes']:.2f} minutes on {st['gpu']}, final loss "
-                   f"{st['final_loss']:.4f} (`{st['command']}`); the next stage starts from its EMA weights.\n"
-                   for i, st in enumerate(record.get("stages", [])))
+    return "".join(
+        f"- Stage {i + 1}: {st['steps']} steps in {st['minutes']:.2f} minutes on {st['gpu']}, final loss "
+        f"{st['final_loss']:.4f} (`{st['command']}`); the next stage starts from its EMA weights.\n"
+        for i, st in enumerate(record.get("stages", []))
+    )
 
 
-def model_card(pipe: YardstickPipeline, evaluator: Evaluator, budget: Budget, timings: dict[str, float],
-               scenes: Sequence[Scene]) -> str:
+def model_card(
+    pipe: YardstickPipeline, evaluator: Evaluator, budget: Budget, timings: dict[str, float], scenes: Sequence[Scene]
+) -> str:
     r, ev, h = pipe.record, pipe.record["evaluation"], pipe.record["hyperparameters"]
     n_transformer = sum(p.numel() for p in pipe.transformer.parameters())
     n_text = sum(p.numel() for p in pipe.text_encoder.parameters())
@@ -430,16 +534,16 @@ large) in distinct cells of a 3x3 grid, on a plain, striped, checkered or dotted
 Captions name every attribute: "{caption(scenes[0])}".
 
 ## Training
-{_stages(r)}- {r['steps']} steps of batch {r['batch']} in {r['minutes']:.2f} minutes on {r['gpu']}
-  ({timings['step_ms']:.1f} ms per step), seed {r['seed']}; torch {r['versions']['torch']},
-  diffusers {r['versions']['diffusers']}, Python {r['versions']['python']}.
+{_stages(r)}- {r["steps"]} steps of batch {r["batch"]} in {r["minutes"]:.2f} minutes on {r["gpu"]}
+  ({timings["step_ms"]:.1f} ms per step), seed {r["seed"]}; torch {r["versions"]["torch"]},
+  diffusers {r["versions"]["diffusers"]}, Python {r["versions"]["python"]}.
 - Flow matching as SD3: sigma ~ sigmoid(N(0, 1)), x_t = (1 - sigma) x0 + sigma noise, target
-  noise - x0, timestep 1000 sigma; {h['caption_dropout']:.0%} empty captions; AdamW lr {h['lr']:g}
-  ({h['warmup_steps']} warm-up steps, then {_DECAY[h.get('decay', 'none')]}), betas {tuple(h['betas'])},
-  weight decay {h['weight_decay']:g}, gradient
-  clip {h['grad_clip']:g}, autocast {h['autocast']}, {'torch.compile' if r['compiled'] else 'eager'};
-  adaLN-Zero init; EMA {h['ema_decay']:g} (the EMA weights are what is saved and sampled).
-- Final loss (mean of the last 200 steps): {r['final_loss']:.4f} (`loss.png`, `train_log.json`).
+  noise - x0, timestep 1000 sigma; {h["caption_dropout"]:.0%} empty captions; AdamW lr {h["lr"]:g}
+  ({h["warmup_steps"]} warm-up steps, then {_DECAY[h.get("decay", "none")]}), betas {tuple(h["betas"])},
+  weight decay {h["weight_decay"]:g}, gradient
+  clip {h["grad_clip"]:g}, autocast {h["autocast"]}, {"torch.compile" if r["compiled"] else "eager"};
+  adaLN-Zero init; EMA {h["ema_decay"]:g} (the EMA weights are what is saved and sampled).
+- Final loss (mean of the last 200 steps): {r["final_loss"]:.4f} (`loss.png`, `train_log.json`).
 
 ## Evaluator
 A CNN of {n_eval:,} parameters that reads per cell the shape (or empty), colour and size, and the
@@ -447,21 +551,21 @@ background, trained on augmented renders (noise, blur, brightness, contrast, col
 Accuracy on {budget.accuracy_images} fresh renders: {acc}.
 
 ## Dense evaluation
-{ev['captions']} fixed captions (`sample_scenes(n, torch.Generator().manual_seed({ev['caption_seed']}))`), one
-generator per prompt seeded 0..{ev['captions'] - 1}, {ev['steps']} steps. Adherence: the share of the captions'
+{ev["captions"]} fixed captions (`sample_scenes(n, torch.Generator().manual_seed({ev["caption_seed"]}))`), one
+generator per prompt seeded 0..{ev["captions"] - 1}, {ev["steps"]} steps. Adherence: the share of the captions'
 attributes (per object shape, colour and size at its cell, and the background) the evaluator finds.
 Fréchet distance: between Gaussians fitted to the evaluator's 128 features of the samples and of
-{ev['reference_images']} fresh renders (an FID in miniature; with {ev['captions']} samples it carries a
+{ev["reference_images"]} fresh renders (an FID in miniature; with {ev["captions"]} samples it carries a
 sampling bias, so compare it only between runs of the same size).
 
 | guidance | adherence | Fréchet distance |
 |---|---|---|
 {rows}
 
-Chosen guidance: **{ev['guidance']}** (best adherence, on the dense model, before any pruning).
-The renderer's own images of the same captions: adherence {ev['renderer']['adherence']:.4f},
-Fréchet distance {ev['renderer']['frechet']:.3f} (what a perfect generator would score).
-`samples.png`: the {ev['captions']} samples at the chosen guidance, row by row, captions:
+Chosen guidance: **{ev["guidance"]}** (best adherence, on the dense model, before any pruning).
+The renderer's own images of the same captions: adherence {ev["renderer"]["adherence"]:.4f},
+Fréchet distance {ev["renderer"]["frechet"]:.3f} (what a perfect generator would score).
+`samples.png`: the {ev["captions"]} samples at the chosen guidance, row by row, captions:
 
 {captions}
 
@@ -477,7 +581,7 @@ Fréchet distance {ev['renderer']['frechet']:.3f} (what a perfect generator woul
   small evaluator's features, not Inception's, so it is not comparable to published FIDs.
 
 ## Reproduce
-`{r['command']}`
+`{r["command"]}`
 """
 
 
@@ -500,8 +604,10 @@ def _plot_loss(losses: Sequence[float], path: Path, width: int = 900, height: in
     draw.text((left, 8), f"flow-matching loss per step ({len(losses)} steps): raw, and moving average", fill="black")
     if losses:
         window = max(1, len(losses) // 50)
-        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-                  for i in range(len(losses))]
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         ordered = sorted(losses)
         y_max = ordered[int(0.99 * (len(ordered) - 1))] * 1.1 or 1.0
         x_of = lambda i: left + (right - left) * i / max(len(losses) - 1, 1)
@@ -519,16 +625,20 @@ def _plot_loss(losses: Sequence[float], path: Path, width: int = 900, height: in
 
 
 def _summary(record: dict[str, Any], evaluation: dict[str, Any], timings: dict[str, float], out: Path) -> str:
-    lines = ["evaluator accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in record["evaluator_accuracy"].items()),
-             f"yardstick: {record['steps']} steps, batch {record['batch']}, {record['minutes']:.2f} min, "
-             f"{timings['step_ms']:.1f} ms/step, final loss {record['final_loss']:.4f}, {record['gpu']}",
-             *(f"guidance {g}: adherence {v['adherence']:.4f}, Fréchet {v['frechet']:.3f}"
-               for g, v in evaluation["per_guidance"].items()),
-             f"renderer's images: adherence {evaluation['renderer']['adherence']:.4f}, "
-             f"Fréchet {evaluation['renderer']['frechet']:.3f}",
-             f"chosen guidance {evaluation['guidance']}; times: evaluator {timings['evaluator_s']:.0f} s, "
-             f"training {timings['train_s']:.0f} s, evaluation {timings['evaluation_s']:.0f} s, "
-             f"total {timings['total_s']:.0f} s; artefacts in {out}"]
+    lines = [
+        "evaluator accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in record["evaluator_accuracy"].items()),
+        f"yardstick: {record['steps']} steps, batch {record['batch']}, {record['minutes']:.2f} min, "
+        f"{timings['step_ms']:.1f} ms/step, final loss {record['final_loss']:.4f}, {record['gpu']}",
+        *(
+            f"guidance {g}: adherence {v['adherence']:.4f}, Fréchet {v['frechet']:.3f}"
+            for g, v in evaluation["per_guidance"].items()
+        ),
+        f"renderer's images: adherence {evaluation['renderer']['adherence']:.4f}, "
+        f"Fréchet {evaluation['renderer']['frechet']:.3f}",
+        f"chosen guidance {evaluation['guidance']}; times: evaluator {timings['evaluator_s']:.0f} s, "
+        f"training {timings['train_s']:.0f} s, evaluation {timings['evaluation_s']:.0f} s, "
+        f"total {timings['total_s']:.0f} s; artefacts in {out}",
+    ]
     return "\n".join(lines)
 
 

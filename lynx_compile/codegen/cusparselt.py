@@ -36,8 +36,9 @@ def sparse_tensor_cores_available(device: torch.device | str | None = None) -> t
     return True, f"{name} (sm{major}{minor}), cuSPARSELt {version}"
 
 
-def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, alg_id: int,
-              out_dtype: torch.dtype | None = None) -> torch.Tensor:
+def sparse_mm(
+    compressed: torch.Tensor, weight: torch.Tensor, alg_id: int, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """``X_pruned @ weight.T`` from ``compressed = compress(X_pruned)``: (padded rows, N); slice rows.
     ``out_dtype``: for e4m3 operands, bf16/fp16 (cuSPARSELt's e4m3 output is wrong on torch 2.11)."""
     return torch._cslt_sparse_mm(compressed, weight.t(), alg_id=alg_id, out_dtype=out_dtype)

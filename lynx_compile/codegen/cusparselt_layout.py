@@ -89,8 +89,9 @@ def _check_shape(m: int, k: int, dtype: torch.dtype) -> None:
         raise ValueError(f"cuSPARSELt layout known for {LAYOUT_DTYPES} only, got {dtype}")
     multiple = shape_multiple(dtype)
     if m <= 0 or k <= 0 or m % multiple or k % multiple:
-        raise ValueError(f"cuSPARSELt needs m and k of a {dtype} operand to be positive multiples of {multiple}, "
-                         f"got ({m}, {k})")
+        raise ValueError(
+            f"cuSPARSELt needs m and k of a {dtype} operand to be positive multiples of {multiple}, got ({m}, {k})"
+        )
 
 
 def metadata_nbytes(m: int, k: int, dtype: torch.dtype) -> int:
@@ -236,6 +237,8 @@ def same_compressed(a: torch.Tensor, b: torch.Tensor, m: int, k: int) -> bool:
     """Bit-exact equality of two compressed tensors over the bytes cuSPARSELt defines."""
     n = significant_numel(m, k, a.dtype)
     bits = torch.uint8 if a.dtype == FP8 else torch.int16
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(
-        a.reshape(-1)[:n].view(bits), b.reshape(-1)[:n].view(bits)
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and torch.equal(a.reshape(-1)[:n].view(bits), b.reshape(-1)[:n].view(bits))
     )

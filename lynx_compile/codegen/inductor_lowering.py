@@ -122,8 +122,17 @@ def _compress(x: ir.TensorBox, rows: int, k: int) -> ir.TensorBox:
     abs_mask, mag_max = MAGNITUDE_BITS[dtype]
     block_m, block_k, warps = next(t for t in _TILES if k % t[1] == 0)
     choice = _TEMPLATE.generate(
-        input_nodes=(x,), layout=layout, num_stages=1, num_warps=warps, call_sizes=[rows, k],
-        BLOCK_M=block_m, BLOCK_K=block_k, K=k, ROWS=rows, ABS_MASK=abs_mask, MAG_MAX=mag_max,
+        input_nodes=(x,),
+        layout=layout,
+        num_stages=1,
+        num_warps=warps,
+        call_sizes=[rows, k],
+        BLOCK_M=block_m,
+        BLOCK_K=block_k,
+        K=k,
+        ROWS=rows,
+        ABS_MASK=abs_mask,
+        MAG_MAX=mag_max,
         DTYPE="tl.bfloat16" if dtype == torch.bfloat16 else "tl.float16",
     )
     return choice.output_node()

@@ -111,8 +111,11 @@ def metadata_words(first, last, pid_m, pid_k, META_COL_TILES):
     block = pid_m * (BLOCK_M // 16) + tl.arange(0, BLOCK_M // 16)  # global 16-row block
     tile_col = pid_k * (GROUPS // 8) + tl.arange(0, GROUPS // 8)
     i = tl.arange(0, 8)
-    word_index = ((block // 4 * META_COL_TILES)[:, None, None] + tile_col[None, None, :]) * 32 \
-        + ((block % 4) * 8)[:, None, None] + i[None, :, None]
+    word_index = (
+        ((block // 4 * META_COL_TILES)[:, None, None] + tile_col[None, None, :]) * 32
+        + ((block % 4) * 8)[:, None, None]
+        + i[None, :, None]
+    )
     return words, word_index, (tile_col < META_COL_TILES)[None, None, :]
 
 
@@ -138,11 +141,28 @@ def chunk_sums_of_squares(x, v_first, v_last, NORM_CHUNK: tl.constexpr):
 # self-check's odd-sized probe and every model shape then share one compiled kernel per tile.
 @triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES", "TAIL_START", "TAIL_BYTES", "M_BUCKET"])
 def prune_compress_kernel(
-    x_ptr, values_ptr, meta_ptr, bytes_ptr, norms_ptr,
-    M, M_PAD, K_X, K, stride_xm, META_COL_TILES, TAIL_START, TAIL_BYTES,
+    x_ptr,
+    values_ptr,
+    meta_ptr,
+    bytes_ptr,
+    norms_ptr,
+    M,
+    M_PAD,
+    K_X,
+    K,
+    stride_xm,
+    META_COL_TILES,
+    TAIL_START,
+    TAIL_BYTES,
     M_BUCKET,  # autotuning key only
-    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, ONES_COLUMN: tl.constexpr, NORMS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_BLOCK: tl.constexpr, NORM_CHUNK: tl.constexpr,
+    ABS_MASK: tl.constexpr,
+    MAG_MAX: tl.constexpr,
+    ONES_COLUMN: tl.constexpr,
+    NORMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TAIL_BLOCK: tl.constexpr,
+    NORM_CHUNK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -151,8 +171,9 @@ def prune_compress_kernel(
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     # Rows past M (up to the metadata tile) read as zeros: that is the row padding, never stored in x.
     # K_X columns come from x; with ONES_COLUMN, K = K_X + BIAS_COLUMNS and column K_X is 1 (``with_ones_column``).
-    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :],
-                mask=(rows < M)[:, None] & (cols < K_X)[None, :], other=0.0)
+    x = tl.load(
+        x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & (cols < K_X)[None, :], other=0.0
+    )
     if ONES_COLUMN:
         x = tl.where((rows < M)[:, None] & (cols == K_X)[None, :], 1.0, x).to(x.dtype)
     first, last, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
@@ -160,8 +181,11 @@ def prune_compress_kernel(
     # Values: row-major (M_PAD, K/2), the two of a group side by side.
     vals = tl.reshape(tl.join(v_first, v_last), (BLOCK_M, BLOCK_K // 2))
     vcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    tl.store(values_ptr + rows[:, None] * (K // 2) + vcols[None, :], vals,
-             mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :])
+    tl.store(
+        values_ptr + rows[:, None] * (K // 2) + vcols[None, :],
+        vals,
+        mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :],
+    )
 
     words, word_index, in_k = metadata_words(first, last, pid_m, pid_k, META_COL_TILES)
     tl.store(meta_ptr + word_index, words, mask=in_k)
@@ -195,9 +219,11 @@ def tile_configs() -> list[triton.Config]:
 
 
 # 25 ms of timing per config and shape instead of Triton's 125 ms: enough for a kernel of 4-300 us
-prune_compress_autotuned = triton.autotune(configs=tile_configs(), key=["K", "M_BUCKET", "NORMS"],
-                                           do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20))(
-    prune_compress_kernel)
+prune_compress_autotuned = triton.autotune(
+    configs=tile_configs(),
+    key=["K", "M_BUCKET", "NORMS"],
+    do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20),
+)(prune_compress_kernel)
 _FIXED = tile_configs()[1]  # small inputs (within 3.5% of the best tile at 512-1024 rows) and the interpreter
 _SMALL = 1 << 21  # elements: below this the kernel takes a few microseconds whatever its tiles
 
@@ -258,8 +284,14 @@ def _config(m_pad: int, k: int) -> triton.Config | None:
     return _FIXED if _INTERPRET or m_pad * k <= _SMALL else None
 
 
-def launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_column: bool = False,
-           warmup: bool = False, norms: torch.Tensor | None = None) -> torch.Tensor:
+def launch(
+    x: torch.Tensor,
+    m_pad: int,
+    config: triton.Config | None,
+    ones_column: bool = False,
+    warmup: bool = False,
+    norms: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Run the kernel with ``config`` (one of ``tile_configs``), or autotuned when None; no input checks
     (``prune_compress`` makes them). A config is launched with the same options as the autotuner
     launches it (``all_kwargs``), so both find the same compiled kernel. ``warmup``: only compile
@@ -276,11 +308,21 @@ def launch(x: torch.Tensor, m_pad: int, config: triton.Config | None, ones_colum
     tail_bytes = raw.numel() - tail_start
     abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
     args = dict(
-        M=m, M_PAD=m_pad, K_X=k_x, K=k, stride_xm=x.stride(0),
-        META_COL_TILES=-(-k // 32), TAIL_START=tail_start, TAIL_BYTES=tail_bytes,
+        M=m,
+        M_PAD=m_pad,
+        K_X=k_x,
+        K=k,
+        stride_xm=x.stride(0),
+        META_COL_TILES=-(-k // 32),
+        TAIL_START=tail_start,
+        TAIL_BYTES=tail_bytes,
         M_BUCKET=min(triton.next_power_of_2(m_pad), 16384),
-        ABS_MASK=abs_mask, MAG_MAX=mag_max, ONES_COLUMN=ones_column, NORMS=norms is not None,
-        TAIL_BLOCK=TAIL_BLOCK, NORM_CHUNK=NORM_CHUNK,
+        ABS_MASK=abs_mask,
+        MAG_MAX=mag_max,
+        ONES_COLUMN=ones_column,
+        NORMS=norms is not None,
+        TAIL_BLOCK=TAIL_BLOCK,
+        NORM_CHUNK=NORM_CHUNK,
     )
     norms = meta if norms is None else norms  # a pointer the kernel never dereferences without NORMS
     meta_rows = round_up(m_pad, TILE_ROWS)

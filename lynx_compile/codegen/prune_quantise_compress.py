@@ -98,9 +98,21 @@ def fp8_metadata_bytes(first, last, rows, pid_k, BLOCK_K: tl.constexpr, META_COL
 
 @triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES"])
 def prune_quantise_compress_kernel(
-    x_ptr, values_ptr, meta_ptr, scale_ptr, M, M_PAD, K, stride_xm, META_COL_TILES,
-    ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, IS_BF16: tl.constexpr, EXP_MIN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    values_ptr,
+    meta_ptr,
+    scale_ptr,
+    M,
+    M_PAD,
+    K,
+    stride_xm,
+    META_COL_TILES,
+    ABS_MASK: tl.constexpr,
+    MAG_MAX: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    EXP_MIN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # the grid covers the metadata's rows (64-row tiles)
@@ -110,11 +122,14 @@ def prune_quantise_compress_kernel(
     amax_bits = tl.zeros((BLOCK_M,), tl.int32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :],
-                    other=0.0)
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :], other=0.0
+        )
         _, _, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
-        mag = tl.maximum(v_first.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK,
-                         v_last.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK)
+        mag = tl.maximum(
+            v_first.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK,
+            v_last.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK,
+        )
         amax_bits = tl.maximum(amax_bits, tl.max(mag, axis=1))
     finite = amax_bits < MAG_MAX
     # the amax as float32 bits (a positive 16-bit float's bits order like its value)
@@ -131,13 +146,17 @@ def prune_quantise_compress_kernel(
     # Sweep 2: prune again (x comes back from L2), quantise, choose cuSPARSELt's indices, write
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :],
-                    other=0.0)
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :], other=0.0
+        )
         first, last, q_first, q_last = select_quantised(x, s[:, None], ABS_MASK, MAG_MAX, IS_BF16)
         vals = tl.reshape(tl.join(q_first, q_last), (BLOCK_M, BLOCK_K // 2)).to(tl.uint8)
         vcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        tl.store(values_ptr + rows[:, None] * (K // 2) + vcols[None, :], vals,
-                 mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :])
+        tl.store(
+            values_ptr + rows[:, None] * (K // 2) + vcols[None, :],
+            vals,
+            mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :],
+        )
         byte, where, in_k = fp8_metadata_bytes(first, last, rows, k0 // BLOCK_K, BLOCK_K, META_COL_TILES)
         tl.store(meta_ptr + where, byte.to(tl.uint8), mask=in_k)
 
@@ -164,8 +183,21 @@ def prune_quantise_compress(x: torch.Tensor, rows: int | None = None) -> tuple[t
     abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
     grid = (round_up(m_pad, TILE_ROWS) // BLOCK_M,)
     prune_quantise_compress_kernel[grid](
-        x, raw, meta, scale, m, m_pad, k, x.stride(0), -(-k // FP8_TILE_COLS),
-        ABS_MASK=abs_mask, MAG_MAX=mag_max, IS_BF16=x.dtype == torch.bfloat16, EXP_MIN=FP8_SCALE_EXP_MIN,
-        BLOCK_M=BLOCK_M, BLOCK_K=_block_k(k), num_warps=4,
+        x,
+        raw,
+        meta,
+        scale,
+        m,
+        m_pad,
+        k,
+        x.stride(0),
+        -(-k // FP8_TILE_COLS),
+        ABS_MASK=abs_mask,
+        MAG_MAX=mag_max,
+        IS_BF16=x.dtype == torch.bfloat16,
+        EXP_MIN=FP8_SCALE_EXP_MIN,
+        BLOCK_M=BLOCK_M,
+        BLOCK_K=_block_k(k),
+        num_warps=4,
     )
     return out, scale

@@ -23,8 +23,9 @@ log = logging.getLogger("lynx_compile")
 _CHECKED: dict[tuple[str, torch.dtype, int | None, bool, bool, bool], bool] = {}
 
 
-def fast_compress_ok(device: torch.device | str, dtype: torch.dtype, *, ones_column: bool = False,
-                     norms: bool = False, fp8: bool = False) -> bool:
+def fast_compress_ok(
+    device: torch.device | str, dtype: torch.dtype, *, ones_column: bool = False, norms: bool = False, fp8: bool = False
+) -> bool:
     """Whether the Triton kernel reproduces the installed cuSPARSELt's layout on this device.
 
     Checked once per (device, dtype, cuSPARSELt version, kernel variant) on an adversarial matrix
@@ -45,10 +46,24 @@ def fast_compress_ok(device: torch.device | str, dtype: torch.dtype, *, ones_col
         except Exception as e:  # a kernel that cannot run is as unusable as a wrong one
             ok, detail = False, repr(e)
         if not ok:
-            variant = (" with a ones column" if ones_column else " with norm sums" if norms
-                       else " + fp8 quantisation" if fp8 else "")
-            log.warning("lynx: Triton prune+compress%s does not match torch._cslt_compress on %s %s "
-                        "(cuSPARSELt %s): %s; using torch._cslt_compress", variant, device, dtype, key[2], detail)
+            variant = (
+                " with a ones column"
+                if ones_column
+                else " with norm sums"
+                if norms
+                else " + fp8 quantisation"
+                if fp8
+                else ""
+            )
+            log.warning(
+                "lynx: Triton prune+compress%s does not match torch._cslt_compress on %s %s "
+                "(cuSPARSELt %s): %s; using torch._cslt_compress",
+                variant,
+                device,
+                dtype,
+                key[2],
+                detail,
+            )
         _CHECKED[key] = ok
     return _CHECKED[key]
 
@@ -76,7 +91,8 @@ def _check_fp8(x: torch.Tensor) -> tuple[bool, str]:
     got, scale = prune_quantise_compress(x, m_pad)
     if not same_compressed(got, expected, m_pad, x.shape[1]):
         return False, "fp8 layout differs"
-    if not torch.equal(scale.nan_to_num(), expected_scale.nan_to_num()) or not torch.equal(scale.isnan(),
-                                                                                            expected_scale.isnan()):
+    if not torch.equal(scale.nan_to_num(), expected_scale.nan_to_num()) or not torch.equal(
+        scale.isnan(), expected_scale.isnan()
+    ):
         return False, "fp8 row scales differ"
     return True, ""

@@ -79,8 +79,9 @@ def _weight(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.T
     return torch.randn(n, k, dtype=dtype, device=device) / k**0.5
 
 
-def _compressor(device: torch.device, dtype: torch.dtype, ones_column: bool = False,
-                norms: bool = False, fp8: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def _compressor(
+    device: torch.device, dtype: torch.dtype, ones_column: bool = False, norms: bool = False, fp8: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The compression the model will run: the Triton kernel (with a ones column, or summing the
     norms compensation needs, or quantising to fp8), or the exact slow path where that kernel
     failed its self-check."""
@@ -88,8 +89,9 @@ def _compressor(device: torch.device, dtype: torch.dtype, ones_column: bool = Fa
 
     def compress(x: torch.Tensor) -> torch.Tensor:
         if fp8:
-            return (prune_quantise_compress(x, round_up(x.shape[0], 32)) if fast
-                    else cusparselt.compress_compat_fp8(x))[0]
+            return (
+                prune_quantise_compress(x, round_up(x.shape[0], 32)) if fast else cusparselt.compress_compat_fp8(x)
+            )[0]
         if fast:
             return prune_compress_with_norms(x)[0] if norms else prune_compress(x, ones_column=ones_column)
         if norms:
@@ -99,9 +101,15 @@ def _compressor(device: torch.device, dtype: torch.dtype, ones_column: bool = Fa
     return compress
 
 
-def operands(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device,
-             compress: Callable[[torch.Tensor], torch.Tensor], fp8: bool = False
-             ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+def operands(
+    m: int,
+    k: int,
+    n: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    compress: Callable[[torch.Tensor], torch.Tensor],
+    fp8: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """A weight (quantised to e4m3 with ``fp8``), rotating activations (``rotating_inputs``) and their
     compressed forms."""
     xs = rotating_inputs(lambda: torch.randn(m, k, dtype=dtype, device=device), m * k * dtype.itemsize)
@@ -179,8 +187,13 @@ def cuda_graph_ms(call: Callable[[int], object], calls: int = 20, replays: int =
     return statistics.median(times)
 
 
-def queued_ms(call: Callable[[K, int], object], keys: Iterable[K], calls: int, rounds: int = 1,
-              refused: type[Exception] | tuple[type[Exception], ...] = ()) -> dict[K, float]:
+def queued_ms(
+    call: Callable[[K, int], object],
+    keys: Iterable[K],
+    calls: int,
+    rounds: int = 1,
+    refused: type[Exception] | tuple[type[Exception], ...] = (),
+) -> dict[K, float]:
     """Median GPU ms per ``call(key, i)`` for each key: ``rounds`` samples of ``calls`` calls, the
     keys taking turns in each round, after two warm-up calls per key. With ``refused``, the keys end
     before the first one whose first call raises it (cuSPARSELt's first unknown algorithm id). ``i``
@@ -228,12 +241,17 @@ def queued_ms(call: Callable[[K, int], object], keys: Iterable[K], calls: int, r
         queue_ms = (time.perf_counter() - t0) * 1e3
         if not held.query():  # still asleep: every call was queued before the GPU reached it
             break
-        log.debug("lynx: timed calls outran their GPU sleep of %.1f ms (try %d, %.1f ms to queue)",
-                  hold_ms, attempt + 1, queue_ms)
+        log.debug(
+            "lynx: timed calls outran their GPU sleep of %.1f ms (try %d, %.1f ms to queue)",
+            hold_ms,
+            attempt + 1,
+            queue_ms,
+        )
         hold_ms = 1.5 * queue_ms
     torch.cuda.synchronize()
-    return {key: statistics.median(start.elapsed_time(end) for start, end in pairs) / calls
-            for key, pairs in marks.items()}
+    return {
+        key: statistics.median(start.elapsed_time(end) for start, end in pairs) / calls for key, pairs in marks.items()
+    }
 
 
 @functools.cache
@@ -263,9 +281,17 @@ class Costs:
     sparse_gemm_ms: float
 
 
-def measure_costs(m: int, k: int, n: int, dtype: torch.dtype, alg_id: int,
-                  device: torch.device | str = "cuda", ones_column: bool = False, norms: bool = False,
-                  fp8: bool = False) -> Costs:
+def measure_costs(
+    m: int,
+    k: int,
+    n: int,
+    dtype: torch.dtype,
+    alg_id: int,
+    device: torch.device | str = "cuda",
+    ones_column: bool = False,
+    norms: bool = False,
+    fp8: bool = False,
+) -> Costs:
     """Time the three parts separately (cached on disk), so that a caller can charge one
     prune+compress to all the GEMMs that share an activation (q, k, v, and FLUX's MLP input).
 

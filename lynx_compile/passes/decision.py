@@ -30,8 +30,9 @@ class Decision:
         return k + BIAS_COLUMNS if self.fold_bias else k
 
 
-def activation_groups(sites: Sequence[GemmSite], decisions: Sequence[Decision]
-                      ) -> dict[tuple[object, PruneSite, bool, bool], list[int]]:
+def activation_groups(
+    sites: Sequence[GemmSite], decisions: Sequence[Decision]
+) -> dict[tuple[object, PruneSite, bool, bool], list[int]]:
     """The cuSPARSELt GEMMs by what they share: the activation, where it is pruned, the ones column
     of a folded bias, and fp8. Each group's activation is compressed once."""
     groups: dict[tuple[object, PruneSite, bool, bool], list[int]] = {}

@@ -50,8 +50,14 @@ class PruningError:
         """Share of the input's energy that pruning removes."""
         return self.pruned_sq / self.in_sq if self.in_sq > 0 else 0.0
 
-    def add(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, compensate: bool,
-            branch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    def add(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        compensate: bool,
+        branch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         x, weight = x.float(), weight.float()
         bias = None if bias is None else bias.float()
         pruned = prune_2to4(x)
@@ -109,18 +115,26 @@ class MeasuringInterpreter(GemmInterpreter):
     """Runs ``gm`` and adds every GEMM's pruning error to ``errors[site.name]`` (created as needed);
     ``branches``: low-rank factors (A, B) by GEMM name, measured with and without."""
 
-    def __init__(self, gm: fx.GraphModule, sites: Iterable[GemmSite], errors: dict[str, PruningError],
-                 compensate: bool, branches: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        sites: Iterable[GemmSite],
+        errors: dict[str, PruningError],
+        compensate: bool,
+        branches: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
         super().__init__(gm, sites)
         self.errors, self.compensate, self.branches = errors, compensate, branches or {}
 
     def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.errors.setdefault(site.name, PruningError()).add(x, weight, bias, self.compensate,
-                                                              self.branches.get(site.name))
+        self.errors.setdefault(site.name, PruningError()).add(
+            x, weight, bias, self.compensate, self.branches.get(site.name)
+        )
 
 
-def measure(gm: fx.GraphModule, sites: Iterable[GemmSite], inputs: Iterable[Any],
-            compensate: bool) -> dict[str, PruningError]:
+def measure(
+    gm: fx.GraphModule, sites: Iterable[GemmSite], inputs: Iterable[Any], compensate: bool
+) -> dict[str, PruningError]:
     """Every GEMM's pruning error on one run of ``gm`` with ``inputs``."""
     errors: dict[str, PruningError] = {}
     with torch.no_grad():

@@ -73,11 +73,17 @@ def fold_biases(sites: Sequence[GemmSite], decisions: list[Decision]) -> list[De
         costly = {i: costly_bias_add(sites[i]) for i in members}
         folds = [i for i in members if costly[i] and sites[i].bias is not None and sites[i].bias.op in _STORED]
         site = sites[members[0]]
-        if folds and prune == PruneSite.TRITON and not self_check.fast_compress_ok(site.device, site.dtype,
-                                                                                    ones_column=True):
+        if (
+            folds
+            and prune == PruneSite.TRITON
+            and not self_check.fast_compress_ok(site.device, site.dtype, ones_column=True)
+        ):
             for i in folds:
-                out[i] = dataclasses.replace(out[i], reason=f"{out[i].reason}; bias not folded: the Triton "
-                                                            "kernel with a ones column failed its self-check")
+                out[i] = dataclasses.replace(
+                    out[i],
+                    reason=f"{out[i].reason}; bias not folded: the Triton "
+                    "kernel with a ones column failed its self-check",
+                )
             continue
         for i in members:
             if i in folds:
@@ -138,8 +144,9 @@ class FoldedWeights:
         wq, scale = self._register((site.weight,), lambda w: quantise_fp8_rows(w if nk else w.t()), example_inputs)
         return wq, scale
 
-    def _register(self, nodes: Sequence[fx.Node], make: Callable[..., tuple[torch.Tensor, ...]],
-                  example_inputs: Sequence[Any]) -> tuple[str, ...]:
+    def _register(
+        self, nodes: Sequence[fx.Node], make: Callable[..., tuple[torch.Tensor, ...]], example_inputs: Sequence[Any]
+    ) -> tuple[str, ...]:
         sources = tuple(self._source(node) for node in nodes)
         tensors = [source(example_inputs) for source in sources]
         if any(_version(t) is None for t in tensors):
@@ -205,5 +212,7 @@ def _version(t: torch.Tensor) -> int | None:
 
 @functools.cache
 def _warn_unversioned() -> None:
-    log.warning("lynx: fold_bias: weights created under torch.inference_mode() have no version counter; "
-                "in-place changes to them are not seen by the folded copies: compile again after changing them")
+    log.warning(
+        "lynx: fold_bias: weights created under torch.inference_mode() have no version counter; "
+        "in-place changes to them are not seen by the folded copies: compile again after changing them"
+    )

@@ -55,7 +55,8 @@ def is_gemm(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in _MATMUL_METHODS
     return node.op == "call_function" and (
-        node.target in _LINEAR or node.target in _MATMUL or node.target is torch.addmm)
+        node.target in _LINEAR or node.target in _MATMUL or node.target is torch.addmm
+    )
 
 
 def is_transpose(node: fx.Node) -> bool:
@@ -194,7 +195,8 @@ def _source_name(node: fx.Node) -> str:
 _ROOT = re.compile(r"^[LG]\[['\"][^'\"]+['\"]\]")
 # nn.Module storage that is not part of a parameter's path: ._modules['x'], .__dict__['_modules']['x']
 _STORAGE = re.compile(
-    r"(\.__dict__\[['\"]_(?:modules|parameters|buffers)['\"]\]|\._(?:modules|parameters|buffers))(?=\[)")
+    r"(\.__dict__\[['\"]_(?:modules|parameters|buffers)['\"]\]|\._(?:modules|parameters|buffers))(?=\[)"
+)
 _PART = re.compile(r"\.(\w+)|\[(\d+)\]|\[['\"]([^'\"]+)['\"]\]")
 
 

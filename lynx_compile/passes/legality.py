@@ -46,16 +46,29 @@ def _fp8(site: GemmSite, config: LynxConfig, decision: Decision) -> Decision:
     if not ok:
         why = f"precision='fp8': {why}; 2:4 in {dtype_name(site.dtype)}"
     elif site.k % FP8_MULTIPLE or site.n % 16:
-        why = (f"precision='fp8': K={site.k}, N={site.n}: e4m3 needs K % 32 == 0 and N % 16 == 0; "
-               f"2:4 in {dtype_name(site.dtype)}")
+        why = (
+            f"precision='fp8': K={site.k}, N={site.n}: e4m3 needs K % 32 == 0 and N % 16 == 0; "
+            f"2:4 in {dtype_name(site.dtype)}"
+        )
     if not ok or site.k % FP8_MULTIPLE or site.n % 16:
         return _not_fp8(decision, why)
     if not self_check.fast_compress_ok(site.device, site.dtype, fp8=True):
         fallback = "Triton prune+quantise+compress self-check failed"
-        return Decision(True, GemmPath.CUSPARSELT_COMPAT, f"{_why_selected(decision)}; fp8, compression by "
-                        f"torch._cslt_compress ({fallback})", prune=PruneSite.CSLT, fallback=fallback, fp8=True)
-    return Decision(True, GemmPath.CUSPARSELT, f"{_why_selected(decision)}; fp8, Triton prune+quantise+compress",
-                    prune=PruneSite.TRITON, fp8=True)
+        return Decision(
+            True,
+            GemmPath.CUSPARSELT_COMPAT,
+            f"{_why_selected(decision)}; fp8, compression by torch._cslt_compress ({fallback})",
+            prune=PruneSite.CSLT,
+            fallback=fallback,
+            fp8=True,
+        )
+    return Decision(
+        True,
+        GemmPath.CUSPARSELT,
+        f"{_why_selected(decision)}; fp8, Triton prune+quantise+compress",
+        prune=PruneSite.TRITON,
+        fp8=True,
+    )
 
 
 def _not_fp8(decision: Decision, why: str) -> Decision:
@@ -98,15 +111,21 @@ def _sparse_path(site: GemmSite, config: LynxConfig) -> Decision:
     if not self_check.fast_compress_ok(site.device, site.dtype, norms=config.compensate):  # checked once, warns once
         kernel = "Triton kernel with norm sums" if config.compensate else "Triton layout"
         fallback = f"{kernel} self-check failed"
-        return Decision(True, GemmPath.CUSPARSELT_COMPAT, f"{why}; compression by torch._cslt_compress ({fallback})",
-                        prune=PruneSite.CSLT, fallback=fallback)
+        return Decision(
+            True,
+            GemmPath.CUSPARSELT_COMPAT,
+            f"{why}; compression by torch._cslt_compress ({fallback})",
+            prune=PruneSite.CSLT,
+            fallback=fallback,
+        )
     prune, how = _prune_site(site, config)
     return Decision(True, GemmPath.CUSPARSELT, f"{why}; {how}", prune=prune)
 
 
 def _reference(why: str, fallback: str) -> Decision:
-    return Decision(True, GemmPath.REFERENCE, f"{why}; reference path: {fallback}", prune=PruneSite.TORCH,
-                    fallback=fallback)
+    return Decision(
+        True, GemmPath.REFERENCE, f"{why}; reference path: {fallback}", prune=PruneSite.TORCH, fallback=fallback
+    )
 
 
 def _prune_site(site: GemmSite, config: LynxConfig) -> tuple[PruneSite, str]:
@@ -114,8 +133,9 @@ def _prune_site(site: GemmSite, config: LynxConfig) -> tuple[PruneSite, str]:
     if not config.fuse_producers:
         return PruneSite.TRITON, "standalone Triton prune+compress (fuse_producers=False)"
     if config.compensate:
-        return PruneSite.TRITON, ("standalone Triton prune+compress (compensate=True: it also sums the row norms, "
-                                  "the template does not)")
+        return PruneSite.TRITON, (
+            "standalone Triton prune+compress (compensate=True: it also sums the row norms, the template does not)"
+        )
     if not eligible(padded_rows(site.m), site.k, site.dtype):
         return PruneSite.TRITON, f"standalone Triton prune+compress (K={site.k} % 32 != 0: not lowered)"
     fusable, producer = fusable_producer(site.x)

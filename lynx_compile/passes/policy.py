@@ -23,17 +23,24 @@ from .fold_bias import fold_biases
 from .gemms import GemmSite
 
 
-def plan(sites: Sequence[GemmSite], config: LynxConfig, *, measure: bool = True,
-         errors: Mapping[str, PruningError] | None = None,
-         output_error: sensitivity.OutputError | None = None) -> list[Decision]:
+def plan(
+    sites: Sequence[GemmSite],
+    config: LynxConfig,
+    *,
+    measure: bool = True,
+    errors: Mapping[str, PruningError] | None = None,
+    output_error: sensitivity.OutputError | None = None,
+) -> list[Decision]:
     """One decision per site. ``measure=False`` skips the timing on the GPU (algorithm search, cost
     model): inspection of the semantics only. ``errors``: each GEMM's measured pruning error, which
     option ``max_layer_error`` needs; ``output_error``: the graph's output error for a set of pruned GEMMs,
     which option ``error_budget`` needs."""
     decisions = [legality.can_sparsify(site, config) for site in sites]
     if config.max_layer_error is not None:
-        decisions = [within_error_budget(site, d, config.max_layer_error, errors or {})
-                     for site, d in zip(sites, decisions, strict=True)]
+        decisions = [
+            within_error_budget(site, d, config.max_layer_error, errors or {})
+            for site, d in zip(sites, decisions, strict=True)
+        ]
     if config.fold_bias:  # never with compensate (LynxConfig refuses it): a per-row scale must not scale the bias
         decisions = fold_biases(sites, decisions)
     if measure:
@@ -46,8 +53,9 @@ def plan(sites: Sequence[GemmSite], config: LynxConfig, *, measure: bool = True,
     return decisions
 
 
-def within_error_budget(site: GemmSite, decision: Decision, budget: float,
-                        errors: Mapping[str, PruningError]) -> Decision:
+def within_error_budget(
+    site: GemmSite, decision: Decision, budget: float, errors: Mapping[str, PruningError]
+) -> Decision:
     """Option ``max_layer_error``: a GEMM whose own output pruning changes by more than ``budget``
     (relative L2, on the inputs of the call that compiled it) stays dense, as does one that was not measured."""
     if not decision.sparse:

@@ -26,8 +26,20 @@ VIEW_FUNCTIONS = {torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, 
 _SWAPAXES = {"swapaxes", torch.swapaxes}  # the one permute gemms' weight matching does not take
 EXTERN_FUNCTIONS = {F.scaled_dot_product_attention, torch.bmm, torch.baddbmm, torch.conv2d, F.conv2d, F.conv3d}
 # reductions whose pointwise tail Inductor puts into the reduction's own kernel
-NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.rms_norm, F.normalize, F.softmax, torch.layer_norm, torch.group_norm,
-                  torch.rms_norm, torch.mean, torch.sum, torch.var, torch.var_mean}
+NORM_FUNCTIONS = {
+    F.layer_norm,
+    F.group_norm,
+    F.rms_norm,
+    F.normalize,
+    F.softmax,
+    torch.layer_norm,
+    torch.group_norm,
+    torch.rms_norm,
+    torch.mean,
+    torch.sum,
+    torch.var,
+    torch.var_mean,
+}
 NORM_METHODS = {"mean", "sum", "var", "std", "norm", "softmax"}
 _TAIL_DEPTH = 8  # pointwise ops to look through for a norm: adaLN is 2-3, hand-written RMSNorm ~5
 

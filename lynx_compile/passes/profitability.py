@@ -25,8 +25,9 @@ def with_alg(site: GemmSite, decision: Decision) -> Decision:
     return dataclasses.replace(decision, alg_id=alg)
 
 
-def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_speedup: float,
-                     compensate: bool = False) -> list[Decision]:
+def apply_cost_model(
+    sites: Sequence[GemmSite], decisions: list[Decision], min_speedup: float, compensate: bool = False
+) -> list[Decision]:
     """Keep dense what would not gain ``min_speedup`` from going sparse, by measured times
     (with ``compensate``, of the prune+compress that also sums the norms).
 
@@ -37,10 +38,20 @@ def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_s
     """
     out = list(decisions)
     for members in activation_groups(sites, decisions).values():
-        costs = {i: tuning.measure_costs(padded_rows(sites[i].m), sites[i].k, sites[i].n, sites[i].dtype,
-                                         decisions[i].alg_id, sites[i].device, decisions[i].fold_bias, compensate,
-                                         decisions[i].fp8)
-                 for i in members}
+        costs = {
+            i: tuning.measure_costs(
+                padded_rows(sites[i].m),
+                sites[i].k,
+                sites[i].n,
+                sites[i].dtype,
+                decisions[i].alg_id,
+                sites[i].device,
+                decisions[i].fold_bias,
+                compensate,
+                decisions[i].fp8,
+            )
+            for i in members
+        }
         gaining = [i for i in members if costs[i].dense_ms / costs[i].sparse_gemm_ms >= min_speedup]
         prune_ms = costs[members[0]].prune_ms  # same activation: same (M, K)
         dense_ms = sum(costs[i].dense_ms for i in gaining)
@@ -52,23 +63,29 @@ def apply_cost_model(sites: Sequence[GemmSite], decisions: list[Decision], min_s
             c, d = costs[i], decisions[i]
             gemm = c.dense_ms / c.sparse_gemm_ms
             if i not in gaining:
-                reason = (f"cost model: sparse GEMM {c.sparse_gemm_ms:.3f} ms vs dense {c.dense_ms:.3f} ms = "
-                          f"{gemm:.2f}x < min_speedup={min_speedup:g}")
+                reason = (
+                    f"cost model: sparse GEMM {c.sparse_gemm_ms:.3f} ms vs dense {c.dense_ms:.3f} ms = "
+                    f"{gemm:.2f}x < min_speedup={min_speedup:g}"
+                )
             elif not group_ok:
-                reason = (f"cost model: prune+compress {prune_ms:.3f} ms + sparse GEMM{'s' if several else ''} "
-                          f"{sparse_ms - prune_ms:.3f} ms vs dense {dense_ms:.3f} ms = {dense_ms / sparse_ms:.2f}x "
-                          f"< min_speedup={min_speedup:g}")
+                reason = (
+                    f"cost model: prune+compress {prune_ms:.3f} ms + sparse GEMM{'s' if several else ''} "
+                    f"{sparse_ms - prune_ms:.3f} ms vs dense {dense_ms:.3f} ms = {dense_ms / sparse_ms:.2f}x "
+                    f"< min_speedup={min_speedup:g}"
+                )
             else:
                 alone = c.dense_ms / (prune_ms + c.sparse_gemm_ms)
                 out[i] = dataclasses.replace(
-                    d, reason=f"{d.reason}; cost model: {alone:.2f}x (GEMM {gemm:.2f}x{shared})")
+                    d, reason=f"{d.reason}; cost model: {alone:.2f}x (GEMM {gemm:.2f}x{shared})"
+                )
                 continue
             out[i] = Decision.dense(reason)
     return out
 
 
-def time_saved(sites: Sequence[GemmSite], decisions: Sequence[Decision], measured: bool,
-               compensate: bool = False) -> tuple[dict[int, float], str]:
+def time_saved(
+    sites: Sequence[GemmSite], decisions: Sequence[Decision], measured: bool, compensate: bool = False
+) -> tuple[dict[int, float], str]:
     """What each sparse decision saves, and the unit: where every sparse GEMM is on cuSPARSELt and ``measured``
     (timing allowed), the cost model's measured dense minus sparse time, the shared prune+compress split
     evenly over its group ("ms"); otherwise (the reference path, no timing) a proxy, the half of the GEMM's
@@ -79,7 +96,15 @@ def time_saved(sites: Sequence[GemmSite], decisions: Sequence[Decision], measure
     saved: dict[int, float] = {}
     for members in activation_groups(sites, decisions).values():
         for i in members:
-            c = tuning.measure_costs(padded_rows(sites[i].m), sites[i].k, sites[i].n, sites[i].dtype,
-                                     decisions[i].alg_id, sites[i].device, decisions[i].fold_bias, compensate)
+            c = tuning.measure_costs(
+                padded_rows(sites[i].m),
+                sites[i].k,
+                sites[i].n,
+                sites[i].dtype,
+                decisions[i].alg_id,
+                sites[i].device,
+                decisions[i].fold_bias,
+                compensate,
+            )
             saved[i] = c.dense_ms - c.sparse_gemm_ms - c.prune_ms / len(members)
     return saved, "ms"

@@ -37,8 +37,9 @@ KNAPSACK_NODES = 1_000_000  # branch-and-bound nodes before the best packing fou
 class _PruningInterpreter(GemmInterpreter):
     """Runs ``gm`` with the GEMMs named in ``pruned`` on pruned activations (the reference semantics)."""
 
-    def __init__(self, gm: fx.GraphModule, sites: Iterable[GemmSite], pruned: Collection[str],
-                 compensate: bool) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, sites: Iterable[GemmSite], pruned: Collection[str], compensate: bool
+    ) -> None:
         super().__init__(gm, [site for site in sites if site.name in pruned])
         self.prune = prune_2to4_compensated if compensate else prune_2to4
 
@@ -54,8 +55,9 @@ class OutputError:
     """The relative L2 error of a graph's floating outputs, over a set of input calls, when a given set of its
     GEMMs runs on pruned activations: ``||Y_pruned - Y_dense|| / ||Y_dense||`` over all calls and outputs."""
 
-    def __init__(self, gm: fx.GraphModule, sites: Sequence[GemmSite], inputs: Iterable[Sequence[Any]],
-                 compensate: bool) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, sites: Sequence[GemmSite], inputs: Iterable[Sequence[Any]], compensate: bool
+    ) -> None:
         self.gm, self.sites, self.compensate = gm, list(sites), compensate
         self.inputs = [tuple(call) for call in inputs]
         if not self.inputs:
@@ -82,8 +84,9 @@ class OutputError:
         return (err_sq / out_sq) ** 0.5 if out_sq > 0 else float(err_sq > 0)
 
 
-def knapsack(weights: Sequence[float], values: Sequence[float], capacity: float,
-             max_nodes: int = KNAPSACK_NODES) -> tuple[set[int], bool]:
+def knapsack(
+    weights: Sequence[float], values: Sequence[float], capacity: float, max_nodes: int = KNAPSACK_NODES
+) -> tuple[set[int], bool]:
     """The items (indices) of largest total value whose weights sum to at most ``capacity``, and whether the
     answer is proven optimal. Exact branch and bound (items by value per weight, the fractional
     relaxation as the bound); weights and values are non-negative reals. After ``max_nodes`` nodes it
@@ -92,8 +95,11 @@ def knapsack(weights: Sequence[float], values: Sequence[float], capacity: float,
     if len(values) != n:
         raise ValueError(f"knapsack: {n} weights for {len(values)} values")
     free = [i for i in range(n) if weights[i] <= 0 and values[i] > 0]
-    items = sorted((i for i in range(n) if weights[i] > 0 and values[i] > 0 and weights[i] <= capacity),
-                   key=lambda i: values[i] / weights[i], reverse=True)
+    items = sorted(
+        (i for i in range(n) if weights[i] > 0 and values[i] > 0 and weights[i] <= capacity),
+        key=lambda i: values[i] / weights[i],
+        reverse=True,
+    )
     best_value, best = -1.0, []
     nodes = 0
 
@@ -135,8 +141,14 @@ class _Candidate:
         return self.sensitivity / self.saved if self.saved > 0 else float("inf")
 
 
-def within_output_budget(sites: Sequence[GemmSite], decisions: list[Decision], budget: float,
-                         output_error: OutputError | None, saved: Mapping[int, float], unit: str) -> list[Decision]:
+def within_output_budget(
+    sites: Sequence[GemmSite],
+    decisions: list[Decision],
+    budget: float,
+    output_error: OutputError | None,
+    saved: Mapping[int, float],
+    unit: str,
+) -> list[Decision]:
     """Option ``error_budget``: the sparse decisions the knapsack and the verification keep, the others dense
     with their sensitivity and the budget as the reason. ``saved``: each sparse decision's time saved
     (``unit``: what it is measured in, for the reasons)."""
@@ -149,8 +161,11 @@ def within_output_budget(sites: Sequence[GemmSite], decisions: list[Decision], b
     candidates = [_Candidate(i, sites[i].name, output_error({sites[i].name}), saved[i]) for i in sparse]
     picked, optimal = knapsack([c.sensitivity for c in candidates], [c.saved for c in candidates], budget)
     if not optimal:
-        log.warning("lynx: error_budget: the knapsack over %d GEMMs stopped after %d nodes; its best packing "
-                    "so far is used", len(candidates), KNAPSACK_NODES)
+        log.warning(
+            "lynx: error_budget: the knapsack over %d GEMMs stopped after %d nodes; its best packing so far is used",
+            len(candidates),
+            KNAPSACK_NODES,
+        )
     chosen = [c for j, c in enumerate(candidates) if j in picked]
     total = sum(c.sensitivity for c in chosen)
     dropped: dict[int, float] = {}  # index -> the output error measured while it was still in
@@ -166,12 +181,18 @@ def within_output_budget(sites: Sequence[GemmSite], decisions: list[Decision], b
         d = decisions[c.index]
         tag = f"output sensitivity {c.sensitivity:.4g}, saves {c.saved:.4g} {unit}"
         if c.index in kept:
-            out[c.index] = dataclasses.replace(d, reason=f"{d.reason}; {tag}; output error of all "
-                                                         f"{len(chosen)} chosen {error:.4g} <= error_budget={budget:g}")
+            out[c.index] = dataclasses.replace(
+                d,
+                reason=f"{d.reason}; {tag}; output error of all "
+                f"{len(chosen)} chosen {error:.4g} <= error_budget={budget:g}",
+            )
         elif c.index in dropped:
-            out[c.index] = Decision.dense(f"error_budget={budget:g}: {tag}; dropped after verification: output "
-                                          f"error {dropped[c.index]:.4g} with it > budget")
+            out[c.index] = Decision.dense(
+                f"error_budget={budget:g}: {tag}; dropped after verification: output "
+                f"error {dropped[c.index]:.4g} with it > budget"
+            )
         else:
-            out[c.index] = Decision.dense(f"error_budget={budget:g}: {tag}; not picked by the knapsack "
-                                          f"(picked sensitivities sum to {total:.4g})")
+            out[c.index] = Decision.dense(
+                f"error_budget={budget:g}: {tag}; not picked by the knapsack (picked sensitivities sum to {total:.4g})"
+            )
     return out

@@ -40,9 +40,15 @@ from .gemms import GemmSite
 from .low_rank import Factors
 
 
-def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compensate: bool,
-             folds: FoldedWeights | None = None, example_inputs: Sequence[Any] = (),
-             branches: Factors | None = None) -> int:
+def sparsify(
+    gm: fx.GraphModule,
+    plan: list[tuple[GemmSite, Decision]],
+    *,
+    compensate: bool,
+    folds: FoldedWeights | None = None,
+    example_inputs: Sequence[Any] = (),
+    branches: Factors | None = None,
+) -> int:
     """Rewrite in place; returns the number of GEMMs rewritten. Decisions with ``fold_bias`` or ``fp8``
     need ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them).
     ``branches``: the low-rank factors (A, B) of GEMMs that add ``(x A) B`` (option ``low_rank``)."""
@@ -69,8 +75,9 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
                 if decision.path == GemmPath.REFERENCE:
                     out = graph.call_function(ops.reference_linear_fp8, (operand, wq, w_scale, *extra))
                 else:
-                    out = graph.call_function(ops.sparse_linear_fp8,
-                                              (operand, x_scale, x, wq, w_scale, decision.alg_id, *extra))
+                    out = graph.call_function(
+                        ops.sparse_linear_fp8, (operand, x_scale, x, wq, w_scale, decision.alg_id, *extra)
+                    )
             else:
                 if decision.fold_bias:
                     assert folds is not None, "fold_bias decisions need a FoldedWeights"
@@ -86,8 +93,10 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
             if bias is not None:
                 out = graph.call_function(torch.add, (out, bias))
             if branches and site.name in branches:
-                a, b = (graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_{ab}", factor))
-                        for ab, factor in zip("ab", branches[site.name], strict=True))
+                a, b = (
+                    graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_{ab}", factor))
+                    for ab, factor in zip("ab", branches[site.name], strict=True)
+                )
                 out = graph.call_function(torch.add, (out, graph.call_function(lowrank.branch, (x, a, b))))
         out.meta.update(node.meta)
         node.replace_all_uses_with(out)
@@ -100,8 +109,9 @@ def sparsify(gm: fx.GraphModule, plan: list[tuple[GemmSite, Decision]], *, compe
     return rewritten
 
 
-def _prepare(graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool
-             ) -> tuple[fx.Node, fx.Node | None, fx.Node | None]:
+def _prepare(
+    graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool
+) -> tuple[fx.Node, fx.Node | None, fx.Node | None]:
     """The pruned (reference) or compressed (cuSPARSELt) activation, its fp8 row scales (fast fp8
     path), and the compensation scale."""
     if decision.path == GemmPath.REFERENCE:
@@ -113,10 +123,16 @@ def _prepare(graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool
         scale = None
         if compensate:  # the fp8 kernel sums no norms: Inductor computes them in a kernel of its own
             scale = graph.call_function(compensation_scale, (x, graph.call_function(prune_2to4, (x,))))
-        return (graph.call_function(operator.getitem, (pair, 0)), graph.call_function(operator.getitem, (pair, 1)),
-                scale)
+        return (
+            graph.call_function(operator.getitem, (pair, 0)),
+            graph.call_function(operator.getitem, (pair, 1)),
+            scale,
+        )
     if compensate:  # the kernel sums the norms on its pass over x (a folded bias is never compensated)
         pair = graph.call_function(ops.compress_activation_compensated, (x, decision.prune.value))
-        return (graph.call_function(operator.getitem, (pair, 0)), None,
-                graph.call_function(operator.getitem, (pair, 1)))
+        return (
+            graph.call_function(operator.getitem, (pair, 0)),
+            None,
+            graph.call_function(operator.getitem, (pair, 1)),
+        )
     return graph.call_function(ops.compress_activation, (x, decision.prune.value, decision.fold_bias)), None, None

@@ -10,5 +10,13 @@ from .compare import DEFAULT_CONFIGS, DENSE, QualityResult, Variant, compare, tr
 from .metrics import psnr, ssim
 
 __all__ = [
-    "DEFAULT_CONFIGS", "DENSE", "QualityResult", "Variant", "compare", "psnr", "ssim", "transformer_inputs", "write",
+    "DEFAULT_CONFIGS",
+    "DENSE",
+    "QualityResult",
+    "Variant",
+    "compare",
+    "psnr",
+    "ssim",
+    "transformer_inputs",
+    "write",
 ]

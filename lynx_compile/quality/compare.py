@@ -93,24 +93,38 @@ class QualityResult:
         """Which path the sparse GEMMs took, and what that means for the numbers."""
         paths = self.meta["path"]
         if "reference" in paths.split(","):
-            return (f"path: {paths} on {self.meta['device']}, {self.dtype}: the reference path ran (pruning, then a "
-                    "dense GEMM): no speed-up, the same numbers as the GPU's cuSPARSELt path up to bf16 rounding")
+            return (
+                f"path: {paths} on {self.meta['device']}, {self.dtype}: the reference path ran (pruning, then a "
+                "dense GEMM): no speed-up, the same numbers as the GPU's cuSPARSELt path up to bf16 rounding"
+            )
         return f"path: {paths} on {self.meta['device']}, {self.dtype}"
 
     def __str__(self) -> str:
         m = self.meta
-        head = (f"{m['model']}: {m['captions']} prompts, {m['steps']} steps, guidance "
-                f"{_number(m['guidance'])}")
+        head = f"{m['model']}: {m['captions']} prompts, {m['steps']} steps, guidance {_number(m['guidance'])}"
         return "\n".join([head, "", self.table(), "", self.path_note()])
 
 
 _COLUMNS = [
-    ("config", "config"), ("options", "options"), ("psnr_db", "PSNR dB"), ("ssim", "SSIM"),
-    ("adherence", "adherence"), ("fid_like", "FID-like"), ("mean_rel_err", "mean rel_err"),
-    ("sparse_gemms", "sparse GEMMs"), ("path", "path"), ("seconds", "seconds"),
+    ("config", "config"),
+    ("options", "options"),
+    ("psnr_db", "PSNR dB"),
+    ("ssim", "SSIM"),
+    ("adherence", "adherence"),
+    ("fid_like", "FID-like"),
+    ("mean_rel_err", "mean rel_err"),
+    ("sparse_gemms", "sparse GEMMs"),
+    ("path", "path"),
+    ("seconds", "seconds"),
 ]
-_FORMATS = {"psnr_db": "{:.2f}", "ssim": "{:.5f}", "adherence": "{:.4f}", "fid_like": "{:.4g}",
-            "mean_rel_err": "{:.4f}", "seconds": "{:.1f}"}
+_FORMATS = {
+    "psnr_db": "{:.2f}",
+    "ssim": "{:.5f}",
+    "adherence": "{:.4f}",
+    "fid_like": "{:.4g}",
+    "mean_rel_err": "{:.4f}",
+    "seconds": "{:.1f}",
+}
 _COLUMN_NOTES = """\
 - PSNR dB, SSIM: each sample against the dense sample from the same seed and prompt, averaged over the
   prompts (PSNR: mean of the per-image dB; "inf" where every image is identical to dense, `null` in the JSON).
@@ -165,8 +179,9 @@ def compare(
     if scenes is not None and len(scenes) != len(prompts):
         raise ValueError(f"{len(scenes)} scenes for {len(prompts)} prompts: give one scene per prompt")
     capture_steps = set(range(0, steps, 4) if rel_err_steps is None else rel_err_steps)
-    bar = runner.bar = tqdm(total=len(variants) * len(runner.batches) * steps, disable=not progress, desc="quality",
-                            unit="step")
+    bar = runner.bar = tqdm(
+        total=len(variants) * len(runner.batches) * steps, disable=not progress, desc="quality", unit="step"
+    )
 
     rows: list[dict[str, Any]] = []
     images: dict[str, torch.Tensor] = {}
@@ -200,11 +215,16 @@ def compare(
             images[name], seconds = runner.sample(compiled)
             new = reports()[before:]
             if not new:
-                raise RuntimeError(f"config {name!r}: torch.compile never called the lynx backend (the transformer "
-                                   "ran eagerly), so its images are not lynx's")
+                raise RuntimeError(
+                    f"config {name!r}: torch.compile never called the lynx backend (the transformer "
+                    "ran eagerly), so its images are not lynx's"
+                )
             sparse = [layer for report in new for layer in report.layers if layer.sparse]
-            rel_err = (_mean_rel_err(module, list(captured.values()), options, {layer.name for layer in sparse})
-                       if sparse else 0.0)
+            rel_err = (
+                _mean_rel_err(module, list(captured.values()), options, {layer.name for layer in sparse})
+                if sparse
+                else 0.0
+            )
             rows.append(_row(name, variant, seconds, sparse=sparse, rel_err=rel_err))
 
     dense = images[DENSE]
@@ -233,8 +253,13 @@ def compare(
         "guidance": runner.guidance,
         "path": ",".join(paths),
     }
-    result = QualityResult(rows, images, meta, [p if isinstance(p, str) else f"prompt {i}" for i, p in
-                                                enumerate(prompts)], str(_dtype(transformer)).removeprefix("torch."))
+    result = QualityResult(
+        rows,
+        images,
+        meta,
+        [p if isinstance(p, str) else f"prompt {i}" for i, p in enumerate(prompts)],
+        str(_dtype(transformer)).removeprefix("torch."),
+    )
     if out is not None:
         result.files = write(result, Path(out))
     return result
@@ -248,16 +273,27 @@ def write(result: QualityResult, out: Path) -> list[Path]:
     files[0].write_text(result.to_json() + "\n")
     m = result.meta
     shown = result.prompts[:GRID_ROWS]
-    files[1].write_text("\n".join([
-        "# Image quality: dense against lynx", "",
-        f"{m['model']}: {m['captions']} prompts, {m['steps']} steps, guidance {_number(m['guidance'])}. "
-        f"{m['device']}, torch {m['torch']}, Triton {m['triton']}, commit {m['commit']}, {m['date']}.", "",
-        result.path_note() + ".", "",
-        result.table(), "",
-        _COLUMN_NOTES, "",
-        f"Grid `{files[2].name}`: rows are the first {len(shown)} prompts, columns the configurations:", "",
-        *(f"{i + 1}. {p}" for i, p in enumerate(shown)), "",
-    ]))
+    files[1].write_text(
+        "\n".join(
+            [
+                "# Image quality: dense against lynx",
+                "",
+                f"{m['model']}: {m['captions']} prompts, {m['steps']} steps, guidance {_number(m['guidance'])}. "
+                f"{m['device']}, torch {m['torch']}, Triton {m['triton']}, commit {m['commit']}, {m['date']}.",
+                "",
+                result.path_note() + ".",
+                "",
+                result.table(),
+                "",
+                _COLUMN_NOTES,
+                "",
+                f"Grid `{files[2].name}`: rows are the first {len(shown)} prompts, columns the configurations:",
+                "",
+                *(f"{i + 1}. {p}" for i, p in enumerate(shown)),
+                "",
+            ]
+        )
+    )
     write_grid(files[2], {name: imgs[:GRID_ROWS] for name, imgs in result.images.items()}, shown)
     return files
 
@@ -265,9 +301,17 @@ def write(result: QualityResult, out: Path) -> list[Path]:
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]  # a transformer call's positional and keyword arguments
 
 
-def transformer_inputs(pipe: Any, prompts: Sequence[str | Mapping[str, Any]], at_steps: Sequence[int],
-                       seeds: Sequence[int] | None = None, steps: int = 28, guidance_scale: float | None = None, *,
-                       pipe_kwargs: Mapping[str, Any] | None = None, rows: int | None = None) -> dict[int, Inputs]:
+def transformer_inputs(
+    pipe: Any,
+    prompts: Sequence[str | Mapping[str, Any]],
+    at_steps: Sequence[int],
+    seeds: Sequence[int] | None = None,
+    steps: int = 28,
+    guidance_scale: float | None = None,
+    *,
+    pipe_kwargs: Mapping[str, Any] | None = None,
+    rows: int | None = None,
+) -> dict[int, Inputs]:
     """The transformer's inputs (copies) at ``at_steps`` of sampling ``prompts`` in one batch, as ``compare``
     captures them in its dense run: feed them to ``lynx_compile.inspect(pipe.transformer, *args, **kwargs)``."""
     runner = _Runner(pipe, prompts, seeds, steps, guidance_scale, pipe_kwargs, len(list(prompts)))
@@ -285,15 +329,27 @@ class _Runner:
     """Runs the pipeline over every batch of prompts with fresh per-prompt generators, and follows
     its steps (for the progress bar and for capturing the transformer's inputs)."""
 
-    def __init__(self, pipe: Any, prompts: Sequence[str | Mapping[str, Any]], seeds: Sequence[int] | None, steps: int,
-                 guidance_scale: float | None, pipe_kwargs: Mapping[str, Any] | None, batch_size: int) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        prompts: Sequence[str | Mapping[str, Any]],
+        seeds: Sequence[int] | None,
+        steps: int,
+        guidance_scale: float | None,
+        pipe_kwargs: Mapping[str, Any] | None,
+        batch_size: int,
+    ) -> None:
         if not isinstance(getattr(pipe, "transformer", None), torch.nn.Module):
-            raise TypeError(f"compare needs a diffusers pipeline with a .transformer module; {type(pipe).__name__} "
-                            f"has {type(getattr(pipe, 'transformer', None)).__name__}")
+            raise TypeError(
+                f"compare needs a diffusers pipeline with a .transformer module; {type(pipe).__name__} "
+                f"has {type(getattr(pipe, 'transformer', None)).__name__}"
+            )
         params = pyinspect.signature(pipe.__call__).parameters
         if "callback_on_step_end" not in params:
-            raise TypeError(f"{type(pipe).__name__}.__call__ takes no callback_on_step_end: compare follows the steps "
-                            "through it (every diffusers DiT pipeline has it)")
+            raise TypeError(
+                f"{type(pipe).__name__}.__call__ takes no callback_on_step_end: compare follows the steps "
+                "through it (every diffusers DiT pipeline has it)"
+            )
         prompts = list(prompts)
         if not prompts:
             raise ValueError("compare needs at least one prompt")
@@ -355,9 +411,11 @@ class _Runner:
         out = self.pipe(**self.call_kwargs, **prompt_kwargs, generator=generators, callback_on_step_end=self._on_step)
         images = out.images if hasattr(out, "images") else out[0]
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] != len(batch):
-            raise RuntimeError(f"{type(self.pipe).__name__} returned {type(images).__name__} "
-                               f"{tuple(getattr(images, 'shape', ()))} for {len(batch)} prompts with output_type='pt'; "
-                               "compare needs (n, 3, H, W) images in [0, 1]")
+            raise RuntimeError(
+                f"{type(self.pipe).__name__} returned {type(images).__name__} "
+                f"{tuple(getattr(images, 'shape', ()))} for {len(batch)} prompts with output_type='pt'; "
+                "compare needs (n, 3, H, W) images in [0, 1]"
+            )
         return images
 
     def _on_step(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -424,8 +482,11 @@ def _options_json(variant: Variant | None) -> dict[str, Any] | None:
         return None
     if isinstance(variant.options, LynxConfig):  # what differs from the defaults
         default = LynxConfig()
-        return {f.name: _jsonable(getattr(variant.options, f.name)) for f in dataclasses.fields(LynxConfig)
-                if getattr(variant.options, f.name) != getattr(default, f.name)}
+        return {
+            f.name: _jsonable(getattr(variant.options, f.name))
+            for f in dataclasses.fields(LynxConfig)
+            if getattr(variant.options, f.name) != getattr(default, f.name)
+        }
     return {k: _jsonable(v) for k, v in variant.options.items()}
 
 
@@ -450,17 +511,21 @@ def _row(name: str, variant: Variant | None, seconds: float, *, sparse: list[Any
     }
 
 
-def _mean_rel_err(module: torch.nn.Module, captured: list[Inputs],
-                  options: LynxConfig, sparse: set[str]) -> float | None:
+def _mean_rel_err(
+    module: torch.nn.Module, captured: list[Inputs], options: LynxConfig, sparse: set[str]
+) -> float | None:
     """Mean of ``rel_err`` over the captured calls and the GEMMs named in ``sparse``."""
     errors = []
     for args, kwargs in captured:
-        by_name = {layer.name: layer.rel_err if layer.rel_err_low_rank is None else layer.rel_err_low_rank
-                   for layer in inspect(module, *args, options=options, **kwargs).layers}
+        by_name = {
+            layer.name: layer.rel_err if layer.rel_err_low_rank is None else layer.rel_err_low_rank
+            for layer in inspect(module, *args, options=options, **kwargs).layers
+        }
         missing = sparse - by_name.keys()
         if missing:
-            log.warning("lynx quality: inspect did not see the sparse GEMMs %s; mean_rel_err leaves them out",
-                        sorted(missing))
+            log.warning(
+                "lynx quality: inspect did not see the sparse GEMMs %s; mean_rel_err leaves them out", sorted(missing)
+            )
         errors.extend(by_name[name] for name in sorted(sparse & by_name.keys()) if by_name[name] is not None)
     return sum(errors) / len(errors) if errors else None
 

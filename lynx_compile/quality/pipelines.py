@@ -47,8 +47,13 @@ def open_pipeline(spec: str, device: torch.device, dtype: torch.dtype, seed: int
     if spec == ZOO_FLUX:
         pipe, kwargs = zoo.flux_pipeline(size="tiny", dtype=dtype, device=device, seed=seed)
         embeddings = {k: kwargs[k] for k in ("prompt_embeds", "pooled_prompt_embeds")}
-        return Source(pipe, "zoo", "zoo:flux tiny (random weights)",
-                      {"height": ZOO_SIDE, "width": ZOO_SIDE, "guidance_scale": kwargs["guidance_scale"]}, embeddings)
+        return Source(
+            pipe,
+            "zoo",
+            "zoo:flux tiny (random weights)",
+            {"height": ZOO_SIDE, "width": ZOO_SIDE, "guidance_scale": kwargs["guidance_scale"]},
+            embeddings,
+        )
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"--pipeline {spec!r}: not {YARDSTICK!r}, {ZOO_FLUX!r} or a directory")
@@ -68,8 +73,9 @@ def default_prompts(source: Source, n: int, seed: int = 0) -> tuple[list[Any], l
         return [yardstick.caption(s) for s in scenes], scenes
     if source.kind == "zoo":
         g = torch.Generator().manual_seed(seed)
-        return [{k: torch.randn(v.shape, generator=g).to(v) for k, v in source.embeddings.items()}
-                for _ in range(n)], None
+        return [
+            {k: torch.randn(v.shape, generator=g).to(v) for k, v in source.embeddings.items()} for _ in range(n)
+        ], None
     return [DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] for i in range(n)], None
 
 
@@ -81,8 +87,9 @@ def scenes_of(prompts: list[str]) -> list[yardstick.Scene] | None:
         return None
 
 
-def grading(source: Source, scenes: list[yardstick.Scene] | None, references: int,
-            device: torch.device) -> tuple[yardstick.Evaluator | None, torch.Tensor | None, str]:
+def grading(
+    source: Source, scenes: list[yardstick.Scene] | None, references: int, device: torch.device
+) -> tuple[yardstick.Evaluator | None, torch.Tensor | None, str]:
     """For the yardstick: its trained evaluator and ``references`` renders of fresh scenes ([0, 1]), or why
     not (no trained evaluator, prompts that are not captions: then there is nothing to grade adherence by)."""
     if source.kind != YARDSTICK:

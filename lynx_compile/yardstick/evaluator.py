@@ -23,16 +23,32 @@ from .model import TRAIN_COMMAND, WEIGHTS_DIR
 from .scenes import BACKGROUNDS, COLOURS, GRID, IGNORE, SHAPES, SIZES, Scene, labels
 
 __all__ = [
-    "ARCHITECTURE", "EVALUATOR_PATH", "FEATURES", "HEADS", "Evaluator", "accuracy", "adherence",
-    "adherence_per_image", "augment", "features", "frechet_distance", "load_evaluator", "predict", "recognised",
+    "ARCHITECTURE",
+    "EVALUATOR_PATH",
+    "FEATURES",
+    "HEADS",
+    "Evaluator",
+    "accuracy",
+    "adherence",
+    "adherence_per_image",
+    "augment",
+    "features",
+    "frechet_distance",
+    "load_evaluator",
+    "predict",
+    "recognised",
     "save_evaluator",
 ]
 
 ARCHITECTURE = "cnn-v1"  # bump when Evaluator's layers change: saved weights of another version are refused
 FEATURES = 128
 CELLS = GRID * GRID
-HEADS = {"shape": (CELLS, 1 + len(SHAPES)), "colour": (CELLS, len(COLOURS)), "size": (CELLS, len(SIZES)),
-         "background": (len(BACKGROUNDS),)}
+HEADS = {
+    "shape": (CELLS, 1 + len(SHAPES)),
+    "colour": (CELLS, len(COLOURS)),
+    "size": (CELLS, len(SIZES)),
+    "background": (len(BACKGROUNDS),),
+}
 EVALUATOR_PATH = WEIGHTS_DIR / "evaluator.safetensors"
 
 
@@ -47,8 +63,15 @@ class Evaluator(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.trunk = nn.Sequential(
-            _conv(3, 32), _conv(32, 48, 2), _conv(48, 48), _conv(48, 64, 2), _conv(64, 64),
-            _conv(64, 96, 2), _conv(96, 96), nn.Conv2d(96, 32, 1), nn.Flatten(),
+            _conv(3, 32),
+            _conv(32, 48, 2),
+            _conv(48, 48),
+            _conv(48, 64, 2),
+            _conv(64, 64),
+            _conv(64, 96, 2),
+            _conv(96, 96),
+            nn.Conv2d(96, 32, 1),
+            nn.Flatten(),
         )
         self.embed = nn.Sequential(nn.Linear(32 * 8 * 8, FEATURES), nn.GELU())
         self.heads = nn.ModuleDict({name: nn.Linear(FEATURES, math.prod(shape)) for name, shape in HEADS.items()})
@@ -133,16 +156,18 @@ def features(evaluator: Evaluator, images_0_1: torch.Tensor, batch_size: int = 5
     """(n, 128) penultimate features (float32, on the evaluator's device) of images in [0, 1]."""
     evaluator.eval()
     device = next(evaluator.parameters()).device
-    return torch.cat([evaluator.features(x.to(device=device, dtype=torch.float32) * 2 - 1)
-                      for x in images_0_1.split(batch_size)])
+    return torch.cat(
+        [evaluator.features(x.to(device=device, dtype=torch.float32) * 2 - 1) for x in images_0_1.split(batch_size)]
+    )
 
 
 def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two (n, d) feature sets (unbiased covariances):
     ``|mu_a - mu_b|^2 + tr(Sa) + tr(Sb) - 2 tr(sqrt(sqrt(Sa) Sb sqrt(Sa)))``, in float64."""
     if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
-        raise ValueError(f"feature sets must be (n, d) with the same d, got {tuple(feats_a.shape)} and "
-                         f"{tuple(feats_b.shape)}")
+        raise ValueError(
+            f"feature sets must be (n, d) with the same d, got {tuple(feats_a.shape)} and {tuple(feats_b.shape)}"
+        )
     if min(feats_a.shape[0], feats_b.shape[0]) < 2:
         raise ValueError("each feature set needs at least 2 samples to fit a covariance")
     a, b = feats_a.double(), feats_b.double().to(feats_a.device)
@@ -164,8 +189,11 @@ def save_evaluator(evaluator: Evaluator, path: str | os.PathLike = EVALUATOR_PAT
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().float().contiguous().cpu() for k, v in evaluator.state_dict().items()}, path)
-    meta = {"architecture": ARCHITECTURE, "parameters": sum(p.numel() for p in evaluator.parameters()),
-            "accuracy": evaluator.accuracy}
+    meta = {
+        "architecture": ARCHITECTURE,
+        "parameters": sum(p.numel() for p in evaluator.parameters()),
+        "accuracy": evaluator.accuracy,
+    }
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -174,12 +202,16 @@ def load_evaluator(path: str | os.PathLike | None = None, device: torch.device |
     path = EVALUATOR_PATH if path is None else Path(path)
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"no trained evaluator at {path} (and {meta_path.name}): train one with "
-                                f"`{TRAIN_COMMAND} --out {path.parent}`")
+        raise FileNotFoundError(
+            f"no trained evaluator at {path} (and {meta_path.name}): train one with "
+            f"`{TRAIN_COMMAND} --out {path.parent}`"
+        )
     meta = json.loads(meta_path.read_text())
     if meta["architecture"] != ARCHITECTURE:
-        raise ValueError(f"{path} holds evaluator architecture {meta['architecture']!r}, this code builds "
-                         f"{ARCHITECTURE!r}: retrain with `{TRAIN_COMMAND}`")
+        raise ValueError(
+            f"{path} holds evaluator architecture {meta['architecture']!r}, this code builds "
+            f"{ARCHITECTURE!r}: retrain with `{TRAIN_COMMAND}`"
+        )
     evaluator = Evaluator()
     evaluator.load_state_dict(load_file(path))
     evaluator.accuracy = meta["accuracy"]

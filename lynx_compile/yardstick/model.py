@@ -27,15 +27,32 @@ from tqdm.auto import tqdm
 from .scenes import IMAGE_SIZE, TEXT_LENGTH, VOCAB, Tokenizer
 
 __all__ = [
-    "FORMAT", "SCHEDULER_CONFIG", "TINY_OVERRIDES", "TRANSFORMER_CONFIG", "WEIGHTS_DIR", "TextEncoder",
-    "YardstickPipeline", "build_pipeline", "load_pipeline", "save_pipeline",
+    "FORMAT",
+    "SCHEDULER_CONFIG",
+    "TINY_OVERRIDES",
+    "TRANSFORMER_CONFIG",
+    "WEIGHTS_DIR",
+    "TextEncoder",
+    "YardstickPipeline",
+    "build_pipeline",
+    "load_pipeline",
+    "save_pipeline",
 ]
 
 # 13.8M parameters (27.7 MB in bf16); 64x64 RGB in patches of 4: 16x16 = 256 image tokens
 TRANSFORMER_CONFIG: dict[str, Any] = {
-    "sample_size": 64, "patch_size": 4, "in_channels": 3, "out_channels": 3, "num_layers": 6,
-    "attention_head_dim": 64, "num_attention_heads": 4, "joint_attention_dim": 256, "caption_projection_dim": 256,
-    "pooled_projection_dim": 256, "pos_embed_max_size": 16, "qk_norm": "rms_norm",
+    "sample_size": 64,
+    "patch_size": 4,
+    "in_channels": 3,
+    "out_channels": 3,
+    "num_layers": 6,
+    "attention_head_dim": 64,
+    "num_attention_heads": 4,
+    "joint_attention_dim": 256,
+    "caption_projection_dim": 256,
+    "pooled_projection_dim": 256,
+    "pos_embed_max_size": 16,
+    "qk_norm": "rms_norm",
 }
 TINY_OVERRIDES: dict[str, Any] = {"num_layers": 1, "num_attention_heads": 1, "caption_projection_dim": 64}
 SCHEDULER_CONFIG: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 1.0}
@@ -66,9 +83,15 @@ class TextEncoder(nn.Module):
 class YardstickPipeline:
     """Text to 64x64 images, ``StableDiffusion3Pipeline``'s sampling loop without a VAE."""
 
-    def __init__(self, transformer: nn.Module, text_encoder: TextEncoder, tokenizer: Tokenizer,
-                 scheduler: FlowMatchEulerDiscreteScheduler, default_guidance_scale: float = DEFAULT_GUIDANCE,
-                 record: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        transformer: nn.Module,
+        text_encoder: TextEncoder,
+        tokenizer: Tokenizer,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        default_guidance_scale: float = DEFAULT_GUIDANCE,
+        record: Mapping[str, Any] | None = None,
+    ) -> None:
         self.transformer = transformer
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
@@ -85,8 +108,9 @@ class YardstickPipeline:
     def dtype(self) -> torch.dtype:
         return next(self.transformer.parameters()).dtype
 
-    def to(self, *args: Any, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> YardstickPipeline:
+    def to(
+        self, *args: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> YardstickPipeline:
         """``pipe.to("cuda")``, ``pipe.to(torch.bfloat16)``, ``pipe.to("cuda", torch.bfloat16)`` or keywords."""
         for arg in args:
             if isinstance(arg, torch.dtype):
@@ -109,12 +133,18 @@ class YardstickPipeline:
         return self.text_encoder(ids)
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], num_inference_steps: int = 28, guidance_scale: float | None = None,
-                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "pt",
-                 callback_on_step_end: Callable[[Any, int, torch.Tensor, dict[str, Any]], dict[str, Any]] | None = None,
-                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-                 return_dict: bool = True) -> ImagePipelineOutput | tuple[Any]:
+    def __call__(
+        self,
+        prompt: str | list[str],
+        num_inference_steps: int = 28,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pt",
+        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict[str, Any]], dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple[Any]:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         n, device, dtype = len(prompts), self.device, self.dtype
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
@@ -140,16 +170,23 @@ class YardstickPipeline:
             for i, t in enumerate(self.scheduler.timesteps):
                 latent_model_input = torch.cat([latents] * 2) if cfg else latents
                 timestep = t.expand(latent_model_input.shape[0])
-                noise_pred = self.transformer(hidden_states=latent_model_input, timestep=timestep,
-                                              encoder_hidden_states=prompt_embeds,
-                                              pooled_projections=pooled_prompt_embeds, return_dict=False)[0]
+                noise_pred = self.transformer(
+                    hidden_states=latent_model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=prompt_embeds,
+                    pooled_projections=pooled_prompt_embeds,
+                    return_dict=False,
+                )[0]
                 if cfg:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
-                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
-                               "pooled_prompt_embeds": pooled_prompt_embeds}
+                    tensors = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "pooled_prompt_embeds": pooled_prompt_embeds,
+                    }
                     requested = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     outputs = callback_on_step_end(self, i, t, requested)
                     latents = outputs.pop("latents", latents)
@@ -182,15 +219,21 @@ def _transformer_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     config = {**TRANSFORMER_CONFIG, **(overrides or {})}
     inner = config["num_attention_heads"] * config["attention_head_dim"]
     if config["caption_projection_dim"] != inner:
-        raise ValueError(f"caption_projection_dim {config['caption_projection_dim']} must equal num_attention_heads x "
-                         f"attention_head_dim = {inner} (the MMDiT's text stream has the image stream's width)")
+        raise ValueError(
+            f"caption_projection_dim {config['caption_projection_dim']} must equal num_attention_heads x "
+            f"attention_head_dim = {inner} (the MMDiT's text stream has the image stream's width)"
+        )
     if config["pooled_projection_dim"] != config["joint_attention_dim"]:
         raise ValueError("pooled_projection_dim must equal joint_attention_dim: both are the text encoder's width")
     return config
 
 
-def build_pipeline(seed: int = 0, config_overrides: Mapping[str, Any] | None = None,
-                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> YardstickPipeline:
+def build_pipeline(
+    seed: int = 0,
+    config_overrides: Mapping[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> YardstickPipeline:
     """The yardstick's architecture with seeded random weights (the global RNG is left as it was)."""
     config = _transformer_config(config_overrides)
     with torch.random.fork_rng(devices=[]):
@@ -214,9 +257,13 @@ def save_pipeline(pipe: YardstickPipeline, directory: str | os.PathLike, max_sha
     state = {k: v.detach().to(STORED_DTYPE).contiguous().cpu() for k, v in pipe.text_encoder.state_dict().items()}
     save_file(state, directory / "text_encoder.safetensors.partial")
     meta = {
-        "format": FORMAT, "vocabulary": list(pipe.tokenizer.vocabulary), "text_length": pipe.tokenizer.length,
-        "text_width": pipe.text_encoder.token.embedding_dim, "scheduler": dict(SCHEDULER_CONFIG),
-        "default_guidance_scale": pipe.default_guidance_scale, "record": pipe.record,
+        "format": FORMAT,
+        "vocabulary": list(pipe.tokenizer.vocabulary),
+        "text_length": pipe.tokenizer.length,
+        "text_width": pipe.text_encoder.token.embedding_dim,
+        "scheduler": dict(SCHEDULER_CONFIG),
+        "default_guidance_scale": pipe.default_guidance_scale,
+        "record": pipe.record,
     }
     (directory / "yardstick.json.partial").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(directory / "transformer", ignore_errors=True)
@@ -225,29 +272,36 @@ def save_pipeline(pipe: YardstickPipeline, directory: str | os.PathLike, max_sha
     os.replace(directory / "yardstick.json.partial", directory / "yardstick.json")
 
 
-def load_pipeline(directory: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                  dtype: torch.dtype | None = None) -> YardstickPipeline:
+def load_pipeline(
+    directory: str | os.PathLike | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> YardstickPipeline:
     """The pipeline ``save_pipeline`` wrote (default: the trained one shipped in the package's ``weights/``),
     in ``dtype`` (default: bf16, as stored)."""
     directory = WEIGHTS_DIR if directory is None else Path(directory)
     meta_path = directory / "yardstick.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"no trained yardstick in {directory} ({meta_path.name} is missing): train one with "
-                                f"`{TRAIN_COMMAND} --out {directory}` (about 5 minutes on an H100)")
+        raise FileNotFoundError(
+            f"no trained yardstick in {directory} ({meta_path.name} is missing): train one with "
+            f"`{TRAIN_COMMAND} --out {directory}` (about 5 minutes on an H100)"
+        )
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} has format {meta.get('format')}, this code reads format {FORMAT}: retrain")
     if tuple(meta["vocabulary"]) != VOCAB or meta["text_length"] != TEXT_LENGTH:
-        raise ValueError(f"{meta_path} was trained with vocabulary {meta['vocabulary']} and {meta['text_length']} "
-                         f"tokens, this code has {list(VOCAB)} and {TEXT_LENGTH}: its captions would be misread; "
-                         f"retrain with `{TRAIN_COMMAND}`")
+        raise ValueError(
+            f"{meta_path} was trained with vocabulary {meta['vocabulary']} and {meta['text_length']} "
+            f"tokens, this code has {list(VOCAB)} and {TEXT_LENGTH}: its captions would be misread; "
+            f"retrain with `{TRAIN_COMMAND}`"
+        )
     dtype = STORED_DTYPE if dtype is None else dtype
     # low_cpu_mem_usage=False: 28 MB gain nothing from accelerate's loader, and it may not be installed
-    transformer = SD3Transformer2DModel.from_pretrained(directory / "transformer", torch_dtype=dtype,
-                                                        low_cpu_mem_usage=False)
+    transformer = SD3Transformer2DModel.from_pretrained(
+        directory / "transformer", torch_dtype=dtype, low_cpu_mem_usage=False
+    )
     text_encoder = TextEncoder(len(VOCAB), meta["text_width"], TEXT_LENGTH)
     text_encoder.load_state_dict(load_file(directory / "text_encoder.safetensors"))
     scheduler = FlowMatchEulerDiscreteScheduler(**meta["scheduler"])
-    pipe = YardstickPipeline(transformer, text_encoder, Tokenizer(), scheduler, meta["default_guidance_scale"],
-                             meta["record"])
+    pipe = YardstickPipeline(
+        transformer, text_encoder, Tokenizer(), scheduler, meta["default_guidance_scale"], meta["record"]
+    )
     return pipe.to(device=device, dtype=dtype)

@@ -50,10 +50,16 @@ COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
 SIZES = ("small", "large")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 BACKGROUNDS = ("plain", "striped", "checkered", "dotted")
-PALETTE = torch.tensor([  # RGB in [0, 1], in COLOURS' order
-    [0.90, 0.12, 0.12], [0.12, 0.78, 0.16], [0.16, 0.28, 0.95],
-    [0.95, 0.88, 0.12], [0.90, 0.14, 0.88], [0.12, 0.88, 0.90],
-])
+PALETTE = torch.tensor(
+    [  # RGB in [0, 1], in COLOURS' order
+        [0.90, 0.12, 0.12],
+        [0.12, 0.78, 0.16],
+        [0.16, 0.28, 0.95],
+        [0.95, 0.88, 0.12],
+        [0.90, 0.14, 0.88],
+        [0.12, 0.88, 0.90],
+    ]
+)
 
 # Geometry in pixels. An object's extent is RADIUS[size] times its shape's factor; the largest (the
 # triangle's apex, 1.27 x 7 px above its incentre, the diamond's tips, 1.3 x 7 px) plus the jitter stays
@@ -67,8 +73,17 @@ DIAMOND_RADIUS = 1.3  # L1 radius
 
 _INDEX = {name: i for names in (SHAPES, COLOURS, SIZES, POSITIONS, BACKGROUNDS) for i, name in enumerate(names)}
 
-VOCAB = ("<pad>", ",", "a", "background", *SHAPES, *COLOURS, *SIZES,
-         *sorted({w for p in POSITIONS for w in p.split()}), *BACKGROUNDS)
+VOCAB = (
+    "<pad>",
+    ",",
+    "a",
+    "background",
+    *SHAPES,
+    *COLOURS,
+    *SIZES,
+    *sorted({w for p in POSITIONS for w in p.split()}),
+    *BACKGROUNDS,
+)
 
 
 @dataclass(frozen=True)
@@ -110,8 +125,13 @@ def sample_scenes(n: int, generator: torch.Generator) -> list[Scene]:
     sizes = torch.randint(len(SIZES), (n, MAX_OBJECTS), **g).tolist()
     backgrounds = torch.randint(len(BACKGROUNDS), (n,), **g).tolist()
     return [
-        Scene(tuple(Obj(SHAPES[shapes[i][j]], COLOURS[colours[i][j]], SIZES[sizes[i][j]], POSITIONS[cells[i][j]])
-                    for j in range(counts[i])), BACKGROUNDS[backgrounds[i]])
+        Scene(
+            tuple(
+                Obj(SHAPES[shapes[i][j]], COLOURS[colours[i][j]], SIZES[sizes[i][j]], POSITIONS[cells[i][j]])
+                for j in range(counts[i])
+            ),
+            BACKGROUNDS[backgrounds[i]],
+        )
         for i in range(n)
     ]
 
@@ -177,23 +197,30 @@ def labels(scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
     return {"shape": shape, "colour": colour, "size": size, "background": background}
 
 
-def render(scenes: Sequence[Scene], generator: torch.Generator | None = None,
-           device: torch.device | str = "cpu") -> torch.Tensor:
+def render(
+    scenes: Sequence[Scene], generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """``(n, 3, 64, 64)`` float32 images in [-1, 1]. The random parts (position and colour jitter,
     texture parameters) are drawn on the generator's device, so a seeded generator gives the same
     pixels on any ``device`` up to float rounding."""
     n = len(scenes)
     rnd = {"generator": generator, "device": generator.device if generator is not None else "cpu"}
     # (n, MAX_OBJECTS, 4): shape, colour, size, cell of each object slot; -1 where a scene has fewer objects
-    slots = torch.tensor([[(_INDEX[o.shape], _INDEX[o.colour], _INDEX[o.size], _INDEX[o.position]) for o in s.objects]
-                          + [(-1, -1, -1, -1)] * (MAX_OBJECTS - len(s.objects)) for s in scenes],
-                         dtype=torch.long).reshape(n, MAX_OBJECTS, 4)
+    slots = torch.tensor(
+        [
+            [(_INDEX[o.shape], _INDEX[o.colour], _INDEX[o.size], _INDEX[o.position]) for o in s.objects]
+            + [(-1, -1, -1, -1)] * (MAX_OBJECTS - len(s.objects))
+            for s in scenes
+        ],
+        dtype=torch.long,
+    ).reshape(n, MAX_OBJECTS, 4)
     background = torch.tensor([_INDEX[s.background] for s in scenes], dtype=torch.long)
     jitter = (torch.rand(n, MAX_OBJECTS, 2, **rnd) * 2 - 1) * JITTER
     colour_jitter = (torch.rand(n, MAX_OBJECTS, 3, **rnd) * 2 - 1) * COLOUR_JITTER
     texture = torch.rand(n, 8, **rnd)  # grey, amplitude, period, angle, phases x/y, dot radius, dot sign
     jitter, colour_jitter, texture, slots, background = (
-        t.to(device) for t in (jitter, colour_jitter, texture, slots, background))
+        t.to(device) for t in (jitter, colour_jitter, texture, slots, background)
+    )
 
     coords = torch.arange(IMAGE_SIZE, device=device, dtype=torch.float32) + 0.5
     y, x = coords.view(1, -1, 1), coords.view(1, 1, -1)  # broadcast to (n, H, W)
@@ -222,8 +249,9 @@ def _sdf(shape: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tenso
     diamond = (ax + ay - r * DIAMOND_RADIUS) / math.sqrt(2)
     triangle = _triangle(ax, -dy, r * TRIANGLE_HALF_SIDE)
     select = shape.view(-1, 1, 1)
-    return torch.where(select == 0, circle,
-                       torch.where(select == 1, square, torch.where(select == 2, triangle, diamond)))
+    return torch.where(
+        select == 0, circle, torch.where(select == 1, square, torch.where(select == 2, triangle, diamond))
+    )
 
 
 def _triangle(px: torch.Tensor, py: torch.Tensor, half_side: torch.Tensor) -> torch.Tensor:
@@ -248,8 +276,9 @@ def _background(kind: torch.Tensor, u: torch.Tensor, x: torch.Tensor, y: torch.T
     striped = torch.tanh(3 * torch.sin(2 * math.pi * across / (6 + 4 * p(2)) + phase_x))
     # checkered: axis-aligned checks of 4-7 px
     period = 8 + 6 * p(2)
-    checkered = (torch.tanh(3 * torch.sin(2 * math.pi * x / period + phase_x))
-                 * torch.tanh(3 * torch.sin(2 * math.pi * y / period + phase_y)))
+    checkered = torch.tanh(3 * torch.sin(2 * math.pi * x / period + phase_x)) * torch.tanh(
+        3 * torch.sin(2 * math.pi * y / period + phase_y)
+    )
     # dotted: soft dots of radius 1.3-2 px on a 7-10 px lattice, lighter or darker than the grey
     spacing = 7 + 3 * p(2)
     ddx = torch.remainder(x - spacing * p(4), spacing) - spacing / 2

@@ -87,8 +87,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["ZOO_NAMES", "ZooModel", "build", "example_inputs", "flux_pipeline", "model_config", "sample",
-           "to_device_dtype"]
+__all__ = [
+    "ZOO_NAMES",
+    "ZooModel",
+    "build",
+    "example_inputs",
+    "flux_pipeline",
+    "model_config",
+    "sample",
+    "to_device_dtype",
+]
 
 
 @dataclass(frozen=True)
@@ -125,10 +133,17 @@ def _tuples(value: Any) -> Any:
 def _load_architectures() -> dict[str, _Arch]:
     data = json.loads(resources.files(__name__).joinpath("architectures.json").read_text())
     return {
-        name: _Arch(cls_name=entry["class"], config=_tuples(entry["config"]), tiny=_tuples(entry["tiny"]),
-                    resolution=entry["resolution"], text_tokens=entry["text_tokens"], frames=entry.get("frames"),
-                    float32_inputs=tuple(entry.get("float32_inputs", ())))
-        for name, entry in data.items() if not name.startswith("_")
+        name: _Arch(
+            cls_name=entry["class"],
+            config=_tuples(entry["config"]),
+            tiny=_tuples(entry["tiny"]),
+            resolution=entry["resolution"],
+            text_tokens=entry["text_tokens"],
+            frames=entry.get("frames"),
+            float32_inputs=tuple(entry.get("float32_inputs", ())),
+        )
+        for name, entry in data.items()
+        if not name.startswith("_")
     }
 
 
@@ -417,8 +432,17 @@ def build(
         if device.type != "meta":
             _randomize(model, seed)
     model.eval().requires_grad_(False)
-    kwargs = example_inputs(name, model, resolution=resolution, frames=frames, batch=batch, dtype=dtype,
-                            device=device, seed=seed, text_tokens=text_tokens)
+    kwargs = example_inputs(
+        name,
+        model,
+        resolution=resolution,
+        frames=frames,
+        batch=batch,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        text_tokens=text_tokens,
+    )
     return ZooModel(name=name, model=model, example_kwargs=kwargs, tokens=tokens, text_tokens=text_tokens)
 
 
@@ -503,8 +527,13 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
 
 
 def flux_pipeline(
-    *, size: str = "tiny", depth: int | None = None, width: int | None = None, dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu", seed: int = 0,
+    *,
+    size: str = "tiny",
+    depth: int | None = None,
+    width: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
     """A ``diffusers.FluxPipeline`` from zoo parts with random weights, and the kwargs to call it with.
 
@@ -519,12 +548,23 @@ def flux_pipeline(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,),
-            layers_per_block=1, latent_channels=16, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
+            down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",),
+            block_out_channels=(32,),
+            layers_per_block=1,
+            latent_channels=16,
+            norm_num_groups=32,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
         )
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.to(device=device, dtype=dtype).eval(), text_encoder=None,
-        tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=built.model,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae.to(device=device, dtype=dtype).eval(),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=built.model,
     )
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(seed)

@@ -17,8 +17,6 @@ from lynx_compile.codegen.prune_compress import prune_compress
 pytestmark = pytest.mark.gpu
 
 
-
-
 def _run(model, kwargs, options):
     torch._dynamo.reset()
     out = zoo.sample(torch.compile(model, backend="lynx", options=options)(**kwargs))
@@ -26,9 +24,10 @@ def _run(model, kwargs, options):
     return out
 
 
-@pytest.mark.parametrize("name, compensate",
-                         [(n, False) for n in ("flux", "sd3", "pixart", "wan", "dit", "qwen", "zimage")]
-                         + [("flux", True)])
+@pytest.mark.parametrize(
+    "name, compensate",
+    [(n, False) for n in ("flux", "sd3", "pixart", "wan", "dit", "qwen", "zimage")] + [("flux", True)],
+)
 def test_zoo_model_fast_path_matches_reference_path(name, compensate):
     """Every sparse GEMM on cuSPARSELt (cost model off: tiny shapes are not faster), vs path='reference'.
 
@@ -54,9 +53,11 @@ def test_zoo_model_fast_path_matches_reference_path(name, compensate):
     assert not fused if compensate else fused, f"fused: {fused}"
     pruning, fast_vs_ref = rel(ref, dense), rel(fast, ref)
     bf16_floor, fast_vs_32 = rel(ref, ref32), rel(fast, ref32)
-    print(f"\n{name}{' compensated' if compensate else ''}: pruning effect {pruning:.4f}, "
-          f"fast vs ref {fast_vs_ref:.4f}, vs fp32 ref: bf16 ref {bf16_floor:.4f}, fast {fast_vs_32:.4f}; "
-          f"fused {len(fused)}/{len(sparse)}")
+    print(
+        f"\n{name}{' compensated' if compensate else ''}: pruning effect {pruning:.4f}, "
+        f"fast vs ref {fast_vs_ref:.4f}, vs fp32 ref: bf16 ref {bf16_floor:.4f}, fast {fast_vs_32:.4f}; "
+        f"fused {len(fused)}/{len(sparse)}"
+    )
     assert pruning > 2e-2  # the pruning really ran
     assert fast_vs_32 < 1.5 * bf16_floor + 2e-3
     # and close to the bf16 reference path, as close as rounding lets it: in Z-Image's tiny random
@@ -107,8 +108,11 @@ def test_mlp_block_prunes_inside_the_gelu_kernel():
     opts = {"min_rows": 16, "cost_model": False, "default_exclude": (), "fuse_producers": True}
     outs = {}
     with torch.no_grad():
-        for name, model, inp, extra in [("fast", mlp, x, {}), ("ref", mlp, x, {"path": "reference"}),
-                                        ("ref32", copy.deepcopy(mlp).float(), x.float(), {"path": "reference"})]:
+        for name, model, inp, extra in [
+            ("fast", mlp, x, {}),
+            ("ref", mlp, x, {"path": "reference"}),
+            ("ref32", copy.deepcopy(mlp).float(), x.float(), {"path": "reference"}),
+        ]:
             torch._dynamo.reset()
             n = len(lynx_compile.reports())
             outs[name], code = run_and_get_code(torch.compile(model, backend="lynx", options={**opts, **extra}), inp)
@@ -122,8 +126,10 @@ def test_mlp_block_prunes_inside_the_gelu_kernel():
     assert not [k for k in kernels if "gelu" in k and "compress" not in k], kernels  # GELU never written dense
     dense = mlp(x)
     pruning, fast_vs_ref = rel(outs["ref"], dense), rel(outs["fast"], outs["ref"])
-    print(f"\nmlp: pruning effect {pruning:.4f}, fast vs ref {fast_vs_ref:.4f}, vs fp32 ref: "
-          f"bf16 ref {rel(outs['ref'], outs['ref32']):.4f}, fast {rel(outs['fast'], outs['ref32']):.4f}")
+    print(
+        f"\nmlp: pruning effect {pruning:.4f}, fast vs ref {fast_vs_ref:.4f}, vs fp32 ref: "
+        f"bf16 ref {rel(outs['ref'], outs['ref32']):.4f}, fast {rel(outs['fast'], outs['ref32']):.4f}"
+    )
     assert fast_vs_ref < min(5e-2, pruning / 4)  # as in the zoo test
 
 
@@ -150,8 +156,10 @@ def test_folded_biases_match_reference_path_and_follow_weight_updates_under_cuda
     assert any(name == "single_transformer_blocks.0.attn.to_q" for name in folded), folded
     assert not any(name.endswith("proj_mlp") for name in folded), folded  # feeds a GELU: compressed apart
     pruning, fast_vs_ref = rel(ref, dense), rel(fast, ref)
-    print(f"\nflux fold_bias: {len(folded)} folded, pruning effect {pruning:.4f}, fast vs ref {fast_vs_ref:.4f}, "
-          f"updated vs fresh {rel(updated, fresh):.2e}")
+    print(
+        f"\nflux fold_bias: {len(folded)} folded, pruning effect {pruning:.4f}, fast vs ref {fast_vs_ref:.4f}, "
+        f"updated vs fresh {rel(updated, fresh):.2e}"
+    )
     assert fast_vs_ref < min(5e-2, pruning / 4)
     assert rel(updated, fast) > 1e-2  # the update changed the output
     assert rel(updated, fresh) < 1e-3  # and the folded copies followed it

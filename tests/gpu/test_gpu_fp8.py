@@ -63,8 +63,9 @@ def test_flux_fp8_end_to_end():
         fast = zoo.sample(torch.compile(built.model, backend="lynx", options=opts)(**built.example_kwargs))
         layers = [layer for r in lynx_compile.reports()[n:] for layer in r.layers]
         torch._dynamo.reset()
-        ref = zoo.sample(torch.compile(built.model, backend="lynx", options={**opts, "path": "reference"})(
-            **built.example_kwargs))
+        ref = zoo.sample(
+            torch.compile(built.model, backend="lynx", options={**opts, "path": "reference"})(**built.example_kwargs)
+        )
         dense = built()
     sparse = [layer for layer in layers if layer.sparse]
     assert sparse and all(layer.precision == "fp8" and layer.path == "cusparselt" for layer in sparse)

@@ -60,8 +60,9 @@ def test_kernel_matches_cusparselt(m: int, k16: int, dtype: torch.dtype, seed: i
     expected = live_compress(x)
     got = prune_compress(x)
     assert same_compressed(got, expected, padded_rows(m), 16 * k16)
-    assert same_compressed(compress_reference(prune_2to4(F.pad(x, (0, 0, 0, padded_rows(m) - m)))),
-                           expected, padded_rows(m), 16 * k16)
+    assert same_compressed(
+        compress_reference(prune_2to4(F.pad(x, (0, 0, 0, padded_rows(m) - m)))), expected, padded_rows(m), 16 * k16
+    )
 
 
 @pytest.mark.parametrize("m, k", [(4096, 3072), (4608, 12288), (4113, 3088), (1000, 5120), (16384, 15360)])
@@ -151,9 +152,11 @@ def test_queued_timing_sees_gpu_time(part: str, caplog: pytest.LogCaptureFixture
     time between the calls (cuSPARSELt's ~1 ms a call, against ~0.03 ms of GPU time on this
     shape), and the sleep covers the queueing once the calls are warm; within 10%, or a launch gap."""
     w, xs, cs = tuning.operands(1024, 3072, 3072, torch.bfloat16, torch.device("cuda"), prune_compress)
-    call = {"sparse_gemm": lambda i: cusparselt.sparse_mm(cs[i % len(cs)], w, 0),
-            "dense": lambda i: F.linear(xs[i % len(xs)], w),
-            "prune": lambda i: prune_compress(xs[i % len(xs)])}[part]
+    call = {
+        "sparse_gemm": lambda i: cusparselt.sparse_mm(cs[i % len(cs)], w, 0),
+        "dense": lambda i: F.linear(xs[i % len(xs)], w),
+        "prune": lambda i: prune_compress(xs[i % len(xs)]),
+    }[part]
     call(0)
     with caplog.at_level("DEBUG", logger="lynx_compile"):
         queued = tuning.queued_ms(lambda key, i: call(i), [part], calls=4, rounds=5)[part]

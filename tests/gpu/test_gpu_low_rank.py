@@ -45,17 +45,21 @@ def test_one_layer_fast_path_equals_the_formula():
 def test_flux_fast_path_with_the_branch_matches_the_reference_path():
     built = zoo.build("flux", width=4, resolution=256, batch=2, dtype=torch.bfloat16, device="cuda")
     with torch.no_grad():
-        calibration = lynx_compile.calibrate(built.model, [built.example_kwargs], options={"min_rows": 16},
-                                             progress=False)
+        calibration = lynx_compile.calibrate(
+            built.model, [built.example_kwargs], options={"min_rows": 16}, progress=False
+        )
         opts = {"min_rows": 16, "cost_model": False, "low_rank": 16, "calibration": calibration}
         fast, layers = _compiled(built.model, opts, **built.example_kwargs)
         ref, _ = _compiled(built.model, {**opts, "path": "reference"}, **built.example_kwargs)
-        plain, _ = _compiled(built.model, {"min_rows": 16, "cost_model": False, "path": "reference"},
-                             **built.example_kwargs)
+        plain, _ = _compiled(
+            built.model, {"min_rows": 16, "cost_model": False, "path": "reference"}, **built.example_kwargs
+        )
         dense = built()
     fast, ref, plain, dense = (zoo.sample(t) for t in (fast, ref, plain, dense))
     sparse = [x for x in layers if x.sparse]
     assert sparse and all(x.path == "cusparselt" and x.low_rank == 16 for x in sparse)
-    print(f"\nflux low_rank=16: fast vs ref {rel(fast, ref):.4f}, ref vs dense {rel(ref, dense):.4f}, "
-          f"no branch vs dense {rel(plain, dense):.4f}")
+    print(
+        f"\nflux low_rank=16: fast vs ref {rel(fast, ref):.4f}, ref vs dense {rel(ref, dense):.4f}, "
+        f"no branch vs dense {rel(plain, dense):.4f}"
+    )
     assert rel(fast, ref) < max(5e-2, rel(ref, dense) / 4)
