@@ -37,7 +37,8 @@ Option ``precision="fp8"`` (docs/design.md, "FP8"): the weight is quantised once
     acc = lynx::sparse_mm_fp8(c, wq, padded, rows, alg_id, x.dtype)  # e4m3 x e4m3 -> bf16/fp16
     y = fp8_epilogue(acc, x_scale [* compensation], w_scale) [+ bias]  # in the graph: Inductor fuses it
 
-The reference path computes ``semantics.fp8_linear`` on the pruned activation: the same numbers.
+The reference path computes ``semantics.fp8_linear`` of the pruned activation, its quantisation shared
+by the GEMMs that read it (``quantise_activation_fp8``): the same numbers.
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ from .semantics import (
     BIAS_COLUMNS,
     FP8,
     fp8_epilogue,
-    fp8_linear,
+    fp8_gemm,
     norm_chunks,
     norm_partials,
+    prune_2to4,
+    quantise_fp8_rows,
     scale_from_partials,
 )
 
@@ -222,8 +225,21 @@ def sparse_linear_fp8(
     return fp8_epilogue(acc, x_scale if scale is None else x_scale * scale, w_scale, x.dtype)
 
 
+def quantise_activation_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference path's ``compress_activation_fp8``: x pruned and quantised per row, once per
+    activation (two quantisations of one activation in a graph made Inductor's CPU code return NaN,
+    torch 2.13)."""
+    return quantise_fp8_rows(prune_2to4(x))
+
+
 def reference_linear_fp8(
-    pruned: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, scale: torch.Tensor | None = None
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    w_scale: torch.Tensor,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The reference path of an fp8 layer: ``semantics.fp8_linear`` of the pruned activation."""
-    return fp8_linear(pruned, wq, w_scale, scale)
+    """The reference path of an fp8 layer: ``semantics.fp8_gemm`` of the quantised activation, in x's
+    dtype; ``scale``: a further row scale (compensation)."""
+    return fp8_gemm(xq, x_scale, wq, w_scale, x.dtype, scale)

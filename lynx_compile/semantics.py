@@ -184,5 +184,18 @@ def fp8_linear(
     float32 by the quantised weight ``wq`` (N, K) with its per-channel ``w_scale`` (N,), scale back
     (``fp8_epilogue``, with ``row_scale`` too, e.g. compensation's), in x's dtype."""
     xq, x_scale = quantise_fp8_rows(x)
+    return fp8_gemm(xq, x_scale, wq, w_scale, x.dtype, row_scale)
+
+
+def fp8_gemm(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    wq: torch.Tensor,
+    w_scale: torch.Tensor,
+    dtype: torch.dtype,
+    row_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``fp8_linear`` after its quantisation: the e4m3 values multiplied in float32, scaled back to
+    ``dtype``. Apart so that GEMMs sharing an activation share its quantisation, as on the GPU."""
     scale = x_scale if row_scale is None else x_scale * row_scale
-    return fp8_epilogue(xq.float() @ wq.float().t(), scale, w_scale, x.dtype)
+    return fp8_epilogue(xq.float() @ wq.float().t(), scale, w_scale, dtype)

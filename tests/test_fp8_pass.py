@@ -55,6 +55,40 @@ def test_fp8_reference_path_equals_the_semantics():
     assert "fp8 (emulated)" in report.layers[0].reason
 
 
+class SharedInput(nn.Module):
+    """q and k of one activation, each into an RMSNorm, as in an attention block with qk-norm."""
+
+    def __init__(self, k: int = 256) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(k, k), nn.Linear(k, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k = (torch.nn.functional.rms_norm(lin(x), (lin.out_features,)) for lin in (self.q, self.k))
+        return q * k
+
+
+def test_gemms_sharing_an_activation_share_its_quantisation():
+    """Regression: each GEMM quantising the shared activation on its own made Inductor's CPU code
+    return NaN (torch 2.13); quantised once, the output is finite and the semantics' up to rounding."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = SharedInput().bfloat16()
+    x = torch.randn(2, 512, 256, dtype=torch.bfloat16)
+    n = len(lynx_compile.reports())
+    with torch.no_grad():
+        out = torch.compile(model, backend="lynx", options=FP8)(x)
+
+        def norm(lin: nn.Linear) -> torch.Tensor:
+            wq, ws = quantise_fp8_rows(lin.weight)
+            return torch.nn.functional.rms_norm(fp8_linear(prune_2to4(x), wq, ws) + lin.bias, (256,))
+
+        expected = norm(model.q) * norm(model.k)
+    assert torch.isfinite(out).all()
+    assert rel(out, expected) < 1e-2
+    [report] = lynx_compile.reports()[n:]
+    assert [layer.precision for layer in report.layers] == ["fp8", "fp8"]
+
+
 def test_fp8_mlp_is_close_to_the_semantics_and_to_bf16():
     torch._dynamo.reset()
     model = MLP().bfloat16()

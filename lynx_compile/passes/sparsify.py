@@ -13,7 +13,8 @@ of squares the prune+compress kernel writes on its pass over x.
 
     precision="fp8"    ->   c, sx = compress_activation_fp8(x, method)      # once per x
                             sparse_linear_fp8(c, sx, x, Wq, sw, alg_id[, scale]) + b   # Wq, sw: buffers
-    ... reference path ->   p = prune_2to4(x); reference_linear_fp8(p, Wq, sw[, scale]) + b
+    ... reference path ->   q, sx = quantise_activation_fp8(x)               # once per x
+                            reference_linear_fp8(q, sx, x, Wq, sw[, scale]) + b
 
 (the fp8 kernel sums no norms: with ``compensate`` the scale is ``compensation_scale`` in the graph).
 
@@ -73,7 +74,7 @@ def sparsify(
                 assert folds is not None, "fp8 decisions need a FoldedWeights"
                 wq, w_scale = (graph.get_attr(name) for name in folds.add_fp8(site, example_inputs))
                 if decision.path == GemmPath.REFERENCE:
-                    out = graph.call_function(ops.reference_linear_fp8, (operand, wq, w_scale, *extra))
+                    out = graph.call_function(ops.reference_linear_fp8, (operand, x_scale, x, wq, w_scale, *extra))
                 else:
                     out = graph.call_function(
                         ops.sparse_linear_fp8, (operand, x_scale, x, wq, w_scale, decision.alg_id, *extra)
@@ -112,11 +113,18 @@ def sparsify(
 def _prepare(
     graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool
 ) -> tuple[fx.Node, fx.Node | None, fx.Node | None]:
-    """The pruned (reference) or compressed (cuSPARSELt) activation, its fp8 row scales (fast fp8
-    path), and the compensation scale."""
+    """The pruned (reference) or compressed (cuSPARSELt) activation, or its fp8 quantisation with its
+    row scales, and the compensation scale."""
     if decision.path == GemmPath.REFERENCE:
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(compensation_scale, (x, pruned)) if compensate else None
+        if decision.fp8:
+            pair = graph.call_function(ops.quantise_activation_fp8, (x,))
+            return (
+                graph.call_function(operator.getitem, (pair, 0)),
+                graph.call_function(operator.getitem, (pair, 1)),
+                scale,
+            )
         return pruned, None, scale
     if decision.fp8:
         pair = graph.call_function(ops.compress_activation_fp8, (x, decision.prune.value))
