@@ -67,6 +67,23 @@ def test_cost_model_shares_pruning(monkeypatch):
     assert not alone.sparse and "0.91x < min_speedup" in alone.reason
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_fp8_decisions_are_timed_as_fp8(monkeypatch, fp8):
+    """The cost model and the error budget's time saved both time the GEMM the decision would run."""
+    site = types.SimpleNamespace(x="x", m=4096, k=1024, n=1024, dtype=torch.bfloat16, device=torch.device("cuda"))
+    seen = []
+
+    def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms, fp8=False):
+        seen.append(fp8)
+        return tuning.Costs(1.0, 0.1, 0.4)
+
+    monkeypatch.setattr(tuning, "measure_costs", measure_costs)
+    decision = Decision(True, GemmPath.CUSPARSELT, "block GEMM", alg_id=3, prune=PruneSite.TRITON, fp8=fp8)
+    profitability.apply_cost_model([site], [decision], 1.1)
+    saved, unit = profitability.time_saved([site], [decision], measured=True)
+    assert seen == [fp8, fp8] and unit == "ms" and saved == {0: pytest.approx(1.0 - 0.4 - 0.1)}
+
+
 @given(
     st.lists(st.tuples(st.floats(0.1, 2.0), st.floats(0.1, 2.0)), min_size=1, max_size=5),
     st.floats(0.0, 1.0),

@@ -38,20 +38,7 @@ def apply_cost_model(
     """
     out = list(decisions)
     for members in activation_groups(sites, decisions).values():
-        costs = {
-            i: tuning.measure_costs(
-                padded_rows(sites[i].m),
-                sites[i].k,
-                sites[i].n,
-                sites[i].dtype,
-                decisions[i].alg_id,
-                sites[i].device,
-                decisions[i].fold_bias,
-                compensate,
-                decisions[i].fp8,
-            )
-            for i in members
-        }
+        costs = {i: _costs(sites[i], decisions[i], compensate) for i in members}
         gaining = [i for i in members if costs[i].dense_ms / costs[i].sparse_gemm_ms >= min_speedup]
         prune_ms = costs[members[0]].prune_ms  # same activation: same (M, K)
         dense_ms = sum(costs[i].dense_ms for i in gaining)
@@ -96,15 +83,21 @@ def time_saved(
     saved: dict[int, float] = {}
     for members in activation_groups(sites, decisions).values():
         for i in members:
-            c = tuning.measure_costs(
-                padded_rows(sites[i].m),
-                sites[i].k,
-                sites[i].n,
-                sites[i].dtype,
-                decisions[i].alg_id,
-                sites[i].device,
-                decisions[i].fold_bias,
-                compensate,
-            )
+            c = _costs(sites[i], decisions[i], compensate)
             saved[i] = c.dense_ms - c.sparse_gemm_ms - c.prune_ms / len(members)
     return saved, "ms"
+
+
+def _costs(site: GemmSite, decision: Decision, compensate: bool) -> tuning.Costs:
+    """The measured dense, prune+compress and sparse GEMM times of this GEMM as ``decision`` would run it."""
+    return tuning.measure_costs(
+        padded_rows(site.m),
+        site.k,
+        site.n,
+        site.dtype,
+        decision.alg_id,
+        site.device,
+        decision.fold_bias,
+        compensate,
+        decision.fp8,
+    )
