@@ -70,33 +70,46 @@ def _model_args(p: argparse.ArgumentParser, *, default_model: str) -> None:
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--checkpoint", help="local diffusers checkpoint directory instead of random weights")
-    p.add_argument(
-        "-o",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a lynx option, VALUE as JSON (e.g. -o min_rows=64 -o 'exclude=[\"*.ff.*\"]')",
-    )
+    _option_arg(p, "a lynx option, VALUE as JSON (e.g. -o min_rows=64 -o 'exclude=[\"*.ff.*\"]')")
     p.add_argument("-v", "--verbose", action="store_true", help="log every per-layer decision")
 
 
-def _quality_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--pipeline",
-        default=pipelines.YARDSTICK,
-        metavar="yardstick|zoo:flux|DIR",
-        help="the trained yardstick, the tiny random zoo FLUX, or a local directory: a saved yardstick or "
-        "any diffusers pipeline (DiffusionPipeline.from_pretrained)",
-    )
+def _option_arg(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _pipeline_args(
+    p: argparse.ArgumentParser,
+    *,
+    pipeline_help: str,
+    num_prompts: int,
+    num_prompts_help: str,
+    steps_help: str,
+    seed: int,
+) -> None:
+    """What ``quality`` and ``calibrate`` share: which pipeline, which prompts, how it samples, where."""
+    p.add_argument("--pipeline", default=pipelines.YARDSTICK, metavar="yardstick|zoo:flux|DIR", help=pipeline_help)
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", metavar="FILE", help="prompts, one per line")
-    p.add_argument(
-        "--num-prompts",
-        type=int,
-        default=8,
-        help="prompts made when none are given: yardstick captions of random scenes, random embeddings "
+    p.add_argument("--num-prompts", type=int, default=num_prompts, help=num_prompts_help)
+    p.add_argument("--steps", type=int, default=28, help=steps_help)
+    p.add_argument("--seed", type=int, default=seed, help="prompt i samples from seed + i (and the scenes from seed)")
+    p.add_argument("--batch-size", type=int, help="prompts per pipeline call (default: all for the yardstick, else 1)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _quality_args(p: argparse.ArgumentParser) -> None:
+    _pipeline_args(
+        p,
+        pipeline_help="the trained yardstick, the tiny random zoo FLUX, or a local directory: a saved yardstick or "
+        "any diffusers pipeline (DiffusionPipeline.from_pretrained)",
+        num_prompts=8,
+        num_prompts_help="prompts made when none are given: yardstick captions of random scenes, random embeddings "
         "for the zoo, a built-in list for a checkpoint (default: 8)",
+        steps_help="sampling steps",
+        seed=0,
     )
     p.add_argument(
         "--config",
@@ -107,12 +120,9 @@ def _quality_args(p: argparse.ArgumentParser) -> None:
         + ", ".join(f"{k}={json.dumps(v)}" for k, v in quality.DEFAULT_CONFIGS.items() if v is not None)
         + "; dense always runs first)",
     )
-    p.add_argument("--steps", type=int, default=28)
     p.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
     p.add_argument("--height", type=int, help="image height (diffusers and zoo pipelines)")
     p.add_argument("--width", type=int, help="image width (diffusers and zoo pipelines)")
-    p.add_argument("--seed", type=int, default=0, help="prompt i samples from seed + i (and the scenes from seed)")
-    p.add_argument("--batch-size", type=int, help="prompts per pipeline call (default: all for the yardstick, else 1)")
     p.add_argument(
         "--reference-images",
         type=int,
@@ -120,45 +130,23 @@ def _quality_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="yardstick: renders the FID-like distance compares with (0: no FID-like)",
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--no-cost-model", action="store_true", help="add cost_model: false to every lynx configuration")
     p.add_argument("--out", default="quality_out", metavar="DIR", help="where quality.{json,md,png} go")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log every per-layer decision")
 
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--pipeline",
-        default=pipelines.YARDSTICK,
-        metavar="yardstick|zoo:flux|DIR",
-        help="as for `lynx-compile quality`",
-    )
-    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--prompts", metavar="FILE", help="prompts, one per line")
-    p.add_argument(
-        "--num-prompts",
-        type=int,
-        default=32,
-        help="prompts made when none are given, as for `quality` but from --seed (default: 32); use "
+    _pipeline_args(
+        p,
+        pipeline_help="as for `lynx-compile quality`",
+        num_prompts=32,
+        num_prompts_help="prompts made when none are given, as for `quality` but from --seed (default: 32); use "
         "another seed than the evaluation's",
+        steps_help="sampling steps: every one is calibrated",
+        seed=1000,
     )
-    p.add_argument("--steps", type=int, default=28, help="sampling steps: every one is calibrated")
-    p.add_argument("--seed", type=int, default=1000, help="prompt i samples from seed + i (and the scenes from seed)")
-    p.add_argument("--batch-size", type=int, help="prompts per pipeline call (default: all for the yardstick, else 1)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument(
-        "-o",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a lynx option the compiled model will use (the selection, compensate), VALUE as JSON",
-    )
+    _option_arg(p, "a lynx option the compiled model will use (the selection, compensate), VALUE as JSON")
     p.add_argument("--out", required=True, metavar="FILE", help="the calibration file (FILE and FILE.json)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
 
 
