@@ -74,8 +74,8 @@ def _model_args(p: argparse.ArgumentParser, *, default_model: str) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log every per-layer decision")
 
 
-def _option_arg(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help=help)
+def _option_arg(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help=text)
 
 
 def _pipeline_args(

@@ -38,7 +38,7 @@ Option ``precision="fp8"`` (docs/design.md, "FP8"): the weight is quantised once
     y = fp8_epilogue(acc, x_scale [* compensation], w_scale) [+ bias]  # in the graph: Inductor fuses it
 
 The reference path computes ``semantics.fp8_linear`` of the pruned activation, its quantisation shared
-by the GEMMs that read it (``quantise_activation_fp8``): the same numbers.
+by the GEMMs that read it: the same numbers.
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ from .semantics import (
     fp8_gemm,
     norm_chunks,
     norm_partials,
-    prune_2to4,
-    quantise_fp8_rows,
     scale_from_partials,
 )
 
@@ -223,13 +221,6 @@ def sparse_linear_fp8(
     acc = torch.ops.lynx.sparse_mm_fp8(compressed, wq, padded_rows(rows), rows, alg_id, x.dtype)
     acc = acc.view(*x.shape[:-1], wq.shape[0])
     return fp8_epilogue(acc, x_scale if scale is None else x_scale * scale, w_scale, x.dtype)
-
-
-def quantise_activation_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference path's ``compress_activation_fp8``: x pruned and quantised per row, once per
-    activation (two quantisations of one activation in a graph made Inductor's CPU code return NaN,
-    torch 2.13)."""
-    return quantise_fp8_rows(prune_2to4(x))
 
 
 def reference_linear_fp8(

@@ -13,7 +13,7 @@ of squares the prune+compress kernel writes on its pass over x.
 
     precision="fp8"    ->   c, sx = compress_activation_fp8(x, method)      # once per x
                             sparse_linear_fp8(c, sx, x, Wq, sw, alg_id[, scale]) + b   # Wq, sw: buffers
-    ... reference path ->   q, sx = quantise_activation_fp8(x)               # once per x
+    ... reference path ->   q, sx = quantise_fp8_rows(prune_2to4(x))         # once per x
                             reference_linear_fp8(q, sx, x, Wq, sw[, scale]) + b
 
 (the fp8 kernel sums no norms: with ``compensate`` the scale is ``compensation_scale`` in the graph).
@@ -34,7 +34,7 @@ from torch import fx
 
 from .. import lowrank, ops
 from ..report import GemmPath, PruneSite
-from ..semantics import compensation_scale, prune_2to4
+from ..semantics import compensation_scale, prune_2to4, quantise_fp8_rows
 from .decision import Decision
 from .fold_bias import FoldedWeights, register_constant
 from .gemms import GemmSite
@@ -118,8 +118,8 @@ def _prepare(
     if decision.path == GemmPath.REFERENCE:
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(compensation_scale, (x, pruned)) if compensate else None
-        if decision.fp8:
-            pair = graph.call_function(ops.quantise_activation_fp8, (x,))
+        if decision.fp8:  # quantised once for every GEMM reading x, as on the GPU (design.md, "FP8")
+            pair = graph.call_function(quantise_fp8_rows, (pruned,))
             return (
                 graph.call_function(operator.getitem, (pair, 0)),
                 graph.call_function(operator.getitem, (pair, 1)),
