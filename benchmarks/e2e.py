@@ -131,14 +131,21 @@ VARIANTS: dict[str, Variant] = {
     "qkv": Variant(fuse_qkv=True),
     "compensate": Variant({"compensate": True}),
     "fp8": Variant({"precision": "fp8"}),
+    **{f"lowrank{r}": Variant({"low_rank": r}) for r in (16, 32, 64)},
 }
 
 
-def prepare(model: torch.nn.Module, variant: str) -> dict[str, Any]:
-    """Apply ``variant`` to ``model`` (in place) and return the lynx options it compiles with."""
+def prepare(model: torch.nn.Module, variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``variant`` to ``model`` (in place) and return the lynx options it compiles with. A low-rank
+    variant calibrates on ``kwargs``, one call: random weights make its factors meaningless for quality, but
+    their cost (what this benchmark times) is that of any rank-r branch."""
     if VARIANTS[variant].fuse_qkv:
         model.fuse_qkv_projections()
-    return VARIANTS[variant].options
+    options = VARIANTS[variant].options
+    if options.get("low_rank"):
+        calibration = lynx_compile.calibrate(model, [kwargs], options={**options, "low_rank": 0}, progress=False)
+        options = {**options, "calibration": calibration}
+    return options
 
 
 def timed_compile(make, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor, float]:
@@ -182,7 +189,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
     model, kwargs0 = built.model, built.example_kwargs
-    options = prepare(model, variant)
+    options = prepare(model, variant, kwargs0)
     seeds = iter(range(1, 10_000))
 
     def make_inputs() -> dict[str, Any]:
@@ -274,8 +281,10 @@ Qwen-Image's double-stream blocks, zimage = Z-Image's main blocks after its 2 + 
 `fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both; `variant=qkv` runs diffusers'
 `fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM per attention, lynx
 defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation); `variant=fp8` adds
-`precision="fp8"`; `torchao_fp8_*`: torchao's dense fp8 (per-row `Float8DynamicActivationFloat8WeightConfig`,
-every nn.Linear, `torch.compile(mode="reduce-overhead")`), timed in the same run. `*_ms`: CUDA events
+`precision="fp8"`; `variant=lowrankR` adds `low_rank=R`, calibrated on one call of the case's random inputs
+(the branch's cost, not its quality); `torchao_fp8_*`: torchao's dense fp8 (per-row
+`Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`), timed
+in the same run. `*_ms`: CUDA events
 around each synchronised call (the GPU also waits for the call's ~1 ms of CPU work: guards, CUDA-graph input
 copies, launch), median of the runs, fresh inputs every run, all timed before any loop (a call right after a
 loop runs ~1 ms slower); `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled

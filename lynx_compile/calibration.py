@@ -108,12 +108,13 @@ class Calibration:
         return max((s.rows for s in self.stats.values()), default=0)
 
     def factors(self, name: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A (K x r) and B (r x N), float64 on the CPU: ``lowrank.fit`` of this GEMM's statistics."""
+        """A (K x r) and B (r x N), float64 on the CPU: ``lowrank.fit`` of this GEMM's statistics, run on their
+        device (a calibration made on the GPU fits there, where a K = 15360 fit takes seconds, not minutes)."""
         key = (name, rank)
         if key not in self._fits:
             s = self.stats[name]
-            a, b = lowrank.fit(s.sxx.cpu(), s.sxt.cpu(), rank)
-            self._fits[key] = (a, b)
+            a, b = lowrank.fit(s.sxx, s.sxt, rank)
+            self._fits[key] = (a.cpu(), b.cpu())
         return self._fits[key]
 
     def check(self, gemms: Iterable[tuple[str, int, int]], options: Mapping[str, Any]) -> None:

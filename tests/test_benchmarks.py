@@ -65,13 +65,25 @@ def test_qkv_variant_fuses_sd3_projections() -> None:
     built = zoo.build("sd3", size="tiny")
     with torch.no_grad():
         before = built.model(**built.example_kwargs).sample
-        assert e2e.prepare(built.model, "qkv") == {}
+        assert e2e.prepare(built.model, "qkv", built.example_kwargs) == {}
         after = built.model(**built.example_kwargs).sample
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
     report = lynx_compile.inspect(built.model, **built.example_kwargs, options={"min_rows": 1})
     names = {layer.name: layer.sparse for layer in report.layers}
     assert names["transformer_blocks.0.attn.to_qkv"] and names["transformer_blocks.0.attn.to_added_qkv"]
     assert not any(name.endswith((".to_q", ".to_k", ".to_v")) for name in names)
+
+
+def test_low_rank_variant_calibrates_on_the_case_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Variant "lowrank16": the options carry a calibration of this model, so every sparse GEMM gets a
+    rank-16 branch (what the benchmark times). min_rows=1: the tiny model's GEMMs have few rows."""
+    monkeypatch.setitem(e2e.VARIANTS, "lowrank16", e2e.Variant({"low_rank": 16, "min_rows": 1}))
+    built = zoo.build("flux", size="tiny")
+    options = e2e.prepare(built.model, "lowrank16", built.example_kwargs)
+    assert options["low_rank"] == 16 and isinstance(options["calibration"], lynx_compile.Calibration)
+    report = lynx_compile.inspect(built.model, **built.example_kwargs, options=options)
+    sparse = [layer for layer in report.layers if layer.sparse]
+    assert sparse and all(layer.low_rank == 16 for layer in sparse)
 
 
 @pytest.mark.slow
