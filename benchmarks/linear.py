@@ -353,6 +353,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="three layers only")
     parser.add_argument("--no-fp8", dest="fp8", action="store_false", help="skip lynx fp8 and torchao fp8")
     args = parser.parse_args()
+    # torchao's compiled linear is one code object for every shape: past Dynamo's default limit of 8
+    # recompiles, the later layers would silently run it eagerly
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(LAYERS) * len(args.m))
     dtype = torch.bfloat16
     bandwidth = copy_bandwidth()
     print(f"device-to-device copy: {bandwidth / 1e9:.2f} TB/s", flush=True)

@@ -20,6 +20,7 @@ ROW = {
     "config",
     "options",
     "psnr_db",
+    "nonfinite",
     "ssim",
     "adherence",
     "fid_like",

@@ -226,6 +226,14 @@ def test_frechet_distance_identical_sets_is_zero() -> None:
     assert abs(frechet_distance(feats, feats.clone())) < 1e-8
 
 
+def test_frechet_distance_of_non_finite_features_is_nan() -> None:
+    """Images with nan (a broken configuration) give nan, not an eigh error that loses every other row."""
+    feats = torch.randn(50, 8, generator=_seeded(0))
+    broken = feats.clone()
+    broken[3, 2] = math.nan
+    assert math.isnan(frechet_distance(broken, feats)) and math.isnan(frechet_distance(feats, broken))
+
+
 def test_frechet_distance_known_gaussians() -> None:
     # diagonal covariances: |mu_a - mu_b|^2 + sum (sigma_a - sigma_b)^2
     f64 = {"dtype": torch.float64}

@@ -232,13 +232,20 @@ def compare(
         reference_features = features(evaluator, reference_images)
     for row in rows:
         sample = images[row["config"]]
+        row["nonfinite"] = (~sample.isfinite()).float().mean().item()  # share of nan/inf pixels: 0 unless broken
+        if row["nonfinite"]:
+            log.warning(
+                "lynx quality: config %r drew %.2f%% nan or inf pixels; its metrics are not meaningful",
+                row["config"],
+                100 * row["nonfinite"],
+            )
         if row["config"] != DENSE:
             row["psnr_db"] = _finite_or_none(psnr(sample, dense).mean().item())
             row["ssim"] = ssim(sample, dense).mean().item()
         if evaluator is not None and scenes is not None:
             row["adherence"] = float(adherence(evaluator, sample, list(scenes)))
         if evaluator is not None and reference_images is not None:
-            row["fid_like"] = float(frechet_distance(features(evaluator, sample), reference_features))
+            row["fid_like"] = _finite_or_none(frechet_distance(features(evaluator, sample), reference_features))
     paths = sorted({p for row in rows for p in row["path"].split(",") if p != DENSE}) or [DENSE]
     device = _device(transformer)
     meta = {

@@ -163,14 +163,18 @@ def features(evaluator: Evaluator, images_0_1: torch.Tensor, batch_size: int = 5
 
 def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two (n, d) feature sets (unbiased covariances):
-    ``|mu_a - mu_b|^2 + tr(Sa) + tr(Sb) - 2 tr(sqrt(sqrt(Sa) Sb sqrt(Sa)))``, in float64."""
+    ``|mu_a - mu_b|^2 + tr(Sa) + tr(Sb) - 2 tr(sqrt(sqrt(Sa) Sb sqrt(Sa)))``, in float64; nan when a feature
+    is not finite (images with nan or inf)."""
     if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(
             f"feature sets must be (n, d) with the same d, got {tuple(feats_a.shape)} and {tuple(feats_b.shape)}"
         )
     if min(feats_a.shape[0], feats_b.shape[0]) < 2:
         raise ValueError("each feature set needs at least 2 samples to fit a covariance")
-    a, b = feats_a.double(), feats_b.double().to(feats_a.device)
+    # on the CPU: CUDA's eigh fails to converge on some of these ill-conditioned covariances (H100, torch 2.11)
+    a, b = feats_a.detach().cpu().double(), feats_b.detach().cpu().double()
+    if not (a.isfinite().all() and b.isfinite().all()):
+        return math.nan
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T).view(a.shape[1], -1), torch.cov(b.T).view(b.shape[1], -1)
     root_a = _sqrtm(cov_a)
