@@ -16,6 +16,7 @@ from .calibration import Calibration, CalibrationMismatch
 from .calibrator import calibrate
 from .codegen import inductor_lowering
 from .config import DEFAULT_EXCLUDE, LynxConfig
+from .distill import distill
 from .inspection import inspect
 from .report import GemmPath, LayerReport, PruneSite, Report
 from .semantics import compensation_scale, prune_2to4, prune_2to4_compensated
@@ -32,6 +33,7 @@ __all__ = [
     "Report",
     "calibrate",
     "compensation_scale",
+    "distill",
     "follow_steps",
     "inspect",
     "lynx_backend",

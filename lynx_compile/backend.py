@@ -137,9 +137,7 @@ def lynx_backend(
     if errors is not None:
         report.notes.append("rel_err and pruned_E: measured on the inputs of the call that compiled this graph")
     if branches:
-        report.notes.append(
-            f"low_rank={config.low_rank}: {len(branches)} GEMMs add (x A) B, fitted from {config.calibration!r}"
-        )
+        report.notes.append(low_rank.note(branches, config))
     if output_error is not None and output_error.verified is not None:
         error, chosen = output_error.verified
         report.notes.append(

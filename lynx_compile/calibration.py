@@ -4,10 +4,13 @@ For each GEMM ``y = x W^T + b`` (K in, N out), over every calibration row x: ``S
 ``Sxt = sum x t^T`` (K x N) with ``t = (x - P(x)) W^T`` the pruned layer's output error (P: 2:4 pruning, with
 norm compensation when the calibration assumed it), ``sum ||t||^2`` and the number of rows. Accumulated in
 float64, streaming: memory is K x (K + N) per GEMM whatever the number of rows. The file keeps the
-statistics, not factors, so that any rank can be fitted at compile time (``lowrank.fit``).
+statistics, not factors, so that any rank can be fitted at compile time (``lowrank.fit``); factors only where
+``lynx_compile.distill`` refined them for a rank: those cannot be recomputed from the statistics.
 
-File: ``PATH`` (safetensors, ``<name>/sxx`` and ``<name>/sxt`` per GEMM) and ``PATH.json`` beside it (format
-version, GEMM names with K, N, rows and ``sum ||t||^2``, the model dtype, the pruning options assumed).
+File: ``PATH`` (safetensors, ``<name>/sxx`` and ``<name>/sxt`` per GEMM, ``<name>/a<r>`` and ``<name>/b<r>``
+per distilled GEMM and rank) and ``PATH.json`` beside it (format version, GEMM names with K, N, rows and
+``sum ||t||^2``, the model dtype, the pruning options assumed, and per distilled rank its steps, learning rate
+and losses).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from safetensors.torch import load_file, save_file
 from . import lowrank
 from .semantics import prune_2to4, prune_2to4_compensated
 
-FORMAT = 1
+# 2: distilled factors (written only when there are some, so that a plain calibration stays readable by
+# lynx_compile versions that read format 1 only); 1: statistics only.
+FORMAT = 2
 # The options of LynxConfig that change t = (x - P(x)) W^T: a calibration made under other values
 # fits the wrong error.
 PRUNING_OPTIONS = ("compensate",)
@@ -94,9 +99,13 @@ class Calibration:
         self.dtype = dtype
         self.source = source  # where it came from: for error messages and the report
         self._fits: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # (name, rank) -> (A, B) refined by lynx_compile.distill; rank -> its record (steps, lr, loss_before/after)
+        self.refined: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.distilled: dict[int, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
-        return f"Calibration({len(self.stats)} GEMMs, {self.rows} rows, {self.options}, from {self.source})"
+        distilled = "".join(f", rank {r} distilled ({d['steps']} steps)" for r, d in sorted(self.distilled.items()))
+        return f"Calibration({len(self.stats)} GEMMs, {self.rows} rows, {self.options}{distilled}, from {self.source})"
 
     @property
     def names(self) -> list[str]:
@@ -108,14 +117,46 @@ class Calibration:
         return max((s.rows for s in self.stats.values()), default=0)
 
     def factors(self, name: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A (K x r) and B (r x N), float64 on the CPU: ``lowrank.fit`` of this GEMM's statistics, run on their
-        device (a calibration made on the GPU fits there, where a K = 15360 fit takes seconds, not minutes)."""
+        """A (K x r) and B (r x N), float64 on the CPU: the distilled factors where ``distill`` refined this GEMM
+        at this rank, else ``closed_form``."""
+        return self.refined.get((name, rank)) or self.closed_form(name, rank)
+
+    def closed_form(self, name: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``lowrank.fit`` of this GEMM's statistics (cached), run on their device: a calibration made on the
+        GPU fits there, where a K = 15360 fit takes seconds, not minutes."""
         key = (name, rank)
         if key not in self._fits:
             s = self.stats[name]
             a, b = lowrank.fit(s.sxx, s.sxt, rank)
             self._fits[key] = (a.cpu(), b.cpu())
         return self._fits[key]
+
+    def with_distilled(
+        self, rank: int, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], record: Mapping[str, Any]
+    ) -> Calibration:
+        """A copy whose ``factors(name, rank)`` are ``factors`` for their GEMMs (other GEMMs and ranks as here;
+        an earlier distillation at ``rank`` is replaced), with ``record`` kept as rank's ``distilled`` entry."""
+        unknown = [name for name in factors if name not in self.stats]
+        if unknown:
+            raise CalibrationMismatch(f"distilled factors for GEMMs without statistics in {self.source}: {unknown}")
+        shapes = {
+            name: (tuple(a.shape), tuple(b.shape))
+            for name, (a, b) in factors.items()
+            if a.dim() != 2
+            or b.dim() != 2
+            or (a.shape[0], b.shape[1]) != (self.stats[name].k, self.stats[name].n)
+            or not a.shape[1] == b.shape[0] <= rank
+        }
+        if shapes:
+            raise CalibrationMismatch(
+                f"distilled rank-{rank} factors of {self.source} do not fit their GEMMs' K x N (A, B shapes): {shapes}"
+            )
+        out = Calibration(self.stats, options=self.options, dtype=self.dtype, source=self.source)
+        out._fits = self._fits  # the closed forms do not change: share the cache
+        out.refined = {key: ab for key, ab in self.refined.items() if key[1] != rank}
+        out.refined.update({(name, rank): (a.double().cpu(), b.double().cpu()) for name, (a, b) in factors.items()})
+        out.distilled = {**self.distilled, rank: dict(record)}
+        return out
 
     def check(self, gemms: Iterable[tuple[str, int, int]], options: Mapping[str, Any]) -> None:
         """Raise ``CalibrationMismatch`` unless every ``(name, K, N)`` has statistics of that shape and
@@ -153,13 +194,17 @@ class Calibration:
         tensors = {}
         for name, s in self.stats.items():
             tensors[f"{name}/sxx"], tensors[f"{name}/sxt"] = s.sxx.cpu().contiguous(), s.sxt.cpu().contiguous()
+        for (name, rank), (a, b) in self.refined.items():
+            tensors[f"{name}/a{rank}"], tensors[f"{name}/b{rank}"] = a.contiguous(), b.contiguous()
         save_file(tensors, path)
-        meta = {
-            "format": FORMAT,
+        meta: dict[str, Any] = {
+            "format": FORMAT if self.distilled else 1,
             "dtype": self.dtype,
             "options": self.options,
             "gemms": {name: {"k": s.k, "n": s.n, "rows": s.rows, "tt": s.tt} for name, s in self.stats.items()},
         }
+        if self.distilled:
+            meta["distilled"] = [{"rank": rank, **record} for rank, record in sorted(self.distilled.items())]
         sidecar = _sidecar(path)
         sidecar.write_text(json.dumps(meta, indent=1) + "\n")
         return sidecar
@@ -174,10 +219,12 @@ class Calibration:
                 ".save(path) or `lynx-compile calibrate`)"
             )
         meta = json.loads(sidecar.read_text())
-        if meta.get("format") != FORMAT:
+        version = meta.get("format")
+        if not isinstance(version, int) or not 1 <= version <= FORMAT:
+            newer = isinstance(version, int) and version > FORMAT
             raise CalibrationMismatch(
-                f"calibration {path} has format {meta.get('format')}, this lynx_compile reads "
-                f"format {FORMAT}: calibrate again"
+                f"calibration {path} has format {version}, this lynx_compile reads formats 1 to {FORMAT}: "
+                + ("it was written by a newer lynx_compile (upgrade this one)" if newer else "calibrate again")
             )
         tensors = load_file(path)
         stats = {}
@@ -189,7 +236,16 @@ class Calibration:
                     f"{tuple(sxt.shape)} disagree with its K={g['k']}, N={g['n']}"
                 )
             stats[name] = GemmStatistics(sxx, sxt, g["rows"], g["tt"])
-        return cls(stats, options=meta["options"], dtype=meta["dtype"], source=str(path))
+        calibration = cls(stats, options=meta["options"], dtype=meta["dtype"], source=str(path))
+        for record in meta.get("distilled", []):
+            rank = record["rank"]
+            refined = {
+                name: (tensors[f"{name}/a{rank}"], tensors[f"{name}/b{rank}"])
+                for name in stats
+                if f"{name}/a{rank}" in tensors
+            }
+            calibration = calibration.with_distilled(rank, refined, {k: v for k, v in record.items() if k != "rank"})
+        return calibration
 
 
 def _sidecar(path: Path) -> Path:

@@ -70,18 +70,24 @@ def calibrate(
         return run
 
     with torch.no_grad():
-        if isinstance(getattr(model_or_pipe, "transformer", None), torch.nn.Module):
-            _sample(model_or_pipe, list(inputs_or_prompts), backend, steps, batch_size, seed, pipe_kwargs, progress)
+        if is_pipeline(model_or_pipe):
+            transformer = torch.compile(model_or_pipe.transformer, backend=backend, dynamic=False)
+            sample_pipeline(
+                model_or_pipe,
+                list(inputs_or_prompts),
+                steps=steps,
+                batch_size=batch_size,
+                seed=seed,
+                pipe_kwargs=pipe_kwargs,
+                transformer=transformer,
+                progress=progress,
+                desc="lynx calibrate",
+            )
         else:
             compiled = torch.compile(model_or_pipe, backend=backend, dynamic=False)
             total = len(inputs_or_prompts) if isinstance(inputs_or_prompts, Sequence) else None
             for item in tqdm(inputs_or_prompts, total=total, desc="lynx calibrate", unit="call", disable=not progress):
-                if isinstance(item, Mapping):
-                    compiled(**item)
-                elif isinstance(item, (tuple, list)):
-                    compiled(*item)
-                else:
-                    compiled(item)
+                call(compiled, item)
     if not stats:
         raise RuntimeError(
             "lynx calibrate: no GEMM the lynx pass could make sparse ran (check the options: "
@@ -90,34 +96,52 @@ def calibrate(
     return Calibration(stats, options={o: getattr(config, o) for o in PRUNING_OPTIONS}, dtype=",".join(sorted(dtypes)))
 
 
-def _sample(
+def is_pipeline(model_or_pipe: Any) -> bool:
+    """A diffusers pipeline (it has a ``.transformer`` module), not a model."""
+    return isinstance(getattr(model_or_pipe, "transformer", None), torch.nn.Module)
+
+
+def call(fn: Callable[..., Any], item: Any) -> Any:
+    """``fn`` on one example input: a dict as kwargs, a tuple or list as args, anything else as the one arg."""
+    if isinstance(item, Mapping):
+        return fn(**item)
+    if isinstance(item, (tuple, list)):
+        return fn(*item)
+    return fn(item)
+
+
+def sample_pipeline(
     pipe: Any,
     prompts: list[Any],
-    backend: Callable[..., Any],
+    *,
     steps: int,
     batch_size: int | None,
     seed: int,
     pipe_kwargs: Mapping[str, Any] | None,
+    transformer: torch.nn.Module | None = None,
     progress: bool,
+    desc: str,
 ) -> None:
-    """The pipeline's sampling loop over every batch of prompts, its transformer compiled with ``backend``."""
+    """The pipeline's sampling loop over every batch of prompts (``batch_size`` per call, default all; prompt i
+    from seed ``seed + i``; latents out), with ``transformer`` in place of its own while it runs (None: its own)."""
     if not prompts:
-        raise ValueError("lynx calibrate: no prompts")
+        raise ValueError(f"{desc}: no prompts")
     if "callback_on_step_end" not in pyinspect.signature(pipe.__call__).parameters:
         raise TypeError(
-            f"{type(pipe).__name__}.__call__ takes no callback_on_step_end: calibrate follows the steps "
+            f"{type(pipe).__name__}.__call__ takes no callback_on_step_end: {desc} follows the steps "
             "through it (every diffusers DiT pipeline has it)"
         )
     size = batch_size or len(prompts)
     batches = [prompts[i : i + size] for i in range(0, len(prompts), size)]
-    bar = tqdm(total=len(batches) * steps, desc="lynx calibrate", unit="step", disable=not progress)
+    bar = tqdm(total=len(batches) * steps, desc=desc, unit="step", disable=not progress)
 
     def on_step(_pipe: Any, _i: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         bar.update(1)
         return callback_kwargs
 
     original = pipe.transformer
-    pipe.transformer = torch.compile(original, backend=backend, dynamic=False)
+    if transformer is not None:
+        pipe.transformer = transformer
     bar_config = getattr(pipe, "_progress_bar_config", None)
     if hasattr(pipe, "set_progress_bar_config"):  # ours counts the steps
         pipe.set_progress_bar_config(**{**(bar_config or {}), "disable": True})

@@ -1,5 +1,5 @@
-"""``lynx-compile``: the demo, the inspection report, the image-quality comparison and the calibration of
-low-rank compensation from the command line."""
+"""``lynx-compile``: the demo, the inspection report, the image-quality comparison and the calibration (and
+distillation) of low-rank compensation from the command line."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from . import quality, zoo
 from .calibrator import calibrate
 from .config import LynxConfig
+from .distill import LR, distill
 from .inspection import inspect
 from .quality import pipelines
 
@@ -147,27 +148,57 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     )
     _option_arg(p, "a lynx option the compiled model will use (the selection, compensate), VALUE as JSON")
     p.add_argument("--out", required=True, metavar="FILE", help="the calibration file (FILE and FILE.json)")
+    p.add_argument("--rank", type=int, help="the option low_rank the compiled model will use (needed to distil)")
+    p.add_argument(
+        "--distill-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then refine the rank's factors end to end against the dense model's outputs, N Adam steps on the "
+        "same prompts' sampling (default 0: the closed form)",
+    )
+    p.add_argument("--distill-lr", type=float, default=LR, help=f"Adam's learning rate (default {LR:g})")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    if (
+        args.distill_steps < 0
+        or (args.distill_steps and args.rank is None)
+        or (args.rank is not None and args.rank < 1)
+    ):
+        raise SystemExit("lynx-compile calibrate: --distill-steps N needs N >= 0 and a --rank R >= 1 to refine")
     _, source, prompts = _open(args, "calibrate")
     if not prompts:
         prompts, _ = pipelines.default_prompts(source, args.num_prompts, args.seed)
-    calibration = calibrate(
-        source.pipe,
-        prompts,
-        options=_parse_options(args.option),
-        steps=args.steps,
-        batch_size=args.batch_size or (len(prompts) if source.kind == pipelines.YARDSTICK else 1),
-        seed=args.seed,
-        pipe_kwargs=source.call_kwargs,
-        progress=not args.no_progress,
-    )
+    sampling = {
+        "batch_size": args.batch_size or (len(prompts) if source.kind == pipelines.YARDSTICK else 1),
+        "seed": args.seed,
+        "pipe_kwargs": source.call_kwargs,
+        "progress": not args.no_progress,
+    }
+    options = _parse_options(args.option)
+    calibration = calibrate(source.pipe, prompts, options=options, steps=args.steps, **sampling)
+    if args.distill_steps:
+        calibration = distill(
+            source.pipe,
+            prompts,
+            calibration,
+            rank=args.rank,
+            steps=args.distill_steps,
+            lr=args.distill_lr,
+            num_inference_steps=args.steps,
+            **sampling,
+        )
+        record = calibration.distilled[args.rank]
+        print(
+            f"distilled rank {args.rank}, {args.distill_steps} steps: relative output error "
+            f"{record['loss_before']:.4g} (closed form) -> {record['loss_after']:.4g}"
+        )
     sidecar = calibration.save(args.out)
     print(
         f"{calibration}: wrote {args.out} and {sidecar}; use it with "
-        f"options={{'low_rank': 32, 'calibration': {args.out!r}}}"
+        f"options={{'low_rank': {args.rank or 32}, 'calibration': {args.out!r}}}"
     )
     return 0
 

@@ -52,3 +52,16 @@ def test_the_quality_benchmark_end_to_end(tmp_path: Path, capsys: pytest.Capture
     assert data["rows"][1]["options"] == {"cost_model": False} and data["rows"][1]["adherence"] is not None
     assert data["meta"]["captions"] == 2 and data["meta"]["model"] == "yardstick (trained)"
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_distilled_configuration_gets_its_own_calibration(tmp_path: Path) -> None:
+    evaluator = yardstick.Evaluator()
+    args = ["--captions", "2", "--steps", "2", "--calibration-captions", "2", "--distill-steps", "2"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(yardstick, "load_pipeline", lambda **_: tiny())
+        mp.setattr(yardstick, "load_evaluator", lambda **_: evaluator)
+        mp.setattr(quality_benchmark, "REFERENCES", 8)
+        quality_benchmark.main([*args, "--configs", "lowrank16_distill", "--out", str(tmp_path)])
+    options = json.loads((tmp_path / "quality.json").read_text())["rows"][1]["options"]
+    assert "distill" not in options  # a benchmark key, not a lynx option
+    assert "rank 16 distilled (2 steps)" in options["calibration"]

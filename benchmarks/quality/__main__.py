@@ -14,7 +14,10 @@ the reference path: on the GPU its row against ``defaults`` shows that the cuSPA
 reference path give the same metrics up to bf16 rounding (on the CPU both are the reference path).
 ``lowrank16/32/64``: low-rank compensation of rank 16/32/64, fitted from one calibration per run on
 CALIBRATION_CAPTIONS captions of other scenes (seed CALIBRATION_SEED) and other noise, every step, the
-pipeline's own guidance.
+pipeline's own guidance. ``lowrank16/32/64_distill``: the same calibration, its factors of that rank then
+distilled end to end (``lynx_compile.distill``) against the dense transformer's outputs on the same calibration
+captions and noise, DISTILL_STEPS Adam steps at DISTILL_LR (``--distill-steps``, ``--distill-lr``), one call of
+DISTILL_BATCH captions each.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import gpu_slug
-from lynx_compile import calibrate, quality, yardstick
+from lynx_compile import Calibration, calibrate, distill, quality, yardstick
 from lynx_compile.quality import pipelines
 from lynx_compile.quality.compare import Variant, transformer_inputs
 
@@ -39,6 +42,15 @@ REFERENCES = 2048
 CALIBRATION_SEED = 8765  # captions for the low-rank fit: never the evaluated ones
 CALIBRATION_CAPTIONS = 32
 CALIBRATION_NOISE_SEED = 100_000  # sample i of the calibration starts from seed 100000 + i
+# lowrank*_distill: Adam steps, learning rate, and calibration captions per recorded pipeline call (each step
+# trains on one call: DISTILL_BATCH captions, twice as many images with guidance). Picked on the CPU, rank 32, 8
+# evaluation captions (lr, steps, captions): 1e-3, 100, 8 diverged; 3e-4 or 1e-4, 100, 8 and 1e-4, 100, 32 lowered
+# the output error but not PSNR; 1e-4, 300, 32 lowered it 43% (36% on other captions) and gained 0.2 dB
+# (docs/design.md, "Low-rank compensation")
+DISTILL_STEPS = 300
+DISTILL_LR = 1e-4
+DISTILL_BATCH = 8
+DISTILL = "distill"  # a key of CONFIGS, not a lynx option: main distils that configuration's calibration
 _NO_COST_MODEL = {"cost_model": False}
 
 
@@ -64,6 +76,9 @@ CONFIGS: dict[str, dict[str, Any] | quality.Variant | None] = {
     "lowrank16": {"low_rank": 16, **_NO_COST_MODEL},
     "lowrank32": {"low_rank": 32, **_NO_COST_MODEL},
     "lowrank64": {"low_rank": 64, **_NO_COST_MODEL},
+    "lowrank16_distill": {"low_rank": 16, DISTILL: True, **_NO_COST_MODEL},
+    "lowrank32_distill": {"low_rank": 32, DISTILL: True, **_NO_COST_MODEL},
+    "lowrank64_distill": {"low_rank": 64, DISTILL: True, **_NO_COST_MODEL},
     "dense_steps_25pct": {"dense_steps": 0.25, **_NO_COST_MODEL},
     # output error budgets, bracketing the yardstick's trade-offs (CPU, step 14 of 8 calibration captions: 0.05
     # keeps 8 of 72 block GEMMs sparse, output error 0.032; 0.2 keeps 12, 42% of the GEMM FLOPs). The
@@ -103,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=("bfloat16", "float32"), help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--out", type=Path, help="default: benchmarks/results/<gpu>/")
     p.add_argument("--calibration-captions", type=int, default=CALIBRATION_CAPTIONS)
+    p.add_argument("--distill-steps", type=int, default=DISTILL_STEPS, help="lowrank*_distill's Adam steps")
+    p.add_argument("--distill-lr", type=float, default=DISTILL_LR, help="lowrank*_distill's learning rate")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -114,20 +131,37 @@ def main(argv: list[str] | None = None) -> None:
     pipe = yardstick.load_pipeline(device=device, dtype=dtype)
     scenes = yardstick.sample_scenes(args.captions, torch.Generator().manual_seed(CAPTION_SEED))
     configs: dict[str, Any] = {name: CONFIGS[name] for name in names}
-    if any(isinstance(options, dict) and options.get("low_rank") for options in configs.values()):
+    low_rank = {
+        name: options for name, options in configs.items() if isinstance(options, dict) and options.get("low_rank")
+    }
+    if low_rank:
+        captions = calibration_captions(args.calibration_captions)
         calibration = calibrate(
-            pipe,
-            calibration_captions(args.calibration_captions),
-            steps=args.steps,
-            batch_size=args.batch_size,
-            seed=CALIBRATION_NOISE_SEED,
+            pipe, captions, steps=args.steps, batch_size=args.batch_size, seed=CALIBRATION_NOISE_SEED
         )
-        configs = {
-            name: {**options, "calibration": calibration}
-            if isinstance(options, dict) and options.get("low_rank")
-            else options
-            for name, options in configs.items()
-        }
+        distilled: dict[int, Calibration] = {}  # rank -> the calibration distilled at that rank
+        for name, options in low_rank.items():
+            rank = options["low_rank"]
+            if options.get(DISTILL) and rank not in distilled:
+                distilled[rank] = distill(
+                    pipe,
+                    captions,
+                    calibration,
+                    rank=rank,
+                    steps=args.distill_steps,
+                    lr=args.distill_lr,
+                    num_inference_steps=args.steps,
+                    batch_size=DISTILL_BATCH,
+                    seed=CALIBRATION_NOISE_SEED,
+                )
+                record = distilled[rank].distilled[rank]
+                print(
+                    f"{name}: relative output error {record['loss_before']:.4g} (closed form) -> "
+                    f"{record['loss_after']:.4g} (distilled)",
+                    flush=True,
+                )
+            lynx_options = {k: v for k, v in options.items() if k != DISTILL}
+            configs[name] = {**lynx_options, "calibration": distilled[rank] if options.get(DISTILL) else calibration}
     measuring = [name for name, options in configs.items() if isinstance(options, dict) and "error_budget" in options]
     if measuring:  # the compiling call: step CALIBRATION_STEP of other captions, at the sampling's batch shape
         batch = min(args.batch_size, args.captions)

@@ -33,3 +33,17 @@ def factors(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: Ly
         a, b = calibration.factors(site.name, config.low_rank)
         out[site.name] = (a.to(site.device, site.dtype), b.to(site.device, site.dtype))
     return out
+
+
+def note(branches: Factors, config: LynxConfig) -> str:
+    """The report's note on the branches: how many, and which are distilled rather than closed form."""
+    assert config.calibration is not None
+    calibration = resolve(config.calibration)
+    distilled = sum((name, config.low_rank) in calibration.refined for name in branches)
+    how = (
+        f"{distilled} of them distilled end to end ({calibration.distilled[config.low_rank]['steps']} steps), "
+        f"{len(branches) - distilled} closed form"
+        if distilled
+        else "closed form"
+    )
+    return f"low_rank={config.low_rank}: {len(branches)} GEMMs add (x A) B, {how}, from {calibration.source}"
