@@ -69,25 +69,19 @@ def calibrate(
 
         return run
 
+    module = model_or_pipe.transformer if is_pipeline(model_or_pipe) else model_or_pipe
     with torch.no_grad():
-        if is_pipeline(model_or_pipe):
-            transformer = torch.compile(model_or_pipe.transformer, backend=backend, dynamic=False)
-            sample_pipeline(
-                model_or_pipe,
-                list(inputs_or_prompts),
-                steps=steps,
-                batch_size=batch_size,
-                seed=seed,
-                pipe_kwargs=pipe_kwargs,
-                transformer=transformer,
-                progress=progress,
-                desc="lynx calibrate",
-            )
-        else:
-            compiled = torch.compile(model_or_pipe, backend=backend, dynamic=False)
-            total = len(inputs_or_prompts) if isinstance(inputs_or_prompts, Sequence) else None
-            for item in tqdm(inputs_or_prompts, total=total, desc="lynx calibrate", unit="call", disable=not progress):
-                call(compiled, item)
+        run_all(
+            model_or_pipe,
+            inputs_or_prompts,
+            torch.compile(module, backend=backend, dynamic=False),
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            pipe_kwargs=pipe_kwargs,
+            progress=progress,
+            desc="lynx calibrate",
+        )
     if not stats:
         raise RuntimeError(
             "lynx calibrate: no GEMM the lynx pass could make sparse ran (check the options: "
@@ -108,6 +102,39 @@ def call(fn: Callable[..., Any], item: Any) -> Any:
     if isinstance(item, (tuple, list)):
         return fn(*item)
     return fn(item)
+
+
+def run_all(
+    model_or_pipe: Any,
+    inputs_or_prompts: Iterable[Any],
+    module: Callable[..., Any],
+    *,
+    steps: int,
+    batch_size: int | None,
+    seed: int,
+    pipe_kwargs: Mapping[str, Any] | None,
+    progress: bool,
+    desc: str,
+) -> None:
+    """``module`` (the model, or what stands in for it or for a pipeline's transformer: a compiled or hooked
+    copy) over every example input, or over a pipeline's whole sampling loop of every prompt: what calibrate
+    and distill both need to see."""
+    if is_pipeline(model_or_pipe):
+        sample_pipeline(
+            model_or_pipe,
+            list(inputs_or_prompts),
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            pipe_kwargs=pipe_kwargs,
+            transformer=module,
+            progress=progress,
+            desc=desc,
+        )
+        return
+    total = len(inputs_or_prompts) if isinstance(inputs_or_prompts, Sequence) else None
+    for item in tqdm(inputs_or_prompts, total=total, desc=desc, unit="call", disable=not progress):
+        call(module, item)
 
 
 def sample_pipeline(

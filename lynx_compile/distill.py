@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import lowrank
 from .calibration import Calibration, CalibrationMismatch, resolve
-from .calibrator import call, is_pipeline, sample_pipeline
+from .calibrator import is_pipeline, run_all
 from .semantics import prune_2to4, prune_2to4_compensated
 from .zoo import sample
 
@@ -165,20 +165,17 @@ def _record(
     hook = model.register_forward_hook(keep, with_kwargs=True)
     try:
         with torch.no_grad():
-            if model is not model_or_pipe:
-                sample_pipeline(
-                    model_or_pipe,
-                    list(inputs_or_prompts),
-                    steps=num_inference_steps,
-                    batch_size=batch_size,
-                    seed=seed,
-                    pipe_kwargs=pipe_kwargs,
-                    progress=progress,
-                    desc="lynx distill: dense",
-                )
-            else:
-                for item in tqdm(inputs_or_prompts, desc="lynx distill: dense", unit="call", disable=not progress):
-                    call(model, item)
+            run_all(
+                model_or_pipe,
+                inputs_or_prompts,
+                model,
+                steps=num_inference_steps,
+                batch_size=batch_size,
+                seed=seed,
+                pipe_kwargs=pipe_kwargs,
+                progress=progress,
+                desc="lynx distill: dense",
+            )
     finally:
         hook.remove()
     if not calls:
