@@ -26,7 +26,7 @@ import triton
 from tqdm.auto import tqdm
 
 from ..backend import reports
-from ..calibrator import batched_prompts
+from ..calibrator import batched_prompts, is_pipeline
 from ..config import LynxConfig
 from ..inspection import inspect
 from ..provenance import source_commit
@@ -346,7 +346,7 @@ class _Runner:
         pipe_kwargs: Mapping[str, Any] | None,
         batch_size: int,
     ) -> None:
-        if not isinstance(getattr(pipe, "transformer", None), torch.nn.Module):
+        if not is_pipeline(pipe):
             raise TypeError(
                 f"compare needs a diffusers pipeline with a .transformer module; {type(pipe).__name__} "
                 f"has {type(getattr(pipe, 'transformer', None)).__name__}"
