@@ -90,6 +90,10 @@ class Row:
     lynx_fp8_ms: float | None = None
     torchao_fp8_ms: float | None = None
     fp8_alg_id: int | None = None
+    # lynx_fp8_ms's parts, each alone: the prune + quantise + compress pass, the e4m3 GEMM, the epilogue
+    fp8_prune_ms: float | None = None
+    fp8_gemm_ms: float | None = None
+    fp8_epilogue_ms: float | None = None
 
 
 def compressor(dtype: torch.dtype) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -230,6 +234,15 @@ def measure_fp8(row: Row, w: torch.Tensor, b: torch.Tensor, xs: list[torch.Tenso
     alg = best_alg(m, k, n, dtype, "cuda", fp8=True)
     row.fp8_alg_id = alg
     row.lynx_fp8_ms = cuda_graph_ms(lambda i: lynx_fp8_linear(xs[i % len(xs)], wq, ws, b, alg, fast), calls=calls)
+    m_pad = round_up(m, 32)
+    compress = prune_quantise_compress if fast else compress_compat_fp8
+    cs = [compress(x, m_pad) for x in xs]
+    accs = [sparse_mm(c, wq, alg, out_dtype=dtype)[:m] for c, _ in cs]
+    row.fp8_prune_ms = cuda_graph_ms(lambda i: compress(xs[i % len(xs)], m_pad), calls=calls)
+    row.fp8_gemm_ms = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)][0], wq, alg, out_dtype=dtype), calls=calls)
+    row.fp8_epilogue_ms = cuda_graph_ms(
+        lambda i: _fp8_epilogue()(accs[i % len(accs)], cs[i % len(cs)][1], ws, b), calls=calls
+    )
     torchao = torchao_fp8_linear(w, b)
     if torchao is not None:
         with torch.no_grad():
@@ -282,6 +295,9 @@ RATIOS: dict[str, Callable[[Row], float]] = {
     "folded speedup": lambda r: r.dense_ms / r.lynx_folded_ms,
     "lowrank32 speedup": lambda r: r.dense_ms / r.lynx_lowrank32_ms,
     "fp8 speedup": lambda r: r.dense_ms / r.lynx_fp8_ms if r.lynx_fp8_ms else math.nan,
+    "fp8 gemm vs torchao": lambda r: (
+        r.torchao_fp8_ms / r.fp8_gemm_ms if r.fp8_gemm_ms and r.torchao_fp8_ms else math.nan
+    ),
     "fp8 vs torchao": lambda r: r.torchao_fp8_ms / r.lynx_fp8_ms if r.lynx_fp8_ms and r.torchao_fp8_ms else math.nan,
 }
 LYNX_SPEEDUPS = ("lynx speedup", "no-bias speedup", "folded speedup")  # what the cost model can keep dense
@@ -338,8 +354,12 @@ COLUMNS = [
     "lynx_lowrank32_ms",
     "lowrank32 speedup",
     "lynx_fp8_ms",
+    "fp8_prune_ms",
+    "fp8_gemm_ms",
+    "fp8_epilogue_ms",
     "fp8 speedup",
     "torchao_fp8_ms",
+    "fp8 gemm vs torchao",
     "fp8 vs torchao",
     "alg_id",
     "path",
