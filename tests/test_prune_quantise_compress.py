@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 
 from lynx_compile.codegen.cusparselt_layout import compress_reference, probe_matrix
-from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress
+from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress, tile_configs
 from lynx_compile.semantics import prune_2to4, quantise_fp8_rows
 
 
@@ -18,8 +18,8 @@ def emulated(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     return compress_reference(q), scale[: x.shape[0]]
 
 
-def assert_same(x: torch.Tensor, rows: int) -> None:
-    got, scale = prune_quantise_compress(x, rows)
+def assert_same(x: torch.Tensor, rows: int, config=None) -> None:
+    got, scale = prune_quantise_compress(x, rows, config)
     want, want_scale = emulated(x, rows)
     assert got.shape == want.shape and got.dtype == want.dtype
     bad = (got.view(torch.uint8) != want.view(torch.uint8)).nonzero()
@@ -32,6 +32,23 @@ def assert_same(x: torch.Tensor, rows: int) -> None:
 @pytest.mark.parametrize("m, k, rows", [(64, 128, 64), (50, 96, 64), (130, 544, 192)])
 def test_kernel_matches_emulation_on_adversarial_inputs(dtype, m, k, rows):
     assert_same(probe_matrix(m, k, dtype, seed=m + k), rows)
+
+
+@pytest.mark.parametrize("config", tile_configs(), ids=lambda c: f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_K']}")
+def test_every_tile_matches_emulation(config):
+    """The autotuner may pick any tile on the GPU: each writes the same bytes (the self-check runs them all too)."""
+    assert_same(probe_matrix(70, 576, torch.bfloat16, seed=3), 96, config)
+
+
+def test_row_scale_from_unpruned_amax():
+    """The scale comes from x's own amax: pruning keeps it, and keeps a row non-finite (a NaN is pruned only
+    beside two infs). Rows: a NaN pruned by two infs; a group whose largest is pruned by nothing; all zeros."""
+    x = torch.zeros(3, 32, dtype=torch.bfloat16)
+    x[0, :4] = torch.tensor([float("inf"), -float("inf"), float("nan"), 1.0])
+    x[1, :4] = torch.tensor([0.5, -300.0, 2.0, 1.0])
+    assert_same(x, 32)
+    _, scale = prune_quantise_compress(x, 32)
+    assert scale[0].isnan() and scale[1] == 1.0 and scale[2] == 2.0**-126
 
 
 @settings(max_examples=6)

@@ -1,26 +1,34 @@
-"""Fused 2:4 prune + per-row fp8 quantisation + cuSPARSELt compression, in one Triton kernel.
+"""Fused 2:4 prune + per-row fp8 quantisation + cuSPARSELt compression, in two Triton passes.
 
 ``prune_quantise_compress(x) == (torch._cslt_compress(q), scale)`` with ``q, scale =
 quantise_fp8_rows(prune_2to4(x padded with zero rows))`` bit for bit (``semantics``; the e4m3 layout
-is in ``cusparselt_layout``). Each program owns 16 rows and sweeps K twice: first the pruned rows'
-amax (an integer max over magnitude bits, so NaN and inf need no float compare), then it prunes
-again, quantises and writes the e4m3 values and metadata. The second sweep reads x back from L2:
-the activation leaves DRAM once. The rounding is integer arithmetic on float32 bits, not a cast:
-Triton's interpreter does not round its fp8 casts to nearest even, and the CPU tests must see the
-same bits as the GPU.
+is in ``cusparselt_layout``). The row scale needs the row's amax before anything is quantised, and
+pruning keeps it (a group's largest magnitude always survives; a NaN or inf is pruned only beside two
+others), so the amax is taken from x itself:
+
+1. ``row_amax_kernel``: per row and 512-column block, the largest magnitude as an integer (|x|'s bits,
+   NaN above inf), over a 2-D grid: every SM streams x at once.
+2. ``quantise_compress_kernel``: per (BLOCK_M, BLOCK_K) tile, the row's scale from those partial
+   maxima, then prune, quantise and write the e4m3 values and the metadata.
+
+The first version swept each row block twice in one program, M / 16 programs with a serial loop
+each (256 for 4096 rows), too few to keep an H100's memory system busy. The rounding is integer
+arithmetic on float32 bits, not a cast: Triton's interpreter does not round its fp8 casts to nearest
+even, and the CPU tests must see the same bits as the GPU.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 from ..semantics import FP8, FP8_SCALE_EXP_MIN, round_up
 from .cusparselt_layout import FP8_MULTIPLE, FP8_TILE_COLS, TILE_ROWS, compressed_shape, metadata_nbytes
-from .prune_compress import MAGNITUDE_BITS, checked_rows, rank_2to4, select_2to4
-
-BLOCK_M = 16  # rows per program: one 16-row block of the metadata tile
+from .prune_compress import _INTERPRET, MAGNITUDE_BITS, checked_rows, rank_2to4
 
 
 @triton.jit
@@ -96,41 +104,28 @@ def fp8_metadata_bytes(first, last, rows, pid_k, BLOCK_K: tl.constexpr, META_COL
     return byte, row_part[:, None] + col_part[None, :], (tile_col < META_COL_TILES)[None, :]
 
 
-@triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES"])
-def prune_quantise_compress_kernel(
-    x_ptr,
-    values_ptr,
-    meta_ptr,
-    scale_ptr,
-    M,
-    M_PAD,
-    K,
-    stride_xm,
-    META_COL_TILES,
-    ABS_MASK: tl.constexpr,
-    MAG_MAX: tl.constexpr,
-    IS_BF16: tl.constexpr,
-    EXP_MIN: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # the grid covers the metadata's rows (64-row tiles)
-    in_x = rows < M  # rows past M read as zeros: the padding, never stored in x
+AMAX_BLOCK_K = 512  # columns per partial maximum of row_amax_kernel
+AMAX_BLOCK_M = 16
 
-    # Sweep 1: the largest magnitude the pruning keeps, as bits (NaN's are above inf's)
-    amax_bits = tl.zeros((BLOCK_M,), tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(
-            x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :], other=0.0
-        )
-        _, _, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
-        mag = tl.maximum(
-            v_first.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK,
-            v_last.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK,
-        )
-        amax_bits = tl.maximum(amax_bits, tl.max(mag, axis=1))
+
+@triton.jit(do_not_specialize=["M"])
+def row_amax_kernel(
+    x_ptr, partial_ptr, M, K, stride_xm, N_KB, ABS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr
+):
+    """partial[row, kb] = the largest |x| bits (int32) of row ``row`` over columns [kb BLOCK_K, (kb + 1) BLOCK_K)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = tl.load(
+        x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0
+    )
+    mag = x.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK
+    tl.store(partial_ptr + rows * N_KB + tl.program_id(1), tl.max(mag, axis=1), mask=rows < M)
+
+
+@triton.jit
+def row_exponents(amax_bits, MAG_MAX: tl.constexpr, IS_BF16: tl.constexpr, EXP_MIN: tl.constexpr):
+    """(s, scale) per row from its amax as 16-bit magnitude bits: ``semantics.fp8_scale_exponent`` and
+    ``2^s`` (NaN for a row with a NaN or inf, whose s is 0)."""
     finite = amax_bits < MAG_MAX
     # the amax as float32 bits (a positive 16-bit float's bits order like its value)
     if IS_BF16:
@@ -140,39 +135,86 @@ def prune_quantise_compress_kernel(
     biased = amax >> 23
     s = tl.maximum(biased - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32), EXP_MIN)
     s = tl.where(finite, s, 0)
-    scale = tl.where(finite, ((s + 127) << 23).to(tl.float32, bitcast=True), float("nan"))
-    tl.store(scale_ptr + rows, scale, mask=in_x)
-
-    # Sweep 2: prune again (x comes back from L2), quantise, choose cuSPARSELt's indices, write
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(
-            x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :], other=0.0
-        )
-        first, last, q_first, q_last = select_quantised(x, s[:, None], ABS_MASK, MAG_MAX, IS_BF16)
-        vals = tl.reshape(tl.join(q_first, q_last), (BLOCK_M, BLOCK_K // 2)).to(tl.uint8)
-        vcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        tl.store(
-            values_ptr + rows[:, None] * (K // 2) + vcols[None, :],
-            vals,
-            mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :],
-        )
-        byte, where, in_k = fp8_metadata_bytes(first, last, rows, k0 // BLOCK_K, BLOCK_K, META_COL_TILES)
-        tl.store(meta_ptr + where, byte.to(tl.uint8), mask=in_k)
+    return s, tl.where(finite, ((s + 127) << 23).to(tl.float32, bitcast=True), float("nan"))
 
 
-def _block_k(k: int) -> int:
-    """Columns per step: a power of two of whole 64-column metadata tiles, up to 256."""
-    return min(256, max(FP8_TILE_COLS, triton.next_power_of_2(k)))
+@triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES", "M_BUCKET"])
+def quantise_compress_kernel(
+    x_ptr,
+    partial_ptr,
+    values_ptr,
+    meta_ptr,
+    scale_ptr,
+    M,
+    M_PAD,
+    K,
+    stride_xm,
+    N_KB,
+    META_COL_TILES,
+    M_BUCKET,  # autotuning key only
+    ABS_MASK: tl.constexpr,
+    MAG_MAX: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    EXP_MIN: tl.constexpr,
+    KB_POW2: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # the grid covers the metadata's rows (64-row tiles)
+    in_x = rows < M  # rows past M read as zeros: the padding, never stored in x
+    kb = tl.arange(0, KB_POW2)
+    partial = tl.load(
+        partial_ptr + rows[:, None] * N_KB + kb[None, :], mask=in_x[:, None] & (kb < N_KB)[None, :], other=0
+    )
+    s, scale = row_exponents(tl.max(partial, axis=1), MAG_MAX, IS_BF16, EXP_MIN)
+    if pid_k == 0:
+        tl.store(scale_ptr + rows, scale, mask=in_x)
+
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :], other=0.0)
+    first, last, q_first, q_last = select_quantised(x, s[:, None], ABS_MASK, MAG_MAX, IS_BF16)
+    vals = tl.reshape(tl.join(q_first, q_last), (BLOCK_M, BLOCK_K // 2)).to(tl.uint8)
+    vcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    tl.store(
+        values_ptr + rows[:, None] * (K // 2) + vcols[None, :],
+        vals,
+        mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :],
+    )
+    byte, where, in_k = fp8_metadata_bytes(first, last, rows, pid_k, BLOCK_K, META_COL_TILES)
+    tl.store(meta_ptr + where, byte.to(tl.uint8), mask=in_k)
 
 
-def prune_quantise_compress(x: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def tile_configs() -> list[triton.Config]:
+    """Tiles of quantise_compress_kernel: 16-64 rows (divisors of the 64-row metadata tile) by 64-512
+    columns (whole 64-column metadata tiles). Each is compiled and checked by the self-check."""
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w)
+        for bm, bk, w in [(16, 128, 2), (16, 256, 4), (32, 256, 4), (16, 512, 4), (64, 256, 8)]
+    ]
+
+
+# 25 ms of timing per config and shape instead of Triton's 125 ms, as for prune_compress
+quantise_compress_autotuned = triton.autotune(
+    configs=tile_configs(),
+    key=["K", "M_BUCKET"],
+    do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20),
+)(quantise_compress_kernel)
+_FIXED = tile_configs()[1]  # small inputs and the interpreter
+_SMALL = 1 << 21  # elements: below this the kernel takes a few microseconds whatever its tiles
+
+
+def prune_quantise_compress(
+    x: torch.Tensor, rows: int | None = None, config: triton.Config | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(torch._cslt_compress(q), scale)``, ``q, scale = quantise_fp8_rows(prune_2to4(x zero-padded to rows))``.
 
     x: 2-D (M, K) bf16/fp16, unit column stride, K a multiple of 32, any M >= 1. ``rows``: rows of the
     compressed operand, a multiple of 32 and >= M (default: M rounded up to 32). Returns the compressed
     e4m3 operand (``compressed_shape(rows, K, FP8)``) and the float32 row scales, shape (M,): NaN for
-    a row with a NaN or inf (``semantics.quantise_fp8_rows``).
+    a row with a NaN or inf (``semantics.quantise_fp8_rows``). ``config``: one of ``tile_configs()``
+    (the self-check runs each); default: fixed for small inputs and the interpreter, else autotuned.
     """
     m_pad = checked_rows(x, rows, FP8_MULTIPLE, "prune_quantise_compress", index_rows=TILE_ROWS)
     m, k = x.shape
@@ -180,24 +222,34 @@ def prune_quantise_compress(x: torch.Tensor, rows: int | None = None) -> tuple[t
     raw = out.view(-1).view(torch.uint8)
     meta = raw[m_pad * k // 2 : m_pad * k // 2 + metadata_nbytes(m_pad, k, FP8)]
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
+    n_kb = triton.cdiv(k, AMAX_BLOCK_K)
+    partial = torch.empty((m, n_kb), dtype=torch.int32, device=x.device)
     abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
-    grid = (round_up(m_pad, TILE_ROWS) // BLOCK_M,)
-    prune_quantise_compress_kernel[grid](
-        x,
-        raw,
-        meta,
-        scale,
-        m,
-        m_pad,
-        k,
-        x.stride(0),
-        -(-k // FP8_TILE_COLS),
+    row_amax_kernel[(triton.cdiv(m, AMAX_BLOCK_M), n_kb)](
+        x, partial, m, k, x.stride(0), n_kb, ABS_MASK=abs_mask, BLOCK_M=AMAX_BLOCK_M, BLOCK_K=AMAX_BLOCK_K, num_warps=4
+    )
+    meta_rows = round_up(m_pad, TILE_ROWS)
+    args = dict(
+        M=m,
+        M_PAD=m_pad,
+        K=k,
+        stride_xm=x.stride(0),
+        N_KB=n_kb,
+        META_COL_TILES=-(-k // FP8_TILE_COLS),
+        M_BUCKET=min(triton.next_power_of_2(m_pad), 16384),
         ABS_MASK=abs_mask,
         MAG_MAX=mag_max,
         IS_BF16=x.dtype == torch.bfloat16,
         EXP_MIN=FP8_SCALE_EXP_MIN,
-        BLOCK_M=BLOCK_M,
-        BLOCK_K=_block_k(k),
-        num_warps=4,
+        KB_POW2=triton.next_power_of_2(n_kb),
     )
+
+    def grid(cfg: dict[str, int]) -> tuple[int, int]:
+        return meta_rows // cfg["BLOCK_M"], triton.cdiv(k, cfg["BLOCK_K"])
+
+    if config is None and not _INTERPRET and m_pad * k > _SMALL:
+        quantise_compress_autotuned[grid](x, partial, raw, meta, scale, **args)
+    else:
+        config = config or _FIXED
+        quantise_compress_kernel[grid(config.kwargs)](x, partial, raw, meta, scale, **args, **config.all_kwargs())
     return out, scale

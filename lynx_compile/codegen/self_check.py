@@ -17,6 +17,7 @@ from .cusparselt import compress_compat, compress_compat_fp8
 from .cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, probe_matrix, same_compressed
 from .prune_compress import compile_tiles, launch, norms_buffer, tile_configs
 from .prune_quantise_compress import prune_quantise_compress
+from .prune_quantise_compress import tile_configs as fp8_tile_configs
 
 log = logging.getLogger("lynx_compile")
 
@@ -88,11 +89,12 @@ def _check_fp8(x: torch.Tensor) -> tuple[bool, str]:
     """(ok, what differs): the fp8 kernel against cuSPARSELt's compression of the quantised pruning."""
     m_pad = round_up(x.shape[0], FP8_MULTIPLE)
     expected, expected_scale = compress_compat_fp8(x, m_pad)
-    got, scale = prune_quantise_compress(x, m_pad)
-    if not same_compressed(got, expected, m_pad, x.shape[1]):
-        return False, "fp8 layout differs"
-    if not torch.equal(scale.nan_to_num(), expected_scale.nan_to_num()) or not torch.equal(
-        scale.isnan(), expected_scale.isnan()
-    ):
-        return False, "fp8 row scales differ"
+    for config in fp8_tile_configs():
+        got, scale = prune_quantise_compress(x, m_pad, config)
+        if not same_compressed(got, expected, m_pad, x.shape[1]):
+            return False, f"fp8 layout differs (tile {config.kwargs})"
+        if not torch.equal(scale.nan_to_num(), expected_scale.nan_to_num()) or not torch.equal(
+            scale.isnan(), expected_scale.isnan()
+        ):
+            return False, f"fp8 row scales differ (tile {config.kwargs})"
     return True, ""
