@@ -64,17 +64,34 @@ def e4m3_bits(bits, s):
 
 
 @triton.jit
-def select_quantised(x, s, ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, IS_BF16: tl.constexpr):
+def quantised_bits(v, s, IS_BF16: tl.constexpr, HW_CAST: tl.constexpr):
+    """e4m3 bits (int32, 0..255) of v with row exponents s, as ``semantics.quantise_fp8_rows`` rounds them.
+    HW_CAST (GPU): the hardware conversion, in the reference's own steps (flush below 2^-126, times 2^-s,
+    clamp to +-448, round to nearest even, NaN -> 0x7F); a few instructions where ``e4m3_bits`` takes
+    about forty integer ones per element. Else (the interpreter, whose fp8 casts do not round to nearest
+    even) ``e4m3_bits``. The self-check compares both with cuSPARSELt's bytes on the GPU."""
+    bits = _float32_bits(v, IS_BF16)
+    if HW_CAST:
+        f = tl.where((bits & 0x7F800000) == 0, (bits & -0x80000000).to(tl.float32, bitcast=True), v.to(tl.float32))
+        f = f * ((127 - s) << 23).to(tl.float32, bitcast=True)
+        f = tl.minimum(tl.maximum(f, -448.0), 448.0)
+        q = f.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True).to(tl.int32)
+        return tl.where((bits & 0x7FFFFFFF) > 0x7F800000, 0x7F, q)
+    return e4m3_bits(bits, s)
+
+
+@triton.jit
+def select_quantised(x, s, ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, IS_BF16: tl.constexpr, HW_CAST: tl.constexpr):
     """Prune each group of 4 (on the 16-bit magnitudes), quantise what is kept (row exponents s,
     (BLOCK_M, 1)), and pick the two indices cuSPARSELt stores for the *quantised* group: a kept value
     that rounds to zero is a zero to it, which changes its choice (``cusparselt_layout.kept_indices``).
     Returns (first, last, q_first, q_last): indices and e4m3 bits (int32), (BLOCK_M, BLOCK_K // 4)."""
     x0, x1, x2, x3, k0, k1, k2, k3, _, second = rank_2to4(x, ABS_MASK, MAG_MAX)
     zero = tl.zeros_like(x0)
-    q0 = e4m3_bits(_float32_bits(tl.where(k0 >= second, x0, zero), IS_BF16), s)
-    q1 = e4m3_bits(_float32_bits(tl.where(k1 >= second, x1, zero), IS_BF16), s)
-    q2 = e4m3_bits(_float32_bits(tl.where(k2 >= second, x2, zero), IS_BF16), s)
-    q3 = e4m3_bits(_float32_bits(tl.where(k3 >= second, x3, zero), IS_BF16), s)
+    q0 = quantised_bits(tl.where(k0 >= second, x0, zero), s, IS_BF16, HW_CAST)
+    q1 = quantised_bits(tl.where(k1 >= second, x1, zero), s, IS_BF16, HW_CAST)
+    q2 = quantised_bits(tl.where(k2 >= second, x2, zero), s, IS_BF16, HW_CAST)
+    q3 = quantised_bits(tl.where(k3 >= second, x3, zero), s, IS_BF16, HW_CAST)
     nz0, nz1, nz2, nz3 = (q0 & 0x7F) != 0, (q1 & 0x7F) != 0, (q2 & 0x7F) != 0, (q3 & 0x7F) != 0
     count = nz0.to(tl.int32) + nz1.to(tl.int32) + nz2.to(tl.int32) + nz3.to(tl.int32)
     # fewer than two nonzeros: topped up with the highest free indices (3, then 2)
@@ -104,6 +121,7 @@ def fp8_metadata_bytes(first, last, rows, pid_k, BLOCK_K: tl.constexpr, META_COL
     return byte, row_part[:, None] + col_part[None, :], (tile_col < META_COL_TILES)[None, :]
 
 
+HW_CAST = not _INTERPRET  # quantise with the GPU's conversion instruction (``quantised_bits``)
 AMAX_BLOCK_K = 512  # columns per partial maximum of row_amax_kernel
 AMAX_BLOCK_M = 16
 
@@ -157,6 +175,7 @@ def quantise_compress_kernel(
     IS_BF16: tl.constexpr,
     EXP_MIN: tl.constexpr,
     KB_POW2: tl.constexpr,
+    HW_CAST: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -174,7 +193,7 @@ def quantise_compress_kernel(
 
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :], other=0.0)
-    first, last, q_first, q_last = select_quantised(x, s[:, None], ABS_MASK, MAG_MAX, IS_BF16)
+    first, last, q_first, q_last = select_quantised(x, s[:, None], ABS_MASK, MAG_MAX, IS_BF16, HW_CAST)
     vals = tl.reshape(tl.join(q_first, q_last), (BLOCK_M, BLOCK_K // 2)).to(tl.uint8)
     vcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
     tl.store(
@@ -242,6 +261,7 @@ def prune_quantise_compress(
         IS_BF16=x.dtype == torch.bfloat16,
         EXP_MIN=FP8_SCALE_EXP_MIN,
         KB_POW2=triton.next_power_of_2(n_kb),
+        HW_CAST=HW_CAST,
     )
 
     def grid(cfg: dict[str, int]) -> tuple[int, int]:
