@@ -371,7 +371,7 @@ def test_branches_stay_unfused_where_the_kernel_failed_its_self_check(block_cali
             {},
             "self-check (cusparselt-compat)",
         ),
-        (FAST, {"low_rank": 24}, "low_rank=24 is not a multiple of 16"),
+        (FAST, {"low_rank": 24}, "rank 24 is not a multiple of 16"),
     ],
 )
 def test_which_branches_fuse_and_why_the_others_do_not(decision, options, why, block_calibration, monkeypatch, caplog):

@@ -65,10 +65,11 @@ def fuse(
         members = [i for i in members if sites[i].name in branches]
         if not members:
             continue
-        why = _unfused(sites[members[0]], prune, fp8, config)
+        ranks = [branches[sites[i].name][0].shape[1] for i in members]
+        why = _unfused(sites[members[0]], prune, fp8, ranks, config)
         if why:
             _warn_unfused(why)
-        columns = 2 * sum(branches[sites[i].name][0].shape[1] for i in members)
+        columns = 2 * sum(ranks)
         shared = f", x A shared by {len(members)} GEMMs" if len(members) > 1 else ""
         for i in members:
             d = out[i]
@@ -84,8 +85,9 @@ def fuse(
     return out
 
 
-def _unfused(site: GemmSite, prune: PruneSite, fp8: bool, config: LynxConfig) -> str | None:
-    """Why the branches of an activation group cannot go into its sparse GEMMs, or None."""
+def _unfused(site: GemmSite, prune: PruneSite, fp8: bool, ranks: Sequence[int], config: LynxConfig) -> str | None:
+    """Why the branches of an activation group (``ranks``: theirs; the fit clips r to min(K, N)) cannot go
+    into its sparse GEMMs, or None."""
     if fp8:
         return "fp8 GEMM (the fused kernel writes 16-bit operands)"
     if config.compensate:
@@ -94,8 +96,9 @@ def _unfused(site: GemmSite, prune: PruneSite, fp8: bool, config: LynxConfig) ->
         return "activation pruned in Inductor's template (fuse_producers), which computes no x A"
     if prune != PruneSite.TRITON:
         return "the Triton prune+compress failed its self-check (cusparselt-compat)"
-    if config.low_rank % RANK_MULTIPLE:
-        return f"low_rank={config.low_rank} is not a multiple of {RANK_MULTIPLE}"
+    odd = [r for r in ranks if r % RANK_MULTIPLE]
+    if odd:
+        return f"rank {odd[0]} is not a multiple of {RANK_MULTIPLE} (the fused kernel's x A tile)"
     if not self_check.fast_compress_ok(site.device, site.dtype, low_rank=True):
         return "the Triton kernel with low-rank columns failed its self-check"
     return None
