@@ -359,6 +359,16 @@ def test_branches_stay_unfused_where_the_kernel_failed_its_self_check(block_cali
     assert any(n.startswith("low_rank: 0 of 6 branches fused") for r in reports for n in r.notes)
 
 
+def _fused_by_name(calibration, options: dict, decision: Decision = FAST) -> dict[str, Decision]:
+    """``low_rank.fuse`` over Block's GEMMs, all deciding ``decision``, with branches of the option's rank."""
+    sites = gemm_sites(Block().to(torch.bfloat16), *_inputs())
+    config = lynx_compile.LynxConfig(**{"low_rank": 16, "calibration": calibration, **options})
+    rank = config.low_rank
+    branches = {s.name: (torch.zeros(s.k, rank), torch.zeros(rank, s.n)) for s in sites}
+    fused = low_rank.fuse(sites, [decision] * len(sites), branches, config)
+    return {s.name: d for s, d in zip(sites, fused, strict=True)}
+
+
 @pytest.mark.parametrize(
     ("decision", "options", "why"),
     [
@@ -377,18 +387,25 @@ def test_branches_stay_unfused_where_the_kernel_failed_its_self_check(block_cali
 def test_which_branches_fuse_and_why_the_others_do_not(decision, options, why, block_calibration, monkeypatch, caplog):
     monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, **kw: True)
     monkeypatch.setattr(tuning, "best_alg", lambda m, k, *rest: k)  # the algorithm is timed at the fused K
-    sites = gemm_sites(Block().to(torch.bfloat16), *_inputs())
-    config = lynx_compile.LynxConfig(**{"low_rank": 16, "calibration": block_calibration, **options})
-    rank = config.low_rank
-    branches = {s.name: (torch.zeros(s.k, rank), torch.zeros(rank, s.n)) for s in sites}
     with caplog.at_level(logging.WARNING, logger="lynx_compile"):
-        fused = low_rank.fuse(sites, [decision] * len(sites), branches, config)
-    by_name = {s.name: d for s, d in zip(sites, fused, strict=True)}
+        by_name = _fused_by_name(block_calibration, options, decision)
+    rank = options.get("low_rank", 16)
     if why is None:  # q, k, v and fc1 share their input's x A
         assert by_name["to_q"].low_rank_columns == 2 * 4 * rank and by_name["to_q"].alg_id == 32 + 2 * 4 * rank
         assert by_name["fc2"].low_rank_columns == 2 * rank and by_name["fc2"].alg_id == 128 + 2 * rank
-        assert all("low-rank branch fused into the sparse GEMM" in d.reason for d in fused)
+        assert all("low-rank branch fused into the sparse GEMM" in d.reason for d in by_name.values())
     else:
-        assert not any(d.low_rank_columns for d in fused)
-        assert all("low-rank branch unfused: " in d.reason and why in d.reason for d in fused)
+        assert not any(d.low_rank_columns for d in by_name.values())
+        assert all("low-rank branch unfused: " in d.reason and why in d.reason for d in by_name.values())
         assert sum(why in r.message for r in caplog.records) <= 1  # logged once per reason and process
+
+
+def test_an_activation_whose_branches_need_too_wide_an_x_a_keeps_them_unfused(block_calibration, monkeypatch):
+    monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, **kw: True)
+    monkeypatch.setattr(tuning, "best_alg", lambda *shape: 0)
+    by_name = _fused_by_name(block_calibration, {"low_rank": 80})  # q, k, v and fc1: 320 columns
+    for name in ("to_q", "to_k", "to_v", "fc1"):
+        assert "x A of the 4 GEMMs sharing this activation has 320 columns, over the fused kernel's 256" in (
+            by_name[name].reason
+        )
+    assert by_name["to_out"].low_rank_columns == by_name["fc2"].low_rank_columns == 160

@@ -86,10 +86,10 @@ def test_the_self_check_passes_every_tile_on_the_adversarial_matrix(monkeypatch)
     assert self_check._check_low_rank(probe_matrix(200, 528, torch.bfloat16, seed=1)) == (True, "")
 
 
-@pytest.mark.parametrize("rank", [8, 24])
-def test_a_rank_that_is_not_a_multiple_of_16_is_refused(rank):
+@pytest.mark.parametrize("rank", [8, 24, 272])
+def test_a_rank_that_is_not_a_multiple_of_16_up_to_256_is_refused(rank):
     x, a = torch.randn(16, 64, dtype=torch.bfloat16), torch.randn(64, rank, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match="multiple of 16 .* and at most 256"):
         prune_compress_low_rank(x, a)
 
 

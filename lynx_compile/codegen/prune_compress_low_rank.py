@@ -28,6 +28,7 @@ from .cusparselt_layout import CSLT_MULTIPLE, TILE_ROWS
 from .prune_compress import checked_rows, compress_tile, compressed_buffers, ones_at, zero_tail
 
 RANK_MULTIPLE = 16  # R must be a multiple of 16: tl.dot's smallest tile, and keeps K + 2R a multiple of 32
+MAX_RANK = 256  # A's (BLOCK_K, R) tile in shared memory: 128 KiB at 256 x 256, within every tile's budget
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -122,11 +123,12 @@ _FIXED = tile_configs()[0]  # the interpreter
 
 
 def check_rank(rank: int) -> None:
-    """The fused branch's rank must be a positive multiple of RANK_MULTIPLE (else: the unfused branch)."""
-    if rank < 1 or rank % RANK_MULTIPLE:
+    """The fused branch's rank (A's columns) must be a multiple of RANK_MULTIPLE up to MAX_RANK."""
+    if rank < 1 or rank % RANK_MULTIPLE or rank > MAX_RANK:
         raise ValueError(
             f"the fused low-rank branch needs a rank that is a multiple of {RANK_MULTIPLE} (tl.dot's smallest "
-            f"tile; keeps cuSPARSELt's K a multiple of 32), got {rank}"
+            f"tile; keeps cuSPARSELt's K a multiple of 32) and at most {MAX_RANK} (A's tile in shared memory), "
+            f"got {rank}"
         )
 
 
