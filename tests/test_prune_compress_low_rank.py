@@ -89,7 +89,7 @@ def test_the_self_check_passes_every_tile_on_the_adversarial_matrix(monkeypatch)
 @pytest.mark.parametrize("rank", [8, 24, 272])
 def test_a_rank_that_is_not_a_multiple_of_16_up_to_256_is_refused(rank):
     x, a = torch.randn(16, 64, dtype=torch.bfloat16), torch.randn(64, rank, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="multiple of 16 .* and at most 256"):
+    with pytest.raises(ValueError, match=r"multiple of 16 .* and at most 256"):
         prune_compress_low_rank(x, a)
 
 

@@ -7,7 +7,7 @@ compensation"): the branch costs 2R more columns of K and one skinny dot here, n
 
 U needs whole rows of x, so each program owns BLOCK_M rows and sweeps K (as ``prune_quantise_compress``
 does): every tile of x is pruned and compressed as ``prune_compress_kernel`` does it (``compress_tile``)
-and multiplied into an (BLOCK_M, R) float32 accumulator. The tiles that hold the tail, from the last whole
+and multiplied into a (BLOCK_M, R) float32 accumulator. The tiles that hold the tail, from the last whole
 tile of x on, are compressed after the sweep: the program stores its rows of u, and reads them back spread
 into ``[x | spread(u) | 1 0 ...]`` (a gather by column, which registers cannot do), then the same selection
 runs over them, so a u that is exactly 0 gets cuSPARSELt's index choice like any zero.

@@ -60,7 +60,10 @@ def fuse(
     """Which branches go into their sparse GEMM (``Decision.low_rank_columns``, a cuSPARSELt algorithm timed
     for the longer K) and which stay in the graph; each GEMM's reason says which and why, each reason for
     staying unfused is logged once."""
-    out = list(decisions)
+    out = [
+        d if d.path.on_cusparselt or site.name not in branches else _noted(d, "low-rank branch unfused: reference path")
+        for site, d in zip(sites, decisions, strict=True)
+    ]
     for (_, prune, _, fp8), members in activation_groups(sites, decisions).items():
         members = [i for i in members if sites[i].name in branches]
         if not members:
@@ -72,17 +75,16 @@ def fuse(
         columns = 2 * sum(ranks)
         shared = f", x A shared by {len(members)} GEMMs" if len(members) > 1 else ""
         for i in members:
-            d = out[i]
             if why:
-                out[i] = dataclasses.replace(d, reason=f"{d.reason}; low-rank branch unfused: {why}")
+                out[i] = _noted(out[i], f"low-rank branch unfused: {why}")
             else:
-                d = dataclasses.replace(
-                    d,
-                    low_rank_columns=columns,
-                    reason=f"{d.reason}; low-rank branch fused into the sparse GEMM (K + {columns}{shared})",
-                )
-                out[i] = profitability.with_alg(sites[i], d)
+                d = _noted(out[i], f"low-rank branch fused into the sparse GEMM (K + {columns}{shared})")
+                out[i] = profitability.with_alg(sites[i], dataclasses.replace(d, low_rank_columns=columns))
     return out
+
+
+def _noted(decision: Decision, note: str) -> Decision:
+    return dataclasses.replace(decision, reason=f"{decision.reason}; {note}")
 
 
 def _unfused(site: GemmSite, prune: PruneSite, fp8: bool, ranks: Sequence[int], config: LynxConfig) -> str | None:
