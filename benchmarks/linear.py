@@ -8,8 +8,12 @@ sparse_mm, row slice, bias add), also without the bias add: in a compiled DiT th
 into the consumer (GELU, gated residual), a pointwise kernel the dense path runs too; and with the
 bias folded into the GEMM (option ``fold_bias``: the activation compressed with a ones column, the
 weight with the bias appended, K + BIAS_COLUMNS, its own algorithm id); and with the low-rank branch of
-option ``low_rank=32`` (``lynx_lowrank32_ms``: the lynx linear, then ``x @ A`` and ``@ B`` with the add in
-cuBLAS's epilogue, as ``addmm``). The table's `floor bound` is
+option ``low_rank=32`` fused into the sparse GEMM as the backend runs it (``lynx_lowrank32_ms``: the prune
+kernel with ``x A`` (``prune_compress_low_rank``), the GEMM at K + 2r on ``[W | spread(B^T)]`` with its own
+algorithm id, the bias add; NaN where that kernel fails its self-check, as the backend then keeps the branch
+unfused) and unfused (``lynx_lowrank32_unfused_ms``: the lynx linear, then ``x @ A`` and ``@ B`` with the add
+in cuBLAS's epilogue, as ``addmm``); ``lowrank32 / lynx``: the fused branch's cost, its time over the lynx
+linear's. The table's `floor bound` is
 what a prune+compress pass of its own could give at best (the sparse GEMM plus the pass at its memory
 floor). All under CUDA-graph replay (at least 20
 calls per graph, median of 15 replays), after warm-up, on fresh random inputs rotated so that L2
@@ -44,10 +48,18 @@ from benchmarks.common import RESULTS, result_stem, stamp, write_json, write_tab
 from lynx_compile.codegen.cusparselt import compress_compat, compress_compat_fp8, sparse_mm
 from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, metadata_nbytes
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_autotuned
+from lynx_compile.codegen.prune_compress_low_rank import prune_compress_low_rank, prune_compress_low_rank_autotuned
 from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress
 from lynx_compile.codegen.self_check import fast_compress_ok
 from lynx_compile.codegen.tuning import best_alg, cuda_graph_ms, rotating_inputs
-from lynx_compile.semantics import BIAS_COLUMNS, fp8_epilogue, quantise_fp8_rows, round_up, with_bias_column
+from lynx_compile.semantics import (
+    BIAS_COLUMNS,
+    fp8_epilogue,
+    quantise_fp8_rows,
+    round_up,
+    with_bias_column,
+    with_branch_columns,
+)
 
 LAYERS = [  # (name, K, N): in_features -> out_features
     ("pixart fc1", 1152, 4608),
@@ -63,7 +75,7 @@ LAYERS = [  # (name, K, N): in_features -> out_features
     ("wan fc2", 13824, 5120),
 ]
 M_VALUES = (1024, 4096, 16384)
-LOW_RANK = 32  # the branch's rank in lynx_lowrank32_ms
+LOW_RANK = 32  # the branch's rank in lynx_lowrank32_ms and lynx_lowrank32_unfused_ms
 
 
 @dataclasses.dataclass
@@ -83,7 +95,8 @@ class Row:
     path: str
     alg_id: int
     search: list[int]  # everything cuSPARSELt's search returned: alg_id, split_k, split_k_mode, ...
-    lynx_lowrank32_ms: float = math.nan  # the lynx linear plus a rank-LOW_RANK branch (option low_rank)
+    lynx_lowrank32_ms: float = math.nan  # the lynx linear with a rank-LOW_RANK branch fused in (option low_rank)
+    lynx_lowrank32_unfused_ms: float = math.nan  # ... the branch as two cuBLAS GEMMs beside it instead
     # precision="fp8": prune + quantise + compress, the e4m3 GEMM (bf16 out), the scale epilogue and the
     # bias add (one compiled pointwise kernel, as Inductor fuses it in a model); torchao's dense fp8
     # (Float8DynamicActivationFloat8WeightConfig, per row, torch.compile), None where it is not installed
@@ -114,7 +127,7 @@ def lynx_linear(
     return sparse_mm(compress(x), weight, alg_id)[: x.shape[0]] + bias
 
 
-def lynx_low_rank_linear(
+def lynx_low_rank_unfused_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
@@ -125,6 +138,14 @@ def lynx_low_rank_linear(
 ) -> torch.Tensor:
     """The lynx linear with option ``low_rank``'s branch ``(x A) B`` added (in the second GEMM's epilogue)."""
     return torch.addmm(lynx_linear(x, weight, bias, alg_id, compress), x @ a, b)
+
+
+def lynx_low_rank_linear(
+    x: torch.Tensor, branch_weight: torch.Tensor, bias: torch.Tensor, alg_id: int, a: torch.Tensor
+) -> torch.Tensor:
+    """The lynx linear with the branch fused in: ``[P(x) | spread(x A)] @ [W | spread(B^T)]^T + b``."""
+    compressed, _ = prune_compress_low_rank(x, a)
+    return sparse_mm(compressed, branch_weight, alg_id)[: x.shape[0]] + bias
 
 
 def copy_bandwidth() -> float:
@@ -162,6 +183,9 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
     folded_alg = best_alg(m, k + BIAS_COLUMNS, n, dtype, "cuda")
     a = torch.randn(k, LOW_RANK, device="cuda", dtype=dtype) / k**0.5
     b_lr = torch.randn(LOW_RANK, n, device="cuda", dtype=dtype) / LOW_RANK**0.5
+    branch_w = with_branch_columns(w, b_lr)
+    fused = fast_compress_ok(torch.device("cuda"), dtype, low_rank=True)
+    branch_alg = best_alg(m, k + 2 * LOW_RANK, n, dtype, "cuda")
     calls = max(20, len(xs))  # every buffer once per replay
 
     def timed(call: Callable[[int], object]) -> float:
@@ -185,7 +209,12 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
         path=path,
         alg_id=alg,
         search=search_all(cs[0], w),
-        lynx_lowrank32_ms=timed(lambda i: lynx_low_rank_linear(xs[i % len(xs)], w, b, alg, a, b_lr, compress)),
+        lynx_lowrank32_ms=timed(lambda i: lynx_low_rank_linear(xs[i % len(xs)], branch_w, b, branch_alg, a))
+        if fused
+        else math.nan,
+        lynx_lowrank32_unfused_ms=timed(
+            lambda i: lynx_low_rank_unfused_linear(xs[i % len(xs)], w, b, alg, a, b_lr, compress)
+        ),
     )
     return measure_fp8(row, w, b, xs, calls) if fp8 else row
 
@@ -294,6 +323,8 @@ RATIOS: dict[str, Callable[[Row], float]] = {
     "no-bias speedup": lambda r: r.dense_ms / r.lynx_nobias_ms,
     "folded speedup": lambda r: r.dense_ms / r.lynx_folded_ms,
     "lowrank32 speedup": lambda r: r.dense_ms / r.lynx_lowrank32_ms,
+    "lowrank32 / lynx": lambda r: r.lynx_lowrank32_ms / r.lynx_ms,
+    "lowrank32 unfused speedup": lambda r: r.dense_ms / r.lynx_lowrank32_unfused_ms,
     "fp8 speedup": lambda r: r.dense_ms / r.lynx_fp8_ms if r.lynx_fp8_ms else math.nan,
     "fp8 gemm vs torchao": lambda r: (
         r.torchao_fp8_ms / r.fp8_gemm_ms if r.fp8_gemm_ms and r.torchao_fp8_ms else math.nan
@@ -353,6 +384,9 @@ COLUMNS = [
     "folded speedup",
     "lynx_lowrank32_ms",
     "lowrank32 speedup",
+    "lowrank32 / lynx",
+    "lynx_lowrank32_unfused_ms",
+    "lowrank32 unfused speedup",
     "lynx_fp8_ms",
     "fp8_prune_ms",
     "fp8_gemm_ms",
@@ -391,7 +425,8 @@ def main() -> None:
                 print(
                     f"{layer:16s} M={m:5d} {k:5d}->{n:5d}  dense {r.dense_ms:.3f}  prune {r.prune_ms:.3f} "
                     f"(floor {r.prune_floor_ms:.3f})  gemm {r.sparse_gemm_ms:.3f}  lynx {r.lynx_ms:.3f}  "
-                    f"x{r.dense_ms / r.lynx_ms:.2f}  fp8 {r.lynx_fp8_ms}  torchao fp8 {r.torchao_fp8_ms}",
+                    f"x{r.dense_ms / r.lynx_ms:.2f}  lowrank32 {r.lynx_lowrank32_ms:.3f} "
+                    f"(unfused {r.lynx_lowrank32_unfused_ms:.3f})  fp8 {r.lynx_fp8_ms}  torchao fp8 {r.torchao_fp8_ms}",
                     flush=True,
                 )
             except Exception as e:  # one failing shape must not lose the others
@@ -408,6 +443,7 @@ def main() -> None:
         failures=failures,
         # the prune kernel's autotuned tiles per (K, M bucket, dtypes): introspection only
         prune_configs={str(k): str(v) for k, v in prune_compress_autotuned.cache.items()},
+        prune_low_rank_configs={str(k): str(v) for k, v in prune_compress_low_rank_autotuned.cache.items()},
     )
     write_table(
         stem.with_suffix(".md"),

@@ -129,6 +129,9 @@ def lynx_backend(
     mode = _inductor_mode(mode, config)
     plan, errors, output_error = _plan(gm, config, example_inputs)
     branches = low_rank.factors([s for s, _ in plan], [d for _, d in plan], config)
+    if branches:  # which branches go into their sparse GEMMs (the reasons say)
+        sites = [s for s, _ in plan]
+        plan = list(zip(sites, low_rank.fuse(sites, [d for _, d in plan], branches, config), strict=True))
     report = Report(
         [layer_report(s, d, errors, _rank(branches, s.name)) for s, d in plan],
         device=_graph_device(plan),
@@ -138,6 +141,7 @@ def lynx_backend(
         report.notes.append("rel_err and pruned_E: measured on the inputs of the call that compiled this graph")
     if branches:
         report.notes.append(low_rank.note(branches, config))
+        report.notes.append(low_rank.forms_note([d for _, d in plan], branches))
     if output_error is not None and output_error.verified is not None:
         error, chosen = output_error.verified
         report.notes.append(
@@ -170,7 +174,9 @@ def lynx_backend(
     folds = FoldedWeights(gm)
     sparsify(gm, plan, compensate=config.compensate, folds=folds, example_inputs=example_inputs, branches=branches)
     if folds.nbytes:
-        report.notes.append(f"{len(folds)} weight copies (bias appended, or fp8), {folds.nbytes / 2**20:.1f} MiB")
+        report.notes.append(
+            f"{len(folds)} weight copies (bias appended, low-rank columns, or fp8), {folds.nbytes / 2**20:.1f} MiB"
+        )
     _dump(gm, config, graph, "after")
     on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
     patches = _inductor_patches(mode, config, on_cuda)

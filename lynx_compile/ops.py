@@ -20,6 +20,9 @@ activation is the sparse operand: it cannot carry nn.Linear's per-column bias. W
 ``fold_bias`` it goes into the GEMM instead, where an add in the graph would cost a kernel
 (``passes/fold_bias.py``): ``c = compress_2to4(x, ..., ones_column=True)`` is the compression of
 ``[x | 1 | 0...]`` and ``sparse_mm(c, [W | b | 0...], ...)`` returns ``prune_2to4(x) @ W.T + b``.
+Option ``low_rank`` puts its branch ``(x A) B`` into the GEMM the same way: ``c =
+compress_2to4_low_rank(x, A, ...)`` is the compression of ``[x | spread_2to4(round(x A))]`` and
+``sparse_mm(c, [W | spread_2to4(B^T)], ...)`` adds ``round(x A) B``.
 
 Paths (``GemmPath``, chosen per layer at compile time, shown in the report):
 - ``reference``: ``prune_2to4`` in torch ops, then the original dense GEMM. CPU, old GPUs,
@@ -48,6 +51,7 @@ import torch.nn.functional as F
 
 from .codegen import cusparselt, prune_compress
 from .codegen.cusparselt_layout import compressed_int64_numel, compressed_shape, padded_rows
+from .codegen.prune_compress_low_rank import prune_compress_low_rank
 from .codegen.prune_quantise_compress import prune_quantise_compress
 from .report import PruneSite
 from .semantics import (
@@ -139,6 +143,27 @@ def compress_activation_compensated(x: torch.Tensor, method: str) -> tuple[torch
     rows = x.numel() // x.shape[-1]
     compressed, norms = torch.ops.lynx.compress_2to4_norms(x.reshape(-1, x.shape[-1]), padded_rows(rows), method)
     return compressed, scale_from_partials(norms).view(x.shape[:-1])
+
+
+@torch.library.custom_op("lynx::compress_2to4_low_rank", mutates_args=())
+def compress_2to4_low_rank(x: torch.Tensor, a: torch.Tensor, rows: int, ones_column: bool = False) -> torch.Tensor:
+    """``compress_2to4`` of ``[x | spread_2to4(round(x A))]`` (then ``| 1 | 0 ...`` with ``ones_column``) from
+    one pass over x: the activation side of low-rank branches fused into their sparse GEMMs, whose weights
+    carry ``spread_2to4(B^T)`` (``passes/low_rank.py``). The Triton kernel only: no Inductor lowering."""
+    compressed, _ = prune_compress_low_rank(x, a, rows, ones_column)
+    return compressed.reshape(-1).view(torch.int64)
+
+
+@compress_2to4_low_rank.register_fake
+def _(x: torch.Tensor, a: torch.Tensor, rows: int, ones_column: bool = False) -> torch.Tensor:
+    k = x.shape[1] + 2 * a.shape[1] + (BIAS_COLUMNS if ones_column else 0)
+    return x.new_empty((compressed_int64_numel(rows, k, x.dtype),), dtype=torch.int64)
+
+
+def compress_activation_low_rank(x: torch.Tensor, a: torch.Tensor, ones_column: bool = False) -> torch.Tensor:
+    """``compress_activation`` of x with the branch's columns ``spread_2to4(round(x A))`` appended."""
+    rows = x.numel() // x.shape[-1]
+    return torch.ops.lynx.compress_2to4_low_rank(x.reshape(-1, x.shape[-1]), a, padded_rows(rows), ones_column)
 
 
 def sparse_linear(

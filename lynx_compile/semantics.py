@@ -92,6 +92,29 @@ def with_bias_column(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def spread_2to4(u: torch.Tensor) -> torch.Tensor:
+    """``[u0, u1, 0, 0, u2, u3, 0, 0, ...]``: the R columns of ``u`` (R even) as the two leading members of
+    each group of 4 of 2R columns, so that 2:4 pruning leaves them as they are (option ``low_rank``, fused)."""
+    pairs = u.unflatten(-1, (u.shape[-1] // 2, 2))
+    return torch.cat([pairs, torch.zeros_like(pairs)], dim=-1).flatten(-2)
+
+
+def low_rank_u(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``round(x A)``: the branch's first product, float32 accumulation rounded once to x's dtype."""
+    return (x.float() @ a.float()).to(x.dtype)
+
+
+def with_low_rank_columns(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``[x | spread_2to4(u)]``: the activation whose pruning is ``[prune_2to4(x) | spread_2to4(u)]``."""
+    return torch.cat([x, spread_2to4(u)], dim=-1)
+
+
+def with_branch_columns(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[W | spread_2to4(B^T)]``, (N, K + 2R): the partner of ``with_low_rank_columns``, so that the GEMM of
+    the two adds ``u B`` to ``x W^T`` (``b``: the branch's (R, N) factor)."""
+    return torch.cat([w, spread_2to4(b.t())], dim=-1)
+
+
 def compensation_scale(x: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     """RT-Lynx norm compensation: per row, ``s = ||x||_2 / ||prune(x)||_2`` in float32.
 

@@ -111,3 +111,18 @@ def test_floor_bound_caps_what_a_separate_prune_pass_gives() -> None:
         assert row["no-bias speedup"] < row["floor bound"] < row["gemm speedup"]
     assert table[0]["floor bound"] == pytest.approx(0.109 / (0.078 + 0.013))
     assert table[2]["floor bound"] == pytest.approx((table[0]["floor bound"] * table[1]["floor bound"]) ** 0.5)
+
+
+def test_the_low_rank_columns_time_the_fused_and_the_unfused_branch() -> None:
+    """One run shows both forms of the branch: the fused one's speed-up and cost over the lynx linear, and
+    the unfused one's speed-up beside it."""
+    row = linear.Row(
+        "a", 4096, 3072, 3072, "bfloat16", 0.109, 0.019, 0.013, 0.078, 0.100, 0.095, 0.099, "cusparselt", 20, []
+    )
+    row.lynx_lowrank32_ms, row.lynx_lowrank32_unfused_ms = 0.110, 0.130
+    names = ["lynx_lowrank32_ms", "lowrank32 speedup", "lowrank32 / lynx", "lynx_lowrank32_unfused_ms"]
+    assert set(names) | {"lowrank32 unfused speedup"} <= set(linear.COLUMNS)
+    (table_row, *_) = linear.markdown_rows([row], linear.COLUMNS)
+    assert table_row["lowrank32 speedup"] == pytest.approx(0.109 / 0.110)
+    assert table_row["lowrank32 / lynx"] == pytest.approx(1.1)
+    assert table_row["lowrank32 unfused speedup"] == pytest.approx(0.109 / 0.130)

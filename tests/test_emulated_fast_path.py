@@ -1,4 +1,5 @@
-"""Options ``fold_bias`` and ``compensate`` on CPU: a compiled model on the cuSPARSELt path, emulated.
+"""Options ``fold_bias``, ``compensate`` and ``low_rank`` (fused) on CPU: a compiled model on the cuSPARSELt path,
+emulated.
 
 cuSPARSELt needs a GPU, so ``codegen.cusparselt.sparse_mm`` is replaced here by the decompression of
 its operand (``decompress_reference``) times the weight, its compressor (which the kernel's
@@ -7,6 +8,9 @@ GEMM to the cuSPARSELt path. Everything else is what runs on a GPU: the Triton p
 kernel with its ones column or its norm sums (under Triton's interpreter), the pass, the weight copies
 registered on the graph, AOTAutograd and Inductor, and the per-call refresh of the copies.
 """
+
+import dataclasses
+import logging
 
 import pytest
 import torch
@@ -19,16 +23,18 @@ from lynx_compile import GemmPath, PruneSite, ops
 from lynx_compile.codegen import cusparselt, self_check, tuning
 from lynx_compile.codegen import prune_compress as prune_compress_module
 from lynx_compile.codegen.cusparselt_layout import compress_reference, compressed_shape, decompress_reference
-from lynx_compile.passes import legality
+from lynx_compile.passes import legality, low_rank
 from lynx_compile.passes.decision import Decision, activation_groups
 from lynx_compile.passes.fold_bias import FoldedWeights, costly_bias_add, fold_biases
 from lynx_compile.passes.gemms import GemmSite
 from lynx_compile.semantics import (
     BIAS_COLUMNS,
     compensation_scale,
+    low_rank_u,
     prune_2to4,
     prune_2to4_compensated,
     with_bias_column,
+    with_branch_columns,
 )
 
 FAST = Decision(True, GemmPath.CUSPARSELT, "block GEMM", prune=PruneSite.TRITON)
@@ -252,3 +258,154 @@ def test_compensated_model_takes_its_norms_from_the_prune_kernel():
     assert rel(out, _eager_pruned(model, x, scale, prune=prune_2to4_compensated)) < 5e-2
     compensated = rel(out, _eager_pruned(model, x, scale, prune_2to4_compensated))
     assert rel(out, _eager_pruned(model, x, scale)) > 2 * compensated
+
+
+LOW_RANK_OPTIONS = {"low_rank": 16, "cost_model": False, "cudagraphs": False, "min_rows": 16}
+
+
+@pytest.fixture(scope="module")
+def block_calibration():
+    """Block's calibration (the reference path's GEMMs are the pass's), on inputs other than the tests'."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Block().to(torch.bfloat16)
+    inputs = [_inputs(seed=10 + i) for i in range(3)]
+    return lynx_compile.calibrate(model, inputs, options={"min_rows": 16}, progress=False)
+
+
+def test_a_fused_branch_adds_its_product_to_rounding_level(monkeypatch):
+    """``[P(x) | spread(round(x A))] @ [W | spread(B^T) (| b)]^T = P(x) W^T + round(x A) B (+ b)``."""
+    monkeypatch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
+    x, w, bias = (torch.randn(*shape, dtype=torch.bfloat16) for shape in ((80, 64), (48, 64), (48,)))
+    a, b = torch.randn(64, 32, dtype=torch.bfloat16) / 8, torch.randn(32, 48, dtype=torch.bfloat16) / 8
+    for fold in (False, True):
+        weight = with_branch_columns(w, b)
+        weight = with_bias_column(weight, bias) if fold else weight
+        y = ops.sparse_linear(ops.compress_activation_low_rank(x, a, fold), x, weight, alg_id=0)
+        want = F.linear(prune_2to4(x).float(), w.float(), bias.float() if fold else None)
+        assert rel(y, want + low_rank_u(x, a).float() @ b.float()) < 1e-2
+
+
+def _reference(model: Block, options: dict, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The model compiled on this CPU's own path (reference: pruning, dense GEMMs, the branch in the graph)."""
+    torch._dynamo.reset()
+    with torch.no_grad():
+        return torch.compile(model, backend="lynx", options=options)(x, scale)
+
+
+def _counted_low_rank_compressions(patch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    kernel = ops.prune_compress_low_rank
+    patch.setattr(ops, "prune_compress_low_rank", lambda x, a, *rest: calls.append(a.shape[1]) or kernel(x, a, *rest))
+    return calls
+
+
+@pytest.mark.parametrize("fold_bias", [False, True])
+def test_fused_low_rank_model_agrees_with_the_reference_path(block_calibration, fold_bias, monkeypatch):
+    options = {**LOW_RANK_OPTIONS, "calibration": block_calibration, "fold_bias": fold_bias}
+    calls = _counted_low_rank_compressions(monkeypatch)
+    model, compiled, reports = _emulated(options, monkeypatch)
+    x, scale = _inputs(seed=1)
+    with torch.no_grad():
+        out = compiled(x, scale)
+    monkeypatch.undo()
+    reference = _reference(model, options, x, scale)
+    naive = _reference(model, {k: v for k, v in options.items() if k not in ("low_rank", "calibration")}, x, scale)
+    # rounding differs (u B is summed in the GEMM's float32, not rounded apart) and can flip near-ties in the
+    # next layers' pruning (as with the folded bias above); the branch itself moves the output far more
+    assert rel(out, reference) < 2e-2
+    assert rel(out, reference) < rel(naive, reference) / 4
+    layers = {layer.name: layer for r in reports for layer in r.layers}
+    # q, k, v (folded or not) and fc1 share norm(x): one x A for all, A side by side (ranks add up)
+    shared = (
+        {"to_q": 48, "to_k": 48, "to_v": 48, "fc1": 16}
+        if fold_bias
+        else dict.fromkeys(("to_q", "to_k", "to_v", "fc1"), 64)
+    )
+    for name, rank in {**shared, "to_out": 16, "fc2": 16}.items():
+        assert f"low-rank branch fused into the sparse GEMM (K + {2 * rank}" in layers[name].reason, name
+    assert any(n.startswith("low_rank: 6 of 6 branches fused") for r in reports for n in r.notes)
+    assert any(n.startswith("6 weight copies") for r in reports for n in r.notes)
+    # two calls (compile, run) x one compression per activation: norm(x) (q, k, v apart from fc1 when
+    # they fold: ones columns), attention, GELU; R columns of x A each
+    assert sorted(calls) == sorted(([48, 16, 16, 16] if fold_bias else [64, 16, 16]) * 2)
+
+
+def test_in_place_weight_updates_reach_the_fused_branch_weights(block_calibration, monkeypatch):
+    options = {**LOW_RANK_OPTIONS, "calibration": block_calibration}
+    model, compiled, _ = _emulated(options, monkeypatch)
+    x, scale = _inputs(seed=2)
+    with torch.no_grad():
+        model.fc1.weight.mul_(-2.0)  # in place: [W | spread(B^T)] is made again, with the same B
+        updated = compiled(x, scale)
+        torch._dynamo.reset()
+        fresh = torch.compile(model, backend="lynx", options=options)(x, scale)
+    assert torch.equal(updated, fresh)
+
+
+def test_branches_stay_unfused_where_the_kernel_failed_its_self_check(block_calibration, monkeypatch):
+    monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, low_rank=False, **kw: not low_rank)
+    calls = _counted_low_rank_compressions(monkeypatch)
+    options = {**LOW_RANK_OPTIONS, "calibration": block_calibration}
+    model, compiled, reports = _emulated(options, monkeypatch)
+    x, scale = _inputs(seed=1)
+    with torch.no_grad():
+        out = compiled(x, scale)
+    monkeypatch.undo()
+    assert not calls
+    assert rel(out, _reference(model, options, x, scale)) < 5e-2
+    for layer in (layer for r in reports for layer in r.layers):
+        assert "low-rank branch unfused: the Triton kernel with low-rank columns failed its self-check" in layer.reason
+    assert any(n.startswith("low_rank: 0 of 6 branches fused") for r in reports for n in r.notes)
+
+
+def _fused_by_name(calibration, options: dict, decision: Decision = FAST) -> dict[str, Decision]:
+    """``low_rank.fuse`` over Block's GEMMs, all deciding ``decision``, with branches of the option's rank."""
+    sites = gemm_sites(Block().to(torch.bfloat16), *_inputs())
+    config = lynx_compile.LynxConfig(**{"low_rank": 16, "calibration": calibration, **options})
+    rank = config.low_rank
+    branches = {s.name: (torch.zeros(s.k, rank), torch.zeros(rank, s.n)) for s in sites}
+    fused = low_rank.fuse(sites, [decision] * len(sites), branches, config)
+    return {s.name: d for s, d in zip(sites, fused, strict=True)}
+
+
+@pytest.mark.parametrize(
+    ("decision", "options", "why"),
+    [
+        (FAST, {}, None),
+        (dataclasses.replace(FAST, fp8=True), {}, "fp8 GEMM"),
+        (FAST, {"compensate": True}, "compensate (the row scale would scale the branch too)"),
+        (dataclasses.replace(FAST, prune=PruneSite.FUSED), {}, "Inductor's template (fuse_producers)"),
+        (
+            dataclasses.replace(FAST, path=GemmPath.CUSPARSELT_COMPAT, prune=PruneSite.CSLT),
+            {},
+            "self-check (cusparselt-compat)",
+        ),
+        (FAST, {"low_rank": 24}, "rank 24 is not a multiple of 16"),
+    ],
+)
+def test_which_branches_fuse_and_why_the_others_do_not(decision, options, why, block_calibration, monkeypatch, caplog):
+    monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, **kw: True)
+    monkeypatch.setattr(tuning, "best_alg", lambda m, k, *rest: k)  # the algorithm is timed at the fused K
+    with caplog.at_level(logging.WARNING, logger="lynx_compile"):
+        by_name = _fused_by_name(block_calibration, options, decision)
+    rank = options.get("low_rank", 16)
+    if why is None:  # q, k, v and fc1 share their input's x A
+        assert by_name["to_q"].low_rank_columns == 2 * 4 * rank and by_name["to_q"].alg_id == 32 + 2 * 4 * rank
+        assert by_name["fc2"].low_rank_columns == 2 * rank and by_name["fc2"].alg_id == 128 + 2 * rank
+        assert all("low-rank branch fused into the sparse GEMM" in d.reason for d in by_name.values())
+    else:
+        assert not any(d.low_rank_columns for d in by_name.values())
+        assert all("low-rank branch unfused: " in d.reason and why in d.reason for d in by_name.values())
+        assert sum(why in r.message for r in caplog.records) <= 1  # logged once per reason and process
+
+
+def test_an_activation_whose_branches_need_too_wide_an_x_a_keeps_them_unfused(block_calibration, monkeypatch):
+    monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, **kw: True)
+    monkeypatch.setattr(tuning, "best_alg", lambda *shape: 0)
+    by_name = _fused_by_name(block_calibration, {"low_rank": 80})  # q, k, v and fc1: 320 columns
+    for name in ("to_q", "to_k", "to_v", "fc1"):
+        assert "x A of the 4 GEMMs sharing this activation has 320 columns, over the fused kernel's 256" in (
+            by_name[name].reason
+        )
+    assert by_name["to_out"].low_rank_columns == by_name["fc2"].low_rank_columns == 160

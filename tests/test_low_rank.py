@@ -150,8 +150,11 @@ def test_a_compensated_layer_computes_the_documented_formula(model_and_calibrati
         dense = model(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (got - dense).norm() < 0.95 * (naive - dense).norm()  # the branch pays off on structured rows
-    layers = lynx_compile.reports()[-1].layers
-    assert [(layer.name, layer.low_rank) for layer in layers] == [("up", 8), ("down", 8)]
+    report = lynx_compile.reports()[-1]
+    assert [(layer.name, layer.low_rank) for layer in report.layers] == [("up", 8), ("down", 8)]
+    # the report says which form each branch took: here the graph's two GEMMs and add, the semantics
+    assert all("low-rank branch unfused: reference path" in layer.reason for layer in report.layers)
+    assert "low_rank: 0 of 2 branches fused into the sparse GEMM" in "\n".join(report.notes)
 
 
 def test_inspect_measures_the_error_with_and_without_the_branch(model_and_calibration) -> None:

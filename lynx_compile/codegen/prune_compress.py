@@ -137,6 +137,41 @@ def chunk_sums_of_squares(x, v_first, v_last, NORM_CHUNK: tl.constexpr):
     return tl.sum(tl.reshape(full, shape), axis=2), tl.sum(tl.reshape(kept, shape), axis=2)
 
 
+@triton.jit
+def ones_at(x, rows, cols, M, column):
+    """The tile ``x`` of rows ``rows`` and columns ``cols`` with ones at ``column`` in the rows below M:
+    ``with_ones_column``'s column, never in memory."""
+    return tl.where((rows < M)[:, None] & (cols == column)[None, :], 1.0, x).to(x.dtype)
+
+
+@triton.jit
+def compress_tile(x, values_ptr, meta_ptr, rows, pid_m, pid_k, M_PAD, K, META_COL_TILES, ABS_MASK, MAG_MAX):
+    """Prune the (BLOCK_M, BLOCK_K) tile ``x`` at row tile ``pid_m`` and column tile ``pid_k`` of a K-column
+    operand and store its kept values and metadata words; returns the kept values (v_first, v_last)."""
+    BLOCK_M: tl.constexpr = x.shape[0]
+    BLOCK_K: tl.constexpr = x.shape[1]
+    first, last, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
+    # Values: row-major (M_PAD, K/2), the two of a group side by side.
+    vals = tl.reshape(tl.join(v_first, v_last), (BLOCK_M, BLOCK_K // 2))
+    vcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    tl.store(
+        values_ptr + rows[:, None] * (K // 2) + vcols[None, :],
+        vals,
+        mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :],
+    )
+    words, word_index, in_k = metadata_words(first, last, pid_m, pid_k, META_COL_TILES)
+    tl.store(meta_ptr + word_index, words, mask=in_k)
+    return v_first, v_last
+
+
+@triton.jit
+def zero_tail(bytes_ptr, pid_m, TAIL_START, TAIL_BYTES, TAIL_BLOCK: tl.constexpr):
+    """Zero the bytes cuSPARSELt allocates but never writes (< 6 bytes per metadata row, so a
+    TAIL_BLOCK-byte slice per 64 rows covers them): one slice per row tile ``pid_m``."""
+    offs = pid_m * TAIL_BLOCK + tl.arange(0, TAIL_BLOCK)
+    tl.store(bytes_ptr + TAIL_START + offs, tl.zeros((TAIL_BLOCK,), tl.uint8), mask=offs < TAIL_BYTES)
+
+
 # Sizes that only bound masks or index the tail are not specialised (divisibility by 16, == 1): the
 # self-check's odd-sized probe and every model shape then share one compiled kernel per tile.
 @triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES", "TAIL_START", "TAIL_BYTES", "M_BUCKET"])
@@ -175,20 +210,10 @@ def prune_compress_kernel(
         x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & (cols < K_X)[None, :], other=0.0
     )
     if ONES_COLUMN:
-        x = tl.where((rows < M)[:, None] & (cols == K_X)[None, :], 1.0, x).to(x.dtype)
-    first, last, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
-
-    # Values: row-major (M_PAD, K/2), the two of a group side by side.
-    vals = tl.reshape(tl.join(v_first, v_last), (BLOCK_M, BLOCK_K // 2))
-    vcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    tl.store(
-        values_ptr + rows[:, None] * (K // 2) + vcols[None, :],
-        vals,
-        mask=(rows < M_PAD)[:, None] & (vcols < K // 2)[None, :],
+        x = ones_at(x, rows, cols, M, K_X)
+    v_first, v_last = compress_tile(
+        x, values_ptr, meta_ptr, rows, pid_m, pid_k, M_PAD, K, META_COL_TILES, ABS_MASK, MAG_MAX
     )
-
-    words, word_index, in_k = metadata_words(first, last, pid_m, pid_k, META_COL_TILES)
-    tl.store(meta_ptr + word_index, words, mask=in_k)
 
     if NORMS:  # compensation's sums of squares, (2, M, chunks): all of x, then what pruning kept
         full, kept = chunk_sums_of_squares(x, v_first, v_last, NORM_CHUNK)
@@ -199,11 +224,8 @@ def prune_compress_kernel(
         tl.store(norms_ptr + norm_offs, full, mask=norm_mask)
         tl.store(norms_ptr + M * n_chunks + norm_offs, kept, mask=norm_mask)
 
-    # Bytes cuSPARSELt allocates but never writes (< 6 bytes per metadata row, so a 512-byte slice
-    # per 64 rows covers them): zeros, one slice per program of the first column.
     if pid_k == 0:
-        offs = pid_m * TAIL_BLOCK + tl.arange(0, TAIL_BLOCK)
-        tl.store(bytes_ptr + TAIL_START + offs, tl.zeros((TAIL_BLOCK,), tl.uint8), mask=offs < TAIL_BYTES)
+        zero_tail(bytes_ptr, pid_m, TAIL_START, TAIL_BYTES, TAIL_BLOCK)
 
 
 def tile_configs() -> list[triton.Config]:
@@ -298,35 +320,12 @@ def launch(
     ``config``'s kernel (Triton's ``JITFunction.warmup``). ``norms``: a float32 (2, M, norm_chunks(K))
     buffer for ``norm_partials(x)`` (not with ``ones_column``)."""
     assert norms is None or not ones_column, "compensation's norms are of x, without a ones column"
-    m, k_x = x.shape
+    k_x = x.shape[1]
     k = k_x + BIAS_COLUMNS if ones_column else k_x
-    out = torch.empty(compressed_shape(m_pad, k, x.dtype), dtype=x.dtype, device=x.device)
-    raw = out.view(-1).view(torch.uint8)
-    values_bytes = m_pad * k  # m_pad x k/2 elements of 2 bytes
-    meta = raw[values_bytes : values_bytes + metadata_nbytes(m_pad, k, x.dtype)].view(torch.int64)
-    tail_start = significant_numel(m_pad, k, x.dtype) * x.element_size()
-    tail_bytes = raw.numel() - tail_start
-    abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
-    args = dict(
-        M=m,
-        M_PAD=m_pad,
-        K_X=k_x,
-        K=k,
-        stride_xm=x.stride(0),
-        META_COL_TILES=-(-k // 32),
-        TAIL_START=tail_start,
-        TAIL_BYTES=tail_bytes,
-        M_BUCKET=min(triton.next_power_of_2(m_pad), 16384),
-        ABS_MASK=abs_mask,
-        MAG_MAX=mag_max,
-        ONES_COLUMN=ones_column,
-        NORMS=norms is not None,
-        TAIL_BLOCK=TAIL_BLOCK,
-        NORM_CHUNK=NORM_CHUNK,
-    )
+    out, raw, meta, args = compressed_buffers(x, m_pad, k)
+    args.update(K_X=k_x, ONES_COLUMN=ones_column, NORMS=norms is not None, NORM_CHUNK=NORM_CHUNK)
     norms = meta if norms is None else norms  # a pointer the kernel never dereferences without NORMS
     meta_rows = round_up(m_pad, TILE_ROWS)
-    assert tail_bytes <= meta_rows // TILE_ROWS * TAIL_BLOCK, "tail larger than the layout allows"
 
     def grid(cfg: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(meta_rows, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"])
@@ -338,6 +337,36 @@ def launch(
     else:
         prune_compress_kernel[grid(config.kwargs)](x, out, meta, raw, norms, **args, **config.all_kwargs())
     return out
+
+
+def compressed_buffers(
+    x: torch.Tensor, m_pad: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, object]]:
+    """The compressed operand of an (m_pad, k) activation read from ``x``: the tensor torch._cslt_compress
+    would return, its bytes, its metadata words, and the kernel arguments that describe them (the ones
+    every prune+compress kernel of this layout takes)."""
+    out = torch.empty(compressed_shape(m_pad, k, x.dtype), dtype=x.dtype, device=x.device)
+    raw = out.view(-1).view(torch.uint8)
+    values_bytes = m_pad * k  # m_pad x k/2 elements of 2 bytes
+    meta = raw[values_bytes : values_bytes + metadata_nbytes(m_pad, k, x.dtype)].view(torch.int64)
+    tail_start = significant_numel(m_pad, k, x.dtype) * x.element_size()
+    tail_bytes = raw.numel() - tail_start
+    assert tail_bytes <= round_up(m_pad, TILE_ROWS) // TILE_ROWS * TAIL_BLOCK, "tail larger than the layout allows"
+    abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
+    args: dict[str, object] = dict(
+        M=x.shape[0],
+        M_PAD=m_pad,
+        K=k,
+        stride_xm=x.stride(0),
+        META_COL_TILES=-(-k // 32),
+        TAIL_START=tail_start,
+        TAIL_BYTES=tail_bytes,
+        M_BUCKET=min(triton.next_power_of_2(m_pad), 16384),
+        ABS_MASK=abs_mask,
+        MAG_MAX=mag_max,
+        TAIL_BLOCK=TAIL_BLOCK,
+    )
+    return out, raw, meta, args
 
 
 def compile_tiles(x: torch.Tensor, m_pad: int, ones_column: bool = False, norms: torch.Tensor | None = None) -> None:

@@ -8,24 +8,33 @@ layers to the slow exact path (docs/design.md, "Self-check and fallbacks").
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import torch
 
-from ..semantics import BIAS_COLUMNS, norm_partials, round_up
+from ..semantics import BIAS_COLUMNS, low_rank_u, norm_partials, round_up, with_low_rank_columns
 from .cusparselt import compress_compat, compress_compat_fp8
 from .cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, probe_matrix, same_compressed
 from .prune_compress import compile_tiles, launch, norms_buffer, tile_configs
+from .prune_compress_low_rank import RANK_MULTIPLE, prune_compress_low_rank
+from .prune_compress_low_rank import tile_configs as low_rank_tile_configs
 from .prune_quantise_compress import prune_quantise_compress
 from .prune_quantise_compress import tile_configs as fp8_tile_configs
 
 log = logging.getLogger("lynx_compile")
 
-_CHECKED: dict[tuple[str, torch.dtype, int | None, bool, bool, bool], bool] = {}
+_CHECKED: dict[tuple[str, torch.dtype, int | None, bool, bool, bool, bool], bool] = {}
 
 
 def fast_compress_ok(
-    device: torch.device | str, dtype: torch.dtype, *, ones_column: bool = False, norms: bool = False, fp8: bool = False
+    device: torch.device | str,
+    dtype: torch.dtype,
+    *,
+    ones_column: bool = False,
+    norms: bool = False,
+    fp8: bool = False,
+    low_rank: bool = False,
 ) -> bool:
     """Whether the Triton kernel reproduces the installed cuSPARSELt's layout on this device.
 
@@ -36,14 +45,16 @@ def fast_compress_ok(
     sums must equal ``norm_partials`` up to float32 summation order. On a mismatch the caller must
     take the slow exact path (``torch._cslt_compress(prune_2to4(x))``): never a wrong result.
     ``fp8``: the prune + quantise + compress kernel (``prune_quantise_compress``), against
-    ``torch._cslt_compress(quantise_fp8_rows(prune_2to4(x)))`` and its row scales.
+    ``torch._cslt_compress(quantise_fp8_rows(prune_2to4(x)))`` and its row scales. ``low_rank``: the kernel
+    with a fused low-rank branch's columns (``prune_compress_low_rank``, with and without a ones column),
+    against ``torch._cslt_compress`` of ``[x | spread_2to4(u)]`` pruned, u the kernel's own ``round(x A)``.
     """
     device = torch.device(device)
-    key = (str(device), dtype, torch.backends.cusparselt.version(), ones_column, norms, fp8)
+    key = (str(device), dtype, torch.backends.cusparselt.version(), ones_column, norms, fp8, low_rank)
     if key not in _CHECKED:
         try:
             x = probe_matrix(200, 544 if fp8 else 528, dtype, seed=0).to(device)  # K % 32 for fp8
-            ok, detail = _check_fp8(x) if fp8 else _check(x, ones_column, norms)
+            ok, detail = _check_fp8(x) if fp8 else _check_low_rank(x) if low_rank else _check(x, ones_column, norms)
         except Exception as e:  # a kernel that cannot run is as unusable as a wrong one
             ok, detail = False, repr(e)
         if not ok:
@@ -54,6 +65,8 @@ def fast_compress_ok(
                 if norms
                 else " + fp8 quantisation"
                 if fp8
+                else " with low-rank columns"
+                if low_rank
                 else ""
             )
             log.warning(
@@ -82,6 +95,25 @@ def _check(x: torch.Tensor, ones_column: bool, norms: bool) -> tuple[bool, str]:
             return False, f"layout differs (tile {config.kwargs})"
         if sums is not None and not torch.allclose(sums, expected_norms, rtol=1e-5, atol=0.0, equal_nan=True):
             return False, f"norm sums differ from norm_partials (tile {config.kwargs})"
+    return True, ""
+
+
+def _check_low_rank(x: torch.Tensor) -> tuple[bool, str]:
+    """(ok, what differs): every tile of the low-rank kernel, with and without a ones column, against
+    cuSPARSELt's compression of ``[x | spread_2to4(u)]`` pruned (u: the kernel's own, checked to be ``x A``
+    up to rounding; the probe's NaN and inf rows give NaN and inf columns of u)."""
+    m_pad = round_up(x.shape[0], CSLT_MULTIPLE)
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(x.shape[1], 2 * RANK_MULTIPLE, generator=g) / 16).to(x.device, x.dtype)
+    expected_u = low_rank_u(x, a).float()
+    for ones_column, config in itertools.product((False, True), low_rank_tile_configs()):
+        got, u = prune_compress_low_rank(x, a, m_pad, ones_column, config)
+        operand = with_low_rank_columns(x, u)
+        expected = compress_compat(operand, m_pad, ones_column)
+        if not same_compressed(got, expected, m_pad, operand.shape[1] + (BIAS_COLUMNS if ones_column else 0)):
+            return False, f"layout differs (tile {config.kwargs}, ones column {ones_column})"
+        if not torch.allclose(u.float(), expected_u, rtol=2**-6, atol=1e-3, equal_nan=True):
+            return False, f"x A differs from the reference beyond rounding (tile {config.kwargs})"
     return True, ""
 
 

@@ -20,14 +20,15 @@ class Decision:
     fold_bias: bool = False  # the bias is added inside the sparse GEMM (``passes/fold_bias.py``)
     fallback: str | None = None  # why the reference or compat path rather than the fast one (logged once)
     fp8: bool = False  # option precision="fp8" holds for this GEMM: e4m3 operands (docs/design.md, "FP8")
+    low_rank_columns: int = 0  # 2R: the low-rank branches of its activation group in the GEMM (``passes/low_rank.py``)
 
     @classmethod
     def dense(cls, reason: str) -> Decision:
         return cls(False, GemmPath.DENSE, reason)
 
     def gemm_k(self, k: int) -> int:
-        """K of the sparse GEMM: a folded bias adds BIAS_COLUMNS."""
-        return k + BIAS_COLUMNS if self.fold_bias else k
+        """K of the sparse GEMM: fused low-rank branches add their columns, a folded bias BIAS_COLUMNS."""
+        return k + self.low_rank_columns + (BIAS_COLUMNS if self.fold_bias else 0)
 
 
 def activation_groups(

@@ -16,7 +16,8 @@ buffer, which AOTAutograd lifts like a parameter (a static input under CUDA grap
 call the compiled function checks the weight and bias it was made from (address and version
 counter) and refreshes the copy in place when they changed, so in-place weight updates
 (``load_state_dict``, fused LoRA) are never missed. The cost is memory: one weight copy per folded
-GEMM, in the report, and 64 more K per GEMM (one more K step of cuSPARSELt's kernels).
+GEMM, in the report, and 64 more K per GEMM (one more K step of cuSPARSELt's kernels). A fused low-rank
+branch's weight copy ``[W | spread_2to4(B^T)]`` (``passes/low_rank.py``) is made and kept current here too.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch._dynamo.source import ConstantSource
 
 from ..codegen import self_check
 from ..report import PruneSite
-from ..semantics import quantise_fp8_rows, with_bias_column
+from ..semantics import quantise_fp8_rows, with_bias_column, with_branch_columns
 from .decision import Decision, activation_groups
 from .gemms import GemmSite, is_transpose
 from .producers import EXTERN_FUNCTIONS, is_norm, is_view
@@ -98,7 +99,7 @@ def fold_biases(sites: Sequence[GemmSite], decisions: list[Decision]) -> list[De
 
 @dataclasses.dataclass
 class _Fold:
-    buffers: tuple[torch.Tensor, ...]  # [W | b | 0 ...]; or the fp8 weight and its channel scales
+    buffers: tuple[torch.Tensor, ...]  # [W | spread(B^T) | b | 0 ...] (either part); or the fp8 weight and scales
     sources: tuple[Callable[[Sequence[Any]], torch.Tensor], ...]  # the call's tensors they are made from
     make: Callable[..., tuple[torch.Tensor, ...]]  # sources -> buffers
     stamp: tuple[Any, ...]
@@ -130,11 +131,19 @@ class FoldedWeights:
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for f in self._folds for b in f.buffers)
 
-    def add(self, site: GemmSite, example_inputs: Sequence[Any]) -> str:
-        """Make ``[W | b | 0 ...]`` for ``site``, register it on the graph module; returns its name."""
-        assert site.bias is not None, "only GEMMs with a bias are folded"
+    def add(
+        self, site: GemmSite, example_inputs: Sequence[Any], fold_bias: bool = True, branch: torch.Tensor | None = None
+    ) -> str:
+        """Make ``[W | b | 0 ...]`` for ``site`` (``fold_bias``), with ``branch``: ``[W | spread_2to4(B^T)]``
+        (B: ``branch``, (R, N), a fused low-rank branch), before the bias columns if both; register it on the
+        graph module; returns its name."""
         nk = site.weight_is_nk
-        (name,) = self._register((site.weight, site.bias), lambda w, b: (_folded(w, b, nk),), example_inputs)
+        if fold_bias:
+            assert site.bias is not None, "only GEMMs with a bias are folded"
+            nodes, make = (site.weight, site.bias), lambda w, b: (_folded(w, nk, branch, b),)
+        else:
+            nodes, make = (site.weight,), lambda w: (_folded(w, nk, branch),)
+        (name,) = self._register(nodes, make, example_inputs)
         return name
 
     def add_fp8(self, site: GemmSite, example_inputs: Sequence[Any]) -> tuple[str, str]:
@@ -187,8 +196,12 @@ class FoldedWeights:
         return lambda args: tensor
 
 
-def _folded(w: torch.Tensor, b: torch.Tensor, weight_is_nk: bool) -> torch.Tensor:
-    return with_bias_column(w if weight_is_nk else w.t(), b)
+def _folded(
+    w: torch.Tensor, weight_is_nk: bool, branch: torch.Tensor | None = None, b: torch.Tensor | None = None
+) -> torch.Tensor:
+    w = w if weight_is_nk else w.t()
+    w = w if branch is None else with_branch_columns(w, branch)
+    return w if b is None else with_bias_column(w, b)
 
 
 def _fill(fold: _Fold, tensors: Sequence[torch.Tensor]) -> None:

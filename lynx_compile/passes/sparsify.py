@@ -7,6 +7,8 @@
                             sparse_linear(c, x, Wb, alg_id)           # Wb = [W | b | 0...], a buffer
     reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
     low_rank           ->   ... + low_rank.branch(x, A, B)              # (x @ A) @ B, A and B buffers
+    ... fused          ->   c = compress_activation_low_rank(x, A[, ones_column=True])   # A: the group's, a buffer
+                            sparse_linear(c, x, Wl, alg_id)           # Wl = [W | spread(B^T) [| b | 0...]]
 
 With ``compensate``, ``compress_activation_compensated`` also returns the per-row scale, from sums
 of squares the prune+compress kernel writes on its pass over x.
@@ -38,7 +40,7 @@ from ..semantics import compensation_scale, prune_2to4, quantise_fp8_rows
 from .decision import Decision
 from .fold_bias import FoldedWeights, register_constant
 from .gemms import GemmSite
-from .low_rank import Factors
+from .low_rank import Factors, fused_factors
 
 
 def sparsify(
@@ -52,8 +54,10 @@ def sparsify(
 ) -> int:
     """Rewrite in place; returns the number of GEMMs rewritten. Decisions with ``fold_bias`` or ``fp8``
     need ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them).
-    ``branches``: the low-rank factors (A, B) of GEMMs that add ``(x A) B`` (option ``low_rank``)."""
+    ``branches``: the low-rank factors (A, B) of GEMMs that add ``(x A) B`` (option ``low_rank``): in the
+    sparse GEMM where the decision says so (``low_rank_columns``, which needs ``folds`` too), else in the graph."""
     graph = gm.graph
+    fused = fused_factors([s for s, _ in plan], [d for _, d in plan], branches or {})
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
     # (x, prune site, bias folded, fp8) -> (operand, fp8 row scales, scale): one compression per activation, kind
     shared: dict[tuple[fx.Node, PruneSite, bool, bool], tuple[fx.Node, fx.Node | None, fx.Node | None]] = {}
@@ -67,7 +71,10 @@ def sparsify(
         with graph.inserting_before(node):  # sites come in graph order: the first user of x
             key = (x, decision.prune, decision.fold_bias, decision.fp8)
             if key not in shared:
-                shared[key] = _prepare(graph, x, decision, compensate)
+                a = None
+                if decision.low_rank_columns:  # the group's A: one x A for all its GEMMs
+                    a = graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_a", fused[site.name][0]))
+                shared[key] = _prepare(graph, x, decision, compensate, a)
             operand, x_scale, scale = shared[key]
             extra = () if scale is None else (scale,)
             if decision.fp8:
@@ -80,9 +87,11 @@ def sparsify(
                         ops.sparse_linear_fp8, (operand, x_scale, x, wq, w_scale, decision.alg_id, *extra)
                     )
             else:
-                if decision.fold_bias:
-                    assert folds is not None, "fold_bias decisions need a FoldedWeights"
-                    weight, bias = graph.get_attr(folds.add(site, example_inputs)), None
+                if decision.fold_bias or decision.low_rank_columns:
+                    assert folds is not None, "fold_bias and fused low-rank decisions need a FoldedWeights"
+                    branch = fused[site.name][1] if decision.low_rank_columns else None
+                    weight = graph.get_attr(folds.add(site, example_inputs, decision.fold_bias, branch))
+                    bias = None if decision.fold_bias else bias
                 elif site.weight_is_nk:
                     weight = site.weight
                 else:
@@ -93,7 +102,7 @@ def sparsify(
                     out = graph.call_function(ops.sparse_linear, (operand, x, weight, decision.alg_id, *extra))
             if bias is not None:
                 out = graph.call_function(torch.add, (out, bias))
-            if branches and site.name in branches:
+            if branches and site.name in branches and not decision.low_rank_columns:
                 a, b = (
                     graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_{ab}", factor))
                     for ab, factor in zip("ab", branches[site.name], strict=True)
@@ -111,10 +120,11 @@ def sparsify(
 
 
 def _prepare(
-    graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool
+    graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool, a: fx.Node | None = None
 ) -> tuple[fx.Node, fx.Node | None, fx.Node | None]:
     """The pruned (reference) or compressed (cuSPARSELt) activation, or its fp8 quantisation with its
-    row scales, and the compensation scale."""
+    row scales, and the compensation scale. ``a``: fused low-rank branches' A, whose columns the
+    compression appends (never with fp8 or compensation)."""
     if decision.path == GemmPath.REFERENCE:
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(compensation_scale, (x, pruned)) if compensate else None
@@ -143,4 +153,6 @@ def _prepare(
             None,
             graph.call_function(operator.getitem, (pair, 1)),
         )
+    if a is not None:
+        return graph.call_function(ops.compress_activation_low_rank, (x, a, decision.fold_bias)), None, None
     return graph.call_function(ops.compress_activation, (x, decision.prune.value, decision.fold_bias)), None, None
