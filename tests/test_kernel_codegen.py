@@ -1,74 +1,59 @@
-"""The standalone prune+compress kernels compile for sm_90, every tile and variant, without a GPU.
+"""The Triton kernels compile for sm_90, every tile and variant, without a GPU.
 
 The other CPU tests run the kernels in Triton's interpreter, which accepts code that Triton's code
 generator refuses: the first kernel with compensation's sums (session 13) reused a name with another
 type in a second ``if`` block and only failed on the GPU. Compiling to a cubin here (Triton ships
-ptxas) catches that class of error. It runs in a subprocess: the interpreter, switched on for this
+ptxas) catches that class of error, and compiles the code the interpreter never runs (the fp8
+kernel's hardware e4m3 conversion). It runs in a subprocess: the interpreter, switched on for this
 test session, replaces ``triton.jit`` kernels with Python ones.
 """
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
+from lynx_compile.codegen.prune_compress import MAGNITUDE_BITS, TAIL_BLOCK
+from lynx_compile.semantics import FP8_SCALE_EXP_MIN, NORM_CHUNK
+
+# argv[1]: {"module", "kernel", "pointers", "tiles" (the module's function, or null: one fixed launch),
+# "variants": [constexpr dicts]}; every tile x variant is compiled, each prints a line "compiled ..."
 SCRIPT = r"""
-import itertools
-import torch
+import importlib, itertools, json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 
-from lynx_compile.codegen import prune_compress as pc
-
-kernel = pc.prune_compress_kernel
+spec = json.loads(sys.argv[1])
+module = importlib.import_module(spec["module"])
+kernel = getattr(module, spec["kernel"])
 names = kernel.arg_names
-pointers = {"x_ptr": "*bf16", "values_ptr": "*bf16", "meta_ptr": "*i64", "bytes_ptr": "*u8", "norms_ptr": "*fp32"}
-abs_mask, mag_max = pc.MAGNITUDE_BITS[torch.bfloat16]
-variants = [(False, False), (True, False), (False, True)]
-for config, (norms, ones_column) in itertools.product(pc.tile_configs(), variants):
-    constexprs = dict(ABS_MASK=abs_mask, MAG_MAX=mag_max, ONES_COLUMN=ones_column, NORMS=norms,
-                      TAIL_BLOCK=pc.TAIL_BLOCK, NORM_CHUNK=pc.NORM_CHUNK, **config.kwargs)
-    signature = {a: pointers.get(a, "constexpr" if a in constexprs else "i32") for a in names}
+tiles = getattr(module, spec["tiles"])() if spec["tiles"] else [triton.Config({}, num_warps=4)]
+for config, variant in itertools.product(tiles, spec["variants"]):
+    constexprs = {**variant, **config.kwargs}
+    signature = {a: spec["pointers"].get(a, "constexpr" if a in constexprs else "i32") for a in names}
     source = triton.compiler.ASTSource(
         fn=kernel, signature=signature, constexprs={(names.index(a),): v for a, v in constexprs.items()},
-        attrs={(names.index(a),): [["tt.divisibility", 16]] for a in pointers})
+        attrs={(names.index(a),): [["tt.divisibility", 16]] for a in spec["pointers"]})
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps})
     assert compiled.asm["cubin"], config
-    print("compiled", config, "norms" if norms else "", "ones_column" if ones_column else "")
+    print("compiled", config, variant)
 """
 
-LOW_RANK_SCRIPT = r"""
-import itertools
-import torch
-import triton
-from triton.backends.compiler import GPUTarget
-
-from lynx_compile.codegen import prune_compress as pc
-from lynx_compile.codegen import prune_compress_low_rank as lr
-
-kernel = lr.prune_compress_low_rank_kernel
-names = kernel.arg_names
-pointers = {"x_ptr": "*bf16", "a_ptr": "*bf16", "u_ptr": "*bf16", "values_ptr": "*bf16", "meta_ptr": "*i64",
-            "bytes_ptr": "*u8"}
-abs_mask, mag_max = pc.MAGNITUDE_BITS[torch.bfloat16]
-for config, ones_column in itertools.product(lr.tile_configs(), (False, True)):
-    constexprs = dict(ABS_MASK=abs_mask, MAG_MAX=mag_max, ONES_COLUMN=ones_column, R_PAD=32,
-                      TAIL_BLOCK=pc.TAIL_BLOCK, **config.kwargs)
-    signature = {a: pointers.get(a, "constexpr" if a in constexprs else "i32") for a in names}
-    source = triton.compiler.ASTSource(
-        fn=kernel, signature=signature, constexprs={(names.index(a),): v for a, v in constexprs.items()},
-        attrs={(names.index(a),): [["tt.divisibility", 16]] for a in pointers})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps})
-    assert compiled.asm["cubin"], config
-    print("compiled", config, "ones_column" if ones_column else "")
-"""
+BF16, FP16 = (
+    {"ABS_MASK": MAGNITUDE_BITS[t][0], "MAG_MAX": MAGNITUDE_BITS[t][1]} for t in (torch.bfloat16, torch.float16)
+)
+TAIL = {"TAIL_BLOCK": TAIL_BLOCK}
 
 
-def _compile(script: str) -> str:
-    """Run ``script`` without the interpreter; its stdout (skips where Triton has no ptxas)."""
+def _compile(spec: dict) -> str:
+    """Compile ``spec``'s kernel without the interpreter; its stdout (skips where Triton has no ptxas)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(spec)], env=env, capture_output=True, text=True, timeout=600
+    )
     if run.returncode and "ptxas" in run.stderr and "No such file" in run.stderr:
         pytest.skip("this Triton has no ptxas to compile with")
     assert run.returncode == 0, run.stderr[-4000:]
@@ -76,8 +61,52 @@ def _compile(script: str) -> str:
 
 
 def test_kernel_compiles_for_sm90_with_every_tile_and_variant():
-    assert _compile(SCRIPT).count("compiled") == 9
+    variants = [
+        {**BF16, **TAIL, "ONES_COLUMN": ones, "NORMS": norms, "NORM_CHUNK": NORM_CHUNK}
+        for ones, norms in [(False, False), (True, False), (False, True)]
+    ]
+    pointers = {"x_ptr": "*bf16", "values_ptr": "*bf16", "meta_ptr": "*i64", "bytes_ptr": "*u8", "norms_ptr": "*fp32"}
+    spec = dict(
+        module="lynx_compile.codegen.prune_compress",
+        kernel="prune_compress_kernel",
+        pointers=pointers,
+        tiles="tile_configs",
+        variants=variants,
+    )
+    assert _compile(spec).count("compiled") == 9
 
 
 def test_low_rank_kernel_compiles_for_sm90_with_every_tile_and_variant():
-    assert _compile(LOW_RANK_SCRIPT).count("compiled") == 6
+    pointers = {"x_ptr": "*bf16", "a_ptr": "*bf16", "u_ptr": "*bf16", "values_ptr": "*bf16", "meta_ptr": "*i64"}
+    spec = dict(
+        module="lynx_compile.codegen.prune_compress_low_rank",
+        kernel="prune_compress_low_rank_kernel",
+        pointers={**pointers, "bytes_ptr": "*u8"},
+        tiles="tile_configs",
+        variants=[{**BF16, **TAIL, "ONES_COLUMN": ones, "R_PAD": 32} for ones in (False, True)],
+    )
+    assert _compile(spec).count("compiled") == 6
+
+
+def test_fp8_kernels_compile_for_sm90_with_the_hardware_conversion():
+    """Both passes, every tile, bf16 and fp16, with the e4m3 conversion instruction the GPU path uses."""
+    pointers = {"x_ptr": "*bf16", "partial_ptr": "*i32", "values_ptr": "*u8", "meta_ptr": "*u8", "scale_ptr": "*fp32"}
+    quantise = dict(
+        module="lynx_compile.codegen.prune_quantise_compress",
+        kernel="quantise_compress_kernel",
+        pointers=pointers,
+        tiles="tile_configs",
+        variants=[
+            {**bits, "IS_BF16": bf16, "EXP_MIN": FP8_SCALE_EXP_MIN, "KB_POW2": 8, "HW_CAST": True}
+            for bits, bf16 in [(BF16, True), (FP16, False)]
+        ],
+    )
+    assert _compile(quantise).count("compiled") == 10
+    amax = dict(
+        module="lynx_compile.codegen.prune_quantise_compress",
+        kernel="row_amax_kernel",
+        pointers={"x_ptr": "*bf16", "partial_ptr": "*i32"},
+        tiles=None,
+        variants=[{"ABS_MASK": BF16["ABS_MASK"], "BLOCK_M": 16, "BLOCK_K": 512}],
+    )
+    assert _compile(amax).count("compiled") == 1
