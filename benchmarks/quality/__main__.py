@@ -86,6 +86,20 @@ CONFIGS: dict[str, dict[str, Any] | quality.Variant | None] = {
     # as the benchmark runs them, 0.05 kept 20 GEMMs sparse and 0.2 kept 53 (8 captions, CPU)
     "budget_lo": {"error_budget": 0.05, **_NO_COST_MODEL},
     "budget_hi": {"error_budget": 0.2, **_NO_COST_MODEL},
+    # the recovery options together: whether combining them reaches what none reaches alone
+    "lowrank32_dense_steps_25pct": {"low_rank": 32, "dense_steps": 0.25, **_NO_COST_MODEL},
+    "budget_hi_lowrank32_dense_steps_25pct": {
+        "error_budget": 0.2,
+        "low_rank": 32,
+        "dense_steps": 0.25,
+        **_NO_COST_MODEL,
+    },
+    "budget_mid_lowrank32_dense_steps_25pct": {
+        "error_budget": 0.1,
+        "low_rank": 32,
+        "dense_steps": 0.25,
+        **_NO_COST_MODEL,
+    },
     "fp8": {"precision": "fp8", **_NO_COST_MODEL},
     "torchao_fp8": quality.Variant(transform=torchao_fp8),  # dense fp8, no lynx
 }
