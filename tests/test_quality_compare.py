@@ -6,9 +6,11 @@ import copy
 import json
 from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
 import torch
-from PIL import Image
+from hypothesis import given
+from PIL import Image, ImageFont
 
 from lynx_compile import quality, yardstick
 from lynx_compile.quality import Variant, compare, grid, pipelines, transformer_inputs
@@ -169,3 +171,20 @@ def test_a_pipeline_without_a_transformer_is_an_error() -> None:
     pipe.transformer = None
     with pytest.raises(TypeError, match="transformer"):
         compare(pipe, ["a small red circle top left, plain background"], progress=False)
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=60), st.integers(20, 200))
+def test_a_configuration_name_wraps_within_its_column(name: str, width: int) -> None:
+    """Long names (``budget_hi_lowrank32_dense_steps_25pct``) ran into the next column: every line now fits
+    (a single character wider than the column aside), and the lines put together give the name back."""
+    font = ImageFont.load_default()
+    lines = grid.name_lines(name, width, font)
+    assert "".join(lines) == name
+    assert all(font.getlength(line) <= width or len(line) == 1 for line in lines)
+
+
+def test_the_header_grows_with_wrapped_names(tmp_path: Path) -> None:
+    images = {name: torch.rand(1, 3, 64, 64) for name in ("dense", "budget_hi_lowrank32_dense_steps_25pct")}
+    grid.write_grid(tmp_path / "g.png", images, ["a prompt"])
+    with Image.open(tmp_path / "g.png") as image:
+        assert image.size[1] == grid.HEADER + grid.LINE + grid.cell_size(64, 64)[0] + 2 * grid.PAD

@@ -15,7 +15,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 PAD = 4
-HEADER = 20  # the configuration names
+HEADER = 20  # the configuration names: one line (more where a long name wraps)
+LINE = 12  # pixels per line of text
 LABEL = 160  # the prompts, left of each row
 MIN_CELL = 128
 MAX_CELL = 512
@@ -39,19 +40,37 @@ def write_grid(path: Path, images: Mapping[str, torch.Tensor], prompts: Sequence
     columns = list(images.items())
     n, _, h, w = columns[0][1].shape
     ch, cw = cell_size(h, w)
-    grid = Image.new("RGB", (LABEL + len(columns) * (cw + PAD) + PAD, HEADER + n * (ch + PAD) + PAD), _BACKGROUND)
-    draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
-    for j, (name, batch) in enumerate(columns):
+    names = [name_lines(name, cw, font) for name, _ in columns]
+    header = HEADER + LINE * (max(len(lines) for lines in names) - 1)
+    grid = Image.new("RGB", (LABEL + len(columns) * (cw + PAD) + PAD, header + n * (ch + PAD) + PAD), _BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    for j, ((_, batch), lines) in enumerate(zip(columns, names, strict=True)):
         x = LABEL + PAD + j * (cw + PAD)
-        draw.text((x, 4), name, fill=_INK, font=font)
+        draw.multiline_text((x, 4), "\n".join(lines), fill=_INK, font=font, spacing=LINE - 10)
         for i in range(n):
-            grid.paste(_to_pil(batch[i]).resize((cw, ch), _resample(h, ch)), (x, HEADER + PAD + i * (ch + PAD)))
+            grid.paste(_to_pil(batch[i]).resize((cw, ch), _resample(h, ch)), (x, header + PAD + i * (ch + PAD)))
     chars = max(8, LABEL // 7)
     for i, prompt in enumerate(prompts[:n]):
         lines = textwrap.wrap(prompt, chars)[: max(1, ch // 12)]
-        draw.multiline_text((PAD, HEADER + PAD + i * (ch + PAD)), "\n".join(lines), fill=_INK, font=font)
+        draw.multiline_text((PAD, header + PAD + i * (ch + PAD)), "\n".join(lines), fill=_INK, font=font)
     grid.save(path)
+
+
+def name_lines(name: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> list[str]:
+    """A configuration's name in lines no wider than its column, broken after underscores (then anywhere):
+    long names such as ``budget_hi_lowrank32_dense_steps_25pct`` ran into their neighbours' columns."""
+    lines: list[str] = []
+    for part in name.replace("_", "_\0").split("\0"):
+        if lines and font.getlength(lines[-1] + part) <= width:
+            lines[-1] += part
+            continue
+        while font.getlength(part) > width and len(part) > 1:  # a part wider than the column: cut it
+            cut = max(i for i in range(1, len(part) + 1) if font.getlength(part[:i]) <= width or i == 1)
+            lines.append(part[:cut])
+            part = part[cut:]
+        lines.append(part)
+    return lines
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
