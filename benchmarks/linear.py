@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, result_stem, stamp, write_json, write_table
 from lynx_compile.codegen.cusparselt import compress_compat, compress_compat_fp8, sparse_mm
-from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, metadata_nbytes
+from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, metadata_nbytes
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_autotuned
 from lynx_compile.codegen.prune_compress_low_rank import prune_compress_low_rank, prune_compress_low_rank_autotuned
 from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress
@@ -114,6 +114,11 @@ def compressor(dtype: torch.dtype) -> tuple[str, Callable[[torch.Tensor], torch.
     if fast_compress_ok(torch.device("cuda"), dtype):
         return "cusparselt", prune_compress
     return "cusparselt-compat", compress_compat
+
+
+def fp8_compressor(dtype: torch.dtype) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
+    """The fp8 compressor the backend would pick after its self-check."""
+    return prune_quantise_compress if fast_compress_ok(torch.device("cuda"), dtype, fp8=True) else compress_compat_fp8
 
 
 def lynx_linear(
@@ -226,11 +231,15 @@ def _fp8_epilogue() -> Callable[..., torch.Tensor]:
 
 
 def lynx_fp8_linear(
-    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor, alg_id: int, fast: bool
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor,
+    alg_id: int,
+    compress: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
 ) -> torch.Tensor:
-    """One nn.Linear on the fp8 fast path, as the compiled graph runs it."""
-    m_pad = round_up(x.shape[0], 32)
-    c, sx = prune_quantise_compress(x, m_pad) if fast else compress_compat_fp8(x, m_pad)
+    """One nn.Linear on the fp8 fast path, as the compiled graph runs it (``compress``: ``fp8_compressor``'s)."""
+    c, sx = compress(x, round_up(x.shape[0], FP8_MULTIPLE))
     return _fp8_epilogue()(sparse_mm(c, wq, alg_id, out_dtype=x.dtype)[: x.shape[0]], sx, ws, bias)
 
 
@@ -259,12 +268,11 @@ def measure_fp8(row: Row, w: torch.Tensor, b: torch.Tensor, xs: list[torch.Tenso
     """The fp8 columns of ``row`` (same weights and inputs): lynx fp8 and torchao's dense fp8."""
     dtype, (m, k, n) = w.dtype, (row.m, row.k, row.n)
     wq, ws = quantise_fp8_rows(w)
-    fast = fast_compress_ok(torch.device("cuda"), dtype, fp8=True)
+    compress = fp8_compressor(dtype)
     alg = best_alg(m, k, n, dtype, "cuda", fp8=True)
     row.fp8_alg_id = alg
-    row.lynx_fp8_ms = cuda_graph_ms(lambda i: lynx_fp8_linear(xs[i % len(xs)], wq, ws, b, alg, fast), calls=calls)
-    m_pad = round_up(m, 32)
-    compress = prune_quantise_compress if fast else compress_compat_fp8
+    row.lynx_fp8_ms = cuda_graph_ms(lambda i: lynx_fp8_linear(xs[i % len(xs)], wq, ws, b, alg, compress), calls=calls)
+    m_pad = round_up(m, FP8_MULTIPLE)
     cs = [compress(x, m_pad) for x in xs]
     accs = [sparse_mm(c, wq, alg, out_dtype=dtype)[:m] for c, _ in cs]
     row.fp8_prune_ms = cuda_graph_ms(lambda i: compress(xs[i % len(xs)], m_pad), calls=calls)

@@ -29,7 +29,7 @@ import triton.testing
 from ..semantics import BIAS_COLUMNS, NORM_CHUNK, SPARSE_DTYPES, norm_chunks, round_up
 from .cusparselt_layout import CSLT_MULTIPLE, TILE_ROWS, compressed_shape, metadata_nbytes, significant_numel
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 TAIL_BLOCK = 512  # bytes of the unwritten tail each program of the first column zeroes
 
 # Bit patterns per dtype of SPARSE_DTYPES: |x| mask, and the largest magnitude (+inf; a NaN's |bits|
@@ -301,9 +301,15 @@ def checked_rows(x: torch.Tensor, rows: int | None, multiple: int, kernel: str, 
     return m_pad
 
 
+def fixed_tile(m_pad: int, k: int) -> bool:
+    """Whether a prune kernel runs a fixed tile rather than autotuning: small inputs (launch-bound, nothing
+    to tune) and the interpreter."""
+    return INTERPRET or m_pad * k <= _SMALL
+
+
 def _config(m_pad: int, k: int) -> triton.Config | None:
-    """A fixed tile for small inputs (launch-bound, nothing to tune) and the interpreter; else autotuned."""
-    return _FIXED if _INTERPRET or m_pad * k <= _SMALL else None
+    """This kernel's fixed tile where ``fixed_tile`` says so; else None: autotuned."""
+    return _FIXED if fixed_tile(m_pad, k) else None
 
 
 def launch(

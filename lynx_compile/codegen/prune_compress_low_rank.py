@@ -16,20 +16,18 @@ runs over them, so a u that is exactly 0 gets cuSPARSELt's index choice like any
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 import triton.testing
 
-from ..semantics import BIAS_COLUMNS
+from ..semantics import BIAS_COLUMNS, round_up
 from .cusparselt_layout import CSLT_MULTIPLE, TILE_ROWS
-from .prune_compress import checked_rows, compress_tile, compressed_buffers, ones_at, zero_tail
+from .prune_compress import INTERPRET, checked_rows, compress_tile, compressed_buffers, ones_at, zero_tail
 
 RANK_MULTIPLE = 16  # R must be a multiple of 16: tl.dot's smallest tile, and keeps K + 2R a multiple of 32
 MAX_RANK = 256  # A's (BLOCK_K, R) tile in shared memory: 128 KiB at 256 x 256, within every tile's budget
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -156,8 +154,8 @@ def prune_compress_low_rank(
     out, raw, meta, args = compressed_buffers(x, m_pad, k)
     u = torch.empty((m, rank), dtype=x.dtype, device=x.device)
     args.update(K_X=k_x, R=rank, ONES_COLUMN=ones_column, R_PAD=triton.next_power_of_2(rank))
-    config = _FIXED if config is None and _INTERPRET else config
-    meta_rows = -(-m_pad // TILE_ROWS) * TILE_ROWS
+    config = _FIXED if config is None and INTERPRET else config
+    meta_rows = round_up(m_pad, TILE_ROWS)
 
     def grid(cfg: dict[str, int]) -> tuple[int]:
         return (meta_rows // cfg["BLOCK_M"],)

@@ -11,10 +11,11 @@ others), so the amax is taken from x itself:
 2. ``quantise_compress_kernel``: per (BLOCK_M, BLOCK_K) tile, the row's scale from those partial
    maxima, then prune, quantise and write the e4m3 values and the metadata.
 
-The first version swept each row block twice in one program, M / 16 programs with a serial loop
-each (256 for 4096 rows), too few to keep an H100's memory system busy. The rounding is integer
-arithmetic on float32 bits, not a cast: Triton's interpreter does not round its fp8 casts to nearest
-even, and the CPU tests must see the same bits as the GPU.
+The first version swept each row block twice in one program: M / 16 programs with a serial loop each
+(256 for 4096 rows), which we expect kept too few loads in flight (not timed apart yet). On the GPU the
+rounding is the hardware conversion (``quantised_bits``, ``HW_CAST``); under Triton's interpreter, whose
+fp8 casts do not round to nearest even, it is integer arithmetic on float32 bits (``e4m3_bits``), so the
+CPU tests check the emulation and the GPU's self-check checks the conversion against cuSPARSELt.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import triton.testing
 
 from ..semantics import FP8, FP8_SCALE_EXP_MIN, round_up
 from .cusparselt_layout import FP8_MULTIPLE, FP8_TILE_COLS, TILE_ROWS, compressed_shape, metadata_nbytes
-from .prune_compress import _INTERPRET, MAGNITUDE_BITS, checked_rows, rank_2to4
+from .prune_compress import INTERPRET, MAGNITUDE_BITS, checked_rows, fixed_tile, rank_2to4
 
 
 @triton.jit
@@ -121,7 +122,7 @@ def fp8_metadata_bytes(first, last, rows, pid_k, BLOCK_K: tl.constexpr, META_COL
     return byte, row_part[:, None] + col_part[None, :], (tile_col < META_COL_TILES)[None, :]
 
 
-HW_CAST = not _INTERPRET  # quantise with the GPU's conversion instruction (``quantised_bits``)
+HW_CAST = not INTERPRET  # quantise with the GPU's conversion instruction (``quantised_bits``)
 AMAX_BLOCK_K = 512  # columns per partial maximum of row_amax_kernel
 AMAX_BLOCK_M = 16
 
@@ -220,8 +221,7 @@ quantise_compress_autotuned = triton.autotune(
     key=["K", "M_BUCKET"],
     do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20),
 )(quantise_compress_kernel)
-_FIXED = tile_configs()[1]  # small inputs and the interpreter
-_SMALL = 1 << 21  # elements: below this the kernel takes a few microseconds whatever its tiles
+_FIXED = tile_configs()[1]  # small inputs and the interpreter (``fixed_tile``)
 
 
 def prune_quantise_compress(
@@ -267,7 +267,7 @@ def prune_quantise_compress(
     def grid(cfg: dict[str, int]) -> tuple[int, int]:
         return meta_rows // cfg["BLOCK_M"], triton.cdiv(k, cfg["BLOCK_K"])
 
-    if config is None and not _INTERPRET and m_pad * k > _SMALL:
+    if config is None and not fixed_tile(m_pad, k):
         quantise_compress_autotuned[grid](x, partial, raw, meta, scale, **args)
     else:
         config = config or _FIXED
