@@ -24,7 +24,7 @@ import triton.testing
 
 from ..semantics import BIAS_COLUMNS, round_up
 from .cusparselt_layout import CSLT_MULTIPLE, TILE_ROWS
-from .prune_compress import INTERPRET, checked_rows, compress_tile, compressed_buffers, ones_at, zero_tail
+from .prune_compress import checked_rows, compress_tile, compressed_buffers, fixed_tile, ones_at, zero_tail
 
 RANK_MULTIPLE = 16  # R must be a multiple of 16: tl.dot's smallest tile, and keeps K + 2R a multiple of 32
 MAX_RANK = 256  # A's (BLOCK_K, R) tile in shared memory: 128 KiB at 256 x 256, within every tile's budget
@@ -117,7 +117,7 @@ prune_compress_low_rank_autotuned = triton.autotune(
     key=["K", "R", "M_BUCKET", "ONES_COLUMN"],
     do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20),
 )(prune_compress_low_rank_kernel)
-_FIXED = tile_configs()[0]  # the interpreter
+_FIXED = tile_configs()[0]  # small inputs and the interpreter (``fixed_tile``)
 
 
 def check_rank(rank: int) -> None:
@@ -142,7 +142,8 @@ def prune_compress_low_rank(
     x: (M, K) as ``prune_compress`` takes it; a: (K, R), x's dtype, R a multiple of 16. ``rows`` as in
     ``prune_compress``. ``ones_column``: compress ``[x | spread_2to4(u) | 1 | 0 ...]`` (K + 2R + BIAS_COLUMNS),
     for a weight that carries the bias too. ``config``: one of ``tile_configs`` (default: autotuned; the
-    first under Triton's interpreter). Returns the compressed operand and u, (M, R) in x's dtype.
+    first for small inputs and under Triton's interpreter, ``fixed_tile``). Returns the compressed operand
+    and u, (M, R) in x's dtype.
     """
     m_pad = checked_rows(x, rows, CSLT_MULTIPLE, "prune_compress_low_rank")
     m, k_x = x.shape
@@ -154,7 +155,7 @@ def prune_compress_low_rank(
     out, raw, meta, args = compressed_buffers(x, m_pad, k)
     u = torch.empty((m, rank), dtype=x.dtype, device=x.device)
     args.update(K_X=k_x, R=rank, ONES_COLUMN=ones_column, R_PAD=triton.next_power_of_2(rank))
-    config = _FIXED if config is None and INTERPRET else config
+    config = _FIXED if config is None and fixed_tile(m_pad, k_x) else config
     meta_rows = round_up(m_pad, TILE_ROWS)
 
     def grid(cfg: dict[str, int]) -> tuple[int]:
