@@ -94,6 +94,9 @@ CONFIGS: dict[str, dict[str, Any] | quality.Variant | None] = {
         "dense_steps": 0.25,
         **_NO_COST_MODEL,
     },
+    # the same without dense steps: whether the dense steps, which cap the sampling loop's speed-up, are needed
+    "budget_hi_lowrank32": {"error_budget": 0.2, "low_rank": 32, **_NO_COST_MODEL},
+    "budget_mid_lowrank32": {"error_budget": 0.1, "low_rank": 32, **_NO_COST_MODEL},
     "budget_mid_lowrank32_dense_steps_25pct": {
         "error_budget": 0.1,
         "low_rank": 32,
