@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ class Calibration:
         self.options = {o: options[o] for o in PRUNING_OPTIONS}
         self.dtype = dtype
         self.source = source  # where it came from: for error messages and the report
-        self._fits: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fits: dict[tuple[str | tuple[str, ...], int], tuple[torch.Tensor, torch.Tensor]] = {}  # by name(s)
         # (name, rank) -> (A, B) refined by lynx_compile.distill; rank -> its record (steps, lr, loss_before/after)
         self.refined: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.distilled: dict[int, dict[str, Any]] = {}
@@ -130,6 +130,25 @@ class Calibration:
             a, b = lowrank.fit(s.sxx, s.sxt, rank)
             self._fits[key] = (a.cpu(), b.cpu())
         return self._fits[key]
+
+    def shared_factors(self, names: Sequence[str], rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``factors`` of GEMMs that read one activation (q, k, v), with one A for all: ``lowrank.fit`` of their
+        errors side by side (``Sxt`` concatenated along N) gives A (K x r) and B = [B_1 | B_2 | ...]; each GEMM
+        gets (A, B_i), the same A tensor. A fused branch then costs 2r more columns of K for the group, not 2r
+        per GEMM, and on the yardstick the joint rank-r A leaves as much error as separate ones (within 1%,
+        docs/design.md, "Low-rank compensation"). Each GEMM's own ``factors`` where that cannot hold: one
+        name, distilled factors (trained per GEMM), or statistics that show different activations."""
+        stats = [self.stats[name] for name in names]
+        first = stats[0]
+        one_activation = all(s.rows == first.rows and torch.equal(s.sxx, first.sxx) for s in stats[1:])
+        if len(names) == 1 or not one_activation or any((name, rank) in self.refined for name in names):
+            return [self.factors(name, rank) for name in names]
+        key = (tuple(names), rank)
+        if key not in self._fits:
+            a, b = lowrank.fit(first.sxx, torch.cat([s.sxt for s in stats], dim=1), rank)
+            self._fits[key] = (a.cpu(), b.cpu())
+        a, b = self._fits[key]
+        return [(a, part) for part in b.split([s.n for s in stats], dim=1)]
 
     def with_distilled(
         self, rank: int, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], record: Mapping[str, Any]

@@ -64,18 +64,13 @@ def inspect(
 
 
 def _branches(sites: Sequence[GemmSite], config: LynxConfig) -> low_rank.Factors:
-    """Option ``low_rank``: the branch of every GEMM the calibration has statistics of that shape for."""
+    """Option ``low_rank``: the branch of every GEMM the calibration has statistics of that shape for, as the
+    compiled graph fits it (GEMMs that read one activation share A), in float64."""
     if not config.low_rank:
         return {}
     assert config.calibration is not None
-    calibration = resolve(config.calibration)
-    out: low_rank.Factors = {}
-    for site in sites:
-        stats = calibration.stats.get(site.name)
-        if stats is not None and (stats.k, stats.n) == (site.k, site.n):
-            a, b = calibration.factors(site.name, config.low_rank)
-            out[site.name] = (a.to(site.device), b.to(site.device))
-    return out
+    names = {site.name for site in sites}
+    return low_rank.fitted(sites, names, resolve(config.calibration), config.low_rank, to_dtype=False)
 
 
 def _device_of(value: Any) -> str | None:

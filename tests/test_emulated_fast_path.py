@@ -302,7 +302,15 @@ def _counted_low_rank_compressions(patch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.mark.parametrize("fold_bias", [False, True])
 def test_fused_low_rank_model_agrees_with_the_reference_path(block_calibration, fold_bias, monkeypatch):
-    options = {**LOW_RANK_OPTIONS, "calibration": block_calibration, "fold_bias": fold_bias}
+    """Without fold_bias: q, k, v and fc1 read norm(x) and share one A. With it, to_q's factors count as
+    distilled (trained per GEMM), so no A is shared: the different A go side by side in one x A."""
+    rank = LOW_RANK_OPTIONS["low_rank"]
+    calibration = (
+        block_calibration.with_distilled(rank, {"to_q": block_calibration.factors("to_q", rank)}, {"steps": 0})
+        if fold_bias
+        else block_calibration
+    )
+    options = {**LOW_RANK_OPTIONS, "calibration": calibration, "fold_bias": fold_bias}
     calls = _counted_low_rank_compressions(monkeypatch)
     model, compiled, reports = _emulated(options, monkeypatch)
     x, scale = _inputs(seed=1)
@@ -316,19 +324,20 @@ def test_fused_low_rank_model_agrees_with_the_reference_path(block_calibration, 
     assert rel(out, reference) < 2e-2
     assert rel(out, reference) < rel(naive, reference) / 4
     layers = {layer.name: layer for r in reports for layer in r.layers}
-    # q, k, v (folded or not) and fc1 share norm(x): one x A for all, A side by side (ranks add up)
+    # one x A per compression of norm(x): q, k, v (folded, A side by side: ranks add up) apart from fc1 when
+    # they fold (ones columns); one shared A of rank 16 for all four when they do not
     shared = (
         {"to_q": 48, "to_k": 48, "to_v": 48, "fc1": 16}
         if fold_bias
-        else dict.fromkeys(("to_q", "to_k", "to_v", "fc1"), 64)
+        else dict.fromkeys(("to_q", "to_k", "to_v", "fc1"), 16)
     )
-    for name, rank in {**shared, "to_out": 16, "fc2": 16}.items():
-        assert f"low-rank branch fused into the sparse GEMM (K + {2 * rank}" in layers[name].reason, name
+    for name, columns in {**shared, "to_out": 16, "fc2": 16}.items():
+        assert f"low-rank branch fused into the sparse GEMM (K + {2 * columns}" in layers[name].reason, name
     assert any(n.startswith("low_rank: 6 of 6 branches fused") for r in reports for n in r.notes)
     assert any(n.startswith("6 weight copies") for r in reports for n in r.notes)
     # two calls (compile, run) x one compression per activation: norm(x) (q, k, v apart from fc1 when
-    # they fold: ones columns), attention, GELU; R columns of x A each
-    assert sorted(calls) == sorted(([48, 16, 16, 16] if fold_bias else [64, 16, 16]) * 2)
+    # they fold), attention, GELU; R columns of x A each
+    assert sorted(calls) == sorted(([48, 16, 16, 16] if fold_bias else [16, 16, 16]) * 2)
 
 
 def test_in_place_weight_updates_reach_the_fused_branch_weights(block_calibration, monkeypatch):

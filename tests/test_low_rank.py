@@ -84,6 +84,99 @@ def test_the_fit_is_the_best_of_its_rank(rank: int, seed: int) -> None:
         assert best <= (x @ near - t).square().sum().item()
 
 
+def _shared_statistics(x: torch.Tensor, targets: list[torch.Tensor]) -> Calibration:
+    """A calibration of GEMMs g0, g1, ... that read the rows ``x``, with errors ``targets``."""
+    stats = {
+        f"g{i}": GemmStatistics(x.T @ x, x.T @ t, x.shape[0], t.square().sum().item()) for i, t in enumerate(targets)
+    }
+    return Calibration(stats, options={"compensate": False}, dtype="float32")
+
+
+@given(
+    k=st.integers(4, 24),
+    ns=st.lists(st.integers(1, 12), min_size=2, max_size=4),
+    rank=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_the_shared_fit_recovers_a_planted_shared_correction(k: int, ns: list[int], rank: int, seed: int) -> None:
+    """GEMMs on one activation whose errors are x A* B*_i: one A, each its own B, and A B_i = A* B*_i."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4 * k + 8, k, generator=g, dtype=torch.float64)
+    a_star = torch.randn(k, rank, generator=g, dtype=torch.float64)
+    planted = [a_star @ torch.randn(rank, n, generator=g, dtype=torch.float64) for n in ns]
+    calibration = _shared_statistics(x, [x @ m for m in planted])
+    r = min(rank, k, sum(ns))
+    pairs = calibration.shared_factors([f"g{i}" for i in range(len(ns))], r)
+    assert all(a is pairs[0][0] for a, _ in pairs) and pairs[0][0].shape == (k, r)
+    for (a, b), m in zip(pairs, planted, strict=True):
+        torch.testing.assert_close(a @ b, m, rtol=1e-3, atol=1e-3 * m.abs().max().item())
+
+
+@given(rank=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_a_shared_a_of_the_summed_rank_does_at_least_as_well_as_separate_ones(rank: int, seed: int) -> None:
+    """The branch columns a fused group pays for (2 x the summed rank) buy at least the separate fits' accuracy:
+    separate A's side by side are one of the joint fit's candidates."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(160, 16, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, 16, dtype=torch.float64)
+    targets = [x @ torch.randn(16, 10, generator=g, dtype=torch.float64) for _ in range(3)]
+    calibration = _shared_statistics(x, targets)
+    names = ["g0", "g1", "g2"]
+
+    def error(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        return sum((x @ a @ b - t).square().sum().item() for (a, b), t in zip(pairs, targets, strict=True))
+
+    separate = error([calibration.factors(name, rank) for name in names])
+    assert error(calibration.shared_factors(names, 3 * rank)) <= separate * (1 + 1e-9)
+
+
+def test_shared_factors_fall_back_to_each_gemm_s_own_where_a_cannot_be_shared() -> None:
+    """One name; distilled factors (trained per GEMM); statistics of different activations."""
+    g = torch.Generator().manual_seed(0)
+    x, other = (torch.randn(64, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    targets = [x @ torch.randn(8, 6, generator=g, dtype=torch.float64) for _ in range(2)]
+    calibration = _shared_statistics(x, targets)
+    assert calibration.shared_factors(["g0"], 2) == [calibration.factors("g0", 2)]
+    distilled = calibration.with_distilled(2, {"g1": calibration.factors("g1", 2)}, {"steps": 1})
+    assert distilled.shared_factors(["g0", "g1"], 2) == [distilled.factors(n, 2) for n in ("g0", "g1")]
+    apart = _shared_statistics(x, targets)
+    apart.stats["g1"] = GemmStatistics(other.T @ other, other.T @ targets[1], 64, 1.0)
+    pairs = apart.shared_factors(["g0", "g1"], 2)
+    assert pairs[0][0] is not pairs[1][0]
+
+
+class Qkv(nn.Module):
+    """Three GEMMs on one activation, as attention's q, k and v."""
+
+    def __init__(self, k: int = 64) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(k, k) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q(x) * self.k(x).sigmoid() + self.v(x)
+
+
+def test_gemms_on_one_activation_share_a_on_the_reference_path(tmp_path) -> None:
+    """y_i = P(x) W_i^T + b_i + (x A) B_i with one A (``shared_factors``), x A computed once in the graph."""
+    torch.manual_seed(0)
+    model, xs = Qkv().eval(), activations()
+    calibration = lynx_compile.calibrate(model, xs, options=OPTIONS, progress=False)
+    x = xs[0]
+    with torch.no_grad():
+        torch.compiler.reset()
+        options = {**OPTIONS, "low_rank": 8, "calibration": calibration, "dump_graphs": str(tmp_path)}
+        got = torch.compile(model, backend="lynx", options=options)(x)
+        pairs = calibration.shared_factors(["q", "k", "v"], 8)
+        a = pairs[0][0].float()
+        q, k, v = (
+            F.linear(prune_2to4(x), lin.weight, lin.bias) + (x @ a) @ b.float()
+            for lin, (_, b) in zip((model.q, model.k, model.v), pairs, strict=True)
+        )
+    torch.testing.assert_close(got, q * k.sigmoid() + v, rtol=1e-5, atol=1e-5)
+    assert "3 GEMMs add (x A) B with 1 different A" in "\n".join(lynx_compile.reports()[-1].notes)
+    (after,) = tmp_path.glob("graph_*_after.py")
+    assert after.read_text().count("torch.matmul(") == 4  # x A once, then u B_i per GEMM
+
+
 @given(splits=st.lists(st.integers(1, 40), min_size=1, max_size=5), compensate=st.booleans())
 def test_streaming_statistics_equal_the_batch_statistics(splits: list[int], compensate: bool) -> None:
     x = torch.randn(sum(splits), 32) * torch.linspace(0.2, 3, 32)

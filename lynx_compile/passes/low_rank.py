@@ -2,17 +2,20 @@
 and the form it takes in the graph (docs/design.md, "Low-rank compensation"). A and B are stored in the
 GEMM's dtype.
 
+GEMMs that read one activation (q, k, v) share one A, fitted jointly (``Calibration.shared_factors``), each
+with its own B: ``y_i = P(x) W_i^T + (x A) B_i``.
+
 Fused (a 16-bit cuSPARSELt GEMM pruned by the standalone Triton kernel): the branch rides in the sparse
 GEMM as 2R more columns of K. The GEMMs that share an activation's compression share one ``x A``: their
-A side by side, (K, R) with R the sum of their ranks; the prune kernel computes ``u = round(x A)`` on its
-pass over x and appends ``spread_2to4(u)``; each GEMM's weight copy appends ``spread_2to4(B^T)`` with its
-own B at its columns of u and zeros at the others':
+distinct A side by side, (K, R) (R = r where the fit shares A); the prune kernel computes ``u = round(x A)``
+on its pass over x and appends ``spread_2to4(u)``; each GEMM's weight copy appends ``spread_2to4(B^T)``
+with its own B at its A's columns of u and zeros at the others':
 
     [P(x) | spread(u)] @ [W | spread(B_i^T)]^T  =  P(x) W^T + u_i B_i
 
-Unfused (everywhere else, with the reason in the report): two ordinary matmuls and an add after the GEMM
-(``sparsify``); on the GPU Inductor runs them on cuBLAS and fuses the add into its consumer, on the
-reference path they are the semantics.
+Unfused (everywhere else, with the reason in the report): ``x A`` once per activation and A, then
+``u B_i`` and an add after each GEMM (``sparsify``); on the GPU Inductor runs them on cuBLAS and fuses the
+add into its consumer, on the reference path they are the semantics.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..calibration import PRUNING_OPTIONS, resolve
+from ..calibration import PRUNING_OPTIONS, Calibration, resolve
 from ..codegen import self_check
 from ..codegen.prune_compress_low_rank import MAX_RANK, RANK_MULTIPLE
 from ..config import LynxConfig
@@ -39,19 +42,48 @@ Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # GEMM name -> (A, B) in
 
 
 def factors(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: LynxConfig) -> Factors:
-    """A and B for every sparse GEMM (none without option ``low_rank``); raises ``CalibrationMismatch`` when the
-    calibration lacks one of them, has another shape for it, or assumed other pruning options."""
+    """A and B for every sparse GEMM (none without option ``low_rank``), in its dtype; raises
+    ``CalibrationMismatch`` when the calibration lacks one of them, has another shape for it, or assumed other
+    pruning options."""
     sparse = [site for site, d in zip(sites, decisions, strict=True) if d.sparse]
     if not config.low_rank or not sparse:
         return {}
     assert config.calibration is not None  # LynxConfig refuses low_rank without it
     calibration = resolve(config.calibration)
     calibration.check([(s.name, s.k, s.n) for s in sparse], {o: getattr(config, o) for o in PRUNING_OPTIONS})
+    return fitted(sites, {s.name for s in sparse}, calibration, config.low_rank, to_dtype=True)
+
+
+def fitted(sites: Sequence[GemmSite], wanted: set[str], calibration: Calibration, rank: int, to_dtype: bool) -> Factors:
+    """The factors of the GEMMs named in ``wanted`` that the calibration covers (its K x N), on their device (in
+    their dtype with ``to_dtype``, else float64). The GEMMs of the graph that read one activation share one A,
+    fitted jointly over all of them that the calibration covers, sparse or not, so that a GEMM's branch does
+    not depend on its neighbours' decisions (``Calibration.shared_factors``); the shared A stays one tensor."""
+    readers: dict[object, list[GemmSite]] = {}
+    for site in sites:
+        stats = calibration.stats.get(site.name)
+        if stats is not None and (stats.k, stats.n) == (site.k, site.n):
+            readers.setdefault(site.x, []).append(site)
     out: Factors = {}
-    for site in sparse:
-        a, b = calibration.factors(site.name, config.low_rank)
-        out[site.name] = (a.to(site.device, site.dtype), b.to(site.device, site.dtype))
+    for group in readers.values():
+        if not any(site.name in wanted for site in group):
+            continue
+        moved: dict[int, torch.Tensor] = {}  # id of a CPU factor -> its copy on the device: A stays shared
+        for site, pair in zip(group, calibration.shared_factors([s.name for s in group], rank), strict=True):
+            if site.name in wanted:
+                dtype = site.dtype if to_dtype else torch.float64
+                out[site.name] = tuple(  # type: ignore[assignment]
+                    moved.setdefault(id(f), f.to(site.device, dtype)) for f in pair
+                )
     return out
+
+
+def distinct_a(names: Sequence[str], branches: Factors) -> list[torch.Tensor]:
+    """The different A tensors of these GEMMs' branches, in order: one per activation where A is shared."""
+    seen: dict[int, torch.Tensor] = {}
+    for name in names:
+        seen.setdefault(id(branches[name][0]), branches[name][0])
+    return list(seen.values())
 
 
 def fuse(
@@ -68,7 +100,7 @@ def fuse(
         members = [i for i in members if sites[i].name in branches]
         if not members:
             continue
-        ranks = [branches[sites[i].name][0].shape[1] for i in members]
+        ranks = [a.shape[1] for a in distinct_a([sites[i].name for i in members], branches)]
         why = _unfused(sites[members[0]], prune, fp8, ranks, config)
         if why:
             _warn_unfused(why)
@@ -117,21 +149,25 @@ def _warn_unfused(why: str) -> None:
 
 
 def fused_factors(sites: Sequence[GemmSite], decisions: Sequence[Decision], branches: Factors) -> Factors:
-    """For each GEMM whose branch is fused: its activation group's A, (K, R), the members' A side by side
-    (one tensor per group), and its own B padded to (R, N), zeros at the other members' rows."""
+    """For each GEMM whose branch is fused: its compression group's A, (K, R), the group's distinct A side by
+    side (one tensor per group; one A where the fit shares it), and its own B padded to (R, N), zeros at the
+    rows of the other A's columns."""
     out: Factors = {}
     for members in activation_groups(sites, decisions).values():
         names = [sites[i].name for i in members if decisions[i].low_rank_columns]
         if not names:
             continue
-        a = torch.cat([branches[name][0] for name in names], dim=1)
-        start = 0
+        parts = distinct_a(names, branches)
+        a = torch.cat(parts, dim=1)
+        starts, offset = {}, 0
+        for part in parts:
+            starts[id(part)], offset = offset, offset + part.shape[1]
         for name in names:
-            b = branches[name][1]
+            a_own, b = branches[name]
             padded = b.new_zeros((a.shape[1], b.shape[1]))
+            start = starts[id(a_own)]
             padded[start : start + b.shape[0]] = b
             out[name] = (a, padded)
-            start += b.shape[0]
     return out
 
 
@@ -146,7 +182,11 @@ def note(branches: Factors, config: LynxConfig) -> str:
         if distilled
         else "closed form"
     )
-    return f"low_rank={config.low_rank}: {len(branches)} GEMMs add (x A) B, {how}, from {calibration.source}"
+    shared = len(distinct_a(list(branches), branches))
+    return (
+        f"low_rank={config.low_rank}: {len(branches)} GEMMs add (x A) B with {shared} different A (GEMMs that read "
+        f"one activation share one), {how}, from {calibration.source}"
+    )
 
 
 def forms_note(decisions: Sequence[Decision], branches: Factors) -> str:

@@ -6,7 +6,8 @@
     bias folded        ->   c = compress_activation(x, method, ones_column=True)
                             sparse_linear(c, x, Wb, alg_id)           # Wb = [W | b | 0...], a buffer
     reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
-    low_rank           ->   ... + low_rank.branch(x, A, B)              # (x @ A) @ B, A and B buffers
+    low_rank           ->   u = x @ A                                 # once per x and A (q, k, v share A)
+                            ... + u @ B                               # A and B buffers
     ... fused          ->   c = compress_activation_low_rank(x, A[, ones_column=True])   # A: the group's, a buffer
                             sparse_linear(c, x, Wl, alg_id)           # Wl = [W | spread(B^T) [| b | 0...]]
 
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from .. import lowrank, ops
+from .. import ops
 from ..report import GemmPath, PruneSite
 from ..semantics import compensation_scale, prune_2to4, quantise_fp8_rows
 from .decision import Decision
@@ -61,6 +62,7 @@ def sparsify(
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
     # (x, prune site, bias folded, fp8) -> (operand, fp8 row scales, scale): one compression per activation, kind
     shared: dict[tuple[fx.Node, PruneSite, bool, bool], tuple[fx.Node, fx.Node | None, fx.Node | None]] = {}
+    projected: dict[tuple[fx.Node, int], fx.Node] = {}  # (x, id of A) -> x A, for unfused branches
     rewritten = 0
     for site, decision in plan:
         if not decision.sparse:
@@ -103,11 +105,13 @@ def sparsify(
             if bias is not None:
                 out = graph.call_function(torch.add, (out, bias))
             if branches and site.name in branches and not decision.low_rank_columns:
-                a, b = (
-                    graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_{ab}", factor))
-                    for ab, factor in zip("ab", branches[site.name], strict=True)
-                )
-                out = graph.call_function(torch.add, (out, graph.call_function(lowrank.branch, (x, a, b))))
+                a, b = branches[site.name]
+                if (x, id(a)) not in projected:  # one x A per activation and A: GEMMs that read x share A
+                    a_node = graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_a", a))
+                    projected[(x, id(a))] = graph.call_function(torch.matmul, (x, a_node))
+                b_node = graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_b", b))
+                u_b = graph.call_function(torch.matmul, (projected[(x, id(a))], b_node))
+                out = graph.call_function(torch.add, (out, u_b))
         out.meta.update(node.meta)
         node.replace_all_uses_with(out)
         graph.erase_node(node)
