@@ -138,13 +138,15 @@ class Calibration:
         per GEMM, and on the yardstick the joint rank-r A leaves as much error as separate ones (within 1%,
         docs/design.md, "Low-rank compensation"). Each GEMM's own ``factors`` where that cannot hold: one
         name, distilled factors (trained per GEMM), or statistics that show different activations."""
-        stats = [self.stats[name] for name in names]
-        first = stats[0]
-        one_activation = all(s.rows == first.rows and torch.equal(s.sxx, first.sxx) for s in stats[1:])
-        if len(names) == 1 or not one_activation or any((name, rank) in self.refined for name in names):
+        # distilled factors first: a ``with_distilled`` copy shares the cache of joint fits
+        if len(names) == 1 or any((name, rank) in self.refined for name in names):
             return [self.factors(name, rank) for name in names]
+        stats = [self.stats[name] for name in names]
         key = (tuple(names), rank)
-        if key not in self._fits:
+        if key not in self._fits:  # the K x K comparison once per group, not at every compile or inspected call
+            first = stats[0]
+            if not all(s.rows == first.rows and torch.equal(s.sxx, first.sxx) for s in stats[1:]):
+                return [self.factors(name, rank) for name in names]
             a, b = lowrank.fit(first.sxx, torch.cat([s.sxt for s in stats], dim=1), rank)
             self._fits[key] = (a.cpu(), b.cpu())
         a, b = self._fits[key]
