@@ -8,11 +8,11 @@ sparse_mm, row slice, bias add), also without the bias add: in a compiled DiT th
 into the consumer (GELU, gated residual), a pointwise kernel the dense path runs too; and with the
 bias folded into the GEMM (option ``fold_bias``: the activation compressed with a ones column, the
 weight with the bias appended, K + BIAS_COLUMNS, its own algorithm id); and with the low-rank branch of
-option ``low_rank=32`` fused into the sparse GEMM as the backend runs it (``lynx_lowrank32_ms``: the prune
-kernel with ``x A`` (``prune_compress_low_rank``), the GEMM at K + 2r on ``[W | spread(B^T)]`` with its own
-algorithm id, the bias add; NaN where that kernel fails its self-check, as the backend then keeps the branch
-unfused) and unfused (``lynx_lowrank32_unfused_ms``: the lynx linear, then ``x @ A`` and ``@ B`` with the add
-in cuBLAS's epilogue, as ``addmm``); ``lowrank32 / lynx``: the fused branch's cost, its time over the lynx
+option ``low_rank=32`` fused into the sparse GEMM as the backend runs it (``lynx_lowrank32_ms``: ``x @ A``, the
+prune kernel with its columns appended (``prune_compress_low_rank``), the GEMM at K + 2r on ``[W | spread(B^T)]``
+with its own algorithm id, the bias add; NaN where that kernel fails its self-check, as the backend then keeps the
+branch unfused) and unfused (``lynx_lowrank32_unfused_ms``: the lynx linear, then ``x @ A`` and ``@ B`` with the
+add in cuBLAS's epilogue, as ``addmm``); ``lowrank32 / lynx``: the fused branch's cost, its time over the lynx
 linear's. The table's `floor bound` is
 what a prune+compress pass of its own could give at best (the sparse GEMM plus the pass at its memory
 floor). All under CUDA-graph replay (at least 20
@@ -48,7 +48,7 @@ from benchmarks.common import RESULTS, result_stem, stamp, write_json, write_tab
 from lynx_compile.codegen.cusparselt import compress_compat, compress_compat_fp8, sparse_mm
 from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, metadata_nbytes
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_autotuned
-from lynx_compile.codegen.prune_compress_low_rank import prune_compress_low_rank, prune_compress_low_rank_autotuned
+from lynx_compile.codegen.prune_compress_low_rank import prune_compress_low_rank
 from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress
 from lynx_compile.codegen.self_check import fast_compress_ok
 from lynx_compile.codegen.tuning import best_alg, cuda_graph_ms, rotating_inputs
@@ -449,9 +449,8 @@ def main() -> None:
         [dataclasses.asdict(r) for r in rows],
         cpu_overhead=overhead,
         failures=failures,
-        # the prune kernel's autotuned tiles per (K, M bucket, dtypes): introspection only
+        # the prune kernel's autotuned tiles per (K, M bucket, norms, low rank, dtypes): introspection only
         prune_configs={str(k): str(v) for k, v in prune_compress_autotuned.cache.items()},
-        prune_low_rank_configs={str(k): str(v) for k, v in prune_compress_low_rank_autotuned.cache.items()},
     )
     write_table(
         stem.with_suffix(".md"),

@@ -147,9 +147,10 @@ def compress_activation_compensated(x: torch.Tensor, method: str) -> tuple[torch
 
 @torch.library.custom_op("lynx::compress_2to4_low_rank", mutates_args=())
 def compress_2to4_low_rank(x: torch.Tensor, a: torch.Tensor, rows: int, ones_column: bool = False) -> torch.Tensor:
-    """``compress_2to4`` of ``[x | spread_2to4(round(x A))]`` (then ``| 1 | 0 ...`` with ``ones_column``) from
-    one pass over x: the activation side of low-rank branches fused into their sparse GEMMs, whose weights
-    carry ``spread_2to4(B^T)`` (``passes/low_rank.py``). The Triton kernel only: no Inductor lowering."""
+    """``compress_2to4`` of ``[x | spread_2to4(x @ A)]`` (then ``| 1 | 0 ...`` with ``ones_column``): ``x @ A``,
+    then one prune pass with u's columns appended: the activation side of low-rank branches fused into their
+    sparse GEMMs, whose weights carry ``spread_2to4(B^T)`` (``passes/low_rank.py``). The Triton kernel only: no
+    Inductor lowering."""
     compressed, _ = prune_compress_low_rank(x, a, rows, ones_column)
     return compressed.reshape(-1).view(torch.int64)
 

@@ -61,11 +61,26 @@ def _compile(spec: dict) -> str:
 
 
 def test_kernel_compiles_for_sm90_with_every_tile_and_variant():
+    """Plain, with a ones column, with compensation's sums, and with low-rank columns (with and without a
+    ones column): the runtime branch to the gather of u compiles beside the plain load."""
     variants = [
-        {**BF16, **TAIL, "ONES_COLUMN": ones, "NORMS": norms, "NORM_CHUNK": NORM_CHUNK}
-        for ones, norms in [(False, False), (True, False), (False, True)]
+        {**BF16, **TAIL, "ONES_COLUMN": ones, "LOW_RANK": low_rank, "NORMS": norms, "NORM_CHUNK": NORM_CHUNK}
+        for ones, low_rank, norms in [
+            (False, False, False),
+            (True, False, False),
+            (False, False, True),
+            (False, True, False),
+            (True, True, False),
+        ]
     ]
-    pointers = {"x_ptr": "*bf16", "values_ptr": "*bf16", "meta_ptr": "*i64", "bytes_ptr": "*u8", "norms_ptr": "*fp32"}
+    pointers = {
+        "x_ptr": "*bf16",
+        "u_ptr": "*bf16",
+        "values_ptr": "*bf16",
+        "meta_ptr": "*i64",
+        "bytes_ptr": "*u8",
+        "norms_ptr": "*fp32",
+    }
     spec = dict(
         module="lynx_compile.codegen.prune_compress",
         kernel="prune_compress_kernel",
@@ -73,19 +88,7 @@ def test_kernel_compiles_for_sm90_with_every_tile_and_variant():
         tiles="tile_configs",
         variants=variants,
     )
-    assert _compile(spec).count("compiled") == 9
-
-
-def test_low_rank_kernel_compiles_for_sm90_with_every_tile_and_variant():
-    pointers = {"x_ptr": "*bf16", "a_ptr": "*bf16", "u_ptr": "*bf16", "values_ptr": "*bf16", "meta_ptr": "*i64"}
-    spec = dict(
-        module="lynx_compile.codegen.prune_compress_low_rank",
-        kernel="prune_compress_low_rank_kernel",
-        pointers={**pointers, "bytes_ptr": "*u8"},
-        tiles="tile_configs",
-        variants=[{**BF16, **TAIL, "ONES_COLUMN": ones, "R_PAD": 32} for ones in (False, True)],
-    )
-    assert _compile(spec).count("compiled") == 6
+    assert _compile(spec).count("compiled") == 15
 
 
 def test_fp8_kernels_compile_for_sm90_with_the_hardware_conversion():

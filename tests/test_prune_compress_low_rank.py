@@ -1,8 +1,8 @@
 """The prune+compress kernel with a fused low-rank branch's columns, under Triton's interpreter.
 
 Its bytes must be cuSPARSELt's compression of ``[P(x) | spread_2to4(u)]`` (``cusparselt_layout``'s emulation of
-``torch._cslt_compress``), u its own ``round(x A)``; its first K columns those ``prune_compress`` writes; u
-within rounding of the float32 product; the op's fake kernel the real one's size.
+``torch._cslt_compress``), u the ``x @ a`` it returns; its first K columns those ``prune_compress`` writes; the
+op's fake kernel the real one's size.
 """
 
 import hypothesis.strategies as st
@@ -21,11 +21,9 @@ from lynx_compile.codegen.cusparselt_layout import (
     probe_matrix,
     same_compressed,
 )
-from lynx_compile.codegen.prune_compress import prune_compress
-from lynx_compile.codegen.prune_compress_low_rank import prune_compress_low_rank, tile_configs
-from lynx_compile.semantics import BIAS_COLUMNS, low_rank_u, prune_2to4, with_low_rank_columns, with_ones_column
-
-ONE_ULP = {torch.bfloat16: 2**-7, torch.float16: 2**-10}  # relative spacing at 1: the rounding of u, once
+from lynx_compile.codegen.prune_compress import prune_compress, tile_configs
+from lynx_compile.codegen.prune_compress_low_rank import prune_compress_low_rank
+from lynx_compile.semantics import BIAS_COLUMNS, prune_2to4, with_low_rank_columns, with_ones_column
 
 
 def _values_and_nibbles(c: torch.Tensor, rows: int, k: int, k_total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,21 +73,21 @@ def test_bytes_are_cusparselt_compression_of_x_and_spread_u(
     plain = _values_and_nibbles(prune_compress(x, rows), rows, k, k)
     for got_part, plain_part in zip(_values_and_nibbles(got, rows, k, k_total), plain, strict=True):
         assert torch.equal(got_part, plain_part)
-    # u: the float32 product rounded once (the kernel's summation order differs)
-    torch.testing.assert_close(u.float(), low_rank_u(x, a).float(), rtol=ONE_ULP[dtype], atol=1e-5, equal_nan=True)
+    # u: torch's own x @ a, the GEMM the reference path runs
+    torch.testing.assert_close(u, x @ a, rtol=0, atol=0, equal_nan=True)
 
 
 def test_the_self_check_passes_every_tile_on_the_adversarial_matrix(monkeypatch):
     """What the GPU runs at first use, against the emulated cuSPARSELt compressor: every tile, with and
-    without a ones column. (Tiles may round u differently: the float32 sums run in another order.)"""
+    without a ones column."""
     monkeypatch.setattr(torch, "_cslt_compress", compress_reference, raising=False)
     assert self_check._check_low_rank(probe_matrix(200, 528, torch.bfloat16, seed=1)) == (True, "")
 
 
-@pytest.mark.parametrize("rank", [8, 24, 272])
-def test_a_rank_that_is_not_a_multiple_of_16_up_to_256_is_refused(rank):
+@pytest.mark.parametrize("rank", [8, 24, 0])
+def test_a_rank_that_is_not_a_positive_multiple_of_16_is_refused(rank):
     x, a = torch.randn(16, 64, dtype=torch.bfloat16), torch.randn(64, rank, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match=r"multiple of 16 .* and at most 256"):
+    with pytest.raises(ValueError, match=r"multiple of 16"):
         prune_compress_low_rank(x, a)
 
 

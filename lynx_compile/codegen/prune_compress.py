@@ -145,6 +145,17 @@ def ones_at(x, rows, cols, M, column):
 
 
 @triton.jit
+def with_spread_u(x, u_ptr, rows, cols, M, K_X, R):
+    """The tile ``x`` of ``[x | 0]`` at ``cols`` with u's columns in place: tail column K_X + c holds u's
+    column (c // 4) * 2 + c % 4 where c % 4 < 2 (``spread_2to4``). A gather, so kept out of x's tiles."""
+    c = tl.maximum(cols - K_X, 0)
+    slot = (c // 4) * 2 + c % 4
+    is_u = (cols >= K_X) & (c % 4 < 2) & (slot < R)
+    u = tl.load(u_ptr + rows[:, None] * R + slot[None, :], mask=(rows < M)[:, None] & is_u[None, :], other=0.0)
+    return tl.where(is_u[None, :], u, x)
+
+
+@triton.jit
 def compress_tile(x, values_ptr, meta_ptr, rows, pid_m, pid_k, M_PAD, K, META_COL_TILES, ABS_MASK, MAG_MAX):
     """Prune the (BLOCK_M, BLOCK_K) tile ``x`` at row tile ``pid_m`` and column tile ``pid_k`` of a K-column
     operand and store its kept values and metadata words; returns the kept values (v_first, v_last)."""
@@ -177,6 +188,7 @@ def zero_tail(bytes_ptr, pid_m, TAIL_START, TAIL_BYTES, TAIL_BLOCK: tl.constexpr
 @triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES", "TAIL_START", "TAIL_BYTES", "M_BUCKET"])
 def prune_compress_kernel(
     x_ptr,
+    u_ptr,
     values_ptr,
     meta_ptr,
     bytes_ptr,
@@ -184,6 +196,7 @@ def prune_compress_kernel(
     M,
     M_PAD,
     K_X,
+    R,
     K,
     stride_xm,
     META_COL_TILES,
@@ -193,6 +206,7 @@ def prune_compress_kernel(
     ABS_MASK: tl.constexpr,
     MAG_MAX: tl.constexpr,
     ONES_COLUMN: tl.constexpr,
+    LOW_RANK: tl.constexpr,
     NORMS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -205,12 +219,16 @@ def prune_compress_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     # Rows past M (up to the metadata tile) read as zeros: that is the row padding, never stored in x.
-    # K_X columns come from x; with ONES_COLUMN, K = K_X + BIAS_COLUMNS and column K_X is 1 (``with_ones_column``).
+    # K_X columns come from x; with LOW_RANK, 2R more from spread_2to4(u); with ONES_COLUMN, then a column
+    # of ones (``with_ones_column``) and zeros up to K.
     x = tl.load(
         x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & (cols < K_X)[None, :], other=0.0
     )
+    if LOW_RANK:  # noqa: SIM102 (a constexpr: the other variants compile no gather)
+        if (pid_k + 1) * BLOCK_K > K_X:  # only the few tiles that reach u's columns gather
+            x = with_spread_u(x, u_ptr, rows, cols, M, K_X, R)
     if ONES_COLUMN:
-        x = ones_at(x, rows, cols, M, K_X)
+        x = ones_at(x, rows, cols, M, K_X + 2 * R)
     v_first, v_last = compress_tile(
         x, values_ptr, meta_ptr, rows, pid_m, pid_k, M_PAD, K, META_COL_TILES, ABS_MASK, MAG_MAX
     )
@@ -243,7 +261,7 @@ def tile_configs() -> list[triton.Config]:
 # 25 ms of timing per config and shape instead of Triton's 125 ms: enough for a kernel of 4-300 us
 prune_compress_autotuned = triton.autotune(
     configs=tile_configs(),
-    key=["K", "M_BUCKET", "NORMS"],
+    key=["K", "M_BUCKET", "NORMS", "LOW_RANK"],
     do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20),
 )(prune_compress_kernel)
 _FIXED = tile_configs()[1]  # small inputs (within 3.5% of the best tile at 512-1024 rows) and the interpreter
@@ -319,29 +337,35 @@ def launch(
     ones_column: bool = False,
     warmup: bool = False,
     norms: torch.Tensor | None = None,
+    u: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the kernel with ``config`` (one of ``tile_configs``), or autotuned when None; no input checks
     (``prune_compress`` makes them). A config is launched with the same options as the autotuner
     launches it (``all_kwargs``), so both find the same compiled kernel. ``warmup``: only compile
     ``config``'s kernel (Triton's ``JITFunction.warmup``). ``norms``: a float32 (2, M, norm_chunks(K))
-    buffer for ``norm_partials(x)`` (not with ``ones_column``)."""
-    assert norms is None or not ones_column, "compensation's norms are of x, without a ones column"
+    buffer for ``norm_partials(x)`` (not with ``ones_column`` or ``u``). ``u``: (M, R), x's dtype:
+    compress ``[x | spread_2to4(u)]`` (``prune_compress_low_rank``)."""
+    assert norms is None or (not ones_column and u is None), "compensation's norms are of x alone"
     k_x = x.shape[1]
-    k = k_x + BIAS_COLUMNS if ones_column else k_x
+    rank = 0 if u is None else u.shape[1]
+    k = k_x + 2 * rank + (BIAS_COLUMNS if ones_column else 0)
     out, raw, meta, args = compressed_buffers(x, m_pad, k)
-    args.update(K_X=k_x, ONES_COLUMN=ones_column, NORMS=norms is not None, NORM_CHUNK=NORM_CHUNK)
-    norms = meta if norms is None else norms  # a pointer the kernel never dereferences without NORMS
+    args.update(
+        K_X=k_x, R=rank, ONES_COLUMN=ones_column, LOW_RANK=u is not None, NORMS=norms is not None, NORM_CHUNK=NORM_CHUNK
+    )
+    # pointers the kernel never dereferences without NORMS or LOW_RANK
+    operands = (x, meta if u is None else u, out, meta, raw, meta if norms is None else norms)
     meta_rows = round_up(m_pad, TILE_ROWS)
 
     def grid(cfg: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(meta_rows, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"])
 
     if config is None:
-        prune_compress_autotuned[grid](x, out, meta, raw, norms, **args)
+        prune_compress_autotuned[grid](*operands, **args)
     elif warmup:
-        prune_compress_kernel.warmup(x, out, meta, raw, norms, **args, **config.all_kwargs(), grid=grid(config.kwargs))
+        prune_compress_kernel.warmup(*operands, **args, **config.all_kwargs(), grid=grid(config.kwargs))
     else:
-        prune_compress_kernel[grid(config.kwargs)](x, out, meta, raw, norms, **args, **config.all_kwargs())
+        prune_compress_kernel[grid(config.kwargs)](*operands, **args, **config.all_kwargs())
     return out
 
 

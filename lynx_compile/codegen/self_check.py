@@ -13,12 +13,11 @@ import logging
 
 import torch
 
-from ..semantics import BIAS_COLUMNS, low_rank_u, norm_partials, round_up, with_low_rank_columns
+from ..semantics import BIAS_COLUMNS, norm_partials, round_up, with_low_rank_columns
 from .cusparselt import compress_compat, compress_compat_fp8
 from .cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, probe_matrix, same_compressed
 from .prune_compress import compile_tiles, launch, norms_buffer, tile_configs
 from .prune_compress_low_rank import RANK_MULTIPLE, prune_compress_low_rank
-from .prune_compress_low_rank import tile_configs as low_rank_tile_configs
 from .prune_quantise_compress import prune_quantise_compress
 from .prune_quantise_compress import tile_configs as fp8_tile_configs
 
@@ -100,20 +99,17 @@ def _check(x: torch.Tensor, ones_column: bool, norms: bool) -> tuple[bool, str]:
 
 def _check_low_rank(x: torch.Tensor) -> tuple[bool, str]:
     """(ok, what differs): every tile of the low-rank kernel, with and without a ones column, against
-    cuSPARSELt's compression of ``[x | spread_2to4(u)]`` pruned (u: the kernel's own, checked to be ``x A``
-    up to rounding; the probe's NaN and inf rows give NaN and inf columns of u)."""
+    cuSPARSELt's compression of ``[x | spread_2to4(u)]`` pruned (u = x @ a: torch's GEMM, not checked here;
+    the probe's NaN and inf rows give NaN and inf columns of u)."""
     m_pad = round_up(x.shape[0], CSLT_MULTIPLE)
     g = torch.Generator().manual_seed(0)
     a = (torch.randn(x.shape[1], 2 * RANK_MULTIPLE, generator=g) / 16).to(x.device, x.dtype)
-    expected_u = low_rank_u(x, a).float()
-    for ones_column, config in itertools.product((False, True), low_rank_tile_configs()):
+    for ones_column, config in itertools.product((False, True), tile_configs()):
         got, u = prune_compress_low_rank(x, a, m_pad, ones_column, config)
         operand = with_low_rank_columns(x, u)
         expected = compress_compat(operand, m_pad, ones_column)
         if not same_compressed(got, expected, m_pad, operand.shape[1] + (BIAS_COLUMNS if ones_column else 0)):
             return False, f"layout differs (tile {config.kwargs}, ones column {ones_column})"
-        if not torch.allclose(u.float(), expected_u, rtol=2**-6, atol=1e-3, equal_nan=True):
-            return False, f"x A differs from the reference beyond rounding (tile {config.kwargs})"
     return True, ""
 
 
