@@ -22,8 +22,9 @@ plans its GEMM at every call).
 
     python -m benchmarks.linear [--m 1024 4096 16384] [--quick] [--no-fp8]
 
-With fp8 (default): rows gain ``lynx_fp8_ms`` (precision="fp8": prune + quantise + compress, the
-e4m3 GEMM, the scale epilogue + bias compiled into one kernel) and ``torchao_fp8_ms`` (torchao's
+With fp8 (default): rows gain ``lynx_fp8_ms`` (precision="fp8": the row amax as a reduction of its own (in a
+model Inductor can fuse it into x's producer), prune + quantise + compress, the e4m3 GEMM, the scale
+epilogue + bias compiled into one kernel) and ``torchao_fp8_ms`` (torchao's
 ``Float8DynamicActivationFloat8WeightConfig(PerRow())`` + torch.compile; empty without torchao).
 
 Writes benchmarks/results/<gpu>/linear.{json,md}.
@@ -49,7 +50,7 @@ from lynx_compile.codegen.cusparselt import compress_compat, compress_compat_fp8
 from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, metadata_nbytes
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_autotuned
 from lynx_compile.codegen.prune_compress_low_rank import prune_compress_low_rank
-from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress
+from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress, row_amax
 from lynx_compile.codegen.self_check import fast_compress_ok
 from lynx_compile.codegen.tuning import best_alg, cuda_graph_ms, rotating_inputs
 from lynx_compile.semantics import (
@@ -103,7 +104,7 @@ class Row:
     lynx_fp8_ms: float | None = None
     torchao_fp8_ms: float | None = None
     fp8_alg_id: int | None = None
-    # lynx_fp8_ms's parts, each alone: the prune + quantise + compress pass, the e4m3 GEMM, the epilogue
+    # lynx_fp8_ms's parts, each alone: the row amax + prune + quantise + compress, the e4m3 GEMM, the epilogue
     fp8_prune_ms: float | None = None
     fp8_gemm_ms: float | None = None
     fp8_epilogue_ms: float | None = None
@@ -117,8 +118,15 @@ def compressor(dtype: torch.dtype) -> tuple[str, Callable[[torch.Tensor], torch.
 
 
 def fp8_compressor(dtype: torch.dtype) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
-    """The fp8 compressor the backend would pick after its self-check."""
-    return prune_quantise_compress if fast_compress_ok(torch.device("cuda"), dtype, fp8=True) else compress_compat_fp8
+    """The fp8 compressor the backend would pick after its self-check, with the row amax its graph computes
+    first (``ops.compress_activation_fp8``): counted, as a reduction of its own (no producer of x to fuse into)."""
+    fast = fast_compress_ok(torch.device("cuda"), dtype, fp8=True)
+
+    def compress(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        amax = row_amax(x)
+        return prune_quantise_compress(x, rows, amax=amax) if fast else compress_compat_fp8(x, rows)
+
+    return compress
 
 
 def lynx_linear(

@@ -36,7 +36,8 @@ Paths (``GemmPath``, chosen per layer at compile time, shown in the report):
 Option ``precision="fp8"`` (docs/design.md, "FP8"): the weight is quantised once at compile time
 (``wq``, ``w_scale``: ``quantise_fp8_rows`` per output channel, buffers of the graph module), and
 
-    c, x_scale = lynx::compress_fp8(x.reshape(-1, K), padded, method)  # e4m3 bytes + float32 row scales
+    amax = row_amax(x.reshape(-1, K))  # |x|'s row maxima, in the graph: Inductor can fuse it into x's producer
+    c, x_scale = lynx::compress_fp8(x.reshape(-1, K), amax, padded, method)  # e4m3 bytes + float32 row scales
     acc = lynx::sparse_mm_fp8(c, wq, padded, rows, alg_id, x.dtype)  # e4m3 x e4m3 -> bf16/fp16
     y = fp8_epilogue(acc, x_scale [* compensation], w_scale) [+ bias]  # in the graph: Inductor fuses it
 
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 from .codegen import cusparselt, prune_compress
 from .codegen.cusparselt_layout import compressed_int64_numel, compressed_shape, padded_rows
 from .codegen.prune_compress_low_rank import prune_compress_low_rank
-from .codegen.prune_quantise_compress import prune_quantise_compress
+from .codegen.prune_quantise_compress import prune_quantise_compress, row_amax
 from .report import PruneSite
 from .semantics import (
     BIAS_COLUMNS,
@@ -187,12 +188,13 @@ def _scaled(out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("lynx::compress_fp8", mutates_args=())
-def compress_fp8(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def compress_fp8(x: torch.Tensor, amax: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch._cslt_compress(q)`` as flat int64 and the float32 row scales (M,), ``q, scale =
-    quantise_fp8_rows(prune_2to4(x zero-padded to rows))``. ``method``: ``triton`` (the fused kernel)
-    or ``cslt`` (its slow exact twin, when the kernel failed its self-check)."""
+    quantise_fp8_rows(prune_2to4(x zero-padded to rows))``. ``amax``: ``row_amax(x)``, an input so that
+    the graph computes it with x's producer and the kernel reads x once. ``method``: ``triton`` (the fused
+    kernel) or ``cslt`` (its slow exact twin, when the kernel failed its self-check; it ignores amax)."""
     if method == PruneSite.TRITON:
-        compressed, scale = prune_quantise_compress(x, rows)
+        compressed, scale = prune_quantise_compress(x, rows, amax=amax)
     elif method == PruneSite.CSLT:
         compressed, scale = cusparselt.compress_compat_fp8(x, rows)
     else:
@@ -201,7 +203,7 @@ def compress_fp8(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor,
 
 
 @compress_fp8.register_fake
-def _(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _(x: torch.Tensor, amax: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     return (
         x.new_empty((compressed_int64_numel(rows, x.shape[1], FP8),), dtype=torch.int64),
         x.new_empty((x.shape[0],), dtype=torch.float32),
@@ -225,9 +227,11 @@ def _(
 
 
 def compress_activation_fp8(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The compressed e4m3 activation and its row scales, shaped ``x.shape[:-1]``."""
+    """The compressed e4m3 activation and its row scales, shaped ``x.shape[:-1]``. The row amax is
+    plain torch ops, traced into the graph, where Inductor can fuse it into the kernel that produces x."""
     rows = x.numel() // x.shape[-1]
-    compressed, scale = torch.ops.lynx.compress_fp8(x.reshape(-1, x.shape[-1]), padded_rows(rows), method)
+    x2d = x.reshape(-1, x.shape[-1])
+    compressed, scale = torch.ops.lynx.compress_fp8(x2d, row_amax(x2d), padded_rows(rows), method)
     return compressed, scale.view(x.shape[:-1])
 
 

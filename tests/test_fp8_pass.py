@@ -11,9 +11,10 @@ from torch import nn
 
 import lynx_compile
 from benchmarks import linear
-from lynx_compile import zoo
+from lynx_compile import ops, zoo
 from lynx_compile.codegen import cusparselt, self_check, tuning
 from lynx_compile.codegen.cusparselt_layout import compressed_shape, decompress_reference
+from lynx_compile.codegen.prune_quantise_compress import row_amax
 from lynx_compile.passes import legality
 from lynx_compile.passes.decision import Decision
 from lynx_compile.report import GemmPath, PruneSite
@@ -144,9 +145,8 @@ def _emulated_sparse_mm(operand, weight, alg_id, out_dtype=None):
     return (decompress_reference(operand, m, k).float() @ weight.float().t()).to(out_dtype)
 
 
-def test_emulated_fp8_fast_path_equals_the_reference(monkeypatch):
-    """The fast path's graph (custom ops, fake kernels, the Triton kernel in the interpreter, the
-    epilogue Inductor fuses) on a CPU, cuSPARSELt emulated: the same numbers as the semantics."""
+def _emulate_fast_path(monkeypatch) -> None:
+    """Every GEMM on the fp8 cuSPARSELt path, on a CPU: cuSPARSELt emulated, the kernel in the interpreter."""
     monkeypatch.setattr(cusparselt, "sparse_mm", _emulated_sparse_mm)
     monkeypatch.setattr(cusparselt, "fp8_supported", lambda device=None: (True, "emulated"))
     monkeypatch.setattr(tuning, "best_alg", lambda *shape: 0)
@@ -154,6 +154,12 @@ def test_emulated_fp8_fast_path_equals_the_reference(monkeypatch):
     monkeypatch.setattr(legality, "_sparse_path", lambda site, config: fast)
     monkeypatch.setattr(self_check, "fast_compress_ok", lambda *a, **kw: True)
     torch._dynamo.reset()
+
+
+def test_emulated_fp8_fast_path_equals_the_reference(monkeypatch):
+    """The fast path's graph (custom ops, fake kernels, the Triton kernel in the interpreter, the
+    epilogue Inductor fuses) on a CPU, cuSPARSELt emulated: the same numbers as the semantics."""
+    _emulate_fast_path(monkeypatch)
     lin = nn.Linear(64, 128).bfloat16()
     x = torch.randn(2, 40, 64, dtype=torch.bfloat16)
     n = len(lynx_compile.reports())
@@ -167,6 +173,39 @@ def test_emulated_fp8_fast_path_equals_the_reference(monkeypatch):
     # power-of-two scales make that exact, the bias add rounds once more
     assert rel(out, want) < 1e-2
     assert torch.equal(out.isnan(), want.isnan())
+
+
+def test_the_row_amax_is_computed_in_the_graph_before_the_compression(monkeypatch):
+    """``compress_fp8`` takes x's row amax from the graph (``amax(abs(x))`` after Inductor's decompositions),
+    where Inductor can fuse it into x's producer (here the bias add and GELU after the first GEMM); the amax
+    it computes is eager's, NaN and inf rows included."""
+    _emulate_fast_path(monkeypatch)
+    graphs, passed = [], []
+    kernel = ops.prune_quantise_compress
+    monkeypatch.setattr(
+        ops,
+        "prune_quantise_compress",
+        lambda x, *a, **kw: passed.append((kw["amax"].clone(), row_amax(x))) or kernel(x, *a, **kw),
+    )
+    model = MLP().bfloat16()
+    x = torch.randn(2, 40, 64, dtype=torch.bfloat16)
+    x[0, 3, 7], x[1, 5, 2] = float("nan"), float("inf")
+    with torch.no_grad(), torch._inductor.config.patch(post_grad_custom_post_pass=graphs.append):
+        out = torch.compile(model, backend="lynx", options={**FP8, "cost_model": False, "cudagraphs": False})(x)
+    [graph] = graphs
+    compressions = [node for node in graph.nodes if node.target == torch.ops.lynx.compress_fp8.default]
+    assert len(compressions) == 2
+    for node in compressions:
+        activation, amax = node.args[:2]
+        assert amax.target == torch.ops.aten.amax.default and amax.args[1] == [-1]
+        assert amax.args[0].target == torch.ops.aten.abs.default and amax.args[0].args[0] is activation
+    assert compressions[1].args[0].op == "call_function"  # the GELU's output, computed in this graph
+    for amax, eager in passed:  # compared when passed: Inductor reuses the buffers
+        assert torch.equal(amax.isnan(), eager.isnan()) and torch.equal(amax.nan_to_num(), eager.nan_to_num())
+    assert passed[0][0].isnan().sum() == passed[0][0].isinf().sum() == 1
+    want = _expected(model, x)
+    assert torch.equal(out.isnan(), want.isnan()) and out.isnan().any()
+    assert rel(out.nan_to_num(), want.nan_to_num()) < 5e-2  # as in test_fp8_mlp_is_close_to_the_semantics_and_to_bf16
 
 
 def test_linear_benchmark_without_torchao_says_so(monkeypatch, capsys):

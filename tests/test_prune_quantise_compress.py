@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 
-from lynx_compile.codegen.cusparselt_layout import compress_reference, probe_matrix
-from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress, tile_configs
+from lynx_compile.codegen.cusparselt_layout import compress_reference, probe_matrix, same_compressed, significant_numel
+from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress, row_amax, tile_configs
 from lynx_compile.semantics import prune_2to4, quantise_fp8_rows
 
 
@@ -18,11 +18,12 @@ def emulated(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     return compress_reference(q), scale[: x.shape[0]]
 
 
-def assert_same(x: torch.Tensor, rows: int, config=None) -> None:
-    got, scale = prune_quantise_compress(x, rows, config)
+def assert_same(x: torch.Tensor, rows: int, config=None, amax=None) -> None:
+    got, scale = prune_quantise_compress(x, rows, config, amax)
     want, want_scale = emulated(x, rows)
     assert got.shape == want.shape and got.dtype == want.dtype
-    bad = (got.view(torch.uint8) != want.view(torch.uint8)).nonzero()
+    n = significant_numel(rows, x.shape[1], want.dtype)  # the rest is unspecified, and the kernel leaves it
+    bad = (got.view(torch.uint8).view(-1)[:n] != want.view(torch.uint8).view(-1)[:n]).nonzero()
     assert bad.numel() == 0, f"{bad.shape[0]} bytes differ, first at {bad[:4].tolist()}"
     assert torch.equal(scale.isnan(), want_scale.isnan())
     assert torch.equal(scale.nan_to_num(), want_scale.nan_to_num())
@@ -51,6 +52,42 @@ def test_row_scale_from_unpruned_amax():
     assert scale[0].isnan() and scale[1] == 1.0 and scale[2] == 2.0**-126
 
 
+def test_non_finite_rows_have_nan_scales():
+    """An inf, a NaN, both, and a NaN among finite values: each row's scale is NaN, as the semantics say."""
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)).to(torch.float16)
+    x[0, 5], x[1, 9], x[2, 40], x[2, 41], x[3, 63] = (
+        float("inf"),
+        float("nan"),
+        -float("inf"),
+        float("nan"),
+        float("nan"),
+    )
+    assert_same(x, 32)
+    assert prune_quantise_compress(x, 32)[1].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_row_amax_is_the_max_magnitude_with_nan_and_inf(dtype):
+    x = probe_matrix(40, 96, dtype, seed=1)
+    amax = row_amax(x)
+    assert amax.dtype == dtype and torch.equal(amax.isnan(), x.isnan().any(-1))
+    assert torch.equal(amax.nan_to_num(), x.abs().amax(-1).nan_to_num())  # inf where a row has inf but no NaN
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_passed_amax_gives_the_same_bytes(dtype):
+    """The graph passes the amax it computed (``ops.compress_activation_fp8``): the same bytes and scales as
+    the kernel's own, also from a strided amax."""
+    x = probe_matrix(70, 128, dtype, seed=2)
+    want = prune_quantise_compress(x, 96)
+    strided = torch.stack([x.abs().amax(-1), torch.zeros(70, dtype=dtype)], -1)[:, 0]
+    for amax in (row_amax(x), strided):
+        got = prune_quantise_compress(x, 96, amax=amax)
+        assert same_compressed(got[0], want[0], 96, 128)
+        assert torch.equal(got[1].nan_to_num(), want[1].nan_to_num()) and torch.equal(got[1].isnan(), want[1].isnan())
+    assert_same(x, 96, amax=row_amax(x))
+
+
 @settings(max_examples=6)
 @given(st.integers(1, 40), st.integers(1, 6), st.integers(-30, 30), st.sampled_from([torch.bfloat16, torch.float16]))
 def test_kernel_matches_emulation_across_magnitudes(m, k32, exponent, dtype):
@@ -68,3 +105,12 @@ def test_bad_inputs_raise():
         prune_quantise_compress(torch.zeros(32, 64))
     with pytest.raises(ValueError, match="multiple of 32"):
         prune_quantise_compress(torch.zeros(32, 64, dtype=torch.bfloat16), rows=48)
+    x = torch.zeros(32, 64, dtype=torch.bfloat16)
+    for amax in (
+        torch.zeros(31, dtype=x.dtype),
+        torch.zeros(32, 1, dtype=x.dtype),
+        torch.zeros(32),
+        x[0, :32].to("meta"),
+    ):
+        with pytest.raises(ValueError, match="amax of shape"):
+            prune_quantise_compress(x, amax=amax)

@@ -1,22 +1,21 @@
-"""Fused 2:4 prune + per-row fp8 quantisation + cuSPARSELt compression, in two Triton passes.
+"""Fused 2:4 prune + per-row fp8 quantisation + cuSPARSELt compression, in one Triton pass over x.
 
 ``prune_quantise_compress(x) == (torch._cslt_compress(q), scale)`` with ``q, scale =
 quantise_fp8_rows(prune_2to4(x padded with zero rows))`` bit for bit (``semantics``; the e4m3 layout
 is in ``cusparselt_layout``). The row scale needs the row's amax before anything is quantised, and
 pruning keeps it (a group's largest magnitude always survives; a NaN or inf is pruned only beside two
-others), so the amax is taken from x itself:
+others), so the amax is x's own: ``row_amax(x)``, computed in the graph (``ops.compress_activation_fp8``),
+where Inductor can fuse the reduction into the kernel that produces x (a norm, an activation, an fp8
+GEMM's scale epilogue; after an extern kernel such as attention it is a reduction kernel of its own).
+``quantise_compress_kernel`` then reads x once per (BLOCK_M, BLOCK_K) tile: the row's scale from its
+amax, then prune, quantise and write the e4m3 values and the metadata. This replaces a separate amax
+kernel that read x a second time (the pass was 2.3-2.6x the bf16 prune pass on the H100); the one-pass
+form is not measured yet on the GPU.
 
-1. ``row_amax_kernel``: per row and 512-column block, the largest magnitude as an integer (|x|'s bits,
-   NaN above inf), over a 2-D grid: every SM streams x at once.
-2. ``quantise_compress_kernel``: per (BLOCK_M, BLOCK_K) tile, the row's scale from those partial
-   maxima, then prune, quantise and write the e4m3 values and the metadata.
-
-The first version swept each row block twice in one program: M / 16 programs with a serial loop each
-(256 for 4096 rows); this form is 1.5-2.0x faster on the H100 (``benchmarks/studies/fp8_low_rank_kernels_h100``,
-with the same bytes), 1.3x of it from the hardware conversion. On the GPU the
-rounding is the hardware conversion (``quantised_bits``, ``HW_CAST``); under Triton's interpreter, whose
-fp8 casts do not round to nearest even, it is integer arithmetic on float32 bits (``e4m3_bits``), so the
-CPU tests check the emulation and the GPU's self-check checks the conversion against cuSPARSELt.
+On the GPU the rounding is the hardware conversion (``quantised_bits``, ``HW_CAST``); under Triton's
+interpreter, whose fp8 casts do not round to nearest even, it is integer arithmetic on float32 bits
+(``e4m3_bits``), so the CPU tests check the emulation and the GPU's self-check checks the conversion
+against cuSPARSELt.
 """
 
 from __future__ import annotations
@@ -124,22 +123,6 @@ def fp8_metadata_bytes(first, last, rows, pid_k, BLOCK_K: tl.constexpr, META_COL
 
 
 HW_CAST = not INTERPRET  # quantise with the GPU's conversion instruction (``quantised_bits``)
-AMAX_BLOCK_K = 512  # columns per partial maximum of row_amax_kernel
-AMAX_BLOCK_M = 16
-
-
-@triton.jit(do_not_specialize=["M"])
-def row_amax_kernel(
-    x_ptr, partial_ptr, M, K, stride_xm, N_KB, ABS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    """partial[row, kb] = the largest |x| bits (int32) of row ``row`` over columns [kb BLOCK_K, (kb + 1) BLOCK_K)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = tl.load(
-        x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0
-    )
-    mag = x.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK
-    tl.store(partial_ptr + rows * N_KB + tl.program_id(1), tl.max(mag, axis=1), mask=rows < M)
 
 
 @triton.jit
@@ -161,7 +144,7 @@ def row_exponents(amax_bits, MAG_MAX: tl.constexpr, IS_BF16: tl.constexpr, EXP_M
 @triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES", "M_BUCKET"])
 def quantise_compress_kernel(
     x_ptr,
-    partial_ptr,
+    amax_ptr,
     values_ptr,
     meta_ptr,
     scale_ptr,
@@ -169,14 +152,12 @@ def quantise_compress_kernel(
     M_PAD,
     K,
     stride_xm,
-    N_KB,
     META_COL_TILES,
     M_BUCKET,  # autotuning key only
     ABS_MASK: tl.constexpr,
     MAG_MAX: tl.constexpr,
     IS_BF16: tl.constexpr,
     EXP_MIN: tl.constexpr,
-    KB_POW2: tl.constexpr,
     HW_CAST: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -185,11 +166,9 @@ def quantise_compress_kernel(
     pid_k = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # the grid covers the metadata's rows (64-row tiles)
     in_x = rows < M  # rows past M read as zeros: the padding, never stored in x
-    kb = tl.arange(0, KB_POW2)
-    partial = tl.load(
-        partial_ptr + rows[:, None] * N_KB + kb[None, :], mask=in_x[:, None] & (kb < N_KB)[None, :], other=0
-    )
-    s, scale = row_exponents(tl.max(partial, axis=1), MAG_MAX, IS_BF16, EXP_MIN)
+    amax = tl.load(amax_ptr + rows, mask=in_x, other=0.0)
+    # as 16-bit magnitude bits: a NaN's order above inf's, as row_exponents expects
+    s, scale = row_exponents(amax.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK, MAG_MAX, IS_BF16, EXP_MIN)
     if pid_k == 0:
         tl.store(scale_ptr + rows, scale, mask=in_x)
 
@@ -205,6 +184,13 @@ def quantise_compress_kernel(
     )
     byte, where, in_k = fp8_metadata_bytes(first, last, rows, pid_k, BLOCK_K, META_COL_TILES)
     tl.store(meta_ptr + where, byte.to(tl.uint8), mask=in_k)
+
+
+def row_amax(x: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of each row of x (..., K), in x's dtype: NaN for a row with a NaN (max
+    reductions propagate it), else inf for a row with an inf. Eager, one reduction with no |x| temporary;
+    traced, ``amax(abs(x))``, which Inductor can fuse into the kernel that produces x."""
+    return torch.linalg.vector_norm(x, float("inf"), dim=-1)
 
 
 def tile_configs() -> list[triton.Config]:
@@ -226,51 +212,57 @@ _FIXED = tile_configs()[1]  # small inputs and the interpreter (``fixed_tile``)
 
 
 def prune_quantise_compress(
-    x: torch.Tensor, rows: int | None = None, config: triton.Config | None = None
+    x: torch.Tensor,
+    rows: int | None = None,
+    config: triton.Config | None = None,
+    amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(torch._cslt_compress(q), scale)``, ``q, scale = quantise_fp8_rows(prune_2to4(x zero-padded to rows))``.
 
     x: 2-D (M, K) bf16/fp16, unit column stride, K a multiple of 32, any M >= 1. ``rows``: rows of the
-    compressed operand, a multiple of 32 and >= M (default: M rounded up to 32). Returns the compressed
-    e4m3 operand (``compressed_shape(rows, K, FP8)``) and the float32 row scales, shape (M,): NaN for
-    a row with a NaN or inf (``semantics.quantise_fp8_rows``). ``config``: one of ``tile_configs()``
-    (the self-check runs each); default: fixed for small inputs and the interpreter, else autotuned.
+    compressed operand, a multiple of 32 and >= M (default: M rounded up to 32). ``amax``: x's per-row
+    max magnitude, (M,) in x's dtype, NaN for a row with a NaN (``row_amax``; the default): in a graph
+    it is computed beside x's producer, so that this pass reads x once. Returns the compressed e4m3
+    operand (``compressed_shape(rows, K, FP8)``) and the float32 row scales, shape (M,): NaN for a row
+    with a NaN or inf (``semantics.quantise_fp8_rows``). ``config``: one of ``tile_configs()`` (the
+    self-check runs each); default: fixed for small inputs and the interpreter, else autotuned.
     """
     m_pad = checked_rows(x, rows, FP8_MULTIPLE, "prune_quantise_compress", index_rows=TILE_ROWS)
     m, k = x.shape
+    if amax is None:
+        amax = row_amax(x)
+    elif amax.shape != (m,) or amax.dtype != x.dtype or amax.device != x.device:
+        raise ValueError(
+            f"prune_quantise_compress needs amax of shape ({m},), dtype {x.dtype} on {x.device} (x's rows, "
+            f"dtype and device), got shape {tuple(amax.shape)}, dtype {amax.dtype} on {amax.device}"
+        )
     out = torch.empty(compressed_shape(m_pad, k, FP8), dtype=FP8, device=x.device)
     raw = out.view(-1).view(torch.uint8)
     meta = raw[m_pad * k // 2 : m_pad * k // 2 + metadata_nbytes(m_pad, k, FP8)]
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
-    n_kb = triton.cdiv(k, AMAX_BLOCK_K)
-    partial = torch.empty((m, n_kb), dtype=torch.int32, device=x.device)
     abs_mask, mag_max = MAGNITUDE_BITS[x.dtype]
-    row_amax_kernel[(triton.cdiv(m, AMAX_BLOCK_M), n_kb)](
-        x, partial, m, k, x.stride(0), n_kb, ABS_MASK=abs_mask, BLOCK_M=AMAX_BLOCK_M, BLOCK_K=AMAX_BLOCK_K, num_warps=4
-    )
     meta_rows = round_up(m_pad, TILE_ROWS)
     args = dict(
         M=m,
         M_PAD=m_pad,
         K=k,
         stride_xm=x.stride(0),
-        N_KB=n_kb,
         META_COL_TILES=-(-k // FP8_TILE_COLS),
         M_BUCKET=min(triton.next_power_of_2(m_pad), 16384),
         ABS_MASK=abs_mask,
         MAG_MAX=mag_max,
         IS_BF16=x.dtype == torch.bfloat16,
         EXP_MIN=FP8_SCALE_EXP_MIN,
-        KB_POW2=triton.next_power_of_2(n_kb),
         HW_CAST=HW_CAST,
     )
 
     def grid(cfg: dict[str, int]) -> tuple[int, int]:
         return meta_rows // cfg["BLOCK_M"], triton.cdiv(k, cfg["BLOCK_K"])
 
+    amax = amax.contiguous()  # the kernel indexes it by row
     if config is None and not fixed_tile(m_pad, k):
-        quantise_compress_autotuned[grid](x, partial, raw, meta, scale, **args)
+        quantise_compress_autotuned[grid](x, amax, raw, meta, scale, **args)
     else:
         config = config or _FIXED
-        quantise_compress_kernel[grid(config.kwargs)](x, partial, raw, meta, scale, **args, **config.all_kwargs())
+        quantise_compress_kernel[grid(config.kwargs)](x, amax, raw, meta, scale, **args, **config.all_kwargs())
     return out, scale

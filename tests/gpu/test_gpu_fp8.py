@@ -10,7 +10,7 @@ import lynx_compile
 from lynx_compile import zoo
 from lynx_compile.codegen import cusparselt, self_check
 from lynx_compile.codegen.cusparselt_layout import probe_matrix, same_compressed
-from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress
+from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress, row_amax
 from lynx_compile.semantics import fp8_linear, prune_2to4, quantise_fp8_rows
 
 pytestmark = [
@@ -29,6 +29,30 @@ def test_kernel_is_bit_exact_with_cslt_compress_of_the_quantised_pruning(dtype, 
     assert same_compressed(got, want, rows, k)
     assert torch.equal(scale.nan_to_num(), want_scale[:m].nan_to_num())
     assert torch.equal(scale.isnan(), want_scale[:m].isnan())
+
+
+def _doubled_with_amax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    h = x * 2  # a producer for Inductor to fuse the amax into
+    return h, row_amax(h)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_amax_a_compiled_graph_computes_gives_cusparselts_bytes(dtype):
+    """The row amax as the graph computes it (an Inductor reduction with x's producer; rows over 32 binades,
+    a NaN row, an inf row, a zero row): eager's values, and through the kernel cuSPARSELt's bytes."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1000, 3072, generator=g) * 2.0 ** torch.randint(-20, 12, (1000, 1), generator=g).float()
+    x[3, 5], x[4, 6], x[5] = float("nan"), float("inf"), 0.0
+    x = x.to(dtype).cuda()
+    torch._dynamo.reset()
+    h, amax = torch.compile(_doubled_with_amax)(x)
+    eager = row_amax(h)
+    assert torch.equal(amax.isnan(), eager.isnan()) and torch.equal(amax.nan_to_num(), eager.nan_to_num())
+    got, scale = prune_quantise_compress(h, 1024, amax=amax)
+    q, want_scale = quantise_fp8_rows(prune_2to4(F.pad(h, (0, 0, 0, 24))))
+    assert same_compressed(got, torch._cslt_compress(q), 1024, 3072)
+    assert torch.equal(scale.nan_to_num(), want_scale[:1000].nan_to_num())
+    assert torch.equal(scale.isnan(), want_scale[:1000].isnan())
 
 
 def test_self_check_passes():
