@@ -98,6 +98,23 @@ def test_kernel_matches_emulation_across_magnitudes(m, k32, exponent, dtype):
     assert_same(x.to(dtype), ((m + 31) // 32) * 32)
 
 
+@settings(max_examples=20)
+@given(
+    st.lists(st.sampled_from(["0", "-0", "under", "half", "sub", "normal", "-normal"]), min_size=128, max_size=128),
+    st.sampled_from([torch.bfloat16, torch.float16]),
+)
+def test_kept_values_that_round_to_zero_change_the_stored_indices(kinds, dtype):
+    """Groups whose kept values quantise to +-0 (below half of e4m3's smallest subnormal), to the tie at half
+    of it, to subnormals or to normals, beside +-0: the kernel quantises only the two values it would store
+    for the 16-bit group and then re-picks the indices as cuSPARSELt does for the quantised group."""
+    value = {"0": 0.0, "-0": -0.0, "under": 2.0**-12, "half": 2.0**-10, "sub": 3 * 2.0**-9, "normal": 0.75}
+    value["-normal"] = -0.75
+    x = torch.tensor([[value[k] for k in kinds]] * 2, dtype=torch.float32)
+    x[:, 0] = 448.0  # the row's amax: scale 1, so e4m3's subnormals are at 2^-9
+    x[1] = -x[1]
+    assert_same(x.to(dtype), 32)
+
+
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="K % 32"):
         prune_quantise_compress(torch.zeros(32, 48, dtype=torch.bfloat16))

@@ -29,7 +29,7 @@ import triton.testing
 
 from ..semantics import FP8, FP8_SCALE_EXP_MIN, round_up
 from .cusparselt_layout import FP8_MULTIPLE, FP8_TILE_COLS, TILE_ROWS, compressed_shape, metadata_nbytes
-from .prune_compress import INTERPRET, MAGNITUDE_BITS, checked_rows, fixed_tile, rank_2to4
+from .prune_compress import INTERPRET, MAGNITUDE_BITS, checked_rows, fixed_tile, select_2to4
 
 
 @triton.jit
@@ -83,26 +83,25 @@ def quantised_bits(v, s, IS_BF16: tl.constexpr, HW_CAST: tl.constexpr):
 
 @triton.jit
 def select_quantised(x, s, ABS_MASK: tl.constexpr, MAG_MAX: tl.constexpr, IS_BF16: tl.constexpr, HW_CAST: tl.constexpr):
-    """Prune each group of 4 (on the 16-bit magnitudes), quantise what is kept (row exponents s,
-    (BLOCK_M, 1)), and pick the two indices cuSPARSELt stores for the *quantised* group: a kept value
-    that rounds to zero is a zero to it, which changes its choice (``cusparselt_layout.kept_indices``).
-    Returns (first, last, q_first, q_last): indices and e4m3 bits (int32), (BLOCK_M, BLOCK_K // 4)."""
-    x0, x1, x2, x3, k0, k1, k2, k3, _, second = rank_2to4(x, ABS_MASK, MAG_MAX)
-    zero = tl.zeros_like(x0)
-    q0 = quantised_bits(tl.where(k0 >= second, x0, zero), s, IS_BF16, HW_CAST)
-    q1 = quantised_bits(tl.where(k1 >= second, x1, zero), s, IS_BF16, HW_CAST)
-    q2 = quantised_bits(tl.where(k2 >= second, x2, zero), s, IS_BF16, HW_CAST)
-    q3 = quantised_bits(tl.where(k3 >= second, x3, zero), s, IS_BF16, HW_CAST)
-    nz0, nz1, nz2, nz3 = (q0 & 0x7F) != 0, (q1 & 0x7F) != 0, (q2 & 0x7F) != 0, (q3 & 0x7F) != 0
-    count = nz0.to(tl.int32) + nz1.to(tl.int32) + nz2.to(tl.int32) + nz3.to(tl.int32)
-    # fewer than two nonzeros: topped up with the highest free indices (3, then 2)
-    chosen2 = nz2 | (count == 0) | ((count == 1) & nz3)
-    chosen3 = nz3 | (count < 2)
-    first = tl.where(nz0, 0, tl.where(nz1, 1, 2))
-    last = tl.where(chosen3, 3, tl.where(chosen2, 2, 1))
-    q_first = tl.where(first == 0, q0, tl.where(first == 1, q1, q2))
-    q_last = tl.where(last == 3, q3, tl.where(last == 2, q2, q1))
-    return first, last, q_first, q_last
+    """Prune each group of 4 (on the 16-bit magnitudes), quantise the two values cuSPARSELt would store for
+    the 16-bit group (row exponents s, (BLOCK_M, 1)), and pick the two indices it stores for the *quantised*
+    group: a kept value that rounds to zero is a zero to it, which changes its choice
+    (``cusparselt_layout.kept_indices``). Only the stored two are quantised: the quantised group's nonzeros
+    are among them, and its other members are +0 (a kept +-0 is never at an index 2 or 3 outside them: the
+    zeros of lower index win the tie). Returns (first, last, q_first, q_last): indices and e4m3 bits (int32),
+    (BLOCK_M, BLOCK_K // 4)."""
+    first, last, v_first, v_last = select_2to4(x, ABS_MASK, MAG_MAX)
+    q_f = quantised_bits(v_first, s, IS_BF16, HW_CAST)
+    q_l = quantised_bits(v_last, s, IS_BF16, HW_CAST)
+    nz_f, nz_l = (q_f & 0x7F) != 0, (q_l & 0x7F) != 0
+    # both nonzero: as chosen; one nonzero at i: (min(i, 2), 3); none: (2, 3)
+    one = tl.minimum(tl.where(nz_f, first, last), 2)
+    new_first = tl.where(nz_f & nz_l, first, tl.where(nz_f | nz_l, one, 2))
+    new_last = tl.where(nz_f & nz_l, last, 3)
+    zero = tl.zeros_like(q_f)
+    q_first = tl.where(new_first == first, q_f, tl.where(new_first == last, q_l, zero))
+    q_last = tl.where(new_last == last, q_l, tl.where(new_last == first, q_f, zero))
+    return new_first, new_last, q_first, q_last
 
 
 @triton.jit
