@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import faulthandler
 import json
 import statistics
 import subprocess
@@ -132,6 +133,9 @@ VARIANTS: dict[str, Variant] = {
     "compensate": Variant({"compensate": True}),
     "fp8": Variant({"precision": "fp8"}),
     **{f"lowrank{r}": Variant({"low_rank": r}) for r in (16, 32, 64)},
+    # the sensitivity policy: its budgets bound the output's relative error, measured on the compiling call
+    "budget_lo": Variant({"error_budget": 0.05}),
+    "budget_hi": Variant({"error_budget": 0.2}),
 }
 
 
@@ -185,10 +189,17 @@ def torchao_fp8(model: torch.nn.Module) -> torch.nn.Module | None:
     return copied
 
 
+def stage(case: str, t0: float, what: str) -> None:
+    """One line per stage of a case, with the seconds since it started: a case takes minutes."""
+    print(f"[{case}] {time.perf_counter() - t0:6.1f} s  {what}", flush=True)
+
+
 def run_case(name: str, batch: int, runs: int, variant: str = "default", max_autotune: bool = False) -> Row:
+    case, t0 = f"{name}:{batch}:{variant}", time.perf_counter()
     spec = CASES[name]
     built = zoo.build(name, size="full", batch=batch, dtype=torch.bfloat16, device="cuda", **spec)
     model, kwargs0 = built.model, built.example_kwargs
+    stage(case, t0, "built")
     options = prepare(model, variant, kwargs0)
     seeds = iter(range(1, 10_000))
 
@@ -212,17 +223,21 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
         # Every compile starts cold (a dense compile before would warm the next one's Inductor and
         # Triton caches). Lynx first: its recompile after torch._dynamo.reset() (caches warm) drops
         # every compiled model of the process.
+        stage(case, t0, "eager timed")
         pay_first_compile(root)
         with cold_caches(root):
             n_reports = len(lynx_compile.reports())
             _, _, lynx_compile_s = timed_compile(lynx_model, kwargs0)
             layers = [layer for r in lynx_compile.reports()[n_reports:] for layer in r.layers]
             torch._dynamo.reset()
+            stage(case, t0, f"lynx compiled ({lynx_compile_s:.1f} s)")
             lynx, out, lynx_recompile_s = timed_compile(lynx_model, kwargs0)
+        stage(case, t0, f"lynx recompiled ({lynx_recompile_s:.1f} s)")
         with cold_caches(root):
             dense, ref, inductor_compile_s = timed_compile(
                 lambda: torch.compile(model, mode="reduce-overhead"), kwargs0
             )
+        stage(case, t0, f"dense compiled ({inductor_compile_s:.1f} s)")
         fns = {"inductor": dense, "lynx": lynx}
         fp8_model = torchao_fp8(model)
         if fp8_model is not None:
@@ -236,7 +251,9 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
                 fns["max_autotune"], _, max_autotune_compile_s = timed_compile(
                     lambda: torch.compile(model, mode="max-autotune"), kwargs0
                 )
+        stage(case, t0, f"compiled {', '.join(fns)}; timing")
         ms = time_interleaved(fns, make_inputs, runs)
+        stage(case, t0, "timed")
         del fns, dense, lynx, fp8_model
     rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     depth = spec["depth"]
@@ -281,7 +298,9 @@ Qwen-Image's double-stream blocks, zimage = Z-Image's main blocks after its 2 + 
 `fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both; `variant=qkv` runs diffusers'
 `fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM per attention, lynx
 defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation); `variant=fp8` adds
-`precision="fp8"`; `variant=lowrankR` adds `low_rank=R`, calibrated on one call of the case's random inputs
+`precision="fp8"`; `variant=budget_lo` / `budget_hi` add `error_budget=0.05` / `0.2` (sensitivities measured on
+the case's random weights and inputs: which layers stay dense, not a quality figure); `variant=lowrankR` adds
+`low_rank=R`, calibrated on one call of the case's random inputs
 (the branch's cost, not its quality); `torchao_fp8_*`: torchao's dense fp8 (per-row
 `Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`), timed
 in the same run. `*_ms`: CUDA events
@@ -364,10 +383,15 @@ def _run_isolated(case: str, args: argparse.Namespace) -> dict[str, Any]:
             str(args.runs),
             "--row-json",
             str(row_json),
+            "--case-timeout",
+            str(args.case_timeout),
         ]
+        t0 = time.perf_counter()
         proc = subprocess.run(
             cmd + (["--max-autotune"] if args.max_autotune else []), check=False, cwd=RESULTS.parents[1]
         )
+        if not row_json.exists() and time.perf_counter() - t0 >= args.case_timeout:
+            raise RuntimeError(f"timed out after {args.case_timeout} s (its threads' stacks are above)")
         if not row_json.exists():
             raise RuntimeError(f"exit status {proc.returncode}, no result (its output is above)")
         return json.loads(row_json.read_text())
@@ -388,17 +412,24 @@ def main() -> None:
     p.add_argument("--max-autotune", action="store_true", help="also time dense mode='max-autotune' (slow compile)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results root; files go to OUT/<gpu>/e2e.*")
     p.add_argument("--append", action="store_true", help="add the cases to the rows already in the result files")
+    p.add_argument(
+        "--case-timeout",
+        type=float,
+        default=1200,
+        help="seconds after which a case prints every thread's stack and is given up (its failure recorded)",
+    )
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case in this process, its row to --row-json
     p.add_argument("--row-json", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:
+        faulthandler.dump_traceback_later(args.case_timeout, exit=True)
         name, batch, *variant = args.case.split(":")
         row = run_case(name, int(batch), args.runs, *variant, max_autotune=args.max_autotune)
         print(row, flush=True)
         args.row_json.write_text(json.dumps(dataclasses.asdict(row)))
         return
     stem = result_stem("e2e", args.out)
-    meta = stamp({k: v for k, v in vars(args).items() if k not in ("case", "row_json")}, PROTOCOL)
+    meta = stamp({k: v for k, v in vars(args).items() if k not in ("case", "row_json", "case_timeout")}, PROTOCOL)
     meta["variants"] = {name: dataclasses.asdict(variant) for name, variant in VARIANTS.items()}
     earlier = earlier_rows(stem, meta) if args.append else []
     rows, failures = [], []

@@ -186,9 +186,9 @@ def test_alg_search_times_every_id_cusparselt_offers(monkeypatch: pytest.MonkeyP
     called: set[int] = set()
     real_mm = cusparselt.sparse_mm
 
-    def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, alg: int) -> torch.Tensor:
+    def sparse_mm(compressed: torch.Tensor, weight: torch.Tensor, alg: int, *args, **kwargs) -> torch.Tensor:
         called.add(alg)
-        return real_mm(compressed, weight, alg)
+        return real_mm(compressed, weight, alg, *args, **kwargs)
 
     search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
     if search is None:
