@@ -9,8 +9,8 @@ where Inductor can fuse the reduction into the kernel that produces x (a norm, a
 GEMM's scale epilogue; after an extern kernel such as attention it is a reduction kernel of its own).
 ``quantise_compress_kernel`` then reads x once per (BLOCK_M, BLOCK_K) tile: the row's scale from its
 amax, then prune, quantise and write the e4m3 values and the metadata. This replaces a separate amax
-kernel that read x a second time (the pass was 2.3-2.6x the bf16 prune pass on the H100); the one-pass
-form is not measured yet on the GPU.
+kernel that read x a second time; on the H100 a lone layer's amax reduction plus this kernel take about
+what the two kernels took (docs/design.md, "FP8"): the saving needs the amax fused into x's producer.
 
 On the GPU the rounding is the hardware conversion (``quantised_bits``, ``HW_CAST``); under Triton's
 interpreter, whose fp8 casts do not round to nearest even, it is integer arithmetic on float32 bits
