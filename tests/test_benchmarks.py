@@ -4,6 +4,10 @@ linear benchmark's bound for a prune+compress pass of its own."""
 
 from __future__ import annotations
 
+import time
+from argparse import Namespace
+from subprocess import CompletedProcess
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -84,6 +88,30 @@ def test_low_rank_variant_calibrates_on_the_case_inputs(monkeypatch: pytest.Monk
     report = lynx_compile.inspect(built.model, **built.example_kwargs, options=options)
     sparse = [layer for layer in report.layers if layer.sparse]
     assert sparse and all(layer.low_rank == 16 for layer in sparse)
+
+
+@pytest.mark.parametrize("variant", sorted(e2e.VARIANTS))
+def test_every_variant_is_valid_lynx_options(variant: str) -> None:
+    options = dict(e2e.VARIANTS[variant].options)
+    options.pop("low_rank", None)  # needs the calibration that prepare() makes (its own test is above)
+    lynx_compile.LynxConfig.from_options(options)  # raises on an unknown option or a bad value
+
+
+@pytest.mark.parametrize(("seconds", "says"), [(0.3, "timed out after 0.2 s"), (0.0, "exit status 1")])
+def test_a_case_without_a_row_says_whether_it_timed_out(
+    monkeypatch: pytest.MonkeyPatch, seconds: float, says: str
+) -> None:
+    """A case past --case-timeout (faulthandler printed its stacks and ended it) reads as timed out; a case that
+    failed sooner as the exit status it had."""
+
+    def run(cmd, **kwargs):
+        assert cmd[cmd.index("--case-timeout") + 1] == "0.2"  # the child gets the limit
+        time.sleep(seconds)
+        return CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(e2e.subprocess, "run", run)
+    with pytest.raises(RuntimeError, match=says):
+        e2e._run_isolated("flux:1", Namespace(runs=2, max_autotune=False, case_timeout=0.2))
 
 
 @pytest.mark.slow
