@@ -390,9 +390,9 @@ def _run_isolated(case: str, args: argparse.Namespace) -> dict[str, Any]:
         proc = subprocess.run(
             cmd + (["--max-autotune"] if args.max_autotune else []), check=False, cwd=RESULTS.parents[1]
         )
-        if not row_json.exists() and time.perf_counter() - t0 >= args.case_timeout:
-            raise RuntimeError(f"timed out after {args.case_timeout} s (its threads' stacks are above)")
         if not row_json.exists():
+            if time.perf_counter() - t0 >= args.case_timeout:  # faulthandler ended it (exit status 1, as a crash)
+                raise RuntimeError(f"timed out after {args.case_timeout} s (its threads' stacks are above)")
             raise RuntimeError(f"exit status {proc.returncode}, no result (its output is above)")
         return json.loads(row_json.read_text())
 
@@ -429,7 +429,7 @@ def main() -> None:
         args.row_json.write_text(json.dumps(dataclasses.asdict(row)))
         return
     stem = result_stem("e2e", args.out)
-    meta = stamp({k: v for k, v in vars(args).items() if k not in ("case", "row_json", "case_timeout")}, PROTOCOL)
+    meta = stamp({k: v for k, v in vars(args).items() if k not in ("case", "row_json")}, PROTOCOL)
     meta["variants"] = {name: dataclasses.asdict(variant) for name, variant in VARIANTS.items()}
     earlier = earlier_rows(stem, meta) if args.append else []
     rows, failures = [], []
