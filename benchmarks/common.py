@@ -8,7 +8,9 @@ overwritten by a rerun (``--append``, where a benchmark has it, adds cases to th
 
 from __future__ import annotations
 
+import copy
 import datetime
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -39,6 +41,29 @@ def activation_mb(layers: Sequence[Any], dense: bool = False) -> float:
         sum(layer.m * layer.k * BYTES_PER_ELEMENT["-" if dense else layer.prune] for layer in layers if layer.sparse)
         / 1e6
     )
+
+
+def torchao_fp8(module: torch.nn.Module) -> torch.nn.Module | None:
+    """A copy of ``module`` with every nn.Linear in torchao's dense fp8, dynamic per-row activation and
+    per-row weight scales: what FP8 serving runs today. None, said once, without torchao.
+
+    ``set_inductor_config=False``: torchao's default turns on Inductor's coordinate-descent tuning for
+    the whole process, which made FLUX's compile run past 5 minutes on the H100 and would tune every
+    compile after it. Off, torchao compiles with the same Inductor settings as the bf16 and lynx models
+    it is timed against."""
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as e:
+        _say_once(f"torchao not importable ({e}): torchao_fp8 left empty; pip install -e '.[bench]'")
+        return None
+    copied = copy.deepcopy(module)
+    quantize_(copied, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
+    return copied
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    print(message, flush=True)
 
 
 def gpu_slug() -> str:

@@ -14,7 +14,6 @@ replaces its row). Variants (``flux:1:fused``) are rows of the same table.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import faulthandler
 import json
@@ -30,7 +29,16 @@ import torch
 from torch._inductor.utils import fresh_cache
 
 import lynx_compile
-from benchmarks.common import RESULTS, activation_mb, earlier_rows, result_stem, stamp, write_json, write_table
+from benchmarks.common import (
+    RESULTS,
+    activation_mb,
+    earlier_rows,
+    result_stem,
+    stamp,
+    torchao_fp8,
+    write_json,
+    write_table,
+)
 from lynx_compile import zoo
 
 # (depth used, depth of the real model) per architecture; resolution/frames as in issue 4
@@ -174,19 +182,6 @@ def pay_first_compile(root: str) -> None:
     workers), so that the compiles timed after it pay only their own work."""
     with cold_caches(root):
         torch.compile(lambda t: t.sin() * 2)(torch.ones(8, device="cuda"))
-
-
-def torchao_fp8(model: torch.nn.Module) -> torch.nn.Module | None:
-    """A copy of ``model`` with every nn.Linear in torchao's dense fp8 (dynamic per-row activation
-    scales, per-row weight scales): what FP8 serving runs today. None, said, without torchao."""
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-    except ImportError as e:
-        print(f"torchao not importable ({e}): torchao_fp8_ms left empty; pip install -e '.[bench]'", flush=True)
-        return None
-    copied = copy.deepcopy(model)
-    quantize_(copied, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    return copied
 
 
 def stage(case: str, t0: float, what: str) -> None:

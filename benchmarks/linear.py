@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS, result_stem, stamp, write_json, write_table
+from benchmarks.common import RESULTS, result_stem, stamp, torchao_fp8, write_json, write_table
 from lynx_compile.codegen.cusparselt import compress_compat, compress_compat_fp8, sparse_mm
 from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, metadata_nbytes
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_autotuned
@@ -254,22 +254,11 @@ def lynx_fp8_linear(
 def torchao_fp8_linear(w: torch.Tensor, b: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """torchao's dense fp8 linear (dynamic per-row activation scales, per-row weight scales), compiled;
     None (said once) where torchao is not installed: ``pip install -e '.[bench]'``."""
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-    except ImportError as e:
-        _say_once(f"torchao not importable ({e}): torchao_fp8_ms left empty; pip install -e '.[bench]'")
-        return None
     lin = torch.nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
     with torch.no_grad():
         lin.weight.copy_(w)
         lin.bias.copy_(b)
-    quantize_(lin, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    return torch.compile(lin, dynamic=False)
-
-
-@functools.cache
-def _say_once(message: str) -> None:
-    print(message, flush=True)
+    return None if torchao_fp8(lin) is None else torch.compile(lin, dynamic=False)
 
 
 def measure_fp8(row: Row, w: torch.Tensor, b: torch.Tensor, xs: list[torch.Tensor], calls: int) -> Row:

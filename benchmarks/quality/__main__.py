@@ -23,14 +23,13 @@ DISTILL_BATCH captions each.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import gpu_slug
+from benchmarks.common import gpu_slug, torchao_fp8
 from lynx_compile import Calibration, calibrate, distill, quality, yardstick
 from lynx_compile.quality import pipelines
 from lynx_compile.quality.compare import Variant, transformer_inputs
@@ -52,16 +51,6 @@ DISTILL_LR = 1e-4
 DISTILL_BATCH = 8
 DISTILL = "distill"  # a key of CONFIGS, not a lynx option: main distils that configuration's calibration
 _NO_COST_MODEL = {"cost_model": False}
-
-
-def torchao_fp8(transformer: torch.nn.Module) -> torch.nn.Module:
-    """A copy of the transformer with every nn.Linear in torchao's dense fp8 (per-row dynamic
-    activation and per-row weight scales): the FP8 baseline serving runs today."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    copied = copy.deepcopy(transformer)
-    quantize_(copied, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    return copied
 
 
 # Every configuration the benchmark knows, in the order of its table: "naive" has every recovery option
