@@ -3,6 +3,7 @@ report, its fallbacks, and every zoo architecture's plan."""
 
 import logging
 import sys
+import types
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from helpers import rel
 from torch import nn
 
 import lynx_compile
-from benchmarks import linear
+from benchmarks import common, linear
 from lynx_compile import ops, zoo
 from lynx_compile.codegen import cusparselt, self_check, tuning
 from lynx_compile.codegen.cusparselt_layout import compressed_shape, decompress_reference
@@ -210,6 +211,31 @@ def test_the_row_amax_is_computed_in_the_graph_before_the_compression(monkeypatc
 
 def test_linear_benchmark_without_torchao_says_so(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # import fails
-    linear._say_once.cache_clear()
+    common._say_once.cache_clear()
     assert linear.torchao_fp8_linear(torch.zeros(32, 32), torch.zeros(32)) is None
     assert "torchao not importable" in capsys.readouterr().out
+
+
+def test_torchao_baseline_leaves_inductor_settings_alone(monkeypatch):
+    """torchao's config by default turns on coordinate-descent tuning for every later compile of the
+    process (FLUX's compile ran past 5 minutes): the baseline must ask it not to, and copy the module."""
+    seen = {}
+
+    def quantize_(module, config):
+        seen["config"] = config
+        module.weight.data.zero_()
+
+    class Config:
+        def __init__(self, granularity, set_inductor_config=True):
+            self.set_inductor_config = set_inductor_config
+
+    fake = types.SimpleNamespace(
+        Float8DynamicActivationFloat8WeightConfig=Config, PerRow=lambda: "per-row", quantize_=quantize_
+    )
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.quantization", fake)
+    original = nn.Linear(8, 8)
+    weight = original.weight.detach().clone()
+    copied = common.torchao_fp8(original)
+    assert copied is not original and torch.equal(original.weight, weight)
+    assert seen["config"].set_inductor_config is False
