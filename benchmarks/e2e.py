@@ -297,8 +297,8 @@ defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensat
 the case's random weights and inputs: which layers stay dense, not a quality figure); `variant=lowrankR` adds
 `low_rank=R`, calibrated on one call of the case's random inputs
 (the branch's cost, not its quality); `torchao_fp8_*`: torchao's dense fp8 (per-row
-`Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`), timed
-in the same run. `*_ms`: CUDA events
+`Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`,
+`set_inductor_config=False`: Inductor's settings as for dense and lynx), timed in the same run. `*_ms`: CUDA events
 around each synchronised call (the GPU also waits for the call's ~1 ms of CPU work: guards, CUDA-graph input
 copies, launch), median of the runs, fresh inputs every run, all timed before any loop (a call right after a
 loop runs ~1 ms slower); `*_loop_ms`: per call of 10 calls back to back, as in a denoising loop. The compiled

@@ -25,7 +25,8 @@ plans its GEMM at every call).
 With fp8 (default): rows gain ``lynx_fp8_ms`` (precision="fp8": the row amax as a reduction of its own (in a
 model Inductor can fuse it into x's producer), prune + quantise + compress, the e4m3 GEMM, the scale
 epilogue + bias compiled into one kernel) and ``torchao_fp8_ms`` (torchao's
-``Float8DynamicActivationFloat8WeightConfig(PerRow())`` + torch.compile; empty without torchao).
+``Float8DynamicActivationFloat8WeightConfig(PerRow())`` + torch.compile, Inductor's settings left as
+they are: ``benchmarks.common.torchao_fp8``; empty without torchao).
 
 Writes benchmarks/results/<gpu>/linear.{json,md}.
 """
