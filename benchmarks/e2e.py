@@ -295,8 +295,8 @@ Qwen-Image's double-stream blocks, zimage = Z-Image's main blocks after its 2 + 
 defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation); `variant=fp8` adds
 `precision="fp8"`; `variant=budget_lo` / `budget_hi` add `error_budget=0.05` / `0.2` (sensitivities measured on
 the case's random weights and inputs: which layers stay dense, not a quality figure); `variant=lowrankR` adds
-`low_rank=R`, calibrated on one call of the case's random inputs
-(the branch's cost, not its quality); `torchao_fp8_*`: torchao's dense fp8 (per-row
+`low_rank=R`, calibrated on one call of the case's random inputs (the branch's cost, not its quality; the
+cost model keeps dense the GEMMs whose branch eats their gain); `torchao_fp8_*`: torchao's dense fp8 (per-row
 `Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`,
 `set_inductor_config=False`: Inductor's settings as for dense and lynx), timed in the same run. `*_ms`: CUDA events
 around each synchronised call (the GPU also waits for the call's ~1 ms of CPU work: guards, CUDA-graph input

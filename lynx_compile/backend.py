@@ -23,7 +23,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from . import steps
 from .config import INDUCTOR_MODES, LynxConfig, dtype_name
 from .passes import errors as pruning
-from .passes import low_rank, policy
+from .passes import low_rank, policy, profitability
 from .passes.decision import Decision
 from .passes.errors import PruningError
 from .passes.fold_bias import FoldedWeights
@@ -129,9 +129,14 @@ def lynx_backend(
     mode = _inductor_mode(mode, config)
     plan, errors, output_error = _plan(gm, config, example_inputs)
     branches = low_rank.factors([s for s, _ in plan], [d for _, d in plan], config)
-    if branches:  # which branches go into their sparse GEMMs (the reasons say)
+    if branches:  # which branches go into their sparse GEMMs (the reasons say), then what they cost
         sites = [s for s, _ in plan]
-        plan = list(zip(sites, low_rank.fuse(sites, [d for _, d in plan], branches, config), strict=True))
+        decisions = low_rank.fuse(sites, [d for _, d in plan], branches, config)
+        if config.cost_model:
+            ranks = {name: a.shape[1] for name, (a, _) in branches.items()}
+            decisions = profitability.charge_branches(sites, decisions, ranks, config.min_speedup, config.compensate)
+        plan = list(zip(sites, decisions, strict=True))
+        branches = {s.name: branches[s.name] for s, d in plan if d.sparse and s.name in branches}
     report = Report(
         [layer_report(s, d, errors, _rank(branches, s.name)) for s, d in plan],
         device=_graph_device(plan),

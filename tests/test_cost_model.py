@@ -30,7 +30,7 @@ def _cost_model(
             )
             times[(sites[-1].k, n)] = tuning.Costs(dense_ms, prune_ms, gemm_ms)
 
-    def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms, fp8=False):
+    def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms, fp8=False, low_rank=0):
         assert norms is compensate  # with compensation the prune+compress timed also sums the norms
         return times[(k, n)]
 
@@ -73,7 +73,7 @@ def test_fp8_decisions_are_timed_as_fp8(monkeypatch, fp8):
     site = types.SimpleNamespace(x="x", m=4096, k=1024, n=1024, dtype=torch.bfloat16, device=torch.device("cuda"))
     seen = []
 
-    def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms, fp8=False):
+    def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms, fp8=False, low_rank=0):
         seen.append(fp8)
         return tuning.Costs(1.0, 0.1, 0.4)
 
@@ -101,6 +101,80 @@ def test_cost_model_group_properties(monkeypatch, group, prune_ms, min_speedup):
         assert sum(d for d, _ in chosen) / (prune_ms + sum(g for _, g in chosen)) >= min_speedup
         assert len(chosen) == sum(dense / gemm >= min_speedup for dense, gemm in group)
     assert all(d.reason for d in decisions)
+
+
+def _charge(monkeypatch, members: int, fused: bool, costs: tuning.Costs, branch: tuning.Costs, min_speedup=1.1):
+    """``charge_branches`` on one activation read by ``members`` GEMMs with rank-32 branches, fused (64
+    columns) or not, GPU measurements stubbed; returns the decisions and what the stubs were asked."""
+    sites = [
+        types.SimpleNamespace(name=f"g{j}", x="x", m=4096, k=1024, n=1024 * (j + 1), dtype=torch.bfloat16, device=None)
+        for j in range(members)
+    ]
+    asked = {"low_rank": [], "branch": []}
+
+    def measure_costs(m, k, n, dtype, alg_id, device, ones_column, norms, fp8=False, low_rank=0):
+        asked["low_rank"].append(low_rank)
+        return costs
+
+    def measure_branch(m, k, n, rank, dtype, device):
+        asked["branch"].append((k, n, rank))
+        return branch
+
+    monkeypatch.setattr(tuning, "measure_costs", measure_costs)
+    monkeypatch.setattr(tuning, "measure_branch", measure_branch)
+    columns = 64 if fused else 0
+    decisions = [
+        Decision(True, GemmPath.CUSPARSELT, "block GEMM", alg_id=3, prune=PruneSite.TRITON, low_rank_columns=columns)
+        for _ in sites
+    ]
+    ranks = {site.name: 32 for site in sites}
+    return profitability.charge_branches(sites, decisions, ranks, min_speedup), asked
+
+
+@pytest.mark.parametrize("gemm_ms, sparse", [(0.6, True), (0.8, False)])
+def test_fused_branch_is_timed_as_it_runs(monkeypatch, gemm_ms, sparse):
+    """Fused: the compression with x A and the GEMM 2R longer, one compression for the group. q, k, v at
+    3.0 / (0.3 + 3 x 0.6) = 1.43x stay sparse; at 3.0 / (0.3 + 3 x 0.8) = 1.11x, under the bar of 1.2, not."""
+    costs, nothing = tuning.Costs(1.0, 0.3, gemm_ms), tuning.Costs(0.0, 9.0, 9.0)
+    decisions, asked = _charge(monkeypatch, 3, True, costs, nothing, min_speedup=1.2)
+    assert asked == {"low_rank": [32] * 3, "branch": []}  # R = 64 columns / 2; no cuBLAS branch
+    ratio = f"{3.0 / (0.3 + 3 * gemm_ms):.2f}x"
+    assert all(d.sparse is sparse and "rank-32 branch (fused)" in d.reason and ratio in d.reason for d in decisions)
+    assert all(d.alg_id == 3 and "block GEMM" in d.reason for d in decisions) if sparse else True
+
+
+def test_unfused_branch_charges_x_a_once_and_u_b_per_gemm(monkeypatch):
+    """Unfused: x A once for the activation, u B per GEMM. Alone the three would gain 3 / (0.3 + 1.5) =
+    1.67x; with 0.2 ms of x A and 0.1 per u B, 3 / 2.3 = 1.30x: over the bar of 1.2, under 1.35."""
+    costs, branch = tuning.Costs(1.0, 0.3, 0.5), tuning.Costs(0.0, 0.2, 0.1)
+    decisions, asked = _charge(monkeypatch, 3, False, costs, branch, min_speedup=1.2)
+    assert asked["low_rank"] == [0] * 3 and asked["branch"] == [(1024, 1024 * (j + 1), 32) for j in range(3)]
+    assert all(d.sparse and "(unfused): 2.300 ms vs dense 3.000 ms = 1.30x" in d.reason for d in decisions)
+    decisions, _ = _charge(monkeypatch, 3, False, costs, branch, min_speedup=1.35)
+    assert not any(d.sparse for d in decisions)
+    assert all("1.30x < min_speedup=1.35" in d.reason for d in decisions)
+
+
+@given(
+    st.integers(1, 4),
+    st.booleans(),
+    st.floats(0.1, 2.0),
+    st.floats(0.0, 1.0),
+    st.floats(0.1, 2.0),
+    st.floats(0.0, 0.5),
+    st.floats(0.0, 0.5),
+    st.floats(0.8, 1.5),
+)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_charged_groups_clear_the_bar(monkeypatch, members, fused, dense, prune, gemm, project, expand, bar):
+    """Whatever the times: a group with branches stays sparse exactly when its dense time over its sparse
+    time, the branch included as it runs, clears ``min_speedup``; all its GEMMs go the same way."""
+    costs, branch = tuning.Costs(dense, prune, gemm), tuning.Costs(0.0, project, expand)
+    decisions, _ = _charge(monkeypatch, members, fused, costs, branch, min_speedup=bar)
+    extra = 0.0 if fused else project + members * expand
+    expected = members * dense / (prune + extra + members * gemm) >= bar
+    assert [d.sparse for d in decisions] == [expected] * members
+    assert all("branch" in d.reason for d in decisions)
 
 
 class _FakeGPU:

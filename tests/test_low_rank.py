@@ -13,6 +13,8 @@ from torch import nn
 import lynx_compile
 from lynx_compile import Calibration, CalibrationMismatch, LynxConfig, cli, lowrank, yardstick
 from lynx_compile.calibration import GemmStatistics
+from lynx_compile.passes import profitability
+from lynx_compile.passes.decision import Decision
 from lynx_compile.semantics import prune_2to4, prune_2to4_compensated
 
 
@@ -248,6 +250,34 @@ def test_a_compensated_layer_computes_the_documented_formula(model_and_calibrati
     # the report says which form each branch took: here the graph's two GEMMs and add, the semantics
     assert all("low-rank branch unfused: reference path" in layer.reason for layer in report.layers)
     assert "low_rank: 0 of 2 branches fused into the sparse GEMM" in "\n".join(report.notes)
+
+
+def test_a_gemm_the_branch_makes_unprofitable_stays_dense_without_it(model_and_calibration, monkeypatch) -> None:
+    """The cost model charges each branch as it will run (``charge_branches``, timed on the GPU, stubbed here);
+    a GEMM it keeps dense runs its plain dense product, with no branch in the graph or the report."""
+    model, calibration, xs = model_and_calibration
+    asked = {}
+
+    def charge_branches(sites, decisions, ranks, min_speedup, compensate):
+        asked.update(ranks)
+        kept_dense = Decision.dense("stub: the branch eats the gain")
+        return [kept_dense if s.name == "down" else d for s, d in zip(sites, decisions, strict=True)]
+
+    monkeypatch.setattr(profitability, "charge_branches", charge_branches)
+    x = xs[0]
+    with torch.no_grad():
+        torch.compiler.reset()
+        options = {**OPTIONS, "low_rank": 8, "calibration": calibration, "cost_model": True}
+        got = torch.compile(model, backend="lynx", options=options)(x)
+        a_up, b_up = (f.float() for f in calibration.factors("up", 8))
+        h = F.gelu(F.linear(prune_2to4(x), model.up.weight, model.up.bias) + (x @ a_up) @ b_up)
+        want = model.down(h)
+    assert asked == {"up": 8, "down": 8}
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    report = lynx_compile.reports()[-1]
+    layers = [(layer.name, layer.sparse, layer.low_rank) for layer in report.layers]
+    assert layers == [("up", True, 8), ("down", False, 0)]
+    assert report.layer("down").reason == "stub: the branch eats the gain"
 
 
 def test_inspect_measures_the_error_with_and_without_the_branch(model_and_calibration) -> None:

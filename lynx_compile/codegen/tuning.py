@@ -30,6 +30,7 @@ from ..semantics import BIAS_COLUMNS, norm_partials, quantise_fp8_rows, round_up
 from . import cusparselt, self_check
 from .cusparselt_layout import CSLT_MULTIPLE
 from .prune_compress import prune_compress, prune_compress_with_norms
+from .prune_compress_low_rank import prune_compress_low_rank
 from .prune_quantise_compress import prune_quantise_compress
 
 log = logging.getLogger("lynx_compile")
@@ -80,14 +81,22 @@ def _weight(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.T
 
 
 def _compressor(
-    device: torch.device, dtype: torch.dtype, ones_column: bool = False, norms: bool = False, fp8: bool = False
+    device: torch.device,
+    dtype: torch.dtype,
+    ones_column: bool = False,
+    norms: bool = False,
+    fp8: bool = False,
+    a: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The compression the model will run: the Triton kernel (with a ones column, or summing the
-    norms compensation needs, or quantising to fp8), or the exact slow path where that kernel
-    failed its self-check."""
+    norms compensation needs, or quantising to fp8, or appending a fused low-rank branch's ``x a``),
+    or the exact slow path where that kernel failed its self-check (a branch is fused only where
+    its kernel passed)."""
     fast = self_check.fast_compress_ok(device, dtype, ones_column=ones_column, norms=norms, fp8=fp8)
 
     def compress(x: torch.Tensor) -> torch.Tensor:
+        if a is not None:
+            return prune_compress_low_rank(x, a, ones_column=ones_column)[0]
         if fp8:
             return (
                 prune_quantise_compress(x, round_up(x.shape[0], 32)) if fast else cusparselt.compress_compat_fp8(x)
@@ -291,6 +300,7 @@ def measure_costs(
     ones_column: bool = False,
     norms: bool = False,
     fp8: bool = False,
+    low_rank: int = 0,
 ) -> Costs:
     """Time the three parts separately (cached on disk), so that a caller can charge one
     prune+compress to all the GEMMs that share an activation (q, k, v, and FLUX's MLP input).
@@ -305,15 +315,19 @@ def measure_costs(
     the row norms (the per-row scale of the GEMM's output is left out, like the bias add). ``fp8``:
     prune + quantise + compress and the e4m3 GEMM against the same dense 16-bit GEMM (the scale
     epilogue is left out: it fuses into the consumer like the bias add; with ``norms`` the fp8 path's
-    separate norm pass is not timed).
+    separate norm pass is not timed). ``low_rank``: R of a low-rank branch fused into the GEMM (R = A's
+    columns, 2R = ``Decision.low_rank_columns``): the compression also computes ``x A`` and appends 2R
+    columns, the sparse GEMM has K + 2R (+ BIAS_COLUMNS with ``ones_column``).
     """
     device = torch.device(device)
-    compress = _compressor(device, dtype, ones_column, norms and not fp8, fp8)
 
     def measure() -> list[float]:
+        a = _weight(low_rank, k, dtype, device).t().contiguous() if low_rank else None  # (K, R), as the graph's A
+        compress = _compressor(device, dtype, ones_column, norms and not fp8, fp8, a)
         w, xs, cs = operands(m, k, n, dtype, device, compress, fp8)
         w_dense = _weight(n, k, dtype, device) if fp8 else w
-        w_sparse = _weight(n, k + BIAS_COLUMNS, dtype, device) if ones_column else w  # [W | b | 0...]
+        extra = 2 * low_rank + (BIAS_COLUMNS if ones_column else 0)  # [W | spread(B^T) | b | 0...]
+        w_sparse = _weight(n, k + extra, dtype, device) if extra else w
         out_dtype = dtype if fp8 else None
         parts: dict[str, Callable[[int], torch.Tensor]] = {
             "dense": lambda i: F.linear(xs[i % len(xs)], w_dense),
@@ -326,4 +340,27 @@ def measure_costs(
     fast = self_check.fast_compress_ok(device, dtype, ones_column=ones_column, norms=norms and not fp8, fp8=fp8)
     key = f"{_cache_key(round_up(m, CSLT_MULTIPLE), k, n, dtype, device)},alg={alg_id},fast={fast}"
     key += (",ones_column" if ones_column else "") + (",norms" if norms else "") + (",fp8" if fp8 else "")
+    key += f",low_rank={low_rank}" if low_rank else ""
     return Costs(*(float(t) for t in _cached("costs", key, measure)))
+
+
+def measure_branch(m: int, k: int, n: int, rank: int, dtype: torch.dtype, device: torch.device | str = "cuda") -> Costs:
+    """GPU ms of an unfused low-rank branch on cuBLAS (cached on disk), in ``Costs``' fields: ``prune_ms``
+    holds ``u = x A`` ((M, K) x (K, R), once per activation: GEMMs that read x share A), ``sparse_gemm_ms``
+    ``u B`` ((M, R) x (R, N), per GEMM), ``dense_ms`` 0. The add of ``u B`` is left out, like the bias add:
+    it fuses into the consumer's pointwise kernel."""
+    device = torch.device(device)
+
+    def measure() -> list[float]:
+        xs = rotating_inputs(lambda: torch.randn(m, k, dtype=dtype, device=device), m * k * dtype.itemsize)
+        a, b = (_weight(rows, cols, dtype, device).t().contiguous() for rows, cols in ((rank, k), (n, rank)))
+        us = [x @ a for x in xs]
+        parts: dict[str, Callable[[int], torch.Tensor]] = {
+            "project": lambda i: xs[i % len(xs)] @ a,
+            "expand": lambda i: us[i % len(us)] @ b,
+        }
+        ms = queued_ms(lambda part, i: parts[part](i), parts, calls=4, rounds=5)
+        return [0.0, ms["project"], ms["expand"]]
+
+    key = f"{_cache_key(m, k, n, dtype, device)},rank={rank}"
+    return Costs(*(float(t) for t in _cached("branch", key, measure)))

@@ -9,7 +9,7 @@ per GEMM (docs/design.md, "Cost model").
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..codegen import tuning
 from ..codegen.cusparselt_layout import padded_rows
@@ -70,6 +70,50 @@ def apply_cost_model(
     return out
 
 
+def charge_branches(
+    sites: Sequence[GemmSite],
+    decisions: Sequence[Decision],
+    ranks: Mapping[str, int],
+    min_speedup: float,
+    compensate: bool = False,
+) -> list[Decision]:
+    """The cost model once more for the activations whose sparse GEMMs add a low-rank branch (option
+    ``low_rank``; ``ranks``: each such GEMM's R, A's columns), charged with the branch as it will run:
+    fused (``Decision.low_rank_columns``), the compression that also computes ``x A`` and GEMMs 2R columns
+    longer; unfused, ``x A`` once (the group's GEMMs share A) and ``u B`` per GEMM on cuBLAS. A group that
+    no longer gains ``min_speedup`` stays dense, its branches with it: on the H100 the fused branch costs
+    1.06-1.28x the plain sparse layer (docs/performance.md), more than 2:4 saves on many shapes."""
+    out = list(decisions)
+    for members in activation_groups(sites, decisions).values():
+        branched = [i for i in members if sites[i].name in ranks]
+        if not branched:
+            continue
+        fused, rank = decisions[members[0]].low_rank_columns, ranks[sites[branched[0]].name]
+        if fused:
+            costs = [_costs(sites[i], decisions[i], compensate, fused // 2) for i in members]
+            branch_ms, prune_ms = 0.0, costs[0].prune_ms
+        else:
+            costs = [_costs(sites[i], decisions[i], compensate) for i in members]
+            readers = [sites[i] for i in branched]
+            branch = [tuning.measure_branch(s.m, s.k, s.n, rank, s.dtype, s.device) for s in readers]
+            prune_ms = costs[0].prune_ms + branch[0].prune_ms
+            branch_ms = sum(b.sparse_gemm_ms for b in branch)
+        dense_ms = sum(c.dense_ms for c in costs)
+        sparse_ms = prune_ms + branch_ms + sum(c.sparse_gemm_ms for c in costs)
+        ratio = dense_ms / sparse_ms
+        form = "fused" if fused else "unfused"
+        measured = (
+            f"cost model with the rank-{rank} branch ({form}): {sparse_ms:.3f} ms vs dense {dense_ms:.3f} ms = "
+            f"{ratio:.2f}x"
+        )
+        for i in members:
+            if ratio >= min_speedup:
+                out[i] = dataclasses.replace(out[i], reason=f"{out[i].reason}; {measured}")
+            else:
+                out[i] = Decision.dense(f"{measured} < min_speedup={min_speedup:g}")
+    return out
+
+
 def time_saved(
     sites: Sequence[GemmSite], decisions: Sequence[Decision], measured: bool, compensate: bool = False
 ) -> tuple[dict[int, float], str]:
@@ -88,8 +132,9 @@ def time_saved(
     return saved, "ms"
 
 
-def _costs(site: GemmSite, decision: Decision, compensate: bool) -> tuning.Costs:
-    """The measured dense, prune+compress and sparse GEMM times of this GEMM as ``decision`` would run it."""
+def _costs(site: GemmSite, decision: Decision, compensate: bool, low_rank: int = 0) -> tuning.Costs:
+    """The measured dense, prune+compress and sparse GEMM times of this GEMM as ``decision`` would run it
+    (``low_rank``: with a fused branch of that many columns of A)."""
     return tuning.measure_costs(
         padded_rows(site.m),
         site.k,
@@ -100,4 +145,5 @@ def _costs(site: GemmSite, decision: Decision, compensate: bool) -> tuning.Costs
         decision.fold_bias,
         compensate,
         decision.fp8,
+        low_rank,
     )

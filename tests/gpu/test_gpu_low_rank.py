@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import lynx_compile
 from lynx_compile import prune_2to4, zoo
-from lynx_compile.codegen import cusparselt, self_check
+from lynx_compile.codegen import cusparselt, self_check, tuning
 from lynx_compile.codegen.cusparselt_layout import probe_matrix, same_compressed
 from lynx_compile.codegen.prune_compress import tile_configs
 from lynx_compile.codegen.prune_compress_low_rank import prune_compress_low_rank
@@ -120,3 +120,19 @@ def test_flux_fast_path_with_the_branch_matches_the_reference_path(fold_bias):
         f"ref vs dense {rel(ref, dense):.4f}, no branch vs dense {rel(plain, dense):.4f}"
     )
     assert rel(fast, ref) < max(5e-2, rel(ref, dense) / 4)
+
+
+def test_the_cost_model_times_the_branch_as_it_runs(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fused: the compression that also computes x A costs more than the plain one, the GEMM 2R columns
+    longer at least about as much; unfused: x A and u B on cuBLAS. All cached like the plain costs."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning, "_MEMORY", {})
+    plain = tuning.measure_costs(4096, 3072, 3072, torch.bfloat16, alg_id=0)
+    fused = tuning.measure_costs(4096, 3072, 3072, torch.bfloat16, alg_id=0, low_rank=32)
+    branch = tuning.measure_branch(4096, 3072, 3072, 32, torch.bfloat16)
+    assert fused.prune_ms > plain.prune_ms and fused.sparse_gemm_ms > 0.9 * plain.sparse_gemm_ms
+    assert branch.dense_ms == 0 and 0 < branch.prune_ms < plain.dense_ms and 0 < branch.sparse_gemm_ms < plain.dense_ms
+    monkeypatch.setattr(tuning, "_MEMORY", {})
+    monkeypatch.setattr(tuning, "queued_ms", lambda *a, **k: pytest.fail("measured again"))
+    assert tuning.measure_costs(4096, 3072, 3072, torch.bfloat16, alg_id=0, low_rank=32) == fused
+    assert tuning.measure_branch(4096, 3072, 3072, 32, torch.bfloat16) == branch
