@@ -86,6 +86,7 @@ class Row:
     # torch.compile(mode="reduce-overhead"), timed in the same run; None without torchao
     torchao_fp8_ms: float | None = None
     torchao_fp8_loop_ms: float | None = None
+    torchao_fp8_compile_s: float | None = None  # cold, as the other compiles
 
 
 def call_ms(fn, kwargs: dict[str, Any], calls: int = 1) -> float:
@@ -234,12 +235,13 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
             )
         stage(case, t0, f"dense compiled ({inductor_compile_s:.1f} s)")
         fns = {"inductor": dense, "lynx": lynx}
-        fp8_model = torchao_fp8(model)
+        fp8_model, torchao_fp8_compile_s = torchao_fp8(model), None
         if fp8_model is not None:
             with cold_caches(root):
-                fns["torchao_fp8"], _, _ = timed_compile(
+                fns["torchao_fp8"], _, torchao_fp8_compile_s = timed_compile(
                     lambda m=fp8_model: torch.compile(m, mode="reduce-overhead"), kwargs0
                 )
+            stage(case, t0, f"torchao fp8 compiled ({torchao_fp8_compile_s:.1f} s)")
         max_autotune_compile_s = None
         if max_autotune:
             with cold_caches(root):
@@ -283,6 +285,7 @@ def run_case(name: str, batch: int, runs: int, variant: str = "default", max_aut
         per_block_lynx_ms=ms["lynx"] / depth,
         torchao_fp8_ms=ms.get("torchao_fp8"),
         torchao_fp8_loop_ms=ms.get("torchao_fp8_loop"),
+        torchao_fp8_compile_s=torchao_fp8_compile_s,
     )
 
 
@@ -326,6 +329,7 @@ COLUMNS = [
     "loop_speedup",
     "torchao_fp8_ms",
     "torchao_fp8_loop_ms",
+    "torchao_fp8_compile_s",
     "max_autotune_ms",
     "max_autotune_compile_s",
     "rel_err_vs_dense",
