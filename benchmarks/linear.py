@@ -107,6 +107,7 @@ class Row:
     fp8_alg_id: int | None = None
     # lynx_fp8_ms's parts, each alone: the row amax + prune + quantise + compress, the e4m3 GEMM, the epilogue
     fp8_prune_ms: float | None = None
+    fp8_amax_ms: float | None = None  # the row amax alone, part of fp8_prune_ms: the rest is the Triton pass
     fp8_gemm_ms: float | None = None
     fp8_epilogue_ms: float | None = None
 
@@ -274,6 +275,7 @@ def measure_fp8(row: Row, w: torch.Tensor, b: torch.Tensor, xs: list[torch.Tenso
     cs = [compress(x, m_pad) for x in xs]
     accs = [sparse_mm(c, wq, alg, out_dtype=dtype)[:m] for c, _ in cs]
     row.fp8_prune_ms = cuda_graph_ms(lambda i: compress(xs[i % len(xs)], m_pad), calls=calls)
+    row.fp8_amax_ms = cuda_graph_ms(lambda i: row_amax(xs[i % len(xs)]), calls=calls)
     row.fp8_gemm_ms = cuda_graph_ms(lambda i: sparse_mm(cs[i % len(cs)][0], wq, alg, out_dtype=dtype), calls=calls)
     row.fp8_epilogue_ms = cuda_graph_ms(
         lambda i: _fp8_epilogue()(accs[i % len(accs)], cs[i % len(cs)][1], ws, b), calls=calls
@@ -395,6 +397,7 @@ COLUMNS = [
     "lowrank32 unfused speedup",
     "lynx_fp8_ms",
     "fp8_prune_ms",
+    "fp8_amax_ms",
     "fp8_gemm_ms",
     "fp8_epilogue_ms",
     "fp8 speedup",
