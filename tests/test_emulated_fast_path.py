@@ -96,6 +96,19 @@ def test_only_gemms_whose_output_feeds_a_norm_or_attention_fold(monkeypatch):
     assert not any(d.fold_bias for d in fold_biases(sites, fused))
 
 
+@pytest.mark.parametrize("compensate", [False, True])
+def test_compensated_activations_prune_in_the_template_where_k_is_whole_norm_chunks(compensate):
+    """fuse_producers: fc2's GELU input (K = 128) goes to Inductor's template, with or without compensation (the
+    template sums the row norms per NORM_CHUNK columns); with compensation a K = 32 activation cannot."""
+    sites = {s.name: s for s in gemm_sites(Block().to(torch.bfloat16), *_inputs())}
+    config = lynx_compile.LynxConfig(fuse_producers=True, compensate=compensate)
+    prune, why = legality._prune_site(sites["fc2"], config)
+    assert prune == PruneSite.FUSED and "gelu" in why
+    prune, why = legality._prune_site(sites["to_q"], config)  # K = 32, after a norm: never fused
+    assert prune == PruneSite.TRITON
+    assert ("K=32 % 128 != 0" in why) is compensate
+
+
 def test_no_bias_folds_where_the_ones_column_kernel_failed_its_self_check(monkeypatch):
     monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, ones_column=False, **kw: not ones_column)
     sites = gemm_sites(Block().to(torch.bfloat16), *_inputs())

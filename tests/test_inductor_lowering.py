@@ -26,6 +26,7 @@ import lynx_compile  # noqa: F401  (registers the ops and the lowering)
 from lynx_compile import PruneSite, prune_2to4
 from lynx_compile.codegen import inductor_lowering
 from lynx_compile.codegen.cusparselt_layout import compress_reference, padded_rows, significant_numel
+from lynx_compile.semantics import norm_partials, scale_from_partials
 
 
 class _Capture(logging.Handler):
@@ -166,3 +167,48 @@ def test_ineligible_shapes_fall_back_to_the_op() -> None:
     assert not inductor_lowering.eligible(128, 48, torch.bfloat16)
     assert not inductor_lowering.eligible(100, 64, torch.bfloat16)
     assert not inductor_lowering.eligible(128, 64, torch.float32)
+
+
+def _fused_norms(x: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ops.lynx.compress_2to4_norms(_producer(x, b), padded_rows(x.shape[0]), PruneSite.FUSED.value)
+
+
+def test_compensation_gets_the_producer_as_prologue_too() -> None:
+    """compensate with fuse_producers: one kernel prunes, compresses and sums the norms, the GELU computed
+    on its tile; the per-row scale is a small reduction of the sums after it."""
+
+    def mlp_act(h: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = F.gelu(h + b, approximate="tanh")
+        compressed, norms = torch.ops.lynx.compress_2to4_norms(a, padded_rows(a.shape[0]), PruneSite.FUSED.value)
+        return compressed, scale_from_partials(norms)
+
+    code = _generated(mlp_act, torch.randn(200, 512, dtype=torch.bfloat16), torch.randn(512, dtype=torch.bfloat16))
+    kernels = _kernels(code)
+    templates = [name for name in kernels if name.startswith("triton_tem_")]
+    assert len(templates) == 1 and "gelu" in templates[0], kernels
+    assert "arg_X" not in kernels[templates[0]] and "libdevice.tanh" in code  # the prologue, on the tile
+    (scale,) = (params for name, params in kernels.items() if name not in templates)
+    assert scale.count("in_ptr") == 1, kernels  # the scale reads the template's sums alone, not h and b
+    assert "= torch.ops.lynx.compress_2to4_norms" not in code
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs Triton's interpreter (CPU machines)")
+@given(shape=st.sampled_from([(64, 128, torch.bfloat16), (100, 384, torch.float16)]), seed=st.integers(0, 2**31 - 1))
+def test_template_norms_equal_the_reference(shape, seed) -> None:
+    """The compensated template: the bytes of the plain one, and norm_partials(x) up to float32 summation order."""
+    m, k, dtype = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    b = (2.0 ** torch.randint(-2, 3, (k,), generator=g)).to(dtype)
+    key = ("norms", m, k, dtype)
+    with _triton_on_cpu() as code:
+        first = key not in _COMPILED
+        if first:
+            _COMPILED[key] = torch.compile(_fused_norms, dynamic=False)
+        got, norms = _COMPILED[key](x, b)
+        assert not first or "def triton_tem_" in "\n".join(code), "the template did not run"
+    h = _producer(x, b)
+    want = compress_reference(prune_2to4(F.pad(h, (0, 0, 0, padded_rows(m) - m)))).reshape(-1).view(torch.int64)
+    n = significant_numel(padded_rows(m), k, dtype) * dtype.itemsize // 8
+    assert torch.equal(got[:n], want[:n])
+    torch.testing.assert_close(norms, norm_partials(h), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Inductor lowering of ``lynx::compress_2to4``: a Triton template that takes the producer as its prologue.
+"""Inductor lowering of ``lynx::compress_2to4`` (and of ``compress_2to4_norms``, for option ``compensate``): a
+Triton template that takes the producer as its prologue.
 
 The kernel is the standalone one (``prune_compress``: ``select_2to4`` and ``metadata_words`` on a
 (BLOCK_M, BLOCK_K) tile per program), but the activation comes in through the template's
@@ -26,13 +27,15 @@ from __future__ import annotations
 import sympy
 import torch
 from torch._inductor import ir
-from torch._inductor.lowering import fallback_handler, register_lowering
+from torch._inductor.lowering import fallback_handler, lowerings, register_lowering
 from torch._inductor.select_algorithm import SymbolicGridFn, TritonTemplate
 
 from ..report import PruneSite
-from ..semantics import SPARSE_DTYPES
+from ..semantics import NORM_CHUNK, SPARSE_DTYPES
 from .cusparselt_layout import TILE_COLS, TILE_ROWS, compressed_int64_numel
 from .prune_compress import MAGNITUDE_BITS
+
+aten = torch.ops.aten
 
 _SOURCE = r"""
 {{def_kernel("X")}}
@@ -69,7 +72,22 @@ _SOURCE = r"""
     {{store_output(("meta_index",), "words", "meta_mask", val_shape=("BLOCK_M // 16", "8", "BLOCK_K // 32"))}}
 """
 
-_IMPORTS = "from lynx_compile.codegen.prune_compress import metadata_words, select_2to4\n"
+# Option compensate: the same kernel also writes norm_partials(x) after the metadata, one int64 word per row
+# and NORM_CHUNK columns, (kept sum of squares << 32) | full sum of squares, both float32 bits (Inductor's
+# scheduler fuses no prologue into a template that mutates a second buffer, so the sums share the output).
+# Each tile holds whole chunks: BLOCK_K is a multiple of NORM_CHUNK (K % NORM_CHUNK == 0).
+_NORMS = r"""
+    full, kept = chunk_sums_of_squares(x, v_first, v_last, NORM_CHUNK)
+    packed = (full.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF) | (
+        kept.to(tl.int32, bitcast=True).to(tl.int64) << 32
+    )
+    chunk = pid_k * (BLOCK_K // NORM_CHUNK) + tl.arange(0, BLOCK_K // NORM_CHUNK)
+    norm_index = NORMS_AT + rows[:, None] * (K // NORM_CHUNK) + chunk[None, :]
+    norm_mask = (rows < M)[:, None] & (chunk < K // NORM_CHUNK)[None, :]
+    {{store_output(("norm_index",), "packed", "norm_mask", val_shape=("BLOCK_M", "BLOCK_K // NORM_CHUNK"))}}
+"""
+
+_IMPORTS = "from lynx_compile.codegen.prune_compress import chunk_sums_of_squares, metadata_words, select_2to4\n"
 
 
 @SymbolicGridFn
@@ -78,6 +96,11 @@ def _grid(rows, k, meta, *, cdiv):
 
 
 _TEMPLATE = TritonTemplate(name="lynx_prune_compress", grid=_grid, source=_IMPORTS + _SOURCE)
+_TEMPLATE_NORMS = TritonTemplate(
+    name="lynx_prune_compress_norms",
+    grid=_grid,
+    source=_IMPORTS + _SOURCE + _NORMS,
+)
 
 # (BLOCK_M, BLOCK_K, num_warps), the first whose BLOCK_K divides K. BLOCK_M divides the 64-row
 # metadata tile. With a GELU prologue the kernel is instruction-bound and 16-32 elements per thread
@@ -112,16 +135,42 @@ def register() -> None:
             return fallback(x, rows, method, ones_column)
         return _compress(x, rows, k)
 
+    op_norms = torch.ops.lynx.compress_2to4_norms.default
+    fallback_norms = fallback_handler(op_norms, add_to_fallback_set=False)
 
-def _compress(x: ir.TensorBox, rows: int, k: int) -> ir.TensorBox:
+    @register_lowering(op_norms, type_promotion_kind=None)
+    def _lower_norms(x: ir.TensorBox, rows: int, method: str) -> tuple[ir.TensorBox, ir.TensorBox]:
+        k = _static(x.get_size()[1])
+        lowered = method == PruneSite.FUSED and x.get_device().type in TEMPLATE_DEVICES
+        if not lowered or k is None or k % NORM_CHUNK or not eligible(rows, k, x.get_dtype()):
+            return fallback_norms(x, rows, method)
+        at = compressed_int64_numel(rows, k, x.get_dtype())
+        return _norms_views(_compress(x, rows, k, norms=True), x.get_size()[0], at, k)
+
+
+def _norms_views(out: ir.TensorBox, x_rows: sympy.Expr, at: int, k: int) -> tuple[ir.TensorBox, ir.TensorBox]:
+    """The compensated template's one int64 buffer as the op's two outputs: the compressed bytes (``at``
+    words), and norm_partials' (2, M, K // NORM_CHUNK) float32 from the words after them."""
+    chunks = k // NORM_CHUNK
+    compressed = lowerings[aten.slice.Tensor](out, 0, 0, at)
+    words = lowerings[aten.slice.Tensor](out, 0, at, at + x_rows * chunks)
+    pairs = lowerings[aten.view.dtype](words, torch.float32)  # little-endian words: full, then kept
+    pairs = lowerings[aten.view.default](pairs, [x_rows, chunks, 2])
+    return compressed, lowerings[aten.permute.default](pairs, [2, 0, 1])
+
+
+def _compress(x: ir.TensorBox, rows: int, k: int, norms: bool = False) -> ir.TensorBox:
+    """The template's int64 output: the compressed bytes, then (``norms``) the packed norm sums of x's rows."""
     dtype = x.get_dtype()
     x = ir.ExternKernel.realize_input(x)  # a pointwise producer stays a candidate for prologue fusion
-    layout = ir.FixedLayout(
-        device=x.get_device(), dtype=torch.int64, size=[compressed_int64_numel(rows, k, dtype)], stride=[1]
-    )
+    at = compressed_int64_numel(rows, k, dtype)
+    size = at + x.get_size()[0] * (k // NORM_CHUNK) if norms else at
+    layout = ir.FixedLayout(device=x.get_device(), dtype=torch.int64, size=[size], stride=[1])
     abs_mask, mag_max = MAGNITUDE_BITS[dtype]
-    block_m, block_k, warps = next(t for t in _TILES if k % t[1] == 0)
-    choice = _TEMPLATE.generate(
+    tiles = [t for t in _TILES if t[1] % NORM_CHUNK == 0] if norms else _TILES
+    block_m, block_k, warps = next(t for t in tiles if k % t[1] == 0)
+    template, extra = (_TEMPLATE_NORMS, {"NORM_CHUNK": NORM_CHUNK, "NORMS_AT": at}) if norms else (_TEMPLATE, {})
+    choice = template.generate(
         input_nodes=(x,),
         layout=layout,
         num_stages=1,
@@ -134,5 +183,6 @@ def _compress(x: ir.TensorBox, rows: int, k: int) -> ir.TensorBox:
         ABS_MASK=abs_mask,
         MAG_MAX=mag_max,
         DTYPE="tl.bfloat16" if dtype == torch.bfloat16 else "tl.float16",
+        **extra,
     )
     return choice.output_node()

@@ -18,7 +18,7 @@ from ..codegen.cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, padded_rows
 from ..codegen.inductor_lowering import eligible
 from ..config import LynxConfig, dtype_name
 from ..report import GemmPath, PruneSite
-from ..semantics import GROUP, SPARSE_DTYPES
+from ..semantics import GROUP, NORM_CHUNK, SPARSE_DTYPES
 from .decision import Decision
 from .gemms import GemmSite
 from .producers import fusable_producer
@@ -132,9 +132,10 @@ def _prune_site(site: GemmSite, config: LynxConfig) -> tuple[PruneSite, str]:
     """(fused | triton, why): in Inductor's template with the producer as its prologue where it can."""
     if not config.fuse_producers:
         return PruneSite.TRITON, "standalone Triton prune+compress (fuse_producers=False)"
-    if config.compensate:
+    if config.compensate and site.k % NORM_CHUNK:  # the template sums whole chunks in a tile
         return PruneSite.TRITON, (
-            "standalone Triton prune+compress (compensate=True: it also sums the row norms, the template does not)"
+            f"standalone Triton prune+compress (compensate=True: K={site.k} % {NORM_CHUNK} != 0, the template "
+            f"sums the row norms per {NORM_CHUNK} columns)"
         )
     if not eligible(padded_rows(site.m), site.k, site.dtype):
         return PruneSite.TRITON, f"standalone Triton prune+compress (K={site.k} % 32 != 0: not lowered)"
