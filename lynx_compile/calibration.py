@@ -127,7 +127,7 @@ class Calibration:
         key = (name, rank)
         if key not in self._fits:
             s = self.stats[name]
-            a, b = lowrank.fit(s.sxx, s.sxt, rank)
+            a, b = lowrank.fit(s.sxx, s.sxt, rank, s.rows, s.tt)
             self._fits[key] = (a.cpu(), b.cpu())
         return self._fits[key]
 
@@ -147,7 +147,9 @@ class Calibration:
             first = stats[0]
             if not all(s.rows == first.rows and torch.equal(s.sxx, first.sxx) for s in stats[1:]):
                 return [self.factors(name, rank) for name in names]
-            a, b = lowrank.fit(first.sxx, torch.cat([s.sxt for s in stats], dim=1), rank)
+            a, b = lowrank.fit(
+                first.sxx, torch.cat([s.sxt for s in stats], dim=1), rank, first.rows, sum(s.tt for s in stats)
+            )
             self._fits[key] = (a.cpu(), b.cpu())
         a, b = self._fits[key]
         return [(a, part) for part in b.split([s.n for s in stats], dim=1)]

@@ -5,8 +5,8 @@ one computes ``x W^T + b``; the difference is ``t = (x - P(x)) W^T``. Over calib
 minimises ``E||x A B - t||^2`` with A (K x r), B (r x N), from two moments only, ``Sxx = sum x x^T`` and
 ``Sxt = sum x t^T``: reduced-rank regression (docs/design.md, "Low-rank compensation").
 
-    M   = (Sxx + lam I)^-1 Sxt                    the full-rank least-squares map (ridge lam)
-    L   = cholesky(Sxx + lam I)                   any L L^T = Sxx + lam I
+    M   = (Sxx + lam I)^-1 Sxt                    the full-rank least-squares map (ridge lam, chosen by ``gcv``)
+    L   = Q diag(e + lam)^1/2                     Sxx = Q diag(e) Q^T; any L L^T = Sxx + lam I
     U S V^T = svd(L^T M)                          E||x M' - t||^2 = const + ||L^T (M' - M)||_F^2
     A = M V_r,  B = V_r^T                         the best rank-r M' (Eckart-Young)
 """
@@ -15,26 +15,48 @@ from __future__ import annotations
 
 import torch
 
-# Ridge, relative to the mean eigenvalue of Sxx: keeps the solve well posed for channels that are
-# (nearly) never active, and is far below the energy of any channel that matters.
-RIDGE = 1e-6
+# Candidate ridges, relative to the mean eigenvalue of Sxx. The fit takes the one whose full-rank map has the
+# least generalized cross-validation error (``gcv``): a fixed small ridge overfits when the rows are few for K
+# (one calibration call of 4096 tokens at K = 3072) or Sxx is dominated by a few outlier channels, and its
+# branch then adds more error on new rows than it removes (docs/design.md, "Low-rank compensation").
+RIDGES = tuple(10.0**e for e in range(-6, 3))
 
 
-def fit(sxx: torch.Tensor, sxt: torch.Tensor, rank: int, ridge: float = RIDGE) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (K x r) and B (r x N), in float64, minimising ``sum ||x A B - t||^2`` over the rows whose moments are
-    ``sxx`` (K x K) and ``sxt`` (K x N). ``rank`` above min(K, N) is clipped to it."""
+def fit(
+    sxx: torch.Tensor, sxt: torch.Tensor, rank: int, rows: int, tt: float, ridge: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (K x r) and B (r x N), in float64: the rank-r map nearest the ridge least-squares map M in the norm
+    of ``sum ||x M' - t||^2 + lam ||M'||^2``, over the ``rows`` rows whose moments are ``sxx`` (K x K) and
+    ``sxt`` (K x N), ``tt = sum ||t||^2`` (exactly the best rank-r map at lam = 0). ``ridge``: lam relative
+    to Sxx's mean eigenvalue; default: the one of ``RIDGES`` with the least ``gcv``. ``rank`` above
+    min(K, N) is clipped to it."""
     if sxx.dim() != 2 or sxx.shape[0] != sxx.shape[1] or sxt.dim() != 2 or sxt.shape[0] != sxx.shape[0]:
         raise ValueError(f"fit needs Sxx (K x K) and Sxt (K x N), got {tuple(sxx.shape)} and {tuple(sxt.shape)}")
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
-    sxx, sxt = sxx.double(), sxt.double()
-    k = sxx.shape[0]
-    lam = ridge * max(sxx.diagonal().mean().item(), torch.finfo(torch.float64).tiny)
-    chol = torch.linalg.cholesky(sxx + lam * torch.eye(k, dtype=sxx.dtype, device=sxx.device))
-    m = torch.cholesky_solve(sxt, chol)
-    _, _, vh = torch.linalg.svd(chol.mT @ m, full_matrices=False)
+    evals, q = torch.linalg.eigh(sxx.double())
+    evals = evals.clamp(min=0)  # rounding may leave a null direction slightly negative
+    c = q.mT @ sxt.double()  # Sxt in Sxx's eigenbasis
+    scale = max(evals.mean().item(), torch.finfo(torch.float64).tiny)
+    if ridge is None:
+        ridge = min(RIDGES, key=lambda r: gcv(evals, c, rows, tt, r * scale))
+    d = evals + ridge * scale
+    # L = Q diag(d)^1/2 (L L^T = Sxx + lam I): L^T M = diag(d)^-1/2 C, and M = Q diag(d)^-1 C
+    _, _, vh = torch.linalg.svd(c / d.sqrt()[:, None], full_matrices=False)
     v = vh[: min(rank, vh.shape[0])].mT  # N x r
-    return m @ v, v.mT.contiguous()
+    return q @ (c / d[:, None]) @ v, v.mT.contiguous()
+
+
+def gcv(evals: torch.Tensor, c: torch.Tensor, rows: int, tt: float, lam: float) -> float:
+    """Generalized cross-validation error of the full-rank ridge map ``M = (Sxx + lam I)^-1 Sxt`` from the
+    moments alone (``evals``: Sxx's eigenvalues, ``c``: Sxt in their basis): its residual on the rows over
+    (1 - df / rows)^2, df = tr(Sxx (Sxx + lam I)^-1) the map's degrees of freedom; inf where df >= rows."""
+    d = evals + lam
+    df = (evals / d).sum().item()
+    if df >= rows:
+        return float("inf")
+    rss = max(tt - (c.square().sum(1) * (2 / d - evals / d**2)).sum().item(), 0.0)
+    return rss / (1 - df / rows) ** 2
 
 
 def residual(sxx: torch.Tensor, sxt: torch.Tensor, tt: float, a: torch.Tensor, b: torch.Tensor) -> float:

@@ -54,12 +54,13 @@ def test_the_fit_recovers_a_planted_low_rank_correction(k: int, n: int, rank: in
         rank, n, generator=g, dtype=torch.float64
     )
     t = x @ planted
-    a, b = lowrank.fit(x.T @ x, x.T @ t, rank, ridge=0.0)
+    moments = (x.T @ x, x.T @ t, rank, x.shape[0], t.square().sum().item())
+    a, b = lowrank.fit(*moments, ridge=0.0)
     r = min(rank, k, n)
     assert a.shape == (k, r) and b.shape == (r, n)
     torch.testing.assert_close(a @ b, planted, rtol=1e-7, atol=1e-7 * planted.abs().max().item())
-    # with the default ridge: the same up to the ridge's size
-    a, b = lowrank.fit(x.T @ x, x.T @ t, rank)
+    # with the ridge cross-validation picks: the same up to the ridge's size (noise-free rows: the smallest)
+    a, b = lowrank.fit(*moments)
     torch.testing.assert_close(x @ a @ b, t, rtol=1e-3, atol=1e-4 * t.abs().max().item())
 
 
@@ -73,7 +74,7 @@ def test_the_fit_is_the_best_of_its_rank(rank: int, seed: int) -> None:
         200, 12, generator=g, dtype=torch.float64
     )
     sxx, sxt, tt = x.T @ x, x.T @ t, t.square().sum().item()
-    a, b = lowrank.fit(sxx, sxt, rank, ridge=0.0)
+    a, b = lowrank.fit(sxx, sxt, rank, x.shape[0], tt, ridge=0.0)
     best = (x @ a @ b - t).square().sum().item()
     assert lowrank.residual(sxx, sxt, tt, a, b) == pytest.approx(best, rel=1e-9, abs=1e-9)
     m = torch.linalg.lstsq(x, t).solution
@@ -84,6 +85,45 @@ def test_the_fit_is_the_best_of_its_rank(rank: int, seed: int) -> None:
         da, db = torch.randn_like(a, dtype=torch.float64), torch.randn_like(b, dtype=torch.float64)
         near = (a + 0.01 * da.mul(a.norm() / da.norm())) @ (b + 0.01 * db.mul(b.norm() / db.norm()))
         assert best <= (x @ near - t).square().sum().item()
+
+
+@given(n=st.integers(20, 60), k=st.integers(2, 12), seed=st.integers(0, 2**16), lam=st.floats(1e-3, 10.0))
+def test_gcv_from_the_moments_is_the_textbook_formula(n: int, k: int, seed: int, lam: float) -> None:
+    """``gcv`` from Sxx's eigenvalues and Sxt equals ||(I - H) T||^2 / (1 - tr H / n)^2 computed on the rows,
+    H = X (X^T X + lam I)^-1 X^T the ridge map's hat matrix."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=g, dtype=torch.float64)
+    t = x @ torch.randn(k, 3, generator=g, dtype=torch.float64) + torch.randn(n, 3, generator=g, dtype=torch.float64)
+    hat = x @ torch.linalg.solve(x.T @ x + lam * torch.eye(k, dtype=torch.float64), x.T)
+    want = ((t - hat @ t).square().sum() / (1 - hat.trace() / n) ** 2).item()
+    evals, q = torch.linalg.eigh(x.T @ x)
+    got = lowrank.gcv(evals, q.mT @ (x.T @ t), n, t.square().sum().item(), lam)
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_few_rows_do_not_overfit_the_branch() -> None:
+    """As many calibration rows as K, a few channels carrying most of the energy: the ridge cross-validation
+    picks leaves the branch helping on new rows, where the smallest ridge's branch adds several times the
+    pruning error it was fitted to remove."""
+    g = torch.Generator().manual_seed(0)
+    k, n = 256, 256
+
+    def rows(count: int) -> torch.Tensor:
+        x = 0.3 * torch.randn(count, k, generator=g) + torch.randn(count, 16, generator=g) @ torch.randn(
+            16, k, generator=g
+        )
+        x[:, :8] *= 20
+        return x.double()
+
+    w = torch.randn(32, k, generator=g, dtype=torch.float64) / k**0.5
+    x, fresh = rows(n), rows(4096)
+    t, t_fresh = ((v - prune_2to4(v)) @ w.T for v in (x, fresh))
+    moments = (x.T @ x, x.T @ t, 8, n, t.square().sum().item())
+
+    def error(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((fresh @ a @ b - t_fresh).norm() / t_fresh.norm()).item()
+
+    assert error(*lowrank.fit(*moments)) < 1.0 < 2.0 < error(*lowrank.fit(*moments, ridge=lowrank.RIDGES[0]))
 
 
 def _shared_statistics(x: torch.Tensor, targets: list[torch.Tensor]) -> Calibration:
