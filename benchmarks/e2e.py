@@ -141,6 +141,7 @@ VARIANTS: dict[str, Variant] = {
     "qkv": Variant(fuse_qkv=True),
     "compensate": Variant({"compensate": True}),
     "fp8": Variant({"precision": "fp8"}),
+    "fp8_fused": Variant({"precision": "fp8", "fuse_producers": True}),
     **{f"lowrank{r}": Variant({"low_rank": r}) for r in (16, 32, 64)},
     # the sensitivity policy: its budgets bound the output's relative error, measured on the compiling call
     "budget_lo": Variant({"error_budget": 0.05}),

@@ -38,6 +38,8 @@ Option ``precision="fp8"`` (docs/design.md, "FP8"): the weight is quantised once
 
     amax = row_amax(x.reshape(-1, K))  # |x|'s row maxima, in the graph: Inductor can fuse it into x's producer
     c, x_scale = lynx::compress_fp8(x.reshape(-1, K), amax, padded, method)  # e4m3 bytes + float32 row scales
+    # (method "fused": Inductor's template with x's producer as its prologue; it takes the amax from its
+    # own load of x, so the graph computes none: amax is None)
     acc = lynx::sparse_mm_fp8(c, wq, padded, rows, alg_id, x.dtype)  # e4m3 x e4m3 -> bf16/fp16
     y = fp8_epilogue(acc, x_scale [* compensation], w_scale) [+ bias]  # in the graph: Inductor fuses it
 
@@ -188,22 +190,26 @@ def _scaled(out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("lynx::compress_fp8", mutates_args=())
-def compress_fp8(x: torch.Tensor, amax: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def compress_fp8(
+    x: torch.Tensor, amax: torch.Tensor | None, rows: int, method: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch._cslt_compress(q)`` as flat int64 and the float32 row scales (M,), ``q, scale =
     quantise_fp8_rows(prune_2to4(x zero-padded to rows))``. ``amax``: ``row_amax(x)``, an input so that
-    the graph computes it with x's producer and the kernel reads x once. ``method``: ``triton`` (the fused
-    kernel) or ``cslt`` (its slow exact twin, when the kernel failed its self-check; it ignores amax)."""
-    if method == PruneSite.TRITON:
+    the graph computes it with x's producer and the kernel reads x once; None where nothing needs it.
+    ``method``: ``fused`` (Inductor's template, which takes the amax from its own load of x; eager, or
+    where the template does not apply, the kernel), ``triton`` (the kernel) or ``cslt`` (its slow exact
+    twin, when the kernel failed its self-check)."""
+    if method in (PruneSite.FUSED, PruneSite.TRITON):
         compressed, scale = prune_quantise_compress(x, rows, amax=amax)
     elif method == PruneSite.CSLT:
         compressed, scale = cusparselt.compress_compat_fp8(x, rows)
     else:
-        raise ValueError(f"unknown fp8 compress method {method!r}; valid: ['triton', 'cslt']")
+        raise ValueError(f"unknown fp8 compress method {method!r}; valid: ['fused', 'triton', 'cslt']")
     return compressed.reshape(-1).view(torch.int64), scale
 
 
 @compress_fp8.register_fake
-def _(x: torch.Tensor, amax: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _(x: torch.Tensor, amax: torch.Tensor | None, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     return (
         x.new_empty((compressed_int64_numel(rows, x.shape[1], FP8),), dtype=torch.int64),
         x.new_empty((x.shape[0],), dtype=torch.float32),
@@ -227,11 +233,13 @@ def _(
 
 
 def compress_activation_fp8(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The compressed e4m3 activation and its row scales, shaped ``x.shape[:-1]``. The row amax is
-    plain torch ops, traced into the graph, where Inductor can fuse it into the kernel that produces x."""
+    """The compressed e4m3 activation and its row scales, shaped ``x.shape[:-1]``. For the standalone
+    kernel the row amax is plain torch ops, traced into the graph, where Inductor can fuse it into the
+    kernel that produces x; the template (``fused``) takes it from its own load of x, and ``cslt`` needs none."""
     rows = x.numel() // x.shape[-1]
     x2d = x.reshape(-1, x.shape[-1])
-    compressed, scale = torch.ops.lynx.compress_fp8(x2d, row_amax(x2d), padded_rows(rows), method)
+    amax = row_amax(x2d) if method == PruneSite.TRITON else None
+    compressed, scale = torch.ops.lynx.compress_fp8(x2d, amax, padded_rows(rows), method)
     return compressed, scale.view(x.shape[:-1])
 
 

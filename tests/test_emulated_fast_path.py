@@ -109,6 +109,18 @@ def test_compensated_activations_prune_in_the_template_where_k_is_whole_norm_chu
     assert ("K=32 % 128 != 0" in why) is compensate
 
 
+@pytest.mark.parametrize("compensate", [False, True])
+def test_fp8_activations_prune_in_the_fp8_template_unless_compensated(compensate):
+    """precision="fp8" with fuse_producers: fc2's GELU input goes to the fp8 template; with compensation the
+    graph's norm sums read x too (the producer is written anyway), and after a norm there is nothing to fuse."""
+    sites = {s.name: s for s in gemm_sites(Block().to(torch.bfloat16), *_inputs())}
+    config = lynx_compile.LynxConfig(fuse_producers=True, compensate=compensate, precision="fp8")
+    prune, why = legality._fp8_prune_site(sites["fc2"], config)
+    assert (prune == PruneSite.FUSED) is not compensate and ("gelu" in why) is not compensate
+    assert legality._fp8_prune_site(sites["to_q"], config)[0] == PruneSite.TRITON
+    assert legality._fp8_prune_site(sites["fc2"], lynx_compile.LynxConfig(precision="fp8"))[0] == PruneSite.TRITON
+
+
 def test_no_bias_folds_where_the_ones_column_kernel_failed_its_self_check(monkeypatch):
     monkeypatch.setattr(self_check, "fast_compress_ok", lambda *args, ones_column=False, **kw: not ones_column)
     sites = gemm_sites(Block().to(torch.bfloat16), *_inputs())

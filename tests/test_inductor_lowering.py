@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from hypothesis import given
 
 import lynx_compile  # noqa: F401  (registers the ops and the lowering)
-from lynx_compile import PruneSite, prune_2to4
+from lynx_compile import PruneSite, ops, prune_2to4
 from lynx_compile.codegen import inductor_lowering
 from lynx_compile.codegen.cusparselt_layout import compress_reference, padded_rows, significant_numel
-from lynx_compile.semantics import norm_partials, scale_from_partials
+from lynx_compile.semantics import FP8, norm_partials, quantise_fp8_rows, scale_from_partials
 
 
 class _Capture(logging.Handler):
@@ -212,3 +212,57 @@ def test_template_norms_equal_the_reference(shape, seed) -> None:
     n = significant_numel(padded_rows(m), k, dtype) * dtype.itemsize // 8
     assert torch.equal(got[:n], want[:n])
     torch.testing.assert_close(norms, norm_partials(h), rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_template_takes_the_producer_and_its_amax() -> None:
+    """precision="fp8" with fuse_producers: bias + GELU, the row amax, prune, quantise and compress in one
+    kernel; no amax reduction of its own (it would read the producer's output a second time)."""
+
+    def mlp_act(h: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = F.gelu(h + b, approximate="tanh")
+        return ops.compress_activation_fp8(a, PruneSite.FUSED.value)
+
+    code = _generated(mlp_act, torch.randn(200, 512, dtype=torch.bfloat16), torch.randn(512, dtype=torch.bfloat16))
+    kernels = _kernels(code)
+    assert len(kernels) == 1, kernels
+    ((name, params),) = kernels.items()
+    assert name.startswith("triton_tem_") and "gelu" in name, name
+    assert "arg_X" not in params and "libdevice.tanh" in code
+    assert "= torch.ops.lynx.compress_fp8" not in code
+
+
+def _fused_fp8(x: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return ops.compress_activation_fp8(_producer(x, b), PruneSite.FUSED.value)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs Triton's interpreter (CPU machines)")
+@given(
+    shape=st.sampled_from([(64, 64, torch.bfloat16), (100, 96, torch.float16), (70, 1056, torch.bfloat16)]),
+    seed=st.integers(0, 2**31 - 1),
+    specials=st.booleans(),
+)
+def test_fp8_template_equals_the_emulation(shape, seed, specials) -> None:
+    """The fp8 template's bytes and row scales: ``compress_reference(quantise_fp8_rows(prune_2to4(x)))`` bit
+    for bit, with rows of zeros, NaN and inf, and one row per program (K > 8192 / 8: 1056 -> 2048 columns)."""
+    m, k, dtype = shape
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(m, k, generator=g) * 2.0 ** torch.randint(-20, 12, (m, 1), generator=g)).to(dtype)
+    b = (2.0 ** torch.randint(-2, 3, (k,), generator=g)).to(dtype)
+    if specials:
+        x[0, 3] = float("inf")
+        x[m // 2, 7] = float("nan")
+        x[m - 1, :] = 0
+    key = ("fp8", m, k, dtype)
+    with _triton_on_cpu() as code:
+        first = key not in _COMPILED
+        if first:
+            _COMPILED[key] = torch.compile(_fused_fp8, dynamic=False)
+        got, scale = _COMPILED[key](x, b)
+        assert not first or "def triton_tem_" in "\n".join(code), "the template did not run"
+    rows = padded_rows(m)
+    q, want_scale = quantise_fp8_rows(prune_2to4(F.pad(_producer(x, b), (0, 0, 0, rows - m))))
+    want = compress_reference(q).reshape(-1).view(torch.uint8)
+    n = significant_numel(rows, k, FP8)
+    assert torch.equal(got.view(torch.uint8)[:n], want[:n])
+    assert torch.equal(scale.isnan(), want_scale[:m].isnan())
+    assert torch.equal(scale.nan_to_num(), want_scale[:m].nan_to_num())

@@ -1,5 +1,5 @@
-"""Inductor lowering of ``lynx::compress_2to4`` (and of ``compress_2to4_norms``, for option ``compensate``): a
-Triton template that takes the producer as its prologue.
+"""Inductor lowering of ``lynx::compress_2to4`` (and of ``compress_2to4_norms``, for option ``compensate``, and
+``compress_fp8``, for ``precision="fp8"``): a Triton template that takes the producer as its prologue.
 
 The kernel is the standalone one (``prune_compress``: ``select_2to4`` and ``metadata_words`` on a
 (BLOCK_M, BLOCK_K) tile per program), but the activation comes in through the template's
@@ -18,6 +18,13 @@ as Inductor Pointwise IR. Inductor then gives each lane its 8 elements as 8 scal
 fused kernel was instruction-bound and slower than the unfused pair; this one compiles to the
 standalone kernel's 16-byte loads.
 
+The fp8 template (``_FP8_SOURCE``) needs each row's amax before it quantises anything, and a prologue
+can only be computed where the template loads it: so a program holds whole rows (BLOCK_K, a power of two
+>= K, masked), takes their amax from the tile it loaded, and then prunes, quantises and compresses as
+``prune_quantise_compress`` does, with the same helpers. The graph computes no amax for it (``amax`` is
+None): an amax reduction reading x would be a second consumer of the producer, which keeps Inductor from
+fusing it in. Its one uint8 output holds the e4m3 values, the metadata and then the float32 row scales.
+
 Templates need a Triton GPU device: elsewhere (and for shapes the template does not take) the
 op's own kernel runs.
 """
@@ -31,9 +38,10 @@ from torch._inductor.lowering import fallback_handler, lowerings, register_lower
 from torch._inductor.select_algorithm import SymbolicGridFn, TritonTemplate
 
 from ..report import PruneSite
-from ..semantics import NORM_CHUNK, SPARSE_DTYPES
-from .cusparselt_layout import TILE_COLS, TILE_ROWS, compressed_int64_numel
+from ..semantics import FP8, FP8_SCALE_EXP_MIN, NORM_CHUNK, SPARSE_DTYPES
+from .cusparselt_layout import FP8_MULTIPLE, FP8_TILE_COLS, TILE_COLS, TILE_ROWS, compressed_int64_numel
 from .prune_compress import MAGNITUDE_BITS
+from .prune_quantise_compress import HW_CAST
 
 aten = torch.ops.aten
 
@@ -89,6 +97,46 @@ _NORMS = r"""
 
 _IMPORTS = "from lynx_compile.codegen.prune_compress import chunk_sums_of_squares, metadata_words, select_2to4\n"
 
+# precision="fp8": whole rows per program (BLOCK_K >= K), the amax from the loaded tile (as 16-bit magnitude
+# bits: a NaN's above inf's, which row_exponents expects), then prune_quantise_compress's steps
+_FP8_SOURCE = r"""
+{{def_kernel("X")}}
+    M = {{size("X", 0)}}
+    pid_m = tl.program_id(0)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_K)
+    idx_m = rows[:, None]
+    idx_k = cols[None, :]
+    x_mask = (idx_m < M) & (idx_k < K)
+    {{load_input("X", "x", ("idx_m", "idx_k"), mask="x_mask", index_shape=("BLOCK_M", "BLOCK_K"))}}
+    x = tl.where(x_mask, x.to(DTYPE), 0.0)
+    amax_bits = tl.max(x.to(tl.int16, bitcast=True).to(tl.int32) & ABS_MASK, axis=1)
+    s, scale = row_exponents(amax_bits, MAG_MAX, IS_BF16, EXP_MIN)
+    first, last, q_first, q_last = select_quantised(x, s[:, None], ABS_MASK, MAG_MAX, IS_BF16, HW_CAST)
+
+    vals = tl.reshape(tl.join(q_first, q_last), (BLOCK_M, BLOCK_K // 2))
+    vcols = tl.arange(0, BLOCK_K // 2)
+    value_index = rows[:, None] * (K // 2) + vcols[None, :]
+    value_mask = (rows < ROWS)[:, None] & (vcols < K // 2)[None, :]
+    {{store_output(("value_index",), "vals", "value_mask", val_shape=("BLOCK_M", "BLOCK_K // 2"))}}
+
+    byte, where, in_k = fp8_metadata_bytes(first, last, rows, 0, BLOCK_K, META_COL_TILES)
+    meta_index = META_AT + where
+    meta_mask = in_k & (rows < ROWS)[:, None]
+    {{store_output(("meta_index",), "byte", "meta_mask", val_shape=("BLOCK_M", "BLOCK_K // 8"))}}
+
+    # the float32 row scales, little-endian bytes, after the compressed operand (an index named s... would
+    # read as one of Inductor's size symbols)
+    four = tl.arange(0, 4)
+    scale_bytes = (scale.to(tl.int32, bitcast=True)[:, None] >> (8 * four[None, :])) & 0xFF
+    bytes_index = SCALES_AT + rows[:, None] * 4 + four[None, :]
+    scale_mask = (rows < M)[:, None] & (four < 4)[None, :]
+    {{store_output(("bytes_index",), "scale_bytes", "scale_mask", val_shape=("BLOCK_M", "4"))}}
+"""
+_FP8_IMPORTS = (
+    "from lynx_compile.codegen.prune_quantise_compress import fp8_metadata_bytes, row_exponents, select_quantised\n"
+)
+
 
 @SymbolicGridFn
 def _grid(rows, k, meta, *, cdiv):
@@ -101,17 +149,26 @@ _TEMPLATE_NORMS = TritonTemplate(
     grid=_grid,
     source=_IMPORTS + _SOURCE + _NORMS,
 )
+_TEMPLATE_FP8 = TritonTemplate(name="lynx_prune_quantise_compress", grid=_grid, source=_FP8_IMPORTS + _FP8_SOURCE)
 
 # (BLOCK_M, BLOCK_K, num_warps), the first whose BLOCK_K divides K. BLOCK_M divides the 64-row
 # metadata tile. With a GELU prologue the kernel is instruction-bound and 16-32 elements per thread
 # beat 64 (16 x 512, 4 warps: 1.4x slower at 4096 x 12288; docs/design.md, "Producer fusion")
 _TILES = ((16, 256, 4), (16, 128, 4), (16, 64, 2), (16, 32, 1))
 TEMPLATE_DEVICES = ("cuda",)  # where Inductor builds Triton templates (sparse tensor cores are CUDA's)
+# fp8: elements per program (whole rows: one row when K > 8192) and per thread
+_FP8_PROGRAM_ELEMENTS, _FP8_THREAD_ELEMENTS = 8192, 32
 
 
 def eligible(m: int, k: int, dtype: torch.dtype) -> bool:
     """What the template handles: 16-bit, whole 64 x 32 metadata tiles (the op pads m to 64)."""
     return dtype in SPARSE_DTYPES and m % TILE_ROWS == 0 and k % TILE_COLS == 0
+
+
+def eligible_fp8(m: int, k: int, dtype: torch.dtype) -> bool:
+    """What the fp8 template handles: 16-bit, K a multiple of 32 (cuSPARSELt's e4m3 minimum), whole
+    64-row metadata tiles."""
+    return dtype in SPARSE_DTYPES and m % TILE_ROWS == 0 and k % FP8_MULTIPLE == 0
 
 
 def _static(size: sympy.Expr) -> int | None:
@@ -146,6 +203,19 @@ def register() -> None:
             return fallback_norms(x, rows, method)
         at = compressed_int64_numel(rows, k, x.get_dtype())
         return _norms_views(_compress(x, rows, k, norms=True), x.get_size()[0], at, k)
+
+    op_fp8 = torch.ops.lynx.compress_fp8.default
+    fallback_fp8 = fallback_handler(op_fp8, add_to_fallback_set=False)
+
+    @register_lowering(op_fp8, type_promotion_kind=None)
+    def _lower_fp8(
+        x: ir.TensorBox, amax: ir.TensorBox | None, rows: int, method: str
+    ) -> tuple[ir.TensorBox, ir.TensorBox]:
+        k = _static(x.get_size()[1])
+        lowered = method == PruneSite.FUSED and amax is None and x.get_device().type in TEMPLATE_DEVICES
+        if not lowered or k is None or not eligible_fp8(rows, k, x.get_dtype()):
+            return fallback_fp8(x, amax, rows, method)
+        return _compress_fp8(x, rows, k)
 
 
 def _norms_views(out: ir.TensorBox, x_rows: sympy.Expr, at: int, k: int) -> tuple[ir.TensorBox, ir.TensorBox]:
@@ -186,3 +256,41 @@ def _compress(x: ir.TensorBox, rows: int, k: int, norms: bool = False) -> ir.Ten
         **extra,
     )
     return choice.output_node()
+
+
+def _compress_fp8(x: ir.TensorBox, rows: int, k: int) -> tuple[ir.TensorBox, ir.TensorBox]:
+    """The fp8 template's uint8 output as the op's two: the compressed operand (int64 words) and the
+    float32 row scales stored after it."""
+    dtype = x.get_dtype()
+    x = ir.ExternKernel.realize_input(x)
+    x_rows = x.get_size()[0]
+    at = compressed_int64_numel(rows, k, FP8) * 8
+    layout = ir.FixedLayout(device=x.get_device(), dtype=torch.uint8, size=[at + 4 * x_rows], stride=[1])
+    abs_mask, mag_max = MAGNITUDE_BITS[dtype]
+    block_k = 1 << (k - 1).bit_length()
+    block_m = min(TILE_ROWS, max(1, _FP8_PROGRAM_ELEMENTS // block_k))
+    warps = max(1, min(16, block_m * block_k // (32 * _FP8_THREAD_ELEMENTS)))
+    choice = _TEMPLATE_FP8.generate(
+        input_nodes=(x,),
+        layout=layout,
+        num_stages=1,
+        num_warps=warps,
+        call_sizes=[rows, k],
+        BLOCK_M=block_m,
+        BLOCK_K=block_k,
+        K=k,
+        ROWS=rows,
+        META_AT=rows * k // 2,
+        META_COL_TILES=-(-k // FP8_TILE_COLS),
+        SCALES_AT=at,
+        ABS_MASK=abs_mask,
+        MAG_MAX=mag_max,
+        IS_BF16=dtype == torch.bfloat16,
+        EXP_MIN=FP8_SCALE_EXP_MIN,
+        HW_CAST=HW_CAST,
+        DTYPE="tl.bfloat16" if dtype == torch.bfloat16 else "tl.float16",
+    )
+    out = choice.output_node()
+    compressed = lowerings[aten.slice.Tensor](out, 0, 0, at)
+    scales = lowerings[aten.slice.Tensor](out, 0, at, at + 4 * x_rows)
+    return lowerings[aten.view.dtype](compressed, torch.int64), lowerings[aten.view.dtype](scales, torch.float32)

@@ -15,7 +15,7 @@ import logging
 
 from ..codegen import cusparselt, self_check
 from ..codegen.cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, padded_rows
-from ..codegen.inductor_lowering import eligible
+from ..codegen.inductor_lowering import eligible, eligible_fp8
 from ..config import LynxConfig, dtype_name
 from ..report import GemmPath, PruneSite
 from ..semantics import GROUP, NORM_CHUNK, SPARSE_DTYPES
@@ -62,13 +62,24 @@ def _fp8(site: GemmSite, config: LynxConfig, decision: Decision) -> Decision:
             fallback=fallback,
             fp8=True,
         )
-    return Decision(
-        True,
-        GemmPath.CUSPARSELT,
-        f"{_why_selected(decision)}; fp8, Triton prune+quantise+compress",
-        prune=PruneSite.TRITON,
-        fp8=True,
-    )
+    prune, how = _fp8_prune_site(site, config)
+    return Decision(True, GemmPath.CUSPARSELT, f"{_why_selected(decision)}; fp8, {how}", prune=prune, fp8=True)
+
+
+def _fp8_prune_site(site: GemmSite, config: LynxConfig) -> tuple[PruneSite, str]:
+    """(fused | triton, why) for an e4m3 activation: Inductor's fp8 template where the producer can be its
+    prologue. With ``compensate`` the graph's norm sums read x too, so the producer is written anyway."""
+    standalone = "standalone Triton prune+quantise+compress"
+    if not config.fuse_producers:
+        return PruneSite.TRITON, f"{standalone} (fuse_producers=False)"
+    if config.compensate:
+        return PruneSite.TRITON, f"{standalone} (compensate=True: the norm sums read x in a kernel of their own)"
+    if not eligible_fp8(padded_rows(site.m), site.k, site.dtype):
+        return PruneSite.TRITON, f"{standalone} (not lowered)"
+    fusable, producer = fusable_producer(site.x)
+    if not fusable:
+        return PruneSite.TRITON, f"{standalone} (activation is a {producer}: nothing to fuse)"
+    return PruneSite.FUSED, f"prune+quantise+compress in Inductor's template, the producer ({producer}) its prologue"
 
 
 def _not_fp8(decision: Decision, why: str) -> Decision:

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from helpers import rel
 
 import lynx_compile
-from lynx_compile import zoo
+from lynx_compile import PruneSite, ops, zoo
 from lynx_compile.codegen import cusparselt, self_check
-from lynx_compile.codegen.cusparselt_layout import probe_matrix, same_compressed
+from lynx_compile.codegen.cusparselt_layout import compressed_shape, padded_rows, probe_matrix, same_compressed
 from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress, row_amax
-from lynx_compile.semantics import fp8_linear, prune_2to4, quantise_fp8_rows
+from lynx_compile.semantics import FP8, fp8_linear, prune_2to4, quantise_fp8_rows
 
 pytestmark = [
     pytest.mark.gpu,
@@ -95,3 +95,44 @@ def test_flux_fp8_end_to_end():
     assert sparse and all(layer.precision == "fp8" and layer.path == "cusparselt" for layer in sparse)
     print(f"\nflux fp8: fast vs reference {rel(fast, ref):.4f}, vs dense {rel(fast, dense):.4f}")
     assert rel(fast, ref) < max(5e-2, rel(ref, dense) / 4)
+
+
+def _gelu_fp8(h: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return ops.compress_activation_fp8(F.gelu(h + b, approximate="tanh"), PruneSite.FUSED.value)
+
+
+@pytest.mark.parametrize("m, k", [(1000, 3072), (4096, 12288), (300, 15360)])
+def test_fp8_template_with_its_gelu_prologue_gives_cusparselts_bytes(m, k):
+    """The fp8 template (fuse_producers) with bias + GELU as its prologue: cuSPARSELt's compression of the
+    quantised pruning of the GELU as the compiled graph computes it (rows over 40 binades, a NaN, an inf)."""
+    g = torch.Generator().manual_seed(k)
+    h = torch.randn(m, k, generator=g) * 2.0 ** torch.randint(-20, 20, (m, 1), generator=g).float()
+    h[3, 5], h[4, 6] = float("nan"), float("inf")
+    h, b = h.bfloat16().cuda(), torch.randn(k, generator=g).bfloat16().cuda()
+    torch._dynamo.reset()
+    got, scale = torch.compile(_gelu_fp8)(h, b)
+    x = torch.compile(lambda h, b: F.gelu(h + b, approximate="tanh"))(h, b)  # the producer, rounded as compiled
+    rows = padded_rows(m)
+    q, want_scale = quantise_fp8_rows(prune_2to4(F.pad(x, (0, 0, 0, rows - m))))
+    assert same_compressed(got.view(FP8).view(compressed_shape(rows, k, FP8)), torch._cslt_compress(q), rows, k)
+    assert torch.equal(scale.nan_to_num(), want_scale[:m].nan_to_num())
+    assert torch.equal(scale.isnan(), want_scale[:m].isnan())
+
+
+def test_fp8_mlp_prunes_inside_the_gelu_kernel():
+    """fuse_producers with fp8: fc2's input goes through the fp8 template (the report says fused), and the
+    model agrees with the reference path."""
+    torch._dynamo.reset()
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(1024, 4096), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(4096, 1024)
+    )
+    mlp = mlp.cuda().bfloat16()
+    x = torch.randn(2048, 1024, device="cuda", dtype=torch.bfloat16)
+    opts = {"precision": "fp8", "cost_model": False, "default_exclude": (), "fuse_producers": True}
+    n = len(lynx_compile.reports())
+    with torch.no_grad():
+        fast = torch.compile(mlp, backend="lynx", options=opts)(x)
+        ref = torch.compile(mlp, backend="lynx", options={**opts, "path": "reference"})(x)
+    report = lynx_compile.reports()[n]
+    assert [layer.prune for layer in report.layers] == ["triton", "fused"], report.layers
+    assert rel(fast, ref) < 1e-2
