@@ -297,8 +297,9 @@ Qwen-Image's double-stream blocks, zimage = Z-Image's main blocks after its 2 + 
 `fuse_producers=True`, `variant=fold` adds `fold_bias=True`, `fold_fused` both; `variant=qkv` runs diffusers'
 `fuse_qkv_projections()` on the model first (eager, dense and lynx alike: one q/k/v GEMM per attention, lynx
 defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation); `variant=fp8` adds
-`precision="fp8"`; `variant=budget_lo` / `budget_hi` add `error_budget=0.05` / `0.2` (sensitivities measured on
-the case's random weights and inputs: which layers stay dense, not a quality figure); `variant=lowrankR` adds
+`precision="fp8"`, `fp8_fused` also `fuse_producers=True`; `variant=budget_lo` / `budget_hi` add
+`error_budget=0.05` / `0.2` (sensitivities measured on the case's random weights and inputs: which layers stay
+dense, not a quality figure); `variant=lowrankR` adds
 `low_rank=R`, calibrated on one call of the case's random inputs (the branch's cost, not its quality; the
 cost model keeps dense the GEMMs whose branch eats their gain); `torchao_fp8_*`: torchao's dense fp8 (per-row
 `Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`,
@@ -313,7 +314,8 @@ Inductor, Triton and lynx caches (Inductor's `fresh_cache`), as on a new machine
 kernel self-check. `lynx_recompile_s`: `torch._dynamo.reset()` and compile again (caches warm). `act_mb_*`:
 bytes moved for the inputs of the sparsified GEMMs (analytic, `benchmarks/common.py`). `rel_err_vs_dense` is
 large because weights and inputs are random Gaussians: not an accuracy figure. `max_autotune_*`: dense
-`mode="max-autotune"`, only where run (`--max-autotune`)."""
+`mode="max-autotune"`, only where run (`--max-autotune`). Each row's `commit` (in the JSON) is the commit that
+measured it; with `--append` rows of several commits share a file."""
 
 COLUMNS = [
     "model",

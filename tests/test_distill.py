@@ -131,7 +131,8 @@ def test_a_zoo_model_is_distilled_end_to_end() -> None:
     distilled = lynx_compile.distill(
         built.model, [built.example_kwargs], calibration, rank=4, steps=10, lr=1e-3, progress=False
     )
-    assert distilled.distilled[4]["loss_after"] < 0.5 * distilled.distilled[4]["loss_before"]
+    # from the cross-validated closed form (0.016 here) ten steps take off about a quarter (0.012)
+    assert distilled.distilled[4]["loss_after"] < 0.9 * distilled.distilled[4]["loss_before"]
 
 
 class WithParameterGemm(nn.Module):
