@@ -115,10 +115,11 @@ def test_fp8_activations_prune_in_the_fp8_template_unless_compensated(compensate
     graph's norm sums read x too (the producer is written anyway), and after a norm there is nothing to fuse."""
     sites = {s.name: s for s in gemm_sites(Block().to(torch.bfloat16), *_inputs())}
     config = lynx_compile.LynxConfig(fuse_producers=True, compensate=compensate, precision="fp8")
-    prune, why = legality._fp8_prune_site(sites["fc2"], config)
+    prune, why = legality._prune_site(sites["fc2"], config, fp8=True)
     assert (prune == PruneSite.FUSED) is not compensate and ("gelu" in why) is not compensate
-    assert legality._fp8_prune_site(sites["to_q"], config)[0] == PruneSite.TRITON
-    assert legality._fp8_prune_site(sites["fc2"], lynx_compile.LynxConfig(precision="fp8"))[0] == PruneSite.TRITON
+    assert legality._prune_site(sites["to_q"], config, fp8=True)[0] == PruneSite.TRITON
+    fp8_only = lynx_compile.LynxConfig(precision="fp8")
+    assert legality._prune_site(sites["fc2"], fp8_only, fp8=True)[0] == PruneSite.TRITON
 
 
 def test_no_bias_folds_where_the_ones_column_kernel_failed_its_self_check(monkeypatch):

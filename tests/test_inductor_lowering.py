@@ -120,16 +120,16 @@ def _fused(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _COMPILED: dict[tuple, object] = {}
 
 
-def _run_template(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``_fused`` compiled through the template, run by Triton's interpreter (one compile per shape)."""
-    key = (*x.shape, x.dtype)
+def _run_compiled(fn, x: torch.Tensor, b: torch.Tensor):
+    """``fn`` compiled through a template, run by Triton's interpreter (one compile per function and shape)."""
+    key = (fn, *x.shape, x.dtype)
     with _triton_on_cpu() as code:
-        if key not in _COMPILED:
-            _COMPILED[key] = torch.compile(_fused, dynamic=False)
-            out = _COMPILED[key](x, b)
-            assert "def triton_tem_" in "\n".join(code), "the template did not run"
-            return out
-        return _COMPILED[key](x, b)
+        first = key not in _COMPILED
+        if first:
+            _COMPILED[key] = torch.compile(fn, dynamic=False)
+        out = _COMPILED[key](x, b)
+        assert not first or "def triton_tem_" in "\n".join(code), "the template did not run"
+    return out
 
 
 SHAPES = [(64, 64, torch.bfloat16), (100, 96, torch.float16), (130, 256, torch.bfloat16)]
@@ -149,7 +149,7 @@ def test_template_bytes_equal_the_reference_layout(shape, seed, ties, specials) 
         x[0, :4] = float("inf")
         x[m // 2, 4:8] = float("nan")
         x[m - 1, :] = 0  # a row of zeros
-    got = _run_template(x, b)
+    got = _run_compiled(_fused, x, b)
     h = _producer(x, b)
     want = compress_reference(prune_2to4(F.pad(h, (0, 0, 0, padded_rows(m) - m)))).reshape(-1).view(torch.int64)
     n = significant_numel(padded_rows(m), k, dtype) * dtype.itemsize // 8
@@ -200,13 +200,7 @@ def test_template_norms_equal_the_reference(shape, seed) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(m, k, generator=g).to(dtype)
     b = (2.0 ** torch.randint(-2, 3, (k,), generator=g)).to(dtype)
-    key = ("norms", m, k, dtype)
-    with _triton_on_cpu() as code:
-        first = key not in _COMPILED
-        if first:
-            _COMPILED[key] = torch.compile(_fused_norms, dynamic=False)
-        got, norms = _COMPILED[key](x, b)
-        assert not first or "def triton_tem_" in "\n".join(code), "the template did not run"
+    got, norms = _run_compiled(_fused_norms, x, b)
     h = _producer(x, b)
     want = compress_reference(prune_2to4(F.pad(h, (0, 0, 0, padded_rows(m) - m)))).reshape(-1).view(torch.int64)
     n = significant_numel(padded_rows(m), k, dtype) * dtype.itemsize // 8
@@ -243,7 +237,8 @@ def _fused_fp8(x: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 )
 def test_fp8_template_equals_the_emulation(shape, seed, specials) -> None:
     """The fp8 template's bytes and row scales: ``compress_reference(quantise_fp8_rows(prune_2to4(x)))`` bit
-    for bit, with rows of zeros, NaN and inf, and one row per program (K > 8192 / 8: 1056 -> 2048 columns)."""
+    for bit, with rows of zeros, NaN and inf, and rows of a power-of-two block with masked columns (K = 1056:
+    2048 columns, 4 rows per program)."""
     m, k, dtype = shape
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(m, k, generator=g) * 2.0 ** torch.randint(-20, 12, (m, 1), generator=g)).to(dtype)
@@ -252,13 +247,7 @@ def test_fp8_template_equals_the_emulation(shape, seed, specials) -> None:
         x[0, 3] = float("inf")
         x[m // 2, 7] = float("nan")
         x[m - 1, :] = 0
-    key = ("fp8", m, k, dtype)
-    with _triton_on_cpu() as code:
-        first = key not in _COMPILED
-        if first:
-            _COMPILED[key] = torch.compile(_fused_fp8, dynamic=False)
-        got, scale = _COMPILED[key](x, b)
-        assert not first or "def triton_tem_" in "\n".join(code), "the template did not run"
+    got, scale = _run_compiled(_fused_fp8, x, b)
     rows = padded_rows(m)
     q, want_scale = quantise_fp8_rows(prune_2to4(F.pad(_producer(x, b), (0, 0, 0, rows - m))))
     want = compress_reference(q).reshape(-1).view(torch.uint8)

@@ -236,10 +236,26 @@ def _compress(x: ir.TensorBox, rows: int, k: int, norms: bool = False) -> ir.Ten
     at = compressed_int64_numel(rows, k, dtype)
     size = at + x.get_size()[0] * (k // NORM_CHUNK) if norms else at
     layout = ir.FixedLayout(device=x.get_device(), dtype=torch.int64, size=[size], stride=[1])
-    abs_mask, mag_max = MAGNITUDE_BITS[dtype]
     tiles = [t for t in _TILES if t[1] % NORM_CHUNK == 0] if norms else _TILES
-    block_m, block_k, warps = next(t for t in tiles if k % t[1] == 0)
-    template, extra = (_TEMPLATE_NORMS, {"NORM_CHUNK": NORM_CHUNK, "NORMS_AT": at}) if norms else (_TEMPLATE, {})
+    tile = next(t for t in tiles if k % t[1] == 0)
+    if norms:
+        return _generate(_TEMPLATE_NORMS, x, layout, rows, k, tile, NORM_CHUNK=NORM_CHUNK, NORMS_AT=at)
+    return _generate(_TEMPLATE, x, layout, rows, k, tile)
+
+
+def _generate(
+    template: TritonTemplate,
+    x: ir.TensorBox,
+    layout: ir.FixedLayout,
+    rows: int,
+    k: int,
+    tile: tuple[int, int, int],
+    **constants: object,
+) -> ir.TensorBox:
+    """One of the templates on x with its (BLOCK_M, BLOCK_K, num_warps) tile and the constants every template
+    reads (x's magnitude bits and dtype, K, the padded rows), plus its own."""
+    block_m, block_k, warps = tile
+    abs_mask, mag_max = MAGNITUDE_BITS[x.get_dtype()]
     choice = template.generate(
         input_nodes=(x,),
         layout=layout,
@@ -252,8 +268,8 @@ def _compress(x: ir.TensorBox, rows: int, k: int, norms: bool = False) -> ir.Ten
         ROWS=rows,
         ABS_MASK=abs_mask,
         MAG_MAX=mag_max,
-        DTYPE="tl.bfloat16" if dtype == torch.bfloat16 else "tl.float16",
-        **extra,
+        DTYPE="tl.bfloat16" if x.get_dtype() == torch.bfloat16 else "tl.float16",
+        **constants,
     )
     return choice.output_node()
 
@@ -266,31 +282,23 @@ def _compress_fp8(x: ir.TensorBox, rows: int, k: int) -> tuple[ir.TensorBox, ir.
     x_rows = x.get_size()[0]
     at = compressed_int64_numel(rows, k, FP8) * 8
     layout = ir.FixedLayout(device=x.get_device(), dtype=torch.uint8, size=[at + 4 * x_rows], stride=[1])
-    abs_mask, mag_max = MAGNITUDE_BITS[dtype]
     block_k = 1 << (k - 1).bit_length()
     block_m = min(TILE_ROWS, max(1, _FP8_PROGRAM_ELEMENTS // block_k))
     warps = max(1, min(16, block_m * block_k // (32 * _FP8_THREAD_ELEMENTS)))
-    choice = _TEMPLATE_FP8.generate(
-        input_nodes=(x,),
-        layout=layout,
-        num_stages=1,
-        num_warps=warps,
-        call_sizes=[rows, k],
-        BLOCK_M=block_m,
-        BLOCK_K=block_k,
-        K=k,
-        ROWS=rows,
+    out = _generate(
+        _TEMPLATE_FP8,
+        x,
+        layout,
+        rows,
+        k,
+        (block_m, block_k, warps),
         META_AT=rows * k // 2,
         META_COL_TILES=-(-k // FP8_TILE_COLS),
         SCALES_AT=at,
-        ABS_MASK=abs_mask,
-        MAG_MAX=mag_max,
         IS_BF16=dtype == torch.bfloat16,
         EXP_MIN=FP8_SCALE_EXP_MIN,
         HW_CAST=HW_CAST,
-        DTYPE="tl.bfloat16" if dtype == torch.bfloat16 else "tl.float16",
     )
-    out = choice.output_node()
     compressed = lowerings[aten.slice.Tensor](out, 0, 0, at)
     scales = lowerings[aten.slice.Tensor](out, 0, at, at + 4 * x_rows)
     return lowerings[aten.view.dtype](compressed, torch.int64), lowerings[aten.view.dtype](scales, torch.float32)

@@ -62,24 +62,8 @@ def _fp8(site: GemmSite, config: LynxConfig, decision: Decision) -> Decision:
             fallback=fallback,
             fp8=True,
         )
-    prune, how = _fp8_prune_site(site, config)
+    prune, how = _prune_site(site, config, fp8=True)
     return Decision(True, GemmPath.CUSPARSELT, f"{_why_selected(decision)}; fp8, {how}", prune=prune, fp8=True)
-
-
-def _fp8_prune_site(site: GemmSite, config: LynxConfig) -> tuple[PruneSite, str]:
-    """(fused | triton, why) for an e4m3 activation: Inductor's fp8 template where the producer can be its
-    prologue. With ``compensate`` the graph's norm sums read x too, so the producer is written anyway."""
-    standalone = "standalone Triton prune+quantise+compress"
-    if not config.fuse_producers:
-        return PruneSite.TRITON, f"{standalone} (fuse_producers=False)"
-    if config.compensate:
-        return PruneSite.TRITON, f"{standalone} (compensate=True: the norm sums read x in a kernel of their own)"
-    if not eligible_fp8(padded_rows(site.m), site.k, site.dtype):
-        return PruneSite.TRITON, f"{standalone} (not lowered)"
-    fusable, producer = fusable_producer(site.x)
-    if not fusable:
-        return PruneSite.TRITON, f"{standalone} (activation is a {producer}: nothing to fuse)"
-    return PruneSite.FUSED, f"prune+quantise+compress in Inductor's template, the producer ({producer}) its prologue"
 
 
 def _not_fp8(decision: Decision, why: str) -> Decision:
@@ -139,18 +123,24 @@ def _reference(why: str, fallback: str) -> Decision:
     )
 
 
-def _prune_site(site: GemmSite, config: LynxConfig) -> tuple[PruneSite, str]:
-    """(fused | triton, why): in Inductor's template with the producer as its prologue where it can."""
+def _prune_site(site: GemmSite, config: LynxConfig, fp8: bool = False) -> tuple[PruneSite, str]:
+    """(fused | triton, why): in Inductor's template with the producer as its prologue where it can. ``fp8``:
+    the e4m3 template, which sums no norms: with ``compensate`` the graph's norm sums read x too, so the
+    producer is written anyway."""
+    kernel = "prune+quantise+compress" if fp8 else "prune+compress"
+    standalone = f"standalone Triton {kernel}"
     if not config.fuse_producers:
-        return PruneSite.TRITON, "standalone Triton prune+compress (fuse_producers=False)"
+        return PruneSite.TRITON, f"{standalone} (fuse_producers=False)"
+    if config.compensate and fp8:
+        return PruneSite.TRITON, f"{standalone} (compensate=True: the norm sums read x in a kernel of their own)"
     if config.compensate and site.k % NORM_CHUNK:  # the template sums whole chunks in a tile
         return PruneSite.TRITON, (
-            f"standalone Triton prune+compress (compensate=True: K={site.k} % {NORM_CHUNK} != 0, the template "
+            f"{standalone} (compensate=True: K={site.k} % {NORM_CHUNK} != 0, the template "
             f"sums the row norms per {NORM_CHUNK} columns)"
         )
-    if not eligible(padded_rows(site.m), site.k, site.dtype):
-        return PruneSite.TRITON, f"standalone Triton prune+compress (K={site.k} % 32 != 0: not lowered)"
+    if not (eligible_fp8 if fp8 else eligible)(padded_rows(site.m), site.k, site.dtype):
+        return PruneSite.TRITON, f"{standalone} (K={site.k} % 32 != 0: not lowered)"
     fusable, producer = fusable_producer(site.x)
     if not fusable:
-        return PruneSite.TRITON, f"standalone Triton prune+compress (activation is a {producer}: nothing to fuse)"
-    return PruneSite.FUSED, f"prune+compress in Inductor's template, the producer ({producer}) fused in as its prologue"
+        return PruneSite.TRITON, f"{standalone} (activation is a {producer}: nothing to fuse)"
+    return PruneSite.FUSED, f"{kernel} in Inductor's template, the producer ({producer}) fused in as its prologue"
