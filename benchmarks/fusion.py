@@ -1,11 +1,14 @@
-"""A DiT MLP block compiled three ways: where does producer fusion put the pruning's cost? (GPU)
+"""A DiT MLP block compiled several ways: where does producer fusion put the pruning's cost? (GPU)
 
     y = x + gate * fc2(gelu(fc1(LayerNorm(x) * (1 + scale) + shift)))      FLUX widths, bf16
 
 - dense: Inductor (CUDA graphs);
 - lynx, standalone: prune+compress by the Triton kernel on a materialised activation;
 - lynx, fused: prune+compress in Inductor's template, GELU fused in as its prologue (the adaLN
-  output comes from the norm's reduction kernel: standalone kernel).
+  output comes from the norm's reduction kernel: standalone kernel);
+- the same two with ``precision="fp8"`` (the fp8 kernel, and the fp8 template whose amax comes from its
+  own load of the GELU), and torchao's dense fp8 (``common.torchao_fp8``, where torchao is installed):
+  whether the fp8 template pays where it has a producer to take in.
 
 Reports the time per block (CUDA events over CUDA-graph replays of the compiled block, median,
 fresh inputs) and, per sparsified activation, the bytes the generated code moves for it: the
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
 import lynx_compile
-from benchmarks.common import RESULTS, activation_mb, result_stem, stamp, write_json, write_table
+from benchmarks.common import RESULTS, activation_mb, result_stem, stamp, torchao_fp8, write_json, write_table
 
 PROTOCOL = (
     "CUDA events around single calls of the compiled block (CUDA graphs: dense reduce-overhead, lynx's "
@@ -90,7 +93,16 @@ def main() -> None:
                 block, backend="lynx", options={"fuse_producers": False, "cost_model": False}
             ),
             "lynx_fused": torch.compile(block, backend="lynx", options={"fuse_producers": True, "cost_model": False}),
+            **{
+                f"lynx_fp8_{how}": torch.compile(
+                    block, backend="lynx", options={"fuse_producers": fused, "cost_model": False, "precision": "fp8"}
+                )
+                for how, fused in (("standalone", False), ("fused", True))
+            },
         }
+        quantised = torchao_fp8(block)
+        if quantised is not None:
+            variants["torchao_fp8"] = torch.compile(quantised, mode="reduce-overhead")
         row = {"m": m, "k1": args.dim, "n1": args.hidden}
         # what dense moves for the same two activations (fc1's and fc2's inputs)
         dense_layers = [SimpleNamespace(m=m, k=k, sparse=True, prune="-") for k in (args.dim, args.hidden)]
@@ -114,8 +126,9 @@ def main() -> None:
                 row[f"{name}_ms"] = _time_ms(fn, inputs, args.runs)
                 row[f"{name}_rel_vs_dense"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
                 torch._dynamo.reset()
-        row["speedup_standalone"] = row["dense_ms"] / row["lynx_standalone_ms"]
-        row["speedup_fused"] = row["dense_ms"] / row["lynx_fused_ms"]
+        for name in variants:
+            if name != "dense":
+                row[f"speedup_{name.removeprefix('lynx_')}"] = row["dense_ms"] / row[f"{name}_ms"]
         rows.append(row)
         print(row, flush=True)
     stem = result_stem("fusion", args.out)
@@ -132,6 +145,13 @@ def main() -> None:
             "lynx_fused_ms",
             "speedup_standalone",
             "speedup_fused",
+            "lynx_fp8_standalone_ms",
+            "lynx_fp8_fused_ms",
+            "torchao_fp8_ms",
+            "speedup_fp8_standalone",
+            "speedup_fp8_fused",
+            "speedup_torchao_fp8",
+            "lynx_fp8_fused_prune",
             "dense_kernels",
             "lynx_standalone_kernels",
             "lynx_fused_kernels",
