@@ -260,7 +260,8 @@ def torchao_fp8_linear(w: torch.Tensor, b: torch.Tensor) -> Callable[[torch.Tens
     with torch.no_grad():
         lin.weight.copy_(w)
         lin.bias.copy_(b)
-    return None if torchao_fp8(lin) is None else torch.compile(lin, dynamic=False)
+    quantised = torchao_fp8(lin)
+    return None if quantised is None else torch.compile(quantised, dynamic=False)
 
 
 def measure_fp8(row: Row, w: torch.Tensor, b: torch.Tensor, xs: list[torch.Tensor], calls: int) -> Row:

@@ -216,9 +216,8 @@ def test_linear_benchmark_without_torchao_says_so(monkeypatch, capsys):
     assert "torchao not importable" in capsys.readouterr().out
 
 
-def test_torchao_baseline_leaves_inductor_settings_alone(monkeypatch):
-    """torchao's config by default turns on coordinate-descent tuning for every later compile of the
-    process (FLUX's compile ran past 5 minutes): the baseline must ask it not to, and copy the module."""
+def _fake_torchao(monkeypatch) -> dict:
+    """torchao.quantization stubbed: quantize_ records its config and zeroes the weights it quantises."""
     seen = {}
 
     def quantize_(module, config):
@@ -234,8 +233,23 @@ def test_torchao_baseline_leaves_inductor_settings_alone(monkeypatch):
     )
     monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
     monkeypatch.setitem(sys.modules, "torchao.quantization", fake)
+    return seen
+
+
+def test_torchao_baseline_leaves_inductor_settings_alone(monkeypatch):
+    """torchao's config by default turns on coordinate-descent tuning for every later compile of the
+    process (FLUX's compile ran past 5 minutes): the baseline must ask it not to, and copy the module."""
+    seen = _fake_torchao(monkeypatch)
     original = nn.Linear(8, 8)
     weight = original.weight.detach().clone()
     copied = common.torchao_fp8(original)
     assert copied is not original and torch.equal(original.weight, weight)
     assert seen["config"].set_inductor_config is False
+
+
+def test_linear_benchmark_compiles_the_quantised_copy(monkeypatch):
+    """The per-layer torchao column times torchao's quantised linear, not the bf16 one it was copied from."""
+    _fake_torchao(monkeypatch)
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    compiled = linear.torchao_fp8_linear(torch.ones(8, 8), torch.zeros(8))
+    assert torch.equal(compiled.weight, torch.zeros(8, 8))
