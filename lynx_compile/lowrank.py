@@ -39,7 +39,8 @@ def fit(
     c = q.mT @ sxt.double()  # Sxt in Sxx's eigenbasis
     scale = max(evals.mean().item(), torch.finfo(torch.float64).tiny)
     if ridge is None:
-        ridge = min(RIDGES, key=lambda r: gcv(evals, c, rows, tt, r * scale))
+        energy = c.square().sum(1)
+        ridge = min(RIDGES, key=lambda r: gcv(evals, energy, rows, tt, r * scale))
     d = evals + ridge * scale
     # L = Q diag(d)^1/2 (L L^T = Sxx + lam I): L^T M = diag(d)^-1/2 C, and M = Q diag(d)^-1 C
     _, _, vh = torch.linalg.svd(c / d.sqrt()[:, None], full_matrices=False)
@@ -47,15 +48,16 @@ def fit(
     return q @ (c / d[:, None]) @ v, v.mT.contiguous()
 
 
-def gcv(evals: torch.Tensor, c: torch.Tensor, rows: int, tt: float, lam: float) -> float:
+def gcv(evals: torch.Tensor, energy: torch.Tensor, rows: int, tt: float, lam: float) -> float:
     """Generalized cross-validation error of the full-rank ridge map ``M = (Sxx + lam I)^-1 Sxt`` from the
-    moments alone (``evals``: Sxx's eigenvalues, ``c``: Sxt in their basis): its residual on the rows over
-    (1 - df / rows)^2, df = tr(Sxx (Sxx + lam I)^-1) the map's degrees of freedom; inf where df >= rows."""
+    moments alone (``evals``: Sxx's eigenvalues, ``energy``: the squared norms of Sxt's rows in their basis,
+    ``(Q^T Sxt)^2`` summed over N): its residual on the rows over (1 - df / rows)^2, df = tr(Sxx (Sxx + lam I)^-1)
+    the map's degrees of freedom; inf where df >= rows."""
     d = evals + lam
     df = (evals / d).sum().item()
     if df >= rows:
         return float("inf")
-    rss = max(tt - (c.square().sum(1) * (2 / d - evals / d**2)).sum().item(), 0.0)
+    rss = max(tt - (energy * (2 / d - evals / d**2)).sum().item(), 0.0)
     return rss / (1 - df / rows) ** 2
 
 

@@ -97,7 +97,7 @@ def test_gcv_from_the_moments_is_the_textbook_formula(n: int, k: int, seed: int,
     hat = x @ torch.linalg.solve(x.T @ x + lam * torch.eye(k, dtype=torch.float64), x.T)
     want = ((t - hat @ t).square().sum() / (1 - hat.trace() / n) ** 2).item()
     evals, q = torch.linalg.eigh(x.T @ x)
-    got = lowrank.gcv(evals, q.mT @ (x.T @ t), n, t.square().sum().item(), lam)
+    got = lowrank.gcv(evals, (q.mT @ (x.T @ t)).square().sum(1), n, t.square().sum().item(), lam)
     assert got == pytest.approx(want, rel=1e-6)
 
 
