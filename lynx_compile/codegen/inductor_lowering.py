@@ -201,8 +201,7 @@ def register() -> None:
         lowered = method == PruneSite.FUSED and x.get_device().type in TEMPLATE_DEVICES
         if not lowered or k is None or k % NORM_CHUNK or not eligible(rows, k, x.get_dtype()):
             return fallback_norms(x, rows, method)
-        at = compressed_int64_numel(rows, k, x.get_dtype())
-        return _norms_views(_compress(x, rows, k, norms=True), x.get_size()[0], at, k)
+        return _compress_norms(x, rows, k)
 
     op_fp8 = torch.ops.lynx.compress_fp8.default
     fallback_fp8 = fallback_handler(op_fp8, add_to_fallback_set=False)
@@ -218,29 +217,26 @@ def register() -> None:
         return _compress_fp8(x, rows, k)
 
 
-def _norms_views(out: ir.TensorBox, x_rows: sympy.Expr, at: int, k: int) -> tuple[ir.TensorBox, ir.TensorBox]:
+def _compress(x: ir.TensorBox, rows: int, k: int) -> ir.TensorBox:
+    """The template's int64 output: the compressed bytes."""
+    layout = ir.FixedLayout(
+        device=x.get_device(), dtype=torch.int64, size=[compressed_int64_numel(rows, k, x.get_dtype())], stride=[1]
+    )
+    return _generate(_TEMPLATE, x, layout, rows, k, next(t for t in _TILES if k % t[1] == 0))
+
+
+def _compress_norms(x: ir.TensorBox, rows: int, k: int) -> tuple[ir.TensorBox, ir.TensorBox]:
     """The compensated template's one int64 buffer as the op's two outputs: the compressed bytes (``at``
-    words), and norm_partials' (2, M, K // NORM_CHUNK) float32 from the words after them."""
-    chunks = k // NORM_CHUNK
+    words), and norm_partials' (2, M, K // NORM_CHUNK) float32 from the packed words after them."""
+    at, x_rows, chunks = compressed_int64_numel(rows, k, x.get_dtype()), x.get_size()[0], k // NORM_CHUNK
+    layout = ir.FixedLayout(device=x.get_device(), dtype=torch.int64, size=[at + x_rows * chunks], stride=[1])
+    tile = next(t for t in _TILES if t[1] % NORM_CHUNK == 0 and k % t[1] == 0)
+    out = _generate(_TEMPLATE_NORMS, x, layout, rows, k, tile, NORM_CHUNK=NORM_CHUNK, NORMS_AT=at)
     compressed = lowerings[aten.slice.Tensor](out, 0, 0, at)
     words = lowerings[aten.slice.Tensor](out, 0, at, at + x_rows * chunks)
     pairs = lowerings[aten.view.dtype](words, torch.float32)  # little-endian words: full, then kept
     pairs = lowerings[aten.view.default](pairs, [x_rows, chunks, 2])
     return compressed, lowerings[aten.permute.default](pairs, [2, 0, 1])
-
-
-def _compress(x: ir.TensorBox, rows: int, k: int, norms: bool = False) -> ir.TensorBox:
-    """The template's int64 output: the compressed bytes, then (``norms``) the packed norm sums of x's rows."""
-    dtype = x.get_dtype()
-    x = ir.ExternKernel.realize_input(x)  # a pointwise producer stays a candidate for prologue fusion
-    at = compressed_int64_numel(rows, k, dtype)
-    size = at + x.get_size()[0] * (k // NORM_CHUNK) if norms else at
-    layout = ir.FixedLayout(device=x.get_device(), dtype=torch.int64, size=[size], stride=[1])
-    tiles = [t for t in _TILES if t[1] % NORM_CHUNK == 0] if norms else _TILES
-    tile = next(t for t in tiles if k % t[1] == 0)
-    if norms:
-        return _generate(_TEMPLATE_NORMS, x, layout, rows, k, tile, NORM_CHUNK=NORM_CHUNK, NORMS_AT=at)
-    return _generate(_TEMPLATE, x, layout, rows, k, tile)
 
 
 def _generate(
@@ -257,7 +253,7 @@ def _generate(
     block_m, block_k, warps = tile
     abs_mask, mag_max = MAGNITUDE_BITS[x.get_dtype()]
     choice = template.generate(
-        input_nodes=(x,),
+        input_nodes=(ir.ExternKernel.realize_input(x),),  # a pointwise producer stays a prologue candidate
         layout=layout,
         num_stages=1,
         num_warps=warps,
@@ -278,7 +274,6 @@ def _compress_fp8(x: ir.TensorBox, rows: int, k: int) -> tuple[ir.TensorBox, ir.
     """The fp8 template's uint8 output as the op's two: the compressed operand (int64 words) and the
     float32 row scales stored after it."""
     dtype = x.get_dtype()
-    x = ir.ExternKernel.realize_input(x)
     x_rows = x.get_size()[0]
     at = compressed_int64_numel(rows, k, FP8) * 8
     layout = ir.FixedLayout(device=x.get_device(), dtype=torch.uint8, size=[at + 4 * x_rows], stride=[1])
