@@ -13,7 +13,7 @@ import lynx_compile
 from lynx_compile import PruneSite, prune_2to4, steps, zoo
 from lynx_compile.codegen.cusparselt_layout import compress_reference, padded_rows, significant_numel
 from lynx_compile.codegen.prune_compress import prune_compress
-from lynx_compile.semantics import NORM_CHUNK
+from lynx_compile.semantics import NORM_CHUNK, norm_partials
 
 pytestmark = pytest.mark.gpu
 
@@ -100,6 +100,28 @@ def test_fused_lowering_equals_standalone_kernel_on_gpu():
     assert torch.equal(fused[:n], live[:n])
     reference = compress_reference(prune_2to4(F.pad(x * 2, (0, 0, 0, rows - m)))).reshape(-1).view(torch.int64)
     assert torch.equal(reference[:n], live[:n])
+
+
+def test_compensated_template_gives_cusparselts_bytes_and_the_sums():
+    """compensate with fuse_producers: the template with bias + GELU as its prologue writes cuSPARSELt's
+    bytes of the pruned GELU as compiled, and the norm sums up to float32 summation order, in one kernel."""
+    m, k = 4096 + 500, 3072
+    g = torch.Generator().manual_seed(k)
+    h, b = torch.randn(m, k, generator=g).bfloat16().cuda(), torch.randn(k, generator=g).bfloat16().cuda()
+    h[3, 5] = float("inf")
+    rows = padded_rows(m)
+
+    def fused(h: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ops.lynx.compress_2to4_norms(F.gelu(h + b, approximate="tanh"), rows, PruneSite.FUSED.value)
+
+    torch._dynamo.reset()
+    (got, norms), code = run_and_get_code(torch.compile(fused, dynamic=False), h, b)
+    assert "torch.ops.lynx.compress_2to4_norms" not in "\n".join(code)  # the template ran, not the op
+    x = torch.compile(lambda h, b: F.gelu(h + b, approximate="tanh"))(h, b)  # the producer, rounded as compiled
+    live = torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, rows - m)))).reshape(-1).view(torch.int64)
+    n = significant_numel(rows, k, x.dtype) * 2 // 8
+    assert torch.equal(got[:n], live[:n])
+    torch.testing.assert_close(norms, norm_partials(x), rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 def test_mlp_block_prunes_inside_the_gelu_kernel():
