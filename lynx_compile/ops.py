@@ -135,6 +135,21 @@ def _(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tens
     )
 
 
+@torch.library.custom_op("lynx::per_row", mutates_args=())
+def per_row(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` itself, computed by Inductor into a buffer of its own (``codegen/inductor_lowering.py``)
+    rather than inlined into each consumer. A per-row scale from sums (compensation's: two sums over the
+    chunks, a division, a square root, three tests) would otherwise run once per output element, and an
+    output that reads a reduction is one Inductor's ``cat`` will not fuse into the concatenation: FLUX's
+    ``compensate`` then wrote each scaled GEMM output once more, 0.9 ms of 12.5 (H100, 2026-12-07)."""
+    return scale.clone()
+
+
+@per_row.register_fake
+def _(scale: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(scale)
+
+
 def compress_activation(x: torch.Tensor, method: str, ones_column: bool = False) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
     return torch.ops.lynx.compress_2to4(x.reshape(-1, x.shape[-1]), padded_rows(rows), method, ones_column)
@@ -145,7 +160,7 @@ def compress_activation_compensated(x: torch.Tensor, method: str) -> tuple[torch
     from the sums of squares the prune+compress pass writes beside the compressed bytes."""
     rows = x.numel() // x.shape[-1]
     compressed, norms = torch.ops.lynx.compress_2to4_norms(x.reshape(-1, x.shape[-1]), padded_rows(rows), method)
-    return compressed, scale_from_partials(norms).view(x.shape[:-1])
+    return compressed, per_row(scale_from_partials(norms)).view(x.shape[:-1])
 
 
 @torch.library.custom_op("lynx::compress_2to4_low_rank", mutates_args=())

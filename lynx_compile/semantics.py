@@ -144,9 +144,9 @@ def norm_partials(x: torch.Tensor) -> torch.Tensor:
 
 
 def scale_from_partials(partials: torch.Tensor) -> torch.Tensor:
-    """``compensation_scale`` per row from ``norm_partials`` (or the kernel's equal output)."""
-    full, kept = partials.sum(-1)
-    return scale_from_sums(full, kept)
+    """``compensation_scale`` per row from ``norm_partials`` (or the kernel's equal output). Two sums, not
+    one over both: Inductor then computes them and the guards in one kernel (``ops.per_row``)."""
+    return scale_from_sums(partials[0].sum(-1), partials[1].sum(-1))
 
 
 def prune_2to4_compensated(x: torch.Tensor) -> torch.Tensor:

@@ -203,6 +203,11 @@ def register() -> None:
             return fallback_norms(x, rows, method)
         return _compress_norms(x, rows, k)
 
+    @register_lowering(torch.ops.lynx.per_row.default, type_promotion_kind=None)
+    def _lower_per_row(scale: ir.TensorBox) -> ir.TensorBox:
+        scale.realize()  # its own buffer: consumers load it, they do not recompute it (ops.per_row)
+        return scale
+
     op_fp8 = torch.ops.lynx.compress_fp8.default
     fallback_fp8 = fallback_handler(op_fp8, add_to_fallback_set=False)
 

@@ -145,6 +145,7 @@ def _prepare(
         scale = None
         if compensate:  # the fp8 kernel sums no norms: Inductor computes them in a kernel of its own
             scale = graph.call_function(compensation_scale, (x, graph.call_function(prune_2to4, (x,))))
+            scale = graph.call_function(ops.per_row, (scale,))
         return (
             graph.call_function(operator.getitem, (pair, 0)),
             graph.call_function(operator.getitem, (pair, 1)),

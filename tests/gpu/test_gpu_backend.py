@@ -116,7 +116,7 @@ def test_compensated_template_gives_cusparselts_bytes_and_the_sums():
 
     torch._dynamo.reset()
     (got, norms), code = run_and_get_code(torch.compile(fused, dynamic=False), h, b)
-    assert "torch.ops.lynx.compress_2to4_norms" not in "\n".join(code)  # the template ran, not the op
+    assert "= torch.ops.lynx.compress_2to4_norms" not in "\n".join(code)  # the template ran, not the op
     x = torch.compile(lambda h, b: F.gelu(h + b, approximate="tanh"))(h, b)  # the producer, rounded as compiled
     live = torch._cslt_compress(prune_2to4(F.pad(x, (0, 0, 0, rows - m)))).reshape(-1).view(torch.int64)
     n = significant_numel(rows, k, x.dtype) * 2 // 8
