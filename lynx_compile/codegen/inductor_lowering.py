@@ -31,6 +31,8 @@ op's own kernel runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sympy
 import torch
 from torch._inductor import ir
@@ -175,6 +177,15 @@ def _static(size: sympy.Expr) -> int | None:
     return int(size) if isinstance(size, (int, sympy.Integer)) else None
 
 
+def _template_k(x: ir.TensorBox, rows: int, method: str, fits: Callable[[int, int, torch.dtype], bool]) -> int | None:
+    """x's K where a template takes the op (method ``fused``, a device with templates, a static K and a shape
+    ``fits`` accepts), else None: the op's own kernel runs."""
+    k = _static(x.get_size()[1])
+    if method != PruneSite.FUSED or x.get_device().type not in TEMPLATE_DEVICES or k is None:
+        return None
+    return k if fits(rows, k, x.get_dtype()) else None
+
+
 def register() -> None:
     """Install the lowering (idempotent). Everything it does not take runs the custom op's kernel."""
     if getattr(register, "done", False):
@@ -185,10 +196,8 @@ def register() -> None:
 
     @register_lowering(op, type_promotion_kind=None)
     def _lower(x: ir.TensorBox, rows: int, method: str, ones_column: bool = False) -> ir.TensorBox:
-        k = _static(x.get_size()[1])
-        # the template has no ones column (a folded bias): the policy never asks for both
-        lowered = method == PruneSite.FUSED and not ones_column and x.get_device().type in TEMPLATE_DEVICES
-        if not lowered or k is None or not eligible(rows, k, x.get_dtype()):
+        k = _template_k(x, rows, method, eligible)
+        if k is None or ones_column:  # the template has no ones column (a folded bias): the policy never asks for both
             return fallback(x, rows, method, ones_column)
         return _compress(x, rows, k)
 
@@ -197,9 +206,8 @@ def register() -> None:
 
     @register_lowering(op_norms, type_promotion_kind=None)
     def _lower_norms(x: ir.TensorBox, rows: int, method: str) -> tuple[ir.TensorBox, ir.TensorBox]:
-        k = _static(x.get_size()[1])
-        lowered = method == PruneSite.FUSED and x.get_device().type in TEMPLATE_DEVICES
-        if not lowered or k is None or k % NORM_CHUNK or not eligible(rows, k, x.get_dtype()):
+        k = _template_k(x, rows, method, lambda m, k, dtype: k % NORM_CHUNK == 0 and eligible(m, k, dtype))
+        if k is None:
             return fallback_norms(x, rows, method)
         return _compress_norms(x, rows, k)
 
@@ -215,9 +223,8 @@ def register() -> None:
     def _lower_fp8(
         x: ir.TensorBox, amax: ir.TensorBox | None, rows: int, method: str
     ) -> tuple[ir.TensorBox, ir.TensorBox]:
-        k = _static(x.get_size()[1])
-        lowered = method == PruneSite.FUSED and amax is None and x.get_device().type in TEMPLATE_DEVICES
-        if not lowered or k is None or not eligible_fp8(rows, k, x.get_dtype()):
+        k = _template_k(x, rows, method, eligible_fp8)
+        if k is None or amax is not None:  # the template takes the amax from its own load of x
             return fallback_fp8(x, amax, rows, method)
         return _compress_fp8(x, rows, k)
 
