@@ -146,17 +146,18 @@ VARIANTS: dict[str, Variant] = {
     # the sensitivity policy: its budgets bound the output's relative error, measured on the compiling call
     "budget_lo": Variant({"error_budget": 0.05}),
     "budget_hi": Variant({"error_budget": 0.2}),
+    "permute": Variant({"permute_channels": True}),
 }
 
 
 def prepare(model: torch.nn.Module, variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Apply ``variant`` to ``model`` (in place) and return the lynx options it compiles with. A low-rank
-    variant calibrates on ``kwargs``, one call: random weights make its factors meaningless for quality, but
-    their cost (what this benchmark times) is that of any rank-r branch."""
+    """Apply ``variant`` to ``model`` (in place) and return the lynx options it compiles with. A low-rank or
+    channel-order variant calibrates on ``kwargs``, one call: random weights make its factors and orders
+    meaningless for quality, but their cost (what this benchmark times) is that of any rank-r branch or order."""
     if VARIANTS[variant].fuse_qkv:
         model.fuse_qkv_projections()
     options = VARIANTS[variant].options
-    if options.get("low_rank"):
+    if options.get("low_rank") or options.get("permute_channels"):
         calibration = lynx_compile.calibrate(model, [kwargs], options={**options, "low_rank": 0}, progress=False)
         options = {**options, "calibration": calibration}
     return options
@@ -301,7 +302,8 @@ defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensat
 `error_budget=0.05` / `0.2` (sensitivities measured on the case's random weights and inputs: which layers stay
 dense, not a quality figure); `variant=lowrankR` adds
 `low_rank=R`, calibrated on one call of the case's random inputs (the branch's cost, not its quality; the
-cost model keeps dense the GEMMs whose branch eats their gain); `torchao_fp8_*`: torchao's dense fp8 (per-row
+cost model keeps dense the GEMMs whose branch eats their gain); `variant=permute` adds `permute_channels=True`,
+calibrated the same way (the gather's cost); `torchao_fp8_*`: torchao's dense fp8 (per-row
 `Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`,
 `set_inductor_config=False`: Inductor's settings as for dense and lynx), timed in the same run. `*_ms`: CUDA events
 around each synchronised call (the GPU also waits for the call's ~1 ms of CPU work: guards, CUDA-graph input

@@ -22,8 +22,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from . import steps
 from .config import INDUCTOR_MODES, LynxConfig, dtype_name
+from .passes import channel_order, low_rank, policy, profitability
 from .passes import errors as pruning
-from .passes import low_rank, policy, profitability
 from .passes.decision import Decision
 from .passes.errors import PruningError
 from .passes.fold_bias import FoldedWeights
@@ -49,31 +49,38 @@ def plan_graph(
     gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any] = (), *, measure: bool = True
 ) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None]:
     """Each GEMM with its decision, and the pruning errors the decisions used (option ``max_layer_error``)."""
-    plan, errors, _ = _plan(gm, config, example_inputs, measure=measure)
+    plan, errors, _, _ = _plan(gm, config, example_inputs, measure=measure)
     return plan, errors
 
 
 def _plan(
     gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any], *, measure: bool = True
-) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None, OutputError | None]:
-    """``plan_graph``, and the output error measurement of option ``error_budget`` (for the report)."""
+) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None, OutputError | None, channel_order.Orders]:
+    """``plan_graph``, the output error measurement of option ``error_budget`` (for the report), and the channel
+    orders of option ``permute_channels`` (every measurement prunes in them)."""
     sites = find_gemms(gm)
-    errors = pruning_errors(gm, sites, config, example_inputs)
+    orders = channel_order.orders(sites, config)
+    errors = pruning_errors(gm, sites, config, example_inputs, orders)
     output_error = None
     if config.error_budget is not None and _real("error_budget", example_inputs):
-        output_error = OutputError(gm, sites, [example_inputs], config.compensate)
+        output_error = OutputError(gm, sites, [example_inputs], config.compensate, orders)
     decisions = policy.plan(sites, config, measure=measure, errors=errors, output_error=output_error)
-    return list(zip(sites, decisions)), errors, output_error
+    decisions = channel_order.check(sites, decisions, config, orders)
+    return list(zip(sites, decisions)), errors, output_error, orders
 
 
 def pruning_errors(
-    gm: fx.GraphModule, sites: Sequence[GemmSite], config: LynxConfig, example_inputs: Sequence[Any]
+    gm: fx.GraphModule,
+    sites: Sequence[GemmSite],
+    config: LynxConfig,
+    example_inputs: Sequence[Any],
+    orders: channel_order.Orders | None = None,
 ) -> dict[str, PruningError] | None:
     """Each GEMM's pruning error on the inputs the graph is compiled with, for option
     ``max_layer_error`` (None without it, or when the inputs are fake: then nothing goes sparse)."""
     if config.max_layer_error is None or not _real("max_layer_error", example_inputs):
         return None
-    return pruning.measure(gm, sites, example_inputs, config.compensate)
+    return pruning.measure(gm, sites, example_inputs, config.compensate, orders)
 
 
 def _real(option: str, example_inputs: Sequence[Any]) -> bool:
@@ -127,7 +134,7 @@ def lynx_backend(
     the two, so option ``inductor_mode`` gives Inductor's mode together with lynx options."""
     config = LynxConfig.from_options(options)
     mode = _inductor_mode(mode, config)
-    plan, errors, output_error = _plan(gm, config, example_inputs)
+    plan, errors, output_error, orders = _plan(gm, config, example_inputs)
     branches = low_rank.factors([s for s, _ in plan], [d for _, d in plan], config)
     if branches:  # which branches go into their sparse GEMMs (the reasons say), then what they cost
         sites = [s for s, _ in plan]
@@ -177,10 +184,22 @@ def lynx_backend(
         fx.GraphModule(gm, copy.deepcopy(gm.graph)) if config.dense_steps and any(d.sparse for _, d in plan) else None
     )
     folds = FoldedWeights(gm)
-    sparsify(gm, plan, compensate=config.compensate, folds=folds, example_inputs=example_inputs, branches=branches)
+    orders = {s.name: orders[s.name] for s, d in plan if d.sparse and s.name in orders}
+    sparsify(
+        gm,
+        plan,
+        compensate=config.compensate,
+        folds=folds,
+        example_inputs=example_inputs,
+        branches=branches,
+        orders=orders,
+    )
+    if orders:
+        report.notes.append(channel_order.note(orders, config))
     if folds.nbytes:
         report.notes.append(
-            f"{len(folds)} weight copies (bias appended, low-rank columns, or fp8), {folds.nbytes / 2**20:.1f} MiB"
+            f"{len(folds)} weight copies (bias appended, low-rank columns, channel order, or fp8), "
+            f"{folds.nbytes / 2**20:.1f} MiB"
         )
     _dump(gm, config, graph, "after")
     on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)

@@ -2,15 +2,16 @@
 
 For each GEMM ``y = x W^T + b`` (K in, N out), over every calibration row x: ``Sxx = sum x x^T`` (K x K),
 ``Sxt = sum x t^T`` (K x N) with ``t = (x - P(x)) W^T`` the pruned layer's output error (P: 2:4 pruning, with
-norm compensation when the calibration assumed it), ``sum ||t||^2`` and the number of rows. Accumulated in
-float64, streaming: memory is K x (K + N) per GEMM whatever the number of rows. The file keeps the
-statistics, not factors, so that any rank can be fitted at compile time (``lowrank.fit``); factors only where
+norm compensation when the calibration assumed it, its groups in the channel order of option
+``permute_channels`` when it assumed that), ``sum ||t||^2`` and the number of rows. Accumulated in float64,
+streaming: memory is K x (K + N) per GEMM whatever the number of rows. The file keeps the statistics, not
+factors, so that any rank can be fitted at compile time (``lowrank.fit``); factors only where
 ``lynx_compile.distill`` refined them for a rank: those cannot be recomputed from the statistics.
 
 File: ``PATH`` (safetensors, ``<name>/sxx`` and ``<name>/sxt`` per GEMM, ``<name>/a<r>`` and ``<name>/b<r>``
-per distilled GEMM and rank) and ``PATH.json`` beside it (format version, GEMM names with K, N, rows and
-``sum ||t||^2``, the model dtype, the pruning options assumed, and per distilled rank its steps, learning rate
-and losses).
+per distilled GEMM and rank, ``<name>/order`` per GEMM of a calibration made with ``permute_channels``) and
+``PATH.json`` beside it (format version, GEMM names with K, N, rows and ``sum ||t||^2``, the model dtype, the
+pruning options assumed, and per distilled rank its steps, learning rate and losses).
 """
 
 from __future__ import annotations
@@ -26,14 +27,30 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import lowrank
-from .semantics import prune_2to4, prune_2to4_compensated
+from .semantics import GROUP, pruning
 
-# 2: distilled factors (written only when there are some, so that a plain calibration stays readable by
-# lynx_compile versions that read format 1 only); 1: statistics only.
-FORMAT = 2
+# 3: channel orders (option permute_channels); 2: distilled factors; 1: statistics only. Each is written only
+# when the file has what needs it, so that a plain calibration stays readable by older lynx_compile versions.
+FORMAT = 3
 # The options of LynxConfig that change t = (x - P(x)) W^T: a calibration made under other values
-# fits the wrong error.
-PRUNING_OPTIONS = ("compensate",)
+# fits the wrong error. Files of formats 1 and 2 predate permute_channels: they assumed it off.
+PRUNING_OPTIONS = ("compensate", "permute_channels")
+_BEFORE = {"permute_channels": False}
+
+
+def balanced_order(energy: torch.Tensor) -> torch.Tensor:
+    """A channel order (option ``permute_channels``) from the channels' energies E[x_k^2], (K,): sorted by
+    energy, the K/2 largest go two to a group of 4 and the K/2 smallest fill the groups, the two largest with the
+    two smallest. 2:4 pruning then mostly drops the small channels, where in the model's own order a group can
+    hold several large ones (a DiT's outlier channels) and must drop one. On the yardstick this halves the energy
+    the q, k, v projections' pruning drops, and takes a third off the output error of the 69 GEMMs on average
+    (docs/design.md, "Channel order"). Ties keep the lower channel first."""
+    k = energy.numel()
+    if k % GROUP:
+        raise ValueError(f"a channel order needs K divisible by {GROUP}, got {k}")
+    by_energy = torch.argsort(energy.cpu(), descending=True, stable=True)
+    large, small = by_energy[: k // 2], by_energy[k // 2 :].flip(0)
+    return torch.stack([large[0::2], large[1::2], small[0::2], small[1::2]], dim=1).reshape(-1)
 
 
 class CalibrationMismatch(ValueError):
@@ -63,11 +80,12 @@ class GemmStatistics:
     def n(self) -> int:
         return self.sxt.shape[1]
 
-    def add(self, x: torch.Tensor, weight: torch.Tensor, compensate: bool) -> None:
+    def add(self, x: torch.Tensor, weight: torch.Tensor, compensate: bool, order: torch.Tensor | None = None) -> None:
         """Add the rows of ``x`` (any leading dims, K last; the GEMM's activation as the model computes it) for
-        the weight ``weight`` (N, K). P(x) is computed in x's own dtype, as the pruned layer computes it."""
+        the weight ``weight`` (N, K). P(x) is computed in x's own dtype, as the pruned layer computes it, its
+        groups in ``order`` (``permute_channels``)."""
         x = x.reshape(-1, x.shape[-1])
-        pruned = prune_2to4_compensated(x) if compensate else prune_2to4(x)
+        pruned = pruning(compensate, order)(x)
         x64 = x.double()
         t = (x64 - pruned.double()) @ weight.double().mT
         self.sxx += x64.mT @ x64
@@ -89,7 +107,13 @@ class Calibration:
     assume. ``factors(name, r)`` fits (and caches) the rank-r branch of one GEMM."""
 
     def __init__(
-        self, stats: Mapping[str, GemmStatistics], *, options: Mapping[str, Any], dtype: str, source: str = "memory"
+        self,
+        stats: Mapping[str, GemmStatistics],
+        *,
+        options: Mapping[str, Any],
+        dtype: str,
+        source: str = "memory",
+        orders: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         missing = [o for o in PRUNING_OPTIONS if o not in options]
         if missing:
@@ -98,6 +122,8 @@ class Calibration:
         self.options = {o: options[o] for o in PRUNING_OPTIONS}
         self.dtype = dtype
         self.source = source  # where it came from: for error messages and the report
+        # the channel orders its statistics were collected in (made with permute_channels), by GEMM name
+        self.orders = {name: order.cpu() for name, order in (orders or {}).items()}
         self._fits: dict[tuple[str | tuple[str, ...], int], tuple[torch.Tensor, torch.Tensor]] = {}  # by name(s)
         # (name, rank) -> (A, B) refined by lynx_compile.distill; rank -> its record (steps, lr, loss_before/after)
         self.refined: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -115,6 +141,13 @@ class Calibration:
     def rows(self) -> int:
         """Rows of the GEMM that saw the most (the others: fewer, when some calls skipped them)."""
         return max((s.rows for s in self.stats.values()), default=0)
+
+    def channel_order(self, names: Sequence[str]) -> torch.Tensor:
+        """The channel order (CPU, int64) of the activation that the GEMMs ``names`` read (option
+        ``permute_channels``): the one its statistics were collected in, else ``balanced_order`` of its energies
+        (the diagonal of Sxx; GEMMs that read one activation have the same)."""
+        stored = next((self.orders[n] for n in names if n in self.orders), None)
+        return stored if stored is not None else balanced_order(self.stats[names[0]].sxx.diagonal())
 
     def factors(self, name: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A (K x r) and B (r x N), float64 on the CPU: the distilled factors where ``distill`` refined this GEMM
@@ -174,16 +207,17 @@ class Calibration:
             raise CalibrationMismatch(
                 f"distilled rank-{rank} factors of {self.source} do not fit their GEMMs' K x N (A, B shapes): {shapes}"
             )
-        out = Calibration(self.stats, options=self.options, dtype=self.dtype, source=self.source)
+        out = Calibration(self.stats, options=self.options, dtype=self.dtype, source=self.source, orders=self.orders)
         out._fits = self._fits  # the closed forms do not change: share the cache
         out.refined = {key: ab for key, ab in self.refined.items() if key[1] != rank}
         out.refined.update({(name, rank): (a.double().cpu(), b.double().cpu()) for name, (a, b) in factors.items()})
         out.distilled = {**self.distilled, rank: dict(record)}
         return out
 
-    def check(self, gemms: Iterable[tuple[str, int, int]], options: Mapping[str, Any]) -> None:
+    def check(self, gemms: Iterable[tuple[str, int, int]], options: Mapping[str, Any] | None = None) -> None:
         """Raise ``CalibrationMismatch`` unless every ``(name, K, N)`` has statistics of that shape and
-        ``options`` prune as the calibration assumed."""
+        ``options`` (None: not checked) prune as the calibration assumed."""
+        options = options or self.options
         differ = {o: (self.options[o], options[o]) for o in PRUNING_OPTIONS if options[o] != self.options[o]}
         if differ:
             raise CalibrationMismatch(
@@ -219,9 +253,11 @@ class Calibration:
             tensors[f"{name}/sxx"], tensors[f"{name}/sxt"] = s.sxx.cpu().contiguous(), s.sxt.cpu().contiguous()
         for (name, rank), (a, b) in self.refined.items():
             tensors[f"{name}/a{rank}"], tensors[f"{name}/b{rank}"] = a.contiguous(), b.contiguous()
+        for name, order in self.orders.items():
+            tensors[f"{name}/order"] = order.contiguous()
         save_file(tensors, path)
         meta: dict[str, Any] = {
-            "format": FORMAT if self.distilled else 1,
+            "format": 3 if self.orders else 2 if self.distilled else 1,
             "dtype": self.dtype,
             "options": self.options,
             "gemms": {name: {"k": s.k, "n": s.n, "rows": s.rows, "tt": s.tt} for name, s in self.stats.items()},
@@ -259,7 +295,13 @@ class Calibration:
                     f"{tuple(sxt.shape)} disagree with its K={g['k']}, N={g['n']}"
                 )
             stats[name] = GemmStatistics(sxx, sxt, g["rows"], g["tt"])
-        calibration = cls(stats, options=meta["options"], dtype=meta["dtype"], source=str(path))
+        orders = {name: tensors[f"{name}/order"] for name in stats if f"{name}/order" in tensors}
+        bad = [n for n, order in orders.items() if not torch.equal(order.sort().values, torch.arange(stats[n].k))]
+        if bad:
+            raise CalibrationMismatch(f"calibration {path}: the channel orders of {bad} are not permutations of K")
+        calibration = cls(
+            stats, options={**_BEFORE, **meta["options"]}, dtype=meta["dtype"], source=str(path), orders=orders
+        )
         for record in meta.get("distilled", []):
             rank = record["rank"]
             refined = {

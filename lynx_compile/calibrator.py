@@ -3,11 +3,15 @@ loop) and collect the statistics the low-rank fit needs, per GEMM.
 
 The model is captured by Dynamo as ``backend="lynx"`` captures it, so the GEMM names are the pass's names
 exactly; each graph then runs through a ``GemmInterpreter`` that feeds every GEMM the lynx pass could make
-sparse (``legality``, under the given options) to its ``GemmStatistics``, and carries on dense.
+sparse (``legality``, under the given options) to its ``GemmStatistics``, and carries on dense. With option
+``permute_channels`` a first run measures the channels' energies, which give each activation its channel order
+(``balanced_order``); the second collects the statistics with pruning in that order, and the calibration keeps
+the orders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect as pyinspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -16,7 +20,7 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
-from .calibration import PRUNING_OPTIONS, Calibration, GemmStatistics
+from .calibration import PRUNING_OPTIONS, Calibration, GemmStatistics, balanced_order
 from .config import LynxConfig, dtype_name
 from .passes import legality
 from .passes.errors import GemmInterpreter
@@ -25,14 +29,39 @@ from .passes.gemms import GemmSite, find_gemms
 
 class _Collector(GemmInterpreter):
     def __init__(
-        self, gm: fx.GraphModule, sites: Sequence[GemmSite], stats: dict[str, GemmStatistics], compensate: bool
+        self,
+        gm: fx.GraphModule,
+        sites: Sequence[GemmSite],
+        stats: dict[str, GemmStatistics],
+        compensate: bool,
+        orders: Mapping[str, torch.Tensor],
     ) -> None:
         super().__init__(gm, sites)
-        self.stats, self.compensate = stats, compensate
+        self.stats, self.compensate, self.orders = stats, compensate, orders
 
     def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         stats = self.stats.setdefault(site.name, GemmStatistics.empty(site.k, site.n, x.device))
-        stats.add(x, weight, self.compensate)
+        order = self.orders.get(site.name)
+        stats.add(x, weight, self.compensate, None if order is None else order.to(x.device))
+
+
+def _first_readers(sites: Sequence[GemmSite]) -> dict[str, str]:
+    """GEMM name -> the name of the first GEMM that reads the same activation (itself, for the first)."""
+    first: dict[object, str] = {}
+    return {s.name: first.setdefault(s.x, s.name) for s in sites}
+
+
+class _Energies(GemmInterpreter):
+    """Sums x_k^2 per channel of each activation (float64), under the name of the first GEMM that reads it."""
+
+    def __init__(self, gm: fx.GraphModule, sites: Sequence[GemmSite], energies: dict[str, torch.Tensor]) -> None:
+        super().__init__(gm, sites)
+        self.energies, self.owner = energies, _first_readers(sites)
+
+    def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        if self.owner[site.name] == site.name:
+            sums = x.reshape(-1, x.shape[-1]).double().square().sum(0)
+            self.energies[site.name] = self.energies.get(site.name, 0) + sums
 
 
 def calibrate(
@@ -47,7 +76,8 @@ def calibrate(
     progress: bool = True,
 ) -> Calibration:
     """Statistics of every GEMM the lynx pass may make sparse under ``options`` (the pruning it assumes:
-    ``compensate``), on the dense model's activations.
+    ``compensate``, and ``permute_channels``: then the channel orders too, from a first run over the same inputs),
+    on the dense model's activations.
 
     ``model_or_pipe``: a module (or any callable) with ``inputs_or_prompts`` its example inputs, each a tensor
     (``model(x)``), a tuple (``model(*args)``) or a dict (``model(**kwargs)``); or a diffusers pipeline (it
@@ -56,38 +86,62 @@ def calibrate(
     pipeline's own guidance unless ``pipe_kwargs`` say otherwise, so every timestep is seen (with
     classifier-free guidance, both halves of its batch).
     """
-    config = LynxConfig.from_options(options)
+    given = options if isinstance(options, LynxConfig) else dict(options or {})
+    permute = given.permute_channels if isinstance(given, LynxConfig) else given.pop("permute_channels", False)
+    if not isinstance(permute, bool):
+        raise TypeError(f"lynx option 'permute_channels' must be a bool, got {permute!r}")
+    config = LynxConfig.from_options(
+        dataclasses.replace(given, permute_channels=False) if isinstance(given, LynxConfig) else given
+    )
     stats: dict[str, GemmStatistics] = {}
+    energies: dict[str, torch.Tensor] = {}
+    orders: dict[str, torch.Tensor] = {}
     dtypes: set[str] = set()
+
+    def energy_pass(gm: fx.GraphModule, sites: list[GemmSite]) -> GemmInterpreter:
+        return _Energies(gm, sites, energies)
+
+    def statistics_pass(gm: fx.GraphModule, sites: list[GemmSite]) -> GemmInterpreter:
+        for name, owner in _first_readers(sites).items():  # each reader gets its activation's order
+            if permute and name not in orders and owner in energies:
+                orders[name] = balanced_order(energies[owner])
+        return _Collector(gm, sites, stats, config.compensate, orders)
+
+    current = [statistics_pass]  # what the compiled graphs run now: one compilation serves both passes
 
     def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any) -> Callable[..., Any]:
         sites = [s for s in find_gemms(gm) if legality.can_sparsify(s, config).sparse]
         dtypes.update(dtype_name(s.dtype) for s in sites)
 
         def run(*args: Any) -> Any:
-            return _Collector(gm, sites, stats, config.compensate).run(*args)
+            return current[0](gm, sites).run(*args)
 
         return run
 
     module = model_or_pipe.transformer if is_pipeline(model_or_pipe) else model_or_pipe
-    with torch.no_grad():
-        run_all(
-            model_or_pipe,
-            inputs_or_prompts,
-            torch.compile(module, backend=backend, dynamic=False),
-            steps=steps,
-            batch_size=batch_size,
-            seed=seed,
-            pipe_kwargs=pipe_kwargs,
-            progress=progress,
-            desc="lynx calibrate",
-        )
+    compiled = torch.compile(module, backend=backend, dynamic=False)
+    inputs = list(inputs_or_prompts) if permute else inputs_or_prompts  # two passes over them
+    passes = [(energy_pass, "lynx calibrate (channel energies)")] if permute else []
+    for current[0], desc in [*passes, (statistics_pass, "lynx calibrate")]:
+        with torch.no_grad():
+            run_all(
+                model_or_pipe,
+                inputs,
+                compiled,
+                steps=steps,
+                batch_size=batch_size,
+                seed=seed,
+                pipe_kwargs=pipe_kwargs,
+                progress=progress,
+                desc=desc,
+            )
     if not stats:
         raise RuntimeError(
             "lynx calibrate: no GEMM the lynx pass could make sparse ran (check the options: "
             f"include/exclude, min_rows={config.min_rows}, dtypes)"
         )
-    return Calibration(stats, options={o: getattr(config, o) for o in PRUNING_OPTIONS}, dtype=",".join(sorted(dtypes)))
+    options_assumed = {**{o: getattr(config, o) for o in PRUNING_OPTIONS}, "permute_channels": permute}
+    return Calibration(stats, options=options_assumed, dtype=",".join(sorted(dtypes)), orders=orders)
 
 
 def is_pipeline(model_or_pipe: Any) -> bool:

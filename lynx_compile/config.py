@@ -96,6 +96,10 @@ class LynxConfig:
     # ``calibration`` (a file of lynx_compile.calibrate, or the object) to predict its pruning error. 0: off
     low_rank: int = 0
     calibration: str | os.PathLike | Calibration | None = None
+    # prune each sparse GEMM's activation in groups of 4 formed in a channel order chosen from ``calibration``
+    # (the channels' energies: calibration.balanced_order), each weight a copy with its columns in that order
+    # (docs/design.md, "Channel order"). Changes which values pruning keeps, not what the GEMM computes
+    permute_channels: bool = False
     # "fp8": sparse GEMMs run on float8_e4m3fn operands (per-row activation and per-channel weight
     # power-of-two scales, applied after the GEMM; docs/design.md, "FP8"). Needs a 16-bit activation
     # and an sm90+ GPU; elsewhere the GEMM runs 2:4 in its own dtype, with the reason in the report.
@@ -119,7 +123,7 @@ class LynxConfig:
         speedup = self.min_speedup
         if isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not speedup > 0:
             raise TypeError(f"lynx option 'min_speedup' must be a positive number, got {speedup!r}")
-        for field in ("compensate", "cost_model", "cudagraphs", "fuse_producers", "fold_bias"):
+        for field in ("compensate", "cost_model", "cudagraphs", "fuse_producers", "fold_bias", "permute_channels"):
             if not isinstance(getattr(self, field), bool):
                 raise TypeError(f"lynx option {field!r} must be a bool, got {getattr(self, field)!r}")
         budget = self.max_layer_error
@@ -157,6 +161,11 @@ class LynxConfig:
             raise ValueError(
                 f"lynx option low_rank={self.low_rank} needs option 'calibration': a file written by "
                 "`lynx-compile calibrate` or Calibration.save, or lynx_compile.calibrate(...)'s result"
+            )
+        if self.permute_channels and self.calibration is None:
+            raise ValueError(
+                "lynx option permute_channels needs option 'calibration': the channel order comes from the "
+                "activations' energies that lynx_compile.calibrate(...) measures"
             )
         if self.fold_bias and self.compensate:
             raise ValueError(

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import lowrank
 from .calibration import Calibration, CalibrationMismatch, resolve
 from .calibrator import is_pipeline, run_all
-from .semantics import prune_2to4, prune_2to4_compensated
+from .semantics import pruning
 from .zoo import sample
 
 log = logging.getLogger("lynx_compile")
@@ -82,13 +82,16 @@ def distill(
         name: tuple(nn.Parameter(f.to(linear.weight.device, copy=True)) for f in calibration.closed_form(name, rank))
         for name, linear in linears.items()
     }  # copies (the closed forms are cached), float64 as they are (cast to x's dtype in the layer)
-    prune = prune_2to4_compensated if calibration.options["compensate"] else prune_2to4
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     hooks = []
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
         for name, linear in linears.items():
+            order = None
+            if calibration.options["permute_channels"]:
+                order = calibration.channel_order([name]).to(linear.weight.device)
+            prune = pruning(calibration.options["compensate"], order)
             hooks.append(linear.register_forward_hook(_pruned(prune, *factors[name])))
         before = _relative_error(model, calls, progress)
         if steps:

@@ -19,7 +19,7 @@ from torch import fx
 from .backend import layer_report
 from .calibration import resolve
 from .config import LynxConfig
-from .passes import low_rank
+from .passes import channel_order, low_rank
 from .passes.errors import MeasuringInterpreter, PruningError
 from .passes.gemms import GemmSite, find_gemms
 from .passes.policy import plan
@@ -90,10 +90,16 @@ def _inspect_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any
         if session is None:  # called outside inspect(): behave as the plain graph
             return gm(*inputs)
         config = session.config
-        out = MeasuringInterpreter(gm, sites, session.errors, config.compensate, _branches(sites, config)).run(*inputs)
+        orders = channel_order.orders(sites, config)
+        out = MeasuringInterpreter(gm, sites, session.errors, config.compensate, _branches(sites, config), orders).run(
+            *inputs
+        )
         new = [site for site in sites if site.name not in session.layers]  # decided once, after a first measurement
-        output_error = None if config.error_budget is None else OutputError(gm, sites, [inputs], config.compensate)
+        output_error = (
+            None if config.error_budget is None else OutputError(gm, sites, [inputs], config.compensate, orders)
+        )
         decisions = plan(new, config, errors=session.errors, output_error=output_error)
+        decisions = channel_order.check(new, decisions, config, orders)
         ranks = {name: a.shape[1] for name, (a, _) in low_rank.factors(new, decisions, config).items()}
         for site, decision in zip(new, decisions):
             session.layers[site.name] = layer_report(site, decision, rank=ranks.get(site.name, 0))

@@ -10,6 +10,9 @@ imports torch only.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 
 GROUP = 4
@@ -70,6 +73,16 @@ def keep_mask_2to4(x: torch.Tensor) -> torch.Tensor:
 def prune_2to4(x: torch.Tensor) -> torch.Tensor:
     """Prune ``x`` to 2:4 along its last dimension (same shape and dtype out)."""
     return torch.where(keep_mask_2to4(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def prune_2to4_in_order(x: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+    """``prune_2to4`` with the groups of 4 formed in the channel order ``order`` (a permutation of the last
+    dimension, option ``permute_channels``): group g is channels ``order[4g:4g + 4]``. Same shape and channel
+    positions as ``x``; ``prune_2to4(x[..., order]) @ W[:, order].T`` is ``prune_2to4_in_order(x, order) @ W.T``
+    (the fast path computes the first). ``order=None``: ``prune_2to4``."""
+    if order is None:
+        return prune_2to4(x)
+    return prune_2to4(x.index_select(-1, order)).index_select(-1, torch.argsort(order))
 
 
 def with_ones_column(x: torch.Tensor) -> torch.Tensor:
@@ -149,10 +162,17 @@ def scale_from_partials(partials: torch.Tensor) -> torch.Tensor:
     return scale_from_sums(partials[0].sum(-1), partials[1].sum(-1))
 
 
-def prune_2to4_compensated(x: torch.Tensor) -> torch.Tensor:
-    """The pruned row rescaled to the unpruned row's L2 norm (computed in float32, cast back)."""
-    pruned = prune_2to4(x)
+def prune_2to4_compensated(x: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+    """The pruned row (``prune_2to4_in_order``) rescaled to the unpruned row's L2 norm (computed in float32,
+    cast back)."""
+    pruned = prune_2to4_in_order(x, order)
     return (pruned.float() * compensation_scale(x, pruned).unsqueeze(-1)).to(x.dtype)
+
+
+def pruning(compensate: bool, order: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The reference pruning of one GEMM's activation under options ``compensate`` and ``permute_channels``
+    (``order``): what the measurements (errors, sensitivities, calibration statistics) apply."""
+    return functools.partial(prune_2to4_compensated if compensate else prune_2to4_in_order, order=order)
 
 
 def fp8_scale_exponent(amax: torch.Tensor) -> torch.Tensor:

@@ -90,8 +90,8 @@ def test_a_plain_calibration_keeps_format_1_and_a_newer_file_is_refused(calibrat
     sidecar = calibration.save(path)
     meta = json.loads(sidecar.read_text())
     assert meta["format"] == 1 and "distilled" not in meta  # readable by a lynx_compile that reads format 1 only
-    sidecar.write_text(json.dumps({**meta, "format": 3}))
-    with pytest.raises(CalibrationMismatch, match=r"format 3.*newer lynx_compile"):
+    sidecar.write_text(json.dumps({**meta, "format": 4}))
+    with pytest.raises(CalibrationMismatch, match=r"format 4.*newer lynx_compile"):
         Calibration.load(path)
 
 

@@ -131,7 +131,7 @@ def _shared_statistics(x: torch.Tensor, targets: list[torch.Tensor]) -> Calibrat
     stats = {
         f"g{i}": GemmStatistics(x.T @ x, x.T @ t, x.shape[0], t.square().sum().item()) for i, t in enumerate(targets)
     }
-    return Calibration(stats, options={"compensate": False}, dtype="float32")
+    return Calibration(stats, options={"compensate": False, "permute_channels": False}, dtype="float32")
 
 
 @given(
@@ -240,7 +240,7 @@ def test_calibrate_covers_the_pass_gemms(model_and_calibration) -> None:
     assert calibration.names == ["up", "down"]
     assert calibration.stats["up"].k == 64 and calibration.stats["up"].n == 128
     assert calibration.rows == sum(x.shape[0] * x.shape[1] for x in xs)
-    assert calibration.options == {"compensate": False} and calibration.dtype == "float32"
+    assert calibration.options == {"compensate": False, "permute_channels": False} and calibration.dtype == "float32"
 
 
 def test_save_load_round_trip(model_and_calibration, tmp_path) -> None:
@@ -248,7 +248,11 @@ def test_save_load_round_trip(model_and_calibration, tmp_path) -> None:
     path = tmp_path / "calib.safetensors"
     sidecar = calibration.save(path)
     meta = json.loads(sidecar.read_text())
-    assert meta["format"] == 1 and meta["options"] == {"compensate": False} and meta["dtype"] == "float32"
+    assert (
+        meta["format"] == 1
+        and meta["options"] == {"compensate": False, "permute_channels": False}
+        and meta["dtype"] == "float32"
+    )
     assert meta["gemms"]["down"] == {
         "k": 128,
         "n": 64,

@@ -17,7 +17,8 @@ CALIBRATION_CAPTIONS captions of other scenes (seed CALIBRATION_SEED) and other 
 pipeline's own guidance. ``lowrank16/32/64_distill``: the same calibration, its factors of that rank then
 distilled end to end (``lynx_compile.distill``) against the dense transformer's outputs on the same calibration
 captions and noise, DISTILL_STEPS Adam steps at DISTILL_LR (``--distill-steps``, ``--distill-lr``), one call of
-DISTILL_BATCH captions each.
+DISTILL_BATCH captions each. ``permute*``: option ``permute_channels``, its channel order from a calibration made
+with it on the same captions (one more run over them).
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ CONFIGS: dict[str, dict[str, Any] | quality.Variant | None] = {
         "dense_steps": 0.25,
         **_NO_COST_MODEL,
     },
+    # channel order (option permute_channels) from the calibration's energies, alone and with the options above
+    "permute": {"permute_channels": True, **_NO_COST_MODEL},
+    "permute_lowrank32": {"permute_channels": True, "low_rank": 32, **_NO_COST_MODEL},
+    "permute_budget_hi": {"permute_channels": True, "error_budget": 0.2, **_NO_COST_MODEL},
+    "permute_budget_hi_lowrank32": {"permute_channels": True, "error_budget": 0.2, "low_rank": 32, **_NO_COST_MODEL},
+    "permute_budget_mid_lowrank32": {"permute_channels": True, "error_budget": 0.1, "low_rank": 32, **_NO_COST_MODEL},
     "fp8": {"precision": "fp8", **_NO_COST_MODEL},
     "torchao_fp8": quality.Variant(transform=torchao_fp8),  # dense fp8, no lynx
 }
@@ -137,19 +144,29 @@ def main(argv: list[str] | None = None) -> None:
     pipe = yardstick.load_pipeline(device=device, dtype=dtype)
     scenes = yardstick.sample_scenes(args.captions, torch.Generator().manual_seed(CAPTION_SEED))
     configs: dict[str, Any] = {name: CONFIGS[name] for name in names}
-    low_rank = {
-        name: options for name, options in configs.items() if isinstance(options, dict) and options.get("low_rank")
+    calibrated = {
+        name: options
+        for name, options in configs.items()
+        if isinstance(options, dict) and (options.get("low_rank") or options.get("permute_channels"))
     }
-    if low_rank:
+    if calibrated:
         captions = calibration_captions(args.calibration_captions)
-        calibration = calibrate(
-            pipe, captions, steps=args.steps, batch_size=args.batch_size, seed=CALIBRATION_NOISE_SEED
-        )
-        distilled: dict[int, Calibration] = {}  # rank -> the calibration distilled at that rank
-        for name, options in low_rank.items():
-            rank = options["low_rank"]
-            if options.get(DISTILL) and rank not in distilled:
-                distilled[rank] = distill(
+        calibrations: dict[bool, Calibration] = {}  # permute_channels -> the calibration made with it
+        distilled: dict[tuple[int, bool], Calibration] = {}  # (rank, permute_channels) -> distilled at that rank
+        for name, options in calibrated.items():
+            permute, rank = options.get("permute_channels", False), options.get("low_rank", 0)
+            if permute not in calibrations:
+                calibrations[permute] = calibrate(
+                    pipe,
+                    captions,
+                    options={"permute_channels": permute},
+                    steps=args.steps,
+                    batch_size=args.batch_size,
+                    seed=CALIBRATION_NOISE_SEED,
+                )
+            calibration = calibrations[permute]
+            if options.get(DISTILL) and (rank, permute) not in distilled:
+                distilled[rank, permute] = distill(
                     pipe,
                     captions,
                     calibration,
@@ -160,14 +177,17 @@ def main(argv: list[str] | None = None) -> None:
                     batch_size=DISTILL_BATCH,
                     seed=CALIBRATION_NOISE_SEED,
                 )
-                record = distilled[rank].distilled[rank]
+                record = distilled[rank, permute].distilled[rank]
                 print(
                     f"{name}: relative output error {record['loss_before']:.4g} (closed form) -> "
                     f"{record['loss_after']:.4g} (distilled)",
                     flush=True,
                 )
             lynx_options = {k: v for k, v in options.items() if k != DISTILL}
-            configs[name] = {**lynx_options, "calibration": distilled[rank] if options.get(DISTILL) else calibration}
+            configs[name] = {
+                **lynx_options,
+                "calibration": distilled[rank, permute] if options.get(DISTILL) else calibration,
+            }
     measuring = [name for name, options in configs.items() if isinstance(options, dict) and "error_budget" in options]
     if measuring:  # the compiling call: step CALIBRATION_STEP of other captions, at the sampling's batch shape
         batch = min(args.batch_size, args.captions)

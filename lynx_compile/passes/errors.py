@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from .. import lowrank
-from ..semantics import prune_2to4, prune_2to4_compensated
+from ..semantics import prune_2to4_in_order, pruning
 from .gemms import GemmSite
 
 
@@ -57,12 +57,14 @@ class PruningError:
         bias: torch.Tensor | None,
         compensate: bool,
         branch: tuple[torch.Tensor, torch.Tensor] | None = None,
+        order: torch.Tensor | None = None,
     ) -> None:
+        """``order``: the channel order of option ``permute_channels`` (None: the model's own)."""
         x, weight = x.float(), weight.float()
         bias = None if bias is None else bias.float()
-        pruned = prune_2to4(x)
+        pruned = prune_2to4_in_order(x, order)
         dense = F.linear(x, weight, bias)
-        sparse = F.linear(prune_2to4_compensated(x) if compensate else pruned, weight, bias)
+        sparse = F.linear(pruning(compensate, order)(x) if compensate else pruned, weight, bias)
         self.err_sq += (sparse - dense).square().sum().item()
         if branch is not None:
             with_branch = sparse + lowrank.branch(x, branch[0].float(), branch[1].float())
@@ -113,7 +115,8 @@ class GemmInterpreter(fx.Interpreter):
 
 class MeasuringInterpreter(GemmInterpreter):
     """Runs ``gm`` and adds every GEMM's pruning error to ``errors[site.name]`` (created as needed);
-    ``branches``: low-rank factors (A, B) by GEMM name, measured with and without."""
+    ``branches``: low-rank factors (A, B) by GEMM name, measured with and without; ``orders``: channel orders
+    by GEMM name (option ``permute_channels``)."""
 
     def __init__(
         self,
@@ -122,21 +125,26 @@ class MeasuringInterpreter(GemmInterpreter):
         errors: dict[str, PruningError],
         compensate: bool,
         branches: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        orders: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(gm, sites)
-        self.errors, self.compensate, self.branches = errors, compensate, branches or {}
+        self.errors, self.compensate, self.branches, self.orders = errors, compensate, branches or {}, orders or {}
 
     def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.errors.setdefault(site.name, PruningError()).add(
-            x, weight, bias, self.compensate, self.branches.get(site.name)
+            x, weight, bias, self.compensate, self.branches.get(site.name), self.orders.get(site.name)
         )
 
 
 def measure(
-    gm: fx.GraphModule, sites: Iterable[GemmSite], inputs: Iterable[Any], compensate: bool
+    gm: fx.GraphModule,
+    sites: Iterable[GemmSite],
+    inputs: Iterable[Any],
+    compensate: bool,
+    orders: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, PruningError]:
     """Every GEMM's pruning error on one run of ``gm`` with ``inputs``."""
     errors: dict[str, PruningError] = {}
     with torch.no_grad():
-        MeasuringInterpreter(gm, sites, errors, compensate).run(*inputs)
+        MeasuringInterpreter(gm, sites, errors, compensate, orders=orders).run(*inputs)
     return errors

@@ -132,25 +132,35 @@ class FoldedWeights:
         return sum(b.numel() * b.element_size() for f in self._folds for b in f.buffers)
 
     def add(
-        self, site: GemmSite, example_inputs: Sequence[Any], fold_bias: bool = True, branch: torch.Tensor | None = None
+        self,
+        site: GemmSite,
+        example_inputs: Sequence[Any],
+        fold_bias: bool = True,
+        branch: torch.Tensor | None = None,
+        order: torch.Tensor | None = None,
     ) -> str:
         """Make ``[W | b | 0 ...]`` for ``site`` (``fold_bias``), with ``branch``: ``[W | spread_2to4(B^T)]``
-        (B: ``branch``, (R, N), a fused low-rank branch), before the bias columns if both; register it on the
-        graph module; returns its name."""
+        (B: ``branch``, (R, N), a fused low-rank branch), before the bias columns if both, W's columns in
+        ``order`` (option ``permute_channels``); register it on the graph module; returns its name."""
         nk = site.weight_is_nk
         if fold_bias:
             assert site.bias is not None, "only GEMMs with a bias are folded"
-            nodes, make = (site.weight, site.bias), lambda w, b: (_folded(w, nk, branch, b),)
+            nodes, make = (site.weight, site.bias), lambda w, b: (_folded(w, nk, branch, b, order),)
         else:
-            nodes, make = (site.weight,), lambda w: (_folded(w, nk, branch),)
+            nodes, make = (site.weight,), lambda w: (_folded(w, nk, branch, order=order),)
         (name,) = self._register(nodes, make, example_inputs)
         return name
 
-    def add_fp8(self, site: GemmSite, example_inputs: Sequence[Any]) -> tuple[str, str]:
-        """Quantise ``site``'s weight to e4m3 per output channel (``quantise_fp8_rows`` of the (N, K)
-        weight), register the values and the float32 scales; returns their names."""
+    def add_fp8(
+        self, site: GemmSite, example_inputs: Sequence[Any], order: torch.Tensor | None = None
+    ) -> tuple[str, str]:
+        """Quantise ``site``'s weight (its columns in ``order``) to e4m3 per output channel
+        (``quantise_fp8_rows`` of the (N, K) weight), register the values and the float32 scales; returns
+        their names."""
         nk = site.weight_is_nk
-        wq, scale = self._register((site.weight,), lambda w: quantise_fp8_rows(w if nk else w.t()), example_inputs)
+        wq, scale = self._register(
+            (site.weight,), lambda w: quantise_fp8_rows(_folded(w, nk, order=order)), example_inputs
+        )
         return wq, scale
 
     def _register(
@@ -197,9 +207,15 @@ class FoldedWeights:
 
 
 def _folded(
-    w: torch.Tensor, weight_is_nk: bool, branch: torch.Tensor | None = None, b: torch.Tensor | None = None
+    w: torch.Tensor,
+    weight_is_nk: bool,
+    branch: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The (N, K) weight, its columns in ``order``, with the branch's columns and the bias's."""
     w = w if weight_is_nk else w.t()
+    w = w if order is None else w.index_select(1, order.to(w.device))
     w = w if branch is None else with_branch_columns(w, branch)
     return w if b is None else with_bias_column(w, b)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..semantics import prune_2to4, prune_2to4_compensated
+from ..semantics import pruning
 from .decision import Decision
 from .errors import GemmInterpreter
 from .gemms import GemmSite
@@ -35,20 +35,26 @@ KNAPSACK_NODES = 1_000_000  # branch-and-bound nodes before the best packing fou
 
 
 class _PruningInterpreter(GemmInterpreter):
-    """Runs ``gm`` with the GEMMs named in ``pruned`` on pruned activations (the reference semantics)."""
+    """Runs ``gm`` with the GEMMs named in ``pruned`` on pruned activations (the reference semantics; ``orders``:
+    the channel orders of option ``permute_channels``)."""
 
     def __init__(
-        self, gm: fx.GraphModule, sites: Iterable[GemmSite], pruned: Collection[str], compensate: bool
+        self,
+        gm: fx.GraphModule,
+        sites: Iterable[GemmSite],
+        pruned: Collection[str],
+        compensate: bool,
+        orders: Mapping[str, torch.Tensor],
     ) -> None:
         super().__init__(gm, [site for site in sites if site.name in pruned])
-        self.prune = prune_2to4_compensated if compensate else prune_2to4
+        self.compensate, self.orders = compensate, orders
 
     def run_node(self, node: fx.Node) -> Any:
         site = self.sites.get(node)
         if site is None:
             return super().run_node(node)
         x, weight, bias = self.operands(site)
-        return F.linear(self.prune(x), weight, bias)
+        return F.linear(pruning(self.compensate, self.orders.get(site.name))(x), weight, bias)
 
 
 class OutputError:
@@ -56,9 +62,14 @@ class OutputError:
     GEMMs runs on pruned activations: ``||Y_pruned - Y_dense|| / ||Y_dense||`` over all calls and outputs."""
 
     def __init__(
-        self, gm: fx.GraphModule, sites: Sequence[GemmSite], inputs: Iterable[Sequence[Any]], compensate: bool
+        self,
+        gm: fx.GraphModule,
+        sites: Sequence[GemmSite],
+        inputs: Iterable[Sequence[Any]],
+        compensate: bool,
+        orders: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
-        self.gm, self.sites, self.compensate = gm, list(sites), compensate
+        self.gm, self.sites, self.compensate, self.orders = gm, list(sites), compensate, orders or {}
         self.inputs = [tuple(call) for call in inputs]
         if not self.inputs:
             raise ValueError("error_budget: no inputs to measure the output error on")
@@ -68,7 +79,7 @@ class OutputError:
 
     def _outputs(self, call: tuple[Any, ...], pruned: Collection[str]) -> list[torch.Tensor]:
         with torch.no_grad():
-            out = _PruningInterpreter(self.gm, self.sites, pruned, self.compensate).run(*call)
+            out = _PruningInterpreter(self.gm, self.sites, pruned, self.compensate, self.orders).run(*call)
         flat = torch.utils._pytree.tree_leaves(out)
         return [t.detach().float() for t in flat if isinstance(t, torch.Tensor) and t.is_floating_point()]
 

@@ -6,6 +6,8 @@
     bias folded        ->   c = compress_activation(x, method, ones_column=True)
                             sparse_linear(c, x, Wb, alg_id)           # Wb = [W | b | 0...], a buffer
     reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
+    permute_channels   ->   xo = x[..., order]                        # once per x; then as above on xo, with
+                            ... Wo = W[:, order] (a buffer, with b and B^T columns as above; fp8: quantised)
     low_rank           ->   u = x @ A                                 # once per x and A (q, k, v share A)
                             ... + u @ B                               # A and B buffers
     ... fused          ->   c = compress_activation_low_rank(x, A[, ones_column=True])   # A: the group's, a buffer
@@ -29,7 +31,7 @@ the pruning of the reference path, the reshapes, the compensation scale and the 
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -52,17 +54,22 @@ def sparsify(
     folds: FoldedWeights | None = None,
     example_inputs: Sequence[Any] = (),
     branches: Factors | None = None,
+    orders: Mapping[str, torch.Tensor] | None = None,
 ) -> int:
     """Rewrite in place; returns the number of GEMMs rewritten. Decisions with ``fold_bias`` or ``fp8``
     need ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them).
     ``branches``: the low-rank factors (A, B) of GEMMs that add ``(x A) B`` (option ``low_rank``): in the
-    sparse GEMM where the decision says so (``low_rank_columns``, which needs ``folds`` too), else in the graph."""
+    sparse GEMM where the decision says so (``low_rank_columns``, which needs ``folds`` too), else in the graph.
+    ``orders``: the channel orders of option ``permute_channels`` by GEMM name (needs ``folds``: the weights'
+    copies with their columns in order); GEMMs that read one activation share its order."""
     graph = gm.graph
     fused = fused_factors([s for s, _ in plan], [d for _, d in plan], branches or {})
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
     # (x, prune site, bias folded, fp8) -> (operand, fp8 row scales, scale): one compression per activation, kind
     shared: dict[tuple[fx.Node, PruneSite, bool, bool], tuple[fx.Node, fx.Node | None, fx.Node | None]] = {}
     projected: dict[tuple[fx.Node, int], fx.Node] = {}  # (x, id of A) -> x A, for unfused branches
+    in_order: dict[fx.Node, fx.Node] = {}  # x -> x[..., order]
+    orders = orders or {}
     rewritten = 0
     for site, decision in plan:
         if not decision.sparse:
@@ -70,29 +77,38 @@ def sparsify(
         node = site.node
         x = replaced.get(site.x, site.x)
         bias = replaced.get(site.bias, site.bias)
+        order = orders.get(site.name)
         with graph.inserting_before(node):  # sites come in graph order: the first user of x
+            xo = x
+            if order is not None:
+                if x not in in_order:
+                    index = graph.get_attr(register_constant(gm, f"_lynx_channel_order_{rewritten}", order))
+                    in_order[x] = graph.call_function(torch.index_select, (x, -1, index))
+                xo = in_order[x]
             key = (x, decision.prune, decision.fold_bias, decision.fp8)
             if key not in shared:
                 a = None
-                if decision.low_rank_columns:  # the group's A: one x A for all its GEMMs
-                    a = graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_a", fused[site.name][0]))
-                shared[key] = _prepare(graph, x, decision, compensate, a)
+                if decision.low_rank_columns:  # the group's A (its rows in order): one x A for all its GEMMs
+                    fused_a = fused[site.name][0]
+                    fused_a = fused_a if order is None else fused_a.index_select(0, order)
+                    a = graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_a", fused_a))
+                shared[key] = _prepare(graph, xo, decision, compensate, a)
             operand, x_scale, scale = shared[key]
             extra = () if scale is None else (scale,)
             if decision.fp8:
                 assert folds is not None, "fp8 decisions need a FoldedWeights"
-                wq, w_scale = (graph.get_attr(name) for name in folds.add_fp8(site, example_inputs))
+                wq, w_scale = (graph.get_attr(name) for name in folds.add_fp8(site, example_inputs, order))
                 if decision.path == GemmPath.REFERENCE:
-                    out = graph.call_function(ops.reference_linear_fp8, (operand, x_scale, x, wq, w_scale, *extra))
+                    out = graph.call_function(ops.reference_linear_fp8, (operand, x_scale, xo, wq, w_scale, *extra))
                 else:
                     out = graph.call_function(
-                        ops.sparse_linear_fp8, (operand, x_scale, x, wq, w_scale, decision.alg_id, *extra)
+                        ops.sparse_linear_fp8, (operand, x_scale, xo, wq, w_scale, decision.alg_id, *extra)
                     )
             else:
-                if decision.fold_bias or decision.low_rank_columns:
-                    assert folds is not None, "fold_bias and fused low-rank decisions need a FoldedWeights"
+                if decision.fold_bias or decision.low_rank_columns or order is not None:
+                    assert folds is not None, "fold_bias, fused low-rank and ordered decisions need a FoldedWeights"
                     branch = fused[site.name][1] if decision.low_rank_columns else None
-                    weight = graph.get_attr(folds.add(site, example_inputs, decision.fold_bias, branch))
+                    weight = graph.get_attr(folds.add(site, example_inputs, decision.fold_bias, branch, order))
                     bias = None if decision.fold_bias else bias
                 elif site.weight_is_nk:
                     weight = site.weight
@@ -101,7 +117,7 @@ def sparsify(
                 if decision.path == GemmPath.REFERENCE:
                     out = graph.call_function(ops.reference_linear, (operand, weight, *extra))
                 else:
-                    out = graph.call_function(ops.sparse_linear, (operand, x, weight, decision.alg_id, *extra))
+                    out = graph.call_function(ops.sparse_linear, (operand, xo, weight, decision.alg_id, *extra))
             if bias is not None:
                 out = graph.call_function(torch.add, (out, bias))
             if branches and site.name in branches and not decision.low_rank_columns:

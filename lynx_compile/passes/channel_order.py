@@ -1,0 +1,70 @@
+"""Option ``permute_channels``: the channel order each activation is pruned in (docs/design.md, "Channel order").
+
+2:4 pruning keeps the two largest of every 4 consecutive channels. Where a group holds two large channels and
+a third as large (a DiT's outlier channels next to each other), it must drop a large one. Permuting the
+channels of x and the columns of W alike changes nothing in ``x @ W.T`` but which channels share a group:
+
+    prune_2to4(x[..., order]) @ W[:, order].T      (the weight a copy, ``FoldedWeights``)
+
+The order comes from a calibration (``Calibration.channel_order``: the channels' energies, large ones spread
+two to a group). GEMMs that read one activation share its compression, so they share one order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from ..calibration import resolve
+from ..config import LynxConfig
+from .decision import Decision
+from .gemms import GemmSite
+
+Orders = dict[str, torch.Tensor]  # GEMM name -> the order of its activation's channels (int64, its device)
+
+
+def orders(sites: Sequence[GemmSite], config: LynxConfig) -> Orders:
+    """The channel order of every GEMM the calibration covers (its K x N), one per activation; none without
+    option ``permute_channels``."""
+    if not config.permute_channels:
+        return {}
+    assert config.calibration is not None  # LynxConfig refuses permute_channels without it
+    calibration = resolve(config.calibration)
+    readers: dict[object, list[GemmSite]] = {}
+    for site in sites:
+        stats = calibration.stats.get(site.name)
+        if stats is not None and (stats.k, stats.n) == (site.k, site.n):
+            readers.setdefault(site.x, []).append(site)
+    out: Orders = {}
+    for group in readers.values():
+        order = calibration.channel_order([s.name for s in group]).to(group[0].device)
+        out.update(dict.fromkeys((s.name for s in group), order))
+    return out
+
+
+def check(
+    sites: Sequence[GemmSite], decisions: Sequence[Decision], config: LynxConfig, found: Orders
+) -> list[Decision]:
+    """``CalibrationMismatch`` unless every sparse GEMM has its order; the decisions with the order in their
+    reasons."""
+    if not config.permute_channels:
+        return list(decisions)
+    assert config.calibration is not None
+    sparse = [(s, d) for s, d in zip(sites, decisions, strict=True) if d.sparse]
+    resolve(config.calibration).check([(s.name, s.k, s.n) for s, _ in sparse])
+    return [
+        dataclasses.replace(d, reason=f"{d.reason}; channels permuted") if d.sparse and s.name in found else d
+        for s, d in zip(sites, decisions, strict=True)
+    ]
+
+
+def note(found: Orders, config: LynxConfig) -> str:
+    """The report's line on option ``permute_channels``."""
+    assert config.calibration is not None
+    activations = len({id(order) for order in found.values()})
+    return (
+        f"permute_channels: {len(found)} sparse GEMMs ({activations} activations) prune in the channel order of "
+        f"{resolve(config.calibration).source}"
+    )
