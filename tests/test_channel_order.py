@@ -1,0 +1,214 @@
+"""Option ``permute_channels``: the channel order, the pruning it defines on every path, and its calibration."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from helpers import rel
+from hypothesis import given
+from hypothesis import strategies as st
+from test_emulated_fast_path import Block, _emulated, _inputs
+
+import lynx_compile
+from lynx_compile import Calibration
+from lynx_compile.calibration import CalibrationMismatch, balanced_order
+from lynx_compile.semantics import prune_2to4, prune_2to4_in_order
+
+OPTIONS = {"min_rows": 16}
+
+
+@given(groups=st.integers(1, 24), seed=st.integers(0, 2**16), ties=st.booleans())
+def test_the_balanced_order_puts_two_of_the_larger_half_in_every_group(groups: int, seed: int, ties: bool) -> None:
+    k = 4 * groups
+    g = torch.Generator().manual_seed(seed)
+    energy = torch.randint(0, 3, (k,), generator=g).double() if ties else torch.rand(k, generator=g).double()
+    order = balanced_order(energy)
+    assert torch.equal(order.sort().values, torch.arange(k))
+    larger = set(torch.argsort(energy, descending=True, stable=True)[: k // 2].tolist())
+    assert all(sum(int(c) in larger for c in group) == 2 for group in order.reshape(-1, 4))
+    assert torch.equal(balanced_order(energy), order)  # deterministic, ties included
+
+
+def test_a_channel_order_needs_whole_groups() -> None:
+    with pytest.raises(ValueError, match="divisible by 4"):
+        balanced_order(torch.ones(6))
+
+
+@given(rows=st.integers(1, 6), groups=st.integers(1, 8), n=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_pruning_in_an_order_is_pruning_the_permuted_activation(rows: int, groups: int, n: int, seed: int) -> None:
+    """``prune_2to4_in_order(x, o) @ W.T == prune_2to4(x[:, o]) @ W[:, o].T``: what the fast path computes.
+    Small integers make ties, which the order must not resolve differently."""
+    g = torch.Generator().manual_seed(seed)
+    k = 4 * groups
+    x = torch.randint(-3, 4, (rows, k), generator=g).float()
+    w = torch.randn(n, k, generator=g)
+    order = torch.randperm(k, generator=g)
+    got = prune_2to4_in_order(x, order)
+    assert torch.equal(got[:, order], prune_2to4(x[:, order]))
+    torch.testing.assert_close(got @ w.T, prune_2to4(x[:, order]) @ w[:, order].T)
+    assert torch.equal(prune_2to4_in_order(x, None), prune_2to4(x))
+
+
+class Qkv(nn.Module):
+    """Three GEMMs on one activation, as attention's q, k and v."""
+
+    def __init__(self, k: int = 64) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(k, k) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q(x) * self.k(x).sigmoid() + self.v(x)
+
+
+def outlier_activations(n: int = 3, k: int = 64) -> list[torch.Tensor]:
+    """DiT-like rows whose large channels sit next to each other: in the model's order 2:4 pruning drops some."""
+    scale = torch.ones(k)
+    scale[:12] = 8.0
+    return [torch.randn(2, 64, k) * scale for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def qkv_and_calibration() -> tuple[Qkv, Calibration, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model, xs = Qkv().eval(), outlier_activations()
+    calibration = lynx_compile.calibrate(model, xs, options={**OPTIONS, "permute_channels": True}, progress=False)
+    return model, calibration, xs
+
+
+def test_calibrate_orders_each_activation_by_its_energies(qkv_and_calibration) -> None:
+    _, calibration, xs = qkv_and_calibration
+    assert calibration.options == {"compensate": False, "permute_channels": True}
+    energy = sum(x.reshape(-1, 64).double().square().sum(0) for x in xs)
+    order = balanced_order(energy)
+    assert all(torch.equal(calibration.orders[name], order) for name in ("q", "k", "v"))
+    # the statistics are those of the pruning in that order
+    x = torch.cat([x.reshape(-1, 64) for x in xs]).double()
+    t = (x - prune_2to4_in_order(x, order)) @ qkv_and_calibration[0].q.weight.detach().double().T
+    torch.testing.assert_close(calibration.stats["q"].sxt, x.T @ t, rtol=1e-9, atol=1e-6)
+
+
+def test_the_compiled_model_prunes_in_the_order_once_per_activation(qkv_and_calibration, tmp_path) -> None:
+    model, calibration, xs = qkv_and_calibration
+    x = xs[0]
+    order = calibration.orders["q"]
+    options = {**OPTIONS, "permute_channels": True, "calibration": calibration, "dump_graphs": str(tmp_path)}
+    with torch.no_grad():
+        torch.compiler.reset()
+        got = torch.compile(model, backend="lynx", options=options)(x)
+        q, k, v = (F.linear(prune_2to4(x[..., order]), m.weight[:, order], m.bias) for m in (model.q, model.k, model.v))
+        torch.compiler.reset()
+        plain = torch.compile(model, backend="lynx", options=OPTIONS)(x)
+        dense = model(x)
+    torch.testing.assert_close(got, q * k.sigmoid() + v, rtol=1e-5, atol=1e-5)
+    assert rel(got, dense) < 0.7 * rel(plain, dense)  # the order pays off where large channels are neighbours
+    (after,) = tmp_path.glob("graph_*_after.py")
+    assert after.read_text().count("torch.index_select(") == 1  # one gather for the three GEMMs
+    report = lynx_compile.reports()[-2]
+    assert all("channels permuted" in layer.reason for layer in report.layers)
+    assert any("permute_channels: 3 sparse GEMMs (1 activations)" in note for note in report.notes)
+
+
+def test_inspect_and_the_error_budget_measure_the_pruning_in_the_order(qkv_and_calibration) -> None:
+    model, calibration, xs = qkv_and_calibration
+    x = xs[0]
+    options = {**OPTIONS, "permute_channels": True, "calibration": calibration}
+    ordered = lynx_compile.inspect(model, x, options=options).layer("q")
+    plain = lynx_compile.inspect(model, x, options=OPTIONS).layer("q")
+    order = calibration.orders["q"]
+    with torch.no_grad():
+        want = rel(F.linear(prune_2to4_in_order(x, order), model.q.weight), F.linear(x, model.q.weight))
+    # rel_err of the biased GEMM; the pruned energy share follows the order
+    assert ordered.energy_pruned == pytest.approx(
+        (x - prune_2to4_in_order(x, order)).square().sum().item() / x.square().sum().item(), rel=1e-5
+    )
+    assert ordered.rel_err < plain.rel_err and want > 0
+
+
+def test_low_rank_with_the_order_needs_a_calibration_made_with_it(qkv_and_calibration) -> None:
+    model, calibration, xs = qkv_and_calibration
+    plain = lynx_compile.calibrate(model, xs, options=OPTIONS, progress=False)
+    with torch.no_grad():
+        torch.compiler.reset()
+        options = {**OPTIONS, "permute_channels": True, "low_rank": 8, "calibration": plain}
+        with pytest.raises(Exception, match=r"permute_channels=False.*permute_channels=True"):
+            torch.compile(model, backend="lynx", options=options)(xs[0])
+        torch.compiler.reset()  # the order alone needs only the energies: any calibration of the model
+        torch.compile(model, backend="lynx", options={**options, "low_rank": 0})(xs[0])
+        torch.compiler.reset()
+        got = torch.compile(model, backend="lynx", options={**options, "calibration": calibration})(xs[0])
+    order, x = calibration.orders["q"], xs[0]
+    q, k, v = (
+        F.linear(prune_2to4(x[..., order]), m.weight[:, order], m.bias) + (x @ a.float()) @ b.float()
+        for m, (a, b) in zip((model.q, model.k, model.v), calibration.shared_factors(["q", "k", "v"], 8), strict=True)
+    )
+    torch.testing.assert_close(got, q * k.sigmoid() + v, rtol=1e-5, atol=1e-5)
+
+
+def test_permute_channels_needs_a_calibration_and_a_bool() -> None:
+    with pytest.raises(ValueError, match="permute_channels needs option 'calibration'"):
+        lynx_compile.LynxConfig.from_options({"permute_channels": True})
+    with pytest.raises(TypeError, match="'permute_channels' must be a bool"):
+        lynx_compile.calibrate(Qkv(), [torch.randn(64, 64)], options={"permute_channels": 1}, progress=False)
+
+
+def test_the_orders_survive_save_and_load_and_a_broken_one_is_refused(qkv_and_calibration, tmp_path) -> None:
+    _, calibration, _ = qkv_and_calibration
+    path = tmp_path / "ordered.safetensors"
+    meta = json.loads(calibration.save(path).read_text())
+    assert meta["format"] == 3 and meta["options"]["permute_channels"] is True
+    loaded = Calibration.load(path)
+    assert all(torch.equal(loaded.orders[n], calibration.orders[n]) for n in calibration.orders)
+    assert loaded.options == calibration.options
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    tensors["q/order"] = torch.zeros_like(tensors["q/order"])
+    save_file(tensors, path)
+    with pytest.raises(CalibrationMismatch, match=r"channel orders of \['q'\] are not permutations"):
+        Calibration.load(path)
+
+
+def test_an_older_file_assumed_no_order(qkv_and_calibration, tmp_path) -> None:
+    model, _, xs = qkv_and_calibration
+    path = tmp_path / "old.safetensors"
+    sidecar = lynx_compile.calibrate(model, xs, options=OPTIONS, progress=False).save(path)
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "options": {"compensate": False}}))  # as format 1 wrote it
+    assert Calibration.load(path).options == {"compensate": False, "permute_channels": False}
+
+
+def test_the_emulated_fast_path_prunes_the_gathered_activation(monkeypatch) -> None:
+    """Block on the emulated cuSPARSELt path (Triton prune+compress under the interpreter): the kernel prunes
+    x[..., order], the GEMM multiplies the column-permuted weight copy; the result is the eager model pruned in
+    the orders, to bf16 rounding (as without them)."""
+    with torch.random.fork_rng(devices=[]):  # Block's weights as _emulated makes them
+        torch.manual_seed(0)
+        block = Block().to(torch.bfloat16)
+    calibration = lynx_compile.calibrate(
+        block, [_inputs(seed=s) for s in range(2)], options={**OPTIONS, "permute_channels": True}, progress=False
+    )
+    options = {"cost_model": False, "cudagraphs": False, "min_rows": 16, "permute_channels": True}
+    model, compiled, reports = _emulated({**options, "calibration": calibration}, monkeypatch)
+    x, scale = _inputs(seed=1)
+    names = ("to_q", "to_k", "to_v", "to_out", "fc1", "fc2")
+    hooks = [
+        getattr(model, n).register_forward_pre_hook(
+            lambda mod, args, order=calibration.orders[n]: (prune_2to4_in_order(args[0], order),)
+        )
+        for n in names
+    ]
+    with torch.no_grad():
+        out = compiled(x, scale)
+        try:
+            want = model(x, scale)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        dense = model(x, scale)
+    sparse = [layer for r in reports for layer in r.layers if layer.sparse]
+    assert {layer.name for layer in sparse} == set(names)
+    assert all(layer.path == "cusparselt" and "channels permuted" in layer.reason for layer in sparse)
+    assert rel(out, dense) > 5e-2  # pruning ran
+    assert rel(out, want) < 5e-2
