@@ -65,7 +65,7 @@ def _plan(
     if config.error_budget is not None and _real("error_budget", example_inputs):
         output_error = OutputError(gm, sites, [example_inputs], config.compensate, orders)
     decisions = policy.plan(sites, config, measure=measure, errors=errors, output_error=output_error)
-    decisions = channel_order.check(sites, decisions, config, orders)
+    channel_order.check(sites, decisions, config)
     return list(zip(sites, decisions)), errors, output_error, orders
 
 
@@ -144,6 +144,9 @@ def lynx_backend(
             decisions = profitability.charge_branches(sites, decisions, ranks, config.min_speedup, config.compensate)
         plan = list(zip(sites, decisions, strict=True))
         branches = {s.name: branches[s.name] for s, d in plan if d.sparse and s.name in branches}
+    if orders:
+        sites = [s for s, _ in plan]
+        plan = list(zip(sites, channel_order.annotated(sites, [d for _, d in plan], orders), strict=True))
     report = Report(
         [layer_report(s, d, errors, _rank(branches, s.name)) for s, d in plan],
         device=_graph_device(plan),

@@ -36,21 +36,30 @@ FORMAT = 3
 # fits the wrong error. Files of formats 1 and 2 predate permute_channels: they assumed it off.
 PRUNING_OPTIONS = ("compensate", "permute_channels")
 _BEFORE = {"permute_channels": False}
+# A channel order permutes within blocks of this many columns: the prune+compress kernel's tiles (128-512
+# columns) then gather from their own span of x, at the cost of a plain load (prune_compress.py)
+ORDER_BLOCK = 64
 
 
 def balanced_order(energy: torch.Tensor) -> torch.Tensor:
-    """A channel order (option ``permute_channels``) from the channels' energies E[x_k^2], (K,): sorted by
-    energy, the K/2 largest go two to a group of 4 and the K/2 smallest fill the groups, the two largest with the
-    two smallest. 2:4 pruning then mostly drops the small channels, where in the model's own order a group can
-    hold several large ones (a DiT's outlier channels) and must drop one. On the yardstick this halves the energy
-    the q, k, v projections' pruning drops, and takes a third off the output error of the 69 GEMMs on average
-    (docs/design.md, "Channel order"). Ties keep the lower channel first."""
+    """A channel order (option ``permute_channels``) from the channels' energies E[x_k^2], (K,), within each
+    block of ORDER_BLOCK columns (the last one may be shorter): sorted by energy, the block's larger half goes two
+    to a group of 4 and its smaller half fills the groups, the two largest with the two smallest. 2:4 pruning
+    then mostly drops small channels, where in the model's own order a group can hold several large ones (a
+    DiT's outlier channels) and must drop one (docs/design.md, "Channel order"). Ties keep the lower channel
+    first."""
     k = energy.numel()
     if k % GROUP:
         raise ValueError(f"a channel order needs K divisible by {GROUP}, got {k}")
-    by_energy = torch.argsort(energy.cpu(), descending=True, stable=True)
-    large, small = by_energy[: k // 2], by_energy[k // 2 :].flip(0)
-    return torch.stack([large[0::2], large[1::2], small[0::2], small[1::2]], dim=1).reshape(-1)
+    energy = energy.cpu()
+    blocks = []
+    for start in range(0, k, ORDER_BLOCK):
+        block = energy[start : start + ORDER_BLOCK]
+        by_energy = start + torch.argsort(block, descending=True, stable=True)
+        half = block.numel() // 2
+        large, small = by_energy[:half], by_energy[half:].flip(0)
+        blocks.append(torch.stack([large[0::2], large[1::2], small[0::2], small[1::2]], dim=1).reshape(-1))
+    return torch.cat(blocks)
 
 
 class CalibrationMismatch(ValueError):

@@ -71,7 +71,9 @@ _METHODS = (PruneSite.FUSED, PruneSite.TRITON, PruneSite.CSLT)  # where compress
 
 
 @torch.library.custom_op("lynx::compress_2to4", mutates_args=())
-def compress_2to4(x: torch.Tensor, rows: int, method: str, ones_column: bool = False) -> torch.Tensor:
+def compress_2to4(
+    x: torch.Tensor, rows: int, method: str, ones_column: bool = False, order: torch.Tensor | None = None
+) -> torch.Tensor:
     """``torch._cslt_compress(prune_2to4(x zero-padded to rows))`` as a flat int64 buffer.
 
     ``method``, a ``PruneSite`` value: ``fused`` (Inductor lowers it into the producer's kernel;
@@ -80,29 +82,40 @@ def compress_2to4(x: torch.Tensor, rows: int, method: str, ones_column: bool = F
     self-check fails).
     ``ones_column``: compress ``with_ones_column(x)`` (K + BIAS_COLUMNS), for a GEMM whose weight
     carries the bias (``passes/fold_bias.py``).
+    ``order``: compress ``x[:, order]`` (option ``permute_channels``): the Triton kernel gathers as it loads.
     """
-    return _compress(x, rows, method, ones_column)[0]
+    return _compress(x, rows, method, ones_column, order=order)[0]
 
 
 @torch.library.custom_op("lynx::compress_2to4_norms", mutates_args=())
-def compress_2to4_norms(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``compress_2to4(x, rows, method)`` and ``norm_partials(x)``, the sums of squares that norm
-    compensation needs, from the same pass over x (the Triton kernel writes both)."""
-    compressed, norms = _compress(x, rows, method, with_norms=True)
+def compress_2to4_norms(
+    x: torch.Tensor, rows: int, method: str, order: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compress_2to4(x, rows, method, order=order)`` and ``norm_partials`` of the same columns, the sums of
+    squares that norm compensation needs, from the same pass over x (the Triton kernel writes both)."""
+    compressed, norms = _compress(x, rows, method, with_norms=True, order=order)
     assert norms is not None
     return compressed, norms
 
 
 def _compress(
-    x: torch.Tensor, rows: int, method: str, ones_column: bool = False, with_norms: bool = False
+    x: torch.Tensor,
+    rows: int,
+    method: str,
+    ones_column: bool = False,
+    with_norms: bool = False,
+    order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The two ops' eager work: the compressed bytes as flat int64, and ``norm_partials(x)`` if asked."""
+    """The two ops' eager work: the compressed bytes as flat int64, and ``norm_partials`` if asked, of x's
+    columns in ``order``."""
     if method in (PruneSite.FUSED, PruneSite.TRITON):
         if with_norms:
-            compressed, norms = prune_compress.prune_compress_with_norms(x, rows=rows)
+            compressed, norms = prune_compress.prune_compress_with_norms(x, rows=rows, order=order)
         else:
-            compressed, norms = prune_compress.prune_compress(x, rows=rows, ones_column=ones_column), None
+            compressed = prune_compress.prune_compress(x, rows=rows, ones_column=ones_column, order=order)
+            norms = None
     elif method == PruneSite.CSLT:
+        x = x if order is None else x.index_select(1, order)
         compressed, norms = cusparselt.compress_compat(x, rows, ones_column), norm_partials(x) if with_norms else None
     else:
         raise ValueError(f"unknown compress method {method!r}; valid: {[m.value for m in _METHODS]}")
@@ -110,7 +123,9 @@ def _compress(
 
 
 @compress_2to4.register_fake
-def _(x: torch.Tensor, rows: int, method: str, ones_column: bool = False) -> torch.Tensor:
+def _(
+    x: torch.Tensor, rows: int, method: str, ones_column: bool = False, order: torch.Tensor | None = None
+) -> torch.Tensor:
     k = x.shape[1] + (BIAS_COLUMNS if ones_column else 0)
     return x.new_empty((compressed_int64_numel(rows, k, x.dtype),), dtype=torch.int64)
 
@@ -128,7 +143,7 @@ def _(compressed: torch.Tensor, weight: torch.Tensor, padded: int, rows: int, al
 
 
 @compress_2to4_norms.register_fake
-def _(x: torch.Tensor, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _(x: torch.Tensor, rows: int, method: str, order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return (
         x.new_empty((compressed_int64_numel(rows, x.shape[1], x.dtype),), dtype=torch.int64),
         x.new_empty((2, x.shape[0], norm_chunks(x.shape[1])), dtype=torch.float32),
@@ -150,16 +165,21 @@ def _(scale: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(scale)
 
 
-def compress_activation(x: torch.Tensor, method: str, ones_column: bool = False) -> torch.Tensor:
+def compress_activation(
+    x: torch.Tensor, method: str, ones_column: bool = False, order: torch.Tensor | None = None
+) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
-    return torch.ops.lynx.compress_2to4(x.reshape(-1, x.shape[-1]), padded_rows(rows), method, ones_column)
+    return torch.ops.lynx.compress_2to4(x.reshape(-1, x.shape[-1]), padded_rows(rows), method, ones_column, order)
 
 
-def compress_activation_compensated(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``compress_activation(x, method)`` and the compensation scale per row of x (``compensation_scale``),
-    from the sums of squares the prune+compress pass writes beside the compressed bytes."""
+def compress_activation_compensated(
+    x: torch.Tensor, method: str, order: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compress_activation(x, method, order=order)`` and the compensation scale per row of x
+    (``compensation_scale``), from the sums of squares the prune+compress pass writes beside the compressed
+    bytes."""
     rows = x.numel() // x.shape[-1]
-    compressed, norms = torch.ops.lynx.compress_2to4_norms(x.reshape(-1, x.shape[-1]), padded_rows(rows), method)
+    compressed, norms = torch.ops.lynx.compress_2to4_norms(x.reshape(-1, x.shape[-1]), padded_rows(rows), method, order)
     return compressed, per_row(scale_from_partials(norms)).view(x.shape[:-1])
 
 

@@ -7,28 +7,60 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from helpers import rel
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_emulated_fast_path import Block, _emulated, _inputs
 
 import lynx_compile
 from lynx_compile import Calibration
-from lynx_compile.calibration import CalibrationMismatch, balanced_order
+from lynx_compile.calibration import ORDER_BLOCK, CalibrationMismatch, balanced_order
+from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_with_norms
 from lynx_compile.semantics import prune_2to4, prune_2to4_in_order
 
 OPTIONS = {"min_rows": 16}
 
 
-@given(groups=st.integers(1, 24), seed=st.integers(0, 2**16), ties=st.booleans())
-def test_the_balanced_order_puts_two_of_the_larger_half_in_every_group(groups: int, seed: int, ties: bool) -> None:
+@given(groups=st.integers(1, 40), seed=st.integers(0, 2**16), ties=st.booleans())
+def test_the_balanced_order_puts_two_of_each_block_s_larger_half_in_every_group(
+    groups: int, seed: int, ties: bool
+) -> None:
     k = 4 * groups
     g = torch.Generator().manual_seed(seed)
     energy = torch.randint(0, 3, (k,), generator=g).double() if ties else torch.rand(k, generator=g).double()
     order = balanced_order(energy)
     assert torch.equal(order.sort().values, torch.arange(k))
-    larger = set(torch.argsort(energy, descending=True, stable=True)[: k // 2].tolist())
-    assert all(sum(int(c) in larger for c in group) == 2 for group in order.reshape(-1, 4))
+    for start in range(0, k, ORDER_BLOCK):  # within blocks: the kernel's tiles gather from their own columns
+        block = order[start : start + ORDER_BLOCK]
+        assert torch.equal(block.sort().values, torch.arange(start, start + block.numel()))
+        own = energy[start : start + block.numel()]
+        larger = {start + i for i in torch.argsort(own, descending=True, stable=True)[: block.numel() // 2].tolist()}
+        assert all(sum(int(c) in larger for c in group) == 2 for group in block.reshape(-1, 4))
     assert torch.equal(balanced_order(energy), order)  # deterministic, ties included
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 40), k16=st.integers(1, 12), seed=st.integers(0, 2**16), norms=st.booleans())
+def test_the_kernel_gathering_the_order_equals_the_kernel_on_the_gathered_activation(
+    m: int, k16: int, seed: int, norms: bool
+) -> None:
+    """Bit for bit, metadata and padding included; the norm sums too (same chunks: orders stay in blocks)."""
+    g = torch.Generator().manual_seed(seed)
+    k = 16 * k16
+    x = (torch.randn(m, k, generator=g) * torch.rand(k, generator=g) * 4).to(torch.bfloat16)
+    order = balanced_order(torch.rand(k, generator=g))
+    gathered = x[:, order].contiguous()
+    if norms:
+        got, got_sums = prune_compress_with_norms(x, order=order)
+        want, want_sums = prune_compress_with_norms(gathered)
+        torch.testing.assert_close(got_sums, want_sums, rtol=1e-6, atol=0)
+    else:
+        got, want = prune_compress(x, order=order.int()), prune_compress(gathered)
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+def test_the_kernel_refuses_an_order_of_another_shape() -> None:
+    with pytest.raises(ValueError, match=r"order must be a \(32,\) int32/int64 tensor"):
+        prune_compress(torch.zeros(16, 32, dtype=torch.bfloat16), order=torch.arange(16))
 
 
 def test_a_channel_order_needs_whole_groups() -> None:
@@ -106,7 +138,7 @@ def test_the_compiled_model_prunes_in_the_order_once_per_activation(qkv_and_cali
     (after,) = tmp_path.glob("graph_*_after.py")
     assert after.read_text().count("torch.index_select(") == 1  # one gather for the three GEMMs
     report = lynx_compile.reports()[-2]
-    assert all("channels permuted" in layer.reason for layer in report.layers)
+    assert all("channels permuted (in the prune kernel)" in layer.reason for layer in report.layers)
     assert any("permute_channels: 3 sparse GEMMs (1 activations)" in note for note in report.notes)
 
 
@@ -209,6 +241,8 @@ def test_the_emulated_fast_path_prunes_the_gathered_activation(monkeypatch) -> N
         dense = model(x, scale)
     sparse = [layer for r in reports for layer in r.layers if layer.sparse]
     assert {layer.name for layer in sparse} == set(names)
-    assert all(layer.path == "cusparselt" and "channels permuted" in layer.reason for layer in sparse)
+    assert all(
+        layer.path == "cusparselt" and "channels permuted (in the prune kernel)" in layer.reason for layer in sparse
+    )
     assert rel(out, dense) > 5e-2  # pruning ran
     assert rel(out, want) < 5e-2

@@ -195,20 +195,25 @@ def register() -> None:
     fallback = fallback_handler(op, add_to_fallback_set=False)
 
     @register_lowering(op, type_promotion_kind=None)
-    def _lower(x: ir.TensorBox, rows: int, method: str, ones_column: bool = False) -> ir.TensorBox:
+    def _lower(
+        x: ir.TensorBox, rows: int, method: str, ones_column: bool = False, order: ir.TensorBox | None = None
+    ) -> ir.TensorBox:
         k = _template_k(x, rows, method, eligible)
-        if k is None or ones_column:  # the template has no ones column (a folded bias): the policy never asks for both
-            return fallback(x, rows, method, ones_column)
+        # the template has no ones column (a folded bias) and gathers no channel order: the policy never asks
+        if k is None or ones_column or order is not None:
+            return fallback(x, rows, method, ones_column, order)
         return _compress(x, rows, k)
 
     op_norms = torch.ops.lynx.compress_2to4_norms.default
     fallback_norms = fallback_handler(op_norms, add_to_fallback_set=False)
 
     @register_lowering(op_norms, type_promotion_kind=None)
-    def _lower_norms(x: ir.TensorBox, rows: int, method: str) -> tuple[ir.TensorBox, ir.TensorBox]:
+    def _lower_norms(
+        x: ir.TensorBox, rows: int, method: str, order: ir.TensorBox | None = None
+    ) -> tuple[ir.TensorBox, ir.TensorBox]:
         k = _template_k(x, rows, method, lambda m, k, dtype: k % NORM_CHUNK == 0 and eligible(m, k, dtype))
-        if k is None:
-            return fallback_norms(x, rows, method)
+        if k is None or order is not None:
+            return fallback_norms(x, rows, method, order)
         return _compress_norms(x, rows, k)
 
     @register_lowering(torch.ops.lynx.per_row.default, type_promotion_kind=None)

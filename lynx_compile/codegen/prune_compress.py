@@ -193,6 +193,7 @@ def prune_compress_kernel(
     meta_ptr,
     bytes_ptr,
     norms_ptr,
+    order_ptr,
     M,
     M_PAD,
     K_X,
@@ -208,6 +209,7 @@ def prune_compress_kernel(
     ONES_COLUMN: tl.constexpr,
     LOW_RANK: tl.constexpr,
     NORMS: tl.constexpr,
+    ORDERED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     TAIL_BLOCK: tl.constexpr,
@@ -221,8 +223,11 @@ def prune_compress_kernel(
     # Rows past M (up to the metadata tile) read as zeros: that is the row padding, never stored in x.
     # K_X columns come from x; with LOW_RANK, 2R more from spread_2to4(u); with ONES_COLUMN, then a column
     # of ones (``with_ones_column``) and zeros up to K.
+    # With ORDERED, column j of the tile is x's column order[j] (option permute_channels): a gather within the
+    # tile's own span of columns when the order permutes within ORDER_BLOCK-column blocks, as its orders do.
+    src = tl.load(order_ptr + cols, mask=cols < K_X, other=0) if ORDERED else cols
     x = tl.load(
-        x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & (cols < K_X)[None, :], other=0.0
+        x_ptr + rows[:, None] * stride_xm + src[None, :], mask=(rows < M)[:, None] & (cols < K_X)[None, :], other=0.0
     )
     if LOW_RANK:  # noqa: SIM102 (a constexpr: the other variants compile no gather)
         if (pid_k + 1) * BLOCK_K > K_X:  # only the few tiles that reach u's columns gather
@@ -261,14 +266,16 @@ def tile_configs() -> list[triton.Config]:
 # 25 ms of timing per config and shape instead of Triton's 125 ms: enough for a kernel of 4-300 us
 prune_compress_autotuned = triton.autotune(
     configs=tile_configs(),
-    key=["K", "M_BUCKET", "NORMS", "LOW_RANK"],
+    key=["K", "M_BUCKET", "NORMS", "LOW_RANK", "ORDERED"],
     do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20),
 )(prune_compress_kernel)
 _FIXED = tile_configs()[1]  # small inputs (within 3.5% of the best tile at 512-1024 rows) and the interpreter
 _SMALL = 1 << 21  # elements: below this the kernel takes a few microseconds whatever its tiles
 
 
-def prune_compress(x: torch.Tensor, rows: int | None = None, ones_column: bool = False) -> torch.Tensor:
+def prune_compress(
+    x: torch.Tensor, rows: int | None = None, ones_column: bool = False, order: torch.Tensor | None = None
+) -> torch.Tensor:
     """``torch._cslt_compress(prune_2to4(x padded with zero rows to `rows`))`` in one pass.
 
     x: 2-D (M, K) bf16/fp16 with unit column stride, K a multiple of 16, any M >= 1. ``rows``: rows
@@ -276,18 +283,32 @@ def prune_compress(x: torch.Tensor, rows: int | None = None, ones_column: bool =
     cuSPARSELt's minimum); the GEMM on it returns that many rows, of which the first M are
     meaningful. The padding is never materialised: the kernel reads it as zeros. ``ones_column``:
     compress ``with_ones_column(x)`` (K + BIAS_COLUMNS columns) instead, so that a weight with the
-    bias appended adds it inside the GEMM.
+    bias appended adds it inside the GEMM. ``order``: compress ``x[:, order]`` (int32 or int64, a permutation of
+    K, option ``permute_channels``), read in place.
     """
     m_pad = _padded(x, rows)
-    return launch(x, m_pad, _config(m_pad, x.shape[1]), ones_column)
+    return launch(x, m_pad, _config(m_pad, x.shape[1]), ones_column, order=_checked_order(x, order))
 
 
-def prune_compress_with_norms(x: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``prune_compress(x, rows)`` and, from the same pass, ``norm_partials(x)``: the sums of squares
-    that norm compensation needs (``semantics.scale_from_partials``), without reading x again."""
+def prune_compress_with_norms(
+    x: torch.Tensor, rows: int | None = None, order: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prune_compress(x, rows, order=order)`` and, from the same pass, ``norm_partials(x[:, order])``: the sums
+    of squares that norm compensation needs (``semantics.scale_from_partials``), without reading x again."""
     m_pad = _padded(x, rows)
     norms = norms_buffer(x)
-    return launch(x, m_pad, _config(m_pad, x.shape[1]), norms=norms), norms
+    return launch(x, m_pad, _config(m_pad, x.shape[1]), norms=norms, order=_checked_order(x, order)), norms
+
+
+def _checked_order(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor | None:
+    if order is None:
+        return None
+    if order.shape != (x.shape[1],) or order.dtype not in (torch.int32, torch.int64) or order.device != x.device:
+        raise ValueError(
+            f"order must be a ({x.shape[1]},) int32/int64 tensor on {x.device}, got {tuple(order.shape)} "
+            f"{order.dtype} on {order.device}"
+        )
+    return order
 
 
 def norms_buffer(x: torch.Tensor) -> torch.Tensor:
@@ -338,23 +359,38 @@ def launch(
     warmup: bool = False,
     norms: torch.Tensor | None = None,
     u: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the kernel with ``config`` (one of ``tile_configs``), or autotuned when None; no input checks
     (``prune_compress`` makes them). A config is launched with the same options as the autotuner
     launches it (``all_kwargs``), so both find the same compiled kernel. ``warmup``: only compile
     ``config``'s kernel (Triton's ``JITFunction.warmup``). ``norms``: a float32 (2, M, norm_chunks(K))
     buffer for ``norm_partials(x)`` (not with ``ones_column`` or ``u``). ``u``: (M, R), x's dtype:
-    compress ``[x | spread_2to4(u)]`` (``prune_compress_low_rank``)."""
+    compress ``[x | spread_2to4(u)]`` (``prune_compress_low_rank``). ``order``: x's columns in that order."""
     assert norms is None or (not ones_column and u is None), "compensation's norms are of x alone"
     k_x = x.shape[1]
     rank = 0 if u is None else u.shape[1]
     k = k_x + 2 * rank + (BIAS_COLUMNS if ones_column else 0)
     out, raw, meta, args = compressed_buffers(x, m_pad, k)
     args.update(
-        K_X=k_x, R=rank, ONES_COLUMN=ones_column, LOW_RANK=u is not None, NORMS=norms is not None, NORM_CHUNK=NORM_CHUNK
+        K_X=k_x,
+        R=rank,
+        ONES_COLUMN=ones_column,
+        LOW_RANK=u is not None,
+        NORMS=norms is not None,
+        ORDERED=order is not None,
+        NORM_CHUNK=NORM_CHUNK,
     )
-    # pointers the kernel never dereferences without NORMS or LOW_RANK
-    operands = (x, meta if u is None else u, out, meta, raw, meta if norms is None else norms)
+    # pointers the kernel never dereferences without NORMS, LOW_RANK or ORDERED
+    operands = (
+        x,
+        meta if u is None else u,
+        out,
+        meta,
+        raw,
+        meta if norms is None else norms,
+        meta if order is None else order,
+    )
     meta_rows = round_up(m_pad, TILE_ROWS)
 
     def grid(cfg: dict[str, int]) -> tuple[int, int]:

@@ -44,20 +44,30 @@ def orders(sites: Sequence[GemmSite], config: LynxConfig) -> Orders:
     return out
 
 
-def check(
-    sites: Sequence[GemmSite], decisions: Sequence[Decision], config: LynxConfig, found: Orders
-) -> list[Decision]:
-    """``CalibrationMismatch`` unless every sparse GEMM has its order; the decisions with the order in their
-    reasons."""
-    if not config.permute_channels:
-        return list(decisions)
-    assert config.calibration is not None
-    sparse = [(s, d) for s, d in zip(sites, decisions, strict=True) if d.sparse]
-    resolve(config.calibration).check([(s.name, s.k, s.n) for s, _ in sparse])
-    return [
-        dataclasses.replace(d, reason=f"{d.reason}; channels permuted") if d.sparse and s.name in found else d
-        for s, d in zip(sites, decisions, strict=True)
-    ]
+def check(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: LynxConfig) -> None:
+    """``CalibrationMismatch`` unless the calibration has (so the orders cover) every sparse GEMM."""
+    if config.permute_channels:
+        assert config.calibration is not None
+        sparse = [s for s, d in zip(sites, decisions, strict=True) if d.sparse]
+        resolve(config.calibration).check([(s.name, s.k, s.n) for s in sparse])
+
+
+def in_kernel(decision: Decision) -> bool:
+    """Whether the prune+compress kernel gathers the order as it loads x (the 16-bit standalone kernel, with or
+    without norm sums or a ones column); elsewhere ``x[..., order]`` is a gather in the graph, a pass over x
+    unless Inductor fuses it into x's producer (the fp8 kernel, fused low-rank branches)."""
+    return decision.path.on_cusparselt and not decision.fp8 and not decision.low_rank_columns
+
+
+def annotated(sites: Sequence[GemmSite], decisions: Sequence[Decision], found: Orders) -> list[Decision]:
+    """The decisions, each sparse one in ``found`` saying where its order is gathered."""
+    out = []
+    for site, d in zip(sites, decisions, strict=True):
+        if d.sparse and site.name in found:
+            where = "in the prune kernel" if in_kernel(d) or not d.path.on_cusparselt else "in the graph"
+            d = dataclasses.replace(d, reason=f"{d.reason}; channels permuted ({where})")
+        out.append(d)
+    return out
 
 
 def note(found: Orders, config: LynxConfig) -> str:

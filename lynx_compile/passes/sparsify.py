@@ -40,6 +40,7 @@ from torch import fx
 from .. import ops
 from ..report import GemmPath, PruneSite
 from ..semantics import compensation_scale, prune_2to4, quantise_fp8_rows
+from . import channel_order
 from .decision import Decision
 from .fold_bias import FoldedWeights, register_constant
 from .gemms import GemmSite
@@ -68,7 +69,8 @@ def sparsify(
     # (x, prune site, bias folded, fp8) -> (operand, fp8 row scales, scale): one compression per activation, kind
     shared: dict[tuple[fx.Node, PruneSite, bool, bool], tuple[fx.Node, fx.Node | None, fx.Node | None]] = {}
     projected: dict[tuple[fx.Node, int], fx.Node] = {}  # (x, id of A) -> x A, for unfused branches
-    in_order: dict[fx.Node, fx.Node] = {}  # x -> x[..., order]
+    order_nodes: dict[fx.Node, fx.Node] = {}  # x -> its order, a buffer
+    in_order: dict[fx.Node, fx.Node] = {}  # x -> x[..., order], a gather in the graph
     orders = orders or {}
     rewritten = 0
     for site, decision in plan:
@@ -79,12 +81,17 @@ def sparsify(
         bias = replaced.get(site.bias, site.bias)
         order = orders.get(site.name)
         with graph.inserting_before(node):  # sites come in graph order: the first user of x
-            xo = x
+            xo, gather = x, None  # the activation in the GEMM's channel order, or x and the order the kernel gathers
             if order is not None:
-                if x not in in_order:
-                    index = graph.get_attr(register_constant(gm, f"_lynx_channel_order_{rewritten}", order))
-                    in_order[x] = graph.call_function(torch.index_select, (x, -1, index))
-                xo = in_order[x]
+                if x not in order_nodes:
+                    name = register_constant(gm, f"_lynx_channel_order_{rewritten}", order)
+                    order_nodes[x] = graph.get_attr(name)
+                if channel_order.in_kernel(decision):
+                    gather = order_nodes[x]
+                else:
+                    if x not in in_order:
+                        in_order[x] = graph.call_function(torch.index_select, (x, -1, order_nodes[x]))
+                    xo = in_order[x]
             key = (x, decision.prune, decision.fold_bias, decision.fp8)
             if key not in shared:
                 a = None
@@ -92,7 +99,7 @@ def sparsify(
                     fused_a = fused[site.name][0]
                     fused_a = fused_a if order is None else fused_a.index_select(0, order)
                     a = graph.get_attr(register_constant(gm, f"_lynx_low_rank_{rewritten}_a", fused_a))
-                shared[key] = _prepare(graph, xo, decision, compensate, a)
+                shared[key] = _prepare(graph, xo, decision, compensate, a, gather)
             operand, x_scale, scale = shared[key]
             extra = () if scale is None else (scale,)
             if decision.fp8:
@@ -140,11 +147,17 @@ def sparsify(
 
 
 def _prepare(
-    graph: fx.Graph, x: fx.Node, decision: Decision, compensate: bool, a: fx.Node | None = None
+    graph: fx.Graph,
+    x: fx.Node,
+    decision: Decision,
+    compensate: bool,
+    a: fx.Node | None = None,
+    order: fx.Node | None = None,
 ) -> tuple[fx.Node, fx.Node | None, fx.Node | None]:
     """The pruned (reference) or compressed (cuSPARSELt) activation, or its fp8 quantisation with its
     row scales, and the compensation scale. ``a``: fused low-rank branches' A, whose columns the
-    compression appends (never with fp8 or compensation)."""
+    compression appends (never with fp8 or compensation). ``order``: the channel order the 16-bit kernel
+    gathers x in (``channel_order.in_kernel``)."""
     if decision.path == GemmPath.REFERENCE:
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(compensation_scale, (x, pruned)) if compensate else None
@@ -168,7 +181,7 @@ def _prepare(
             scale,
         )
     if compensate:  # the kernel sums the norms on its pass over x (a folded bias is never compensated)
-        pair = graph.call_function(ops.compress_activation_compensated, (x, decision.prune.value))
+        pair = graph.call_function(ops.compress_activation_compensated, (x, decision.prune.value, order))
         return (
             graph.call_function(operator.getitem, (pair, 0)),
             None,
@@ -176,4 +189,5 @@ def _prepare(
         )
     if a is not None:
         return graph.call_function(ops.compress_activation_low_rank, (x, a, decision.fold_bias)), None, None
-    return graph.call_function(ops.compress_activation, (x, decision.prune.value, decision.fold_bias)), None, None
+    compressed = graph.call_function(ops.compress_activation, (x, decision.prune.value, decision.fold_bias, order))
+    return compressed, None, None
