@@ -90,10 +90,20 @@ def test_low_rank_variant_calibrates_on_the_case_inputs(monkeypatch: pytest.Monk
     assert sparse and all(layer.low_rank == 16 for layer in sparse)
 
 
+def test_the_channel_order_variant_calibrates_on_the_case_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(e2e.VARIANTS, "permute", e2e.Variant({"permute_channels": True, "min_rows": 1}))
+    built = zoo.build("flux", size="tiny")
+    options = e2e.prepare(built.model, "permute", built.example_kwargs)
+    report = lynx_compile.inspect(built.model, **built.example_kwargs, options=options)
+    sparse = [layer for layer in report.layers if layer.sparse]
+    assert sparse and all("channels permuted" in layer.reason for layer in sparse)
+
+
 @pytest.mark.parametrize("variant", sorted(e2e.VARIANTS))
 def test_every_variant_is_valid_lynx_options(variant: str) -> None:
     options = dict(e2e.VARIANTS[variant].options)
-    options.pop("low_rank", None)  # needs the calibration that prepare() makes (its own test is above)
+    for needs_calibration in ("low_rank", "permute_channels"):  # prepare() makes it (their tests are above)
+        options.pop(needs_calibration, None)
     lynx_compile.LynxConfig.from_options(options)  # raises on an unknown option or a bad value
 
 
