@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from helpers import rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_emulated_fast_path import Block, _emulated, _inputs
+from test_low_rank import Qkv
 
 import lynx_compile
 from lynx_compile import Calibration
@@ -81,17 +81,6 @@ def test_pruning_in_an_order_is_pruning_the_permuted_activation(rows: int, group
     assert torch.equal(got[:, order], prune_2to4(x[:, order]))
     torch.testing.assert_close(got @ w.T, prune_2to4(x[:, order]) @ w[:, order].T)
     assert torch.equal(prune_2to4_in_order(x, None), prune_2to4(x))
-
-
-class Qkv(nn.Module):
-    """Three GEMMs on one activation, as attention's q, k and v."""
-
-    def __init__(self, k: int = 64) -> None:
-        super().__init__()
-        self.q, self.k, self.v = (nn.Linear(k, k) for _ in range(3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.q(x) * self.k(x).sigmoid() + self.v(x)
 
 
 def outlier_activations(n: int = 3, k: int = 64) -> list[torch.Tensor]:

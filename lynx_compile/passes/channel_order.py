@@ -21,6 +21,7 @@ from ..calibration import resolve
 from ..config import LynxConfig
 from .decision import Decision
 from .gemms import GemmSite
+from .low_rank import covered_readers
 
 Orders = dict[str, torch.Tensor]  # GEMM name -> the order of its activation's channels (int64, its device)
 
@@ -32,13 +33,8 @@ def orders(sites: Sequence[GemmSite], config: LynxConfig) -> Orders:
         return {}
     assert config.calibration is not None  # LynxConfig refuses permute_channels without it
     calibration = resolve(config.calibration)
-    readers: dict[object, list[GemmSite]] = {}
-    for site in sites:
-        stats = calibration.stats.get(site.name)
-        if stats is not None and (stats.k, stats.n) == (site.k, site.n):
-            readers.setdefault(site.x, []).append(site)
     out: Orders = {}
-    for group in readers.values():
+    for group in covered_readers(sites, calibration).values():
         order = calibration.channel_order([s.name for s in group]).to(group[0].device)
         out.update(dict.fromkeys((s.name for s in group), order))
     return out

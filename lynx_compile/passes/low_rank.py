@@ -54,18 +54,23 @@ def factors(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: Ly
     return fitted(sites, {s.name for s in sparse}, calibration, config.low_rank, to_dtype=True)
 
 
-def fitted(sites: Sequence[GemmSite], wanted: set[str], calibration: Calibration, rank: int, to_dtype: bool) -> Factors:
-    """The factors of the GEMMs named in ``wanted`` that the calibration covers (its K x N), on their device (in
-    their dtype with ``to_dtype``, else float64). The GEMMs of the graph that read one activation share one A,
-    fitted jointly over all of them that the calibration covers, sparse or not, so that a GEMM's branch does
-    not depend on its neighbours' decisions (``Calibration.shared_factors``); the shared A stays one tensor."""
+def covered_readers(sites: Sequence[GemmSite], calibration: Calibration) -> dict[object, list[GemmSite]]:
+    """The GEMMs the calibration covers (its K x N), grouped by the activation they read."""
     readers: dict[object, list[GemmSite]] = {}
     for site in sites:
         stats = calibration.stats.get(site.name)
         if stats is not None and (stats.k, stats.n) == (site.k, site.n):
             readers.setdefault(site.x, []).append(site)
+    return readers
+
+
+def fitted(sites: Sequence[GemmSite], wanted: set[str], calibration: Calibration, rank: int, to_dtype: bool) -> Factors:
+    """The factors of the GEMMs named in ``wanted`` that the calibration covers (its K x N), on their device (in
+    their dtype with ``to_dtype``, else float64). The GEMMs of the graph that read one activation share one A,
+    fitted jointly over all of them that the calibration covers, sparse or not, so that a GEMM's branch does
+    not depend on its neighbours' decisions (``Calibration.shared_factors``); the shared A stays one tensor."""
     out: Factors = {}
-    for group in readers.values():
+    for group in covered_readers(sites, calibration).values():
         if not any(site.name in wanted for site in group):
             continue
         moved: dict[int, torch.Tensor] = {}  # id of a CPU factor -> its copy on the device: A stays shared
