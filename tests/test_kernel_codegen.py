@@ -62,15 +62,26 @@ def _compile(spec: dict) -> str:
 
 def test_kernel_compiles_for_sm90_with_every_tile_and_variant():
     """Plain, with a ones column, with compensation's sums, and with low-rank columns (with and without a
-    ones column): the runtime branch to the gather of u compiles beside the plain load."""
+    ones column): the runtime branch to the gather of u compiles beside the plain load; and gathering a channel
+    order (permute_channels), plain and with the sums."""
     variants = [
-        {**BF16, **TAIL, "ONES_COLUMN": ones, "LOW_RANK": low_rank, "NORMS": norms, "NORM_CHUNK": NORM_CHUNK}
-        for ones, low_rank, norms in [
-            (False, False, False),
-            (True, False, False),
-            (False, False, True),
-            (False, True, False),
-            (True, True, False),
+        {
+            **BF16,
+            **TAIL,
+            "ONES_COLUMN": ones,
+            "LOW_RANK": low_rank,
+            "NORMS": norms,
+            "ORDERED": ordered,
+            "NORM_CHUNK": NORM_CHUNK,
+        }
+        for ones, low_rank, norms, ordered in [
+            (False, False, False, False),
+            (True, False, False, False),
+            (False, False, True, False),
+            (False, True, False, False),
+            (True, True, False, False),
+            (False, False, False, True),
+            (False, False, True, True),
         ]
     ]
     pointers = {
@@ -80,6 +91,7 @@ def test_kernel_compiles_for_sm90_with_every_tile_and_variant():
         "meta_ptr": "*i64",
         "bytes_ptr": "*u8",
         "norms_ptr": "*fp32",
+        "order_ptr": "*i64",
     }
     spec = dict(
         module="lynx_compile.codegen.prune_compress",
@@ -88,7 +100,7 @@ def test_kernel_compiles_for_sm90_with_every_tile_and_variant():
         tiles="tile_configs",
         variants=variants,
     )
-    assert _compile(spec).count("compiled") == 15
+    assert _compile(spec).count("compiled") == 21
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
