@@ -6,8 +6,9 @@
     bias folded        ->   c = compress_activation(x, method, ones_column=True)
                             sparse_linear(c, x, Wb, alg_id)           # Wb = [W | b | 0...], a buffer
     reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
-    permute_channels   ->   xo = x[..., order]                        # once per x; then as above on xo, with
+    permute_channels   ->   c = compress_activation(x, method, ..., order)   # the 16-bit kernel gathers x[:, order]
                             ... Wo = W[:, order] (a buffer, with b and B^T columns as above; fp8: quantised)
+                            fp8, fused low rank, reference path: xo = x[..., order] in the graph, then as above
     low_rank           ->   u = x @ A                                 # once per x and A (q, k, v share A)
                             ... + u @ B                               # A and B buffers
     ... fused          ->   c = compress_activation_low_rank(x, A[, ones_column=True])   # A: the group's, a buffer
