@@ -2,7 +2,8 @@
 
 For each (layer, M): cuBLAS ``F.linear`` with bias; the fused prune+compress kernel beside its
 memory floor (read 2 B/elem, write 1 B/elem of values plus the metadata, at the device-to-device
-copy bandwidth measured in the same run); the cuSPARSELt GEMM alone with the fastest algorithm
+copy bandwidth measured in the same run), and with a channel order to permute in each tile (option
+``permute_channels``, ``prune_ordered_ms``); the cuSPARSELt GEMM alone with the fastest algorithm
 id (``best_alg``); and the whole lynx linear as the compiled model runs it (prune_compress,
 sparse_mm, row slice, bias add), also without the bias add: in a compiled DiT the add can fuse
 into the consumer (GELU, gated residual), a pointwise kernel the dense path runs too; and with the
@@ -47,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, result_stem, stamp, torchao_fp8, write_json, write_table
+from lynx_compile.calibration import balanced_order
 from lynx_compile.codegen.cusparselt import compress_compat, compress_compat_fp8, sparse_mm
 from lynx_compile.codegen.cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, metadata_nbytes
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_autotuned
@@ -97,6 +99,7 @@ class Row:
     path: str
     alg_id: int
     search: list[int]  # everything cuSPARSELt's search returned: alg_id, split_k, split_k_mode, ...
+    prune_ordered_ms: float = math.nan  # the prune kernel permuting a channel order in its tiles (permute_channels)
     lynx_lowrank32_ms: float = math.nan  # the lynx linear with a rank-LOW_RANK branch fused in (option low_rank)
     lynx_lowrank32_unfused_ms: float = math.nan  # ... the branch as two cuBLAS GEMMs beside it instead
     # precision="fp8": prune + quantise + compress, the e4m3 GEMM (bf16 out), the scale epilogue and the
@@ -201,6 +204,7 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
     branch_w = with_branch_columns(w, b_lr)
     fused = fast_compress_ok(torch.device("cuda"), dtype, low_rank=True)
     branch_alg = best_alg(m, k + 2 * LOW_RANK, n, dtype, "cuda")
+    order = balanced_order(torch.rand(k)).cuda()  # any order in blocks costs the same: a random one
     calls = max(20, len(xs))  # every buffer once per replay
 
     def timed(call: Callable[[int], object]) -> float:
@@ -215,6 +219,9 @@ def measure(layer: str, m: int, k: int, n: int, dtype: torch.dtype, bandwidth: f
         dense_ms=timed(lambda i: F.linear(xs[i % len(xs)], w, b)),
         prune_ms=timed(lambda i: compress(xs[i % len(xs)])),
         prune_floor_ms=prune_floor_bytes(m, k, dtype) / bandwidth,
+        prune_ordered_ms=timed(lambda i: prune_compress(xs[i % len(xs)], order=order))
+        if path == "cusparselt"
+        else math.nan,
         sparse_gemm_ms=timed(lambda i: sparse_mm(cs[i % len(cs)], w, alg)),
         lynx_ms=timed(lambda i: lynx_linear(xs[i % len(xs)], w, b, alg, compress)),
         lynx_nobias_ms=timed(lambda i: sparse_mm(compress(xs[i % len(xs)]), w, alg)),
@@ -326,6 +333,7 @@ def geomean(values: list[float]) -> float:
 # pass can give, the sparse GEMM plus that pass at its memory floor.
 RATIOS: dict[str, Callable[[Row], float]] = {
     "prune/floor": lambda r: r.prune_ms / r.prune_floor_ms,
+    "ordered / prune": lambda r: r.prune_ordered_ms / r.prune_ms,
     "gemm speedup": lambda r: r.dense_ms / r.sparse_gemm_ms,
     "floor bound": lambda r: r.dense_ms / (r.sparse_gemm_ms + r.prune_floor_ms),
     "lynx speedup": lambda r: r.dense_ms / r.lynx_ms,
@@ -382,6 +390,8 @@ COLUMNS = [
     "prune_ms",
     "prune_floor_ms",
     "prune/floor",
+    "prune_ordered_ms",
+    "ordered / prune",
     "sparse_gemm_ms",
     "gemm speedup",
     "floor bound",

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import lowrank
-from .semantics import GROUP, pruning
+from .semantics import GROUP, ORDER_BLOCK, check_order, pruning
 
 # 3: channel orders (option permute_channels); 2: distilled factors; 1: statistics only. Each is written only
 # when the file has what needs it, so that a plain calibration stays readable by older lynx_compile versions.
@@ -36,9 +36,6 @@ FORMAT = 3
 # fits the wrong error. Files of formats 1 and 2 predate permute_channels: they assumed it off.
 PRUNING_OPTIONS = ("compensate", "permute_channels")
 _BEFORE = {"permute_channels": False}
-# A channel order permutes within blocks of this many columns: the prune+compress kernel's tiles (128-512
-# columns) then gather from their own span of x, at the cost of a plain load (prune_compress.py)
-ORDER_BLOCK = 64
 
 
 def balanced_order(energy: torch.Tensor) -> torch.Tensor:
@@ -305,9 +302,11 @@ class Calibration:
                 )
             stats[name] = GemmStatistics(sxx, sxt, g["rows"], g["tt"])
         orders = {name: tensors[f"{name}/order"] for name in stats if f"{name}/order" in tensors}
-        bad = [n for n, order in orders.items() if not torch.equal(order.sort().values, torch.arange(stats[n].k))]
-        if bad:
-            raise CalibrationMismatch(f"calibration {path}: the channel orders of {bad} are not permutations of K")
+        for name, order in orders.items():
+            try:
+                check_order(order, stats[name].k)
+            except ValueError as e:
+                raise CalibrationMismatch(f"calibration {path}: {name}: {e}") from None
         calibration = cls(
             stats, options={**_BEFORE, **meta["options"]}, dtype=meta["dtype"], source=str(path), orders=orders
         )

@@ -34,6 +34,9 @@ FP8_SCALE_EXP_MIN = -126
 # Columns per partial sum of squares for compensation (``norm_partials``): divides every tile width
 # of the prune+compress kernel, and leaves 2 x 4 bytes of sums per 128 x 2 bytes of activation.
 NORM_CHUNK = 128
+# A channel order (option permute_channels) permutes within blocks of this many columns: the prune kernel's
+# tiles (128-512 columns) then permute what they loaded, in the SM (prune_compress.in_order)
+ORDER_BLOCK = 64
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -83,6 +86,20 @@ def prune_2to4_in_order(x: torch.Tensor, order: torch.Tensor | None = None) -> t
     if order is None:
         return prune_2to4(x)
     return prune_2to4(x.index_select(-1, order)).index_select(-1, torch.argsort(order))
+
+
+def check_order(order: torch.Tensor, k: int) -> torch.Tensor:
+    """``order`` if it is a channel order the fast path takes: a permutation of range(k) that keeps every
+    channel within its block of ``ORDER_BLOCK`` (the prune kernel permutes each tile of x in the SM, and its
+    tiles are whole blocks); else a ValueError."""
+    if order.shape != (k,) or order.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"a channel order must be a ({k},) int32/int64 tensor, got {tuple(order.shape)} {order.dtype}")
+    channels = torch.arange(k, device=order.device)
+    if not torch.equal(order.sort().values, channels):
+        raise ValueError("a channel order must be a permutation of the K channels")
+    if not torch.equal(order // ORDER_BLOCK, channels // ORDER_BLOCK):
+        raise ValueError(f"a channel order must keep each channel within its block of {ORDER_BLOCK}")
+    return order
 
 
 def with_ones_column(x: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ from test_low_rank import Qkv
 
 import lynx_compile
 from lynx_compile import Calibration
-from lynx_compile.calibration import ORDER_BLOCK, CalibrationMismatch, balanced_order
+from lynx_compile.calibration import CalibrationMismatch, balanced_order
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_with_norms
-from lynx_compile.semantics import prune_2to4, prune_2to4_in_order
+from lynx_compile.semantics import ORDER_BLOCK, prune_2to4, prune_2to4_in_order
 
 OPTIONS = {"min_rows": 16}
 
@@ -39,7 +39,7 @@ def test_the_balanced_order_puts_two_of_each_block_s_larger_half_in_every_group(
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 40), k16=st.integers(1, 12), seed=st.integers(0, 2**16), norms=st.booleans())
+@given(m=st.integers(1, 40), k16=st.integers(1, 40), seed=st.integers(0, 2**16), norms=st.booleans())
 def test_the_kernel_gathering_the_order_equals_the_kernel_on_the_gathered_activation(
     m: int, k16: int, seed: int, norms: bool
 ) -> None:
@@ -187,7 +187,7 @@ def test_the_orders_survive_save_and_load_and_a_broken_one_is_refused(qkv_and_ca
     tensors = load_file(path)
     tensors["q/order"] = torch.zeros_like(tensors["q/order"])
     save_file(tensors, path)
-    with pytest.raises(CalibrationMismatch, match=r"channel orders of \['q'\] are not permutations"):
+    with pytest.raises(CalibrationMismatch, match=r"q: a channel order must be a permutation"):
         Calibration.load(path)
 
 
@@ -235,3 +235,18 @@ def test_the_emulated_fast_path_prunes_the_gathered_activation(monkeypatch) -> N
     )
     assert rel(out, dense) > 5e-2  # pruning ran
     assert rel(out, want) < 5e-2
+
+
+def test_the_kernel_refuses_an_order_across_blocks_and_checks_it_again_after_a_change() -> None:
+    """The kernel permutes each tile in the SM, so an order must keep channels in their blocks: a clear error,
+    not a wrong answer; checked once per order buffer, and again when it is changed in place."""
+    k = 2 * ORDER_BLOCK
+    x = torch.randn(16, k).to(torch.bfloat16)
+    across = torch.arange(k).roll(1)
+    with pytest.raises(ValueError, match=f"within its block of {ORDER_BLOCK}"):
+        prune_compress(x, order=across)
+    order = balanced_order(torch.rand(k))
+    assert torch.equal(prune_compress(x, order=order), prune_compress(x[:, order].contiguous()))
+    order.copy_(across)
+    with pytest.raises(ValueError, match="within its block"):
+        prune_compress(x, order=order)

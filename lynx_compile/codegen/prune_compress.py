@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from ..semantics import BIAS_COLUMNS, NORM_CHUNK, SPARSE_DTYPES, norm_chunks, round_up
+from ..semantics import BIAS_COLUMNS, NORM_CHUNK, SPARSE_DTYPES, check_order, norm_chunks, round_up
 from .cusparselt_layout import CSLT_MULTIPLE, TILE_ROWS, compressed_shape, metadata_nbytes, significant_numel
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -183,6 +183,16 @@ def zero_tail(bytes_ptr, pid_m, TAIL_START, TAIL_BYTES, TAIL_BLOCK: tl.constexpr
     tl.store(bytes_ptr + TAIL_START + offs, tl.zeros((TAIL_BLOCK,), tl.uint8), mask=offs < TAIL_BYTES)
 
 
+@triton.jit
+def in_order(x, order_ptr, cols, start, K_X):
+    """The tile's columns permuted: ``x[:, order[cols] - start]``. The tile is loaded with 16-byte loads and
+    permuted in the SM (``tl.gather``): a gather from memory would issue one 2-byte load per element, and made
+    FLUX's prune kernels instruction-bound. It needs ``order`` to permute within the tile's own columns:
+    ``_checked_order`` holds it to blocks of ``ORDER_BLOCK`` columns, and every tile is whole blocks."""
+    local = tl.where(cols < K_X, tl.load(order_ptr + cols, mask=cols < K_X, other=0) - start, cols - start)
+    return tl.gather(x, tl.broadcast_to(local[None, :], x.shape), axis=1)
+
+
 # Sizes that only bound masks or index the tail are not specialised (divisibility by 16, == 1): the
 # self-check's odd-sized probe and every model shape then share one compiled kernel per tile.
 @triton.jit(do_not_specialize=["M", "M_PAD", "META_COL_TILES", "TAIL_START", "TAIL_BYTES", "M_BUCKET"])
@@ -223,12 +233,11 @@ def prune_compress_kernel(
     # Rows past M (up to the metadata tile) read as zeros: that is the row padding, never stored in x.
     # K_X columns come from x; with LOW_RANK, 2R more from spread_2to4(u); with ONES_COLUMN, then a column
     # of ones (``with_ones_column``) and zeros up to K.
-    # With ORDERED, column j of the tile is x's column order[j] (option permute_channels): a gather within the
-    # tile's own span of columns when the order permutes within ORDER_BLOCK-column blocks, as its orders do.
-    src = tl.load(order_ptr + cols, mask=cols < K_X, other=0) if ORDERED else cols
     x = tl.load(
-        x_ptr + rows[:, None] * stride_xm + src[None, :], mask=(rows < M)[:, None] & (cols < K_X)[None, :], other=0.0
+        x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & (cols < K_X)[None, :], other=0.0
     )
+    if ORDERED:  # column j of the tile becomes x's column order[j] (option permute_channels)
+        x = in_order(x, order_ptr, cols, pid_k * BLOCK_K, K_X)
     if LOW_RANK:  # noqa: SIM102 (a constexpr: the other variants compile no gather)
         if (pid_k + 1) * BLOCK_K > K_X:  # only the few tiles that reach u's columns gather
             x = with_spread_u(x, u_ptr, rows, cols, M, K_X, R)
@@ -301,13 +310,16 @@ def prune_compress_with_norms(
 
 
 def _checked_order(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor | None:
+    """``order``, checked (``semantics.check_order``) the first time the kernel sees it and after each in-place
+    change: the check reads it back from the device, so a model's order buffers pay it once, before any CUDA
+    graph is captured, not per call."""
     if order is None:
         return None
-    if order.shape != (x.shape[1],) or order.dtype not in (torch.int32, torch.int64) or order.device != x.device:
-        raise ValueError(
-            f"order must be a ({x.shape[1]},) int32/int64 tensor on {x.device}, got {tuple(order.shape)} "
-            f"{order.dtype} on {order.device}"
-        )
+    if order.device != x.device:
+        raise ValueError(f"order must be on {x.device}, got {order.device}")
+    if getattr(order, "_lynx_checked", None) != order._version:
+        check_order(order, x.shape[1])
+        order._lynx_checked = order._version
     return order
 
 

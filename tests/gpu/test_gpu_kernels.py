@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lynx_compile.calibration import balanced_order
 from lynx_compile.codegen import cusparselt, self_check, tuning
 from lynx_compile.codegen import prune_compress as prune_compress_module
 from lynx_compile.codegen.cusparselt_layout import (
@@ -73,6 +74,20 @@ def test_kernel_matches_cusparselt_large(m: int, k: int, dtype: torch.dtype) -> 
     assert same_compressed(prune_compress(x), expected, padded_rows(m), k)
     del x
     assert expected.shape == compressed_shape(padded_rows(m), k, dtype)
+
+
+@pytest.mark.parametrize("m, k", [(4096, 3072), (4608, 12288), (4113, 3088), (300, 208)])
+@pytest.mark.parametrize("norms", [False, True], ids=["plain", "norms"])
+def test_kernel_permuting_its_tiles_matches_cusparselt(m: int, k: int, norms: bool) -> None:
+    """Option permute_channels: every autotuned tile (and the small inputs' fixed one) permutes what it loaded
+    (``tl.gather`` on the GPU, not the interpreter's): the bytes cuSPARSELt makes of the gathered activation."""
+    x = with_specials(torch.randn(m, k, device="cuda"), seed=m * k).to(torch.bfloat16)
+    order = balanced_order(torch.rand(k)).cuda()
+    gathered = x[:, order].contiguous()
+    got = prune_compress_with_norms(x, order=order) if norms else (prune_compress(x, order=order), None)
+    assert same_compressed(got[0], live_compress(gathered), padded_rows(m), k)
+    if norms:
+        torch.testing.assert_close(got[1], norm_partials(gathered), rtol=1e-5, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("m, k", [(4096, 3072), (4113, 3088), (16384, 15360)])
