@@ -54,9 +54,15 @@ def _first_readers(sites: Sequence[GemmSite]) -> dict[str, str]:
 class _Energies(GemmInterpreter):
     """Sums x_k^2 per channel of each activation (float64), under the name of the first GEMM that reads it."""
 
-    def __init__(self, gm: fx.GraphModule, sites: Sequence[GemmSite], energies: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        sites: Sequence[GemmSite],
+        energies: dict[str, torch.Tensor],
+        owner: Mapping[str, str],
+    ) -> None:
         super().__init__(gm, sites)
-        self.energies, self.owner = energies, _first_readers(sites)
+        self.energies, self.owner = energies, owner
 
     def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         if self.owner[site.name] == site.name:
@@ -96,15 +102,13 @@ def calibrate(
     stats: dict[str, GemmStatistics] = {}
     energies: dict[str, torch.Tensor] = {}
     orders: dict[str, torch.Tensor] = {}
+    owners: dict[str, str] = {}  # GEMM -> the first GEMM reading its activation, in every graph compiled
     dtypes: set[str] = set()
 
     def energy_pass(gm: fx.GraphModule, sites: list[GemmSite]) -> GemmInterpreter:
-        return _Energies(gm, sites, energies)
+        return _Energies(gm, sites, energies, owners)
 
     def statistics_pass(gm: fx.GraphModule, sites: list[GemmSite]) -> GemmInterpreter:
-        for name, owner in _first_readers(sites).items():  # each reader gets its activation's order
-            if permute and name not in orders and owner in energies:
-                orders[name] = balanced_order(energies[owner])
         return _Collector(gm, sites, stats, config.compensate, orders)
 
     current = [statistics_pass]  # what the compiled graphs run now: one compilation serves both passes
@@ -112,6 +116,7 @@ def calibrate(
     def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any) -> Callable[..., Any]:
         sites = [s for s in find_gemms(gm) if legality.can_sparsify(s, config).sparse]
         dtypes.update(dtype_name(s.dtype) for s in sites)
+        owners.update(_first_readers(sites))
 
         def run(*args: Any) -> Any:
             return current[0](gm, sites).run(*args)
@@ -123,6 +128,8 @@ def calibrate(
     inputs = list(inputs_or_prompts) if permute else inputs_or_prompts  # two passes over them
     passes = [(energy_pass, "lynx calibrate (channel energies)")] if permute else []
     for current[0], desc in [*passes, (statistics_pass, "lynx calibrate")]:
+        if current[0] is statistics_pass:  # each reader gets its activation's order (none without the first pass)
+            orders.update({n: balanced_order(energies[o]) for n, o in owners.items() if o in energies})
         with torch.no_grad():
             run_all(
                 model_or_pipe,

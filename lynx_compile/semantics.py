@@ -182,7 +182,12 @@ def scale_from_partials(partials: torch.Tensor) -> torch.Tensor:
 def prune_2to4_compensated(x: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
     """The pruned row (``prune_2to4_in_order``) rescaled to the unpruned row's L2 norm (computed in float32,
     cast back)."""
-    pruned = prune_2to4_in_order(x, order)
+    return compensated(x, prune_2to4_in_order(x, order))
+
+
+def compensated(x: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """``pruned`` (x's pruning) rescaled to x's row norms: ``prune_2to4_compensated`` where the pruning is at
+    hand already."""
     return (pruned.float() * compensation_scale(x, pruned).unsqueeze(-1)).to(x.dtype)
 
 

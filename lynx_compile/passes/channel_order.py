@@ -49,9 +49,9 @@ def check(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: Lynx
 
 
 def in_kernel(decision: Decision) -> bool:
-    """Whether the prune+compress kernel gathers the order as it loads x (the 16-bit standalone kernel, with or
+    """Whether the prune+compress kernel permutes the order in its tiles (the 16-bit standalone kernel, with or
     without norm sums or a ones column); elsewhere ``x[..., order]`` is a gather in the graph, a pass over x
-    unless Inductor fuses it into x's producer (the fp8 kernel, fused low-rank branches)."""
+    unless Inductor fuses it into x's producer (the fp8 kernel, fused low-rank branches, the reference path)."""
     return decision.path.on_cusparselt and not decision.fp8 and not decision.low_rank_columns
 
 
@@ -60,7 +60,7 @@ def annotated(sites: Sequence[GemmSite], decisions: Sequence[Decision], found: O
     out = []
     for site, d in zip(sites, decisions, strict=True):
         if d.sparse and site.name in found:
-            where = "in the prune kernel" if in_kernel(d) or not d.path.on_cusparselt else "in the graph"
+            where = "in the prune kernel" if in_kernel(d) else "in the graph"
             d = dataclasses.replace(d, reason=f"{d.reason}; channels permuted ({where})")
         out.append(d)
     return out

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from .. import lowrank
-from ..semantics import prune_2to4_in_order, pruning
+from ..semantics import compensated, prune_2to4_in_order
 from .gemms import GemmSite
 
 
@@ -64,7 +64,7 @@ class PruningError:
         bias = None if bias is None else bias.float()
         pruned = prune_2to4_in_order(x, order)
         dense = F.linear(x, weight, bias)
-        sparse = F.linear(pruning(compensate, order)(x) if compensate else pruned, weight, bias)
+        sparse = F.linear(compensated(x, pruned) if compensate else pruned, weight, bias)
         self.err_sq += (sparse - dense).square().sum().item()
         if branch is not None:
             with_branch = sparse + lowrank.branch(x, branch[0].float(), branch[1].float())
