@@ -306,7 +306,8 @@ defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensat
 dense, not a quality figure); `variant=lowrankR` adds
 `low_rank=R`, calibrated on one call of the case's random inputs (the branch's cost, not its quality; the
 cost model keeps dense the GEMMs whose branch eats their gain); `variant=permute` adds `permute_channels=True`,
-calibrated the same way (the gather's cost); `torchao_fp8_*`: torchao's dense fp8 (per-row
+calibrated the same way (the order's cost), `permute_budget_hi` and `permute_budget_hi_lowrank32` add it to
+`budget_hi` and to `budget_hi` with `low_rank=32`; `torchao_fp8_*`: torchao's dense fp8 (per-row
 `Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`,
 `set_inductor_config=False`: Inductor's settings as for dense and lynx), timed in the same run. `*_ms`: CUDA events
 around each synchronised call (the GPU also waits for the call's ~1 ms of CPU work: guards, CUDA-graph input
