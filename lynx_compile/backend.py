@@ -146,7 +146,8 @@ def lynx_backend(
         branches = {s.name: branches[s.name] for s, d in plan if d.sparse and s.name in branches}
     if orders:
         sites = [s for s, _ in plan]
-        plan = list(zip(sites, channel_order.annotated(sites, [d for _, d in plan], orders), strict=True))
+        decisions = channel_order.annotated(sites, [d for _, d in plan], orders, config.compensate)
+        plan = list(zip(sites, decisions, strict=True))
     report = Report(
         [layer_report(s, d, errors, _rank(branches, s.name)) for s, d in plan],
         device=_graph_device(plan),

@@ -100,7 +100,7 @@ def _inspect_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any
         )
         decisions = plan(new, config, errors=session.errors, output_error=output_error)
         channel_order.check(new, decisions, config)
-        decisions = channel_order.annotated(new, decisions, orders)
+        decisions = channel_order.annotated(new, decisions, orders, config.compensate)
         ranks = {name: a.shape[1] for name, (a, _) in low_rank.factors(new, decisions, config).items()}
         for site, decision in zip(new, decisions):
             session.layers[site.name] = layer_report(site, decision, rank=ranks.get(site.name, 0))

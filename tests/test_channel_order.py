@@ -14,6 +14,7 @@ from test_low_rank import Qkv
 import lynx_compile
 from lynx_compile import Calibration
 from lynx_compile.calibration import CalibrationMismatch, balanced_order
+from lynx_compile.codegen import self_check
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_with_norms
 from lynx_compile.semantics import ORDER_BLOCK, prune_2to4, prune_2to4_in_order
 
@@ -200,10 +201,16 @@ def test_an_older_file_assumed_no_order(qkv_and_calibration, tmp_path) -> None:
     assert Calibration.load(path).options == {"compensate": False, "permute_channels": False}
 
 
-def test_the_emulated_fast_path_prunes_the_gathered_activation(monkeypatch) -> None:
+@pytest.mark.parametrize("kernel_ok", [True, False], ids=["kernel", "kernel_failed_its_check"])
+def test_the_emulated_fast_path_prunes_the_gathered_activation(monkeypatch, kernel_ok: bool, caplog) -> None:
     """Block on the emulated cuSPARSELt path (Triton prune+compress under the interpreter): the kernel prunes
     x[..., order], the GEMM multiplies the column-permuted weight copy; the result is the eager model pruned in
-    the orders, to bf16 rounding (as without them)."""
+    the orders, to bf16 rounding (as without them). Where the kernel's permutation fails its self-check (here it
+    is made to ignore the order), the order is gathered in the graph instead: logged, reported, same result."""
+    monkeypatch.setattr(self_check, "_CHECKED", {})
+    if not kernel_ok:
+        launch = self_check.launch
+        monkeypatch.setattr(self_check, "launch", lambda *args, order=None, **kwargs: launch(*args, **kwargs))
     with torch.random.fork_rng(devices=[]):  # Block's weights as _emulated makes them
         torch.manual_seed(0)
         block = Block().to(torch.bfloat16)
@@ -230,9 +237,9 @@ def test_the_emulated_fast_path_prunes_the_gathered_activation(monkeypatch) -> N
         dense = model(x, scale)
     sparse = [layer for r in reports for layer in r.layers if layer.sparse]
     assert {layer.name for layer in sparse} == set(names)
-    assert all(
-        layer.path == "cusparselt" and "channels permuted (in the prune kernel)" in layer.reason for layer in sparse
-    )
+    where = "in the prune kernel" if kernel_ok else "in the graph: the prune kernel's permutation failed its self"
+    assert all(layer.path == "cusparselt" and f"channels permuted ({where}" in layer.reason for layer in sparse)
+    assert kernel_ok or "permuting a channel order does not match" in caplog.text
     assert rel(out, dense) > 5e-2  # pruning ran
     assert rel(out, want) < 5e-2
 

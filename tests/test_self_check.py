@@ -13,7 +13,14 @@ from lynx_compile.config import LynxConfig
 from lynx_compile.passes import legality
 from lynx_compile.semantics import norm_partials, quantise_fp8_rows, with_ones_column
 
-VARIANTS = [{}, {"ones_column": True}, {"norms": True}, {"fp8": True}]
+VARIANTS = [
+    {},
+    {"ones_column": True},
+    {"norms": True},
+    {"fp8": True},
+    {"ordered": True},
+    {"ordered": True, "norms": True},
+]
 
 
 @pytest.fixture
@@ -23,7 +30,7 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=["plain", "ones_column", "norms", "fp8"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=["plain", "ones_column", "norms", "fp8", "ordered", "ordered_norms"])
 def test_every_variant_passes_against_the_reference_layout(emulated, variant, caplog):
     with caplog.at_level(logging.WARNING, logger="lynx_compile"):
         assert self_check.fast_compress_ok("cpu", torch.bfloat16, **variant)

@@ -447,8 +447,14 @@ def compressed_buffers(
     return out, raw, meta, args
 
 
-def compile_tiles(x: torch.Tensor, m_pad: int, ones_column: bool = False, norms: torch.Tensor | None = None) -> None:
-    """Compile the kernel (the variant that ``ones_column`` and ``norms`` select, as in ``launch``)
+def compile_tiles(
+    x: torch.Tensor,
+    m_pad: int,
+    ones_column: bool = False,
+    norms: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
+) -> None:
+    """Compile the kernel (the variant that ``ones_column``, ``norms`` and ``order`` select, as in ``launch``)
     for every tile the autotuner may pick, side by side on threads (Triton's ``AsyncCompileMode``;
     its compiles release the GIL), instead of one after another at the first launches: 0.4-0.9 s
     each. Where that Triton has no async mode, or one is active, the first launches compile them."""
@@ -459,4 +465,4 @@ def compile_tiles(x: torch.Tensor, m_pad: int, ones_column: bool = False, norms:
         return
     with ThreadPoolExecutor(len(tile_configs())) as pool, async_compile.AsyncCompileMode(pool):
         for config in tile_configs():
-            launch(x, m_pad, config, ones_column, warmup=True, norms=norms)
+            launch(x, m_pad, config, ones_column, warmup=True, norms=norms, order=order)

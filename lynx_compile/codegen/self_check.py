@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from ..semantics import BIAS_COLUMNS, norm_partials, round_up, with_low_rank_columns
+from ..semantics import BIAS_COLUMNS, ORDER_BLOCK, norm_partials, round_up, with_low_rank_columns
 from .cusparselt import compress_compat, compress_compat_fp8
 from .cusparselt_layout import CSLT_MULTIPLE, FP8_MULTIPLE, probe_matrix, same_compressed
 from .prune_compress import compile_tiles, launch, norms_buffer, tile_configs
@@ -23,7 +23,7 @@ from .prune_quantise_compress import tile_configs as fp8_tile_configs
 
 log = logging.getLogger("lynx_compile")
 
-_CHECKED: dict[tuple[str, torch.dtype, int | None, bool, bool, bool, bool], bool] = {}
+_CHECKED: dict[tuple[str, torch.dtype, int | None, bool, bool, bool, bool, bool], bool] = {}
 
 
 def fast_compress_ok(
@@ -34,6 +34,7 @@ def fast_compress_ok(
     norms: bool = False,
     fp8: bool = False,
     low_rank: bool = False,
+    ordered: bool = False,
 ) -> bool:
     """Whether the Triton kernel reproduces the installed cuSPARSELt's layout on this device.
 
@@ -47,13 +48,17 @@ def fast_compress_ok(
     ``torch._cslt_compress(quantise_fp8_rows(prune_2to4(x)))`` and its row scales. ``low_rank``: the kernel
     with a fused low-rank branch's columns (``prune_compress_low_rank``, with and without a ones column),
     against ``torch._cslt_compress`` of ``[x | spread_2to4(u)]`` pruned, u the kernel's own ``round(x A)``.
+    ``ordered``: the kernel permuting a channel order in its tiles (``permute_channels``, with or without
+    ``norms``), against the compression of the gathered x.
     """
     device = torch.device(device)
-    key = (str(device), dtype, torch.backends.cusparselt.version(), ones_column, norms, fp8, low_rank)
+    key = (str(device), dtype, torch.backends.cusparselt.version(), ones_column, norms, fp8, low_rank, ordered)
     if key not in _CHECKED:
         try:
             x = probe_matrix(200, 544 if fp8 else 528, dtype, seed=0).to(device)  # K % 32 for fp8
-            ok, detail = _check_fp8(x) if fp8 else _check_low_rank(x) if low_rank else _check(x, ones_column, norms)
+            ok, detail = (
+                _check_fp8(x) if fp8 else _check_low_rank(x) if low_rank else _check(x, ones_column, norms, ordered)
+            )
         except Exception as e:  # a kernel that cannot run is as unusable as a wrong one
             ok, detail = False, repr(e)
         if not ok:
@@ -67,34 +72,44 @@ def fast_compress_ok(
                 else " with low-rank columns"
                 if low_rank
                 else ""
-            )
+            ) + (" permuting a channel order" if ordered else "")
             log.warning(
-                "lynx: Triton prune+compress%s does not match torch._cslt_compress on %s %s "
-                "(cuSPARSELt %s): %s; using torch._cslt_compress",
+                "lynx: Triton prune+compress%s does not match torch._cslt_compress on %s %s (cuSPARSELt %s): %s; %s",
                 variant,
                 device,
                 dtype,
                 key[2],
                 detail,
+                "gathering the order in the graph" if ordered else "using torch._cslt_compress",
             )
         _CHECKED[key] = ok
     return _CHECKED[key]
 
 
-def _check(x: torch.Tensor, ones_column: bool, norms: bool) -> tuple[bool, str]:
-    """(ok, what differs): every tile of the kernel variant against cuSPARSELt's compression of x."""
+def _check(x: torch.Tensor, ones_column: bool, norms: bool, ordered: bool) -> tuple[bool, str]:
+    """(ok, what differs): every tile of the kernel variant against cuSPARSELt's compression of x (with
+    ``ordered``, of x gathered in a channel order)."""
     m_pad = round_up(x.shape[0], CSLT_MULTIPLE)
     k = x.shape[1] + (BIAS_COLUMNS if ones_column else 0)
-    expected = compress_compat(x, ones_column=ones_column)
-    expected_norms = norm_partials(x) if norms else None
-    compile_tiles(x, m_pad, ones_column, norms_buffer(x) if norms else None)
+    order = block_order(x.shape[1]).to(x.device) if ordered else None
+    gathered = x if order is None else x[:, order].contiguous()
+    expected = compress_compat(gathered, ones_column=ones_column)
+    expected_norms = norm_partials(gathered) if norms else None
+    compile_tiles(x, m_pad, ones_column, norms_buffer(x) if norms else None, order)
     for config in tile_configs():
         sums = norms_buffer(x) if norms else None
-        if not same_compressed(launch(x, m_pad, config, ones_column, norms=sums), expected, m_pad, k):
+        got = launch(x, m_pad, config, ones_column, norms=sums, order=order)
+        if not same_compressed(got, expected, m_pad, k):
             return False, f"layout differs (tile {config.kwargs})"
         if sums is not None and not torch.allclose(sums, expected_norms, rtol=1e-5, atol=0.0, equal_nan=True):
             return False, f"norm sums differ from norm_partials (tile {config.kwargs})"
     return True, ""
+
+
+def block_order(k: int) -> torch.Tensor:
+    """A channel order of k channels as ``permute_channels`` makes them (within blocks of ``ORDER_BLOCK``), fixed
+    and far from the identity: each block reversed."""
+    return torch.cat([torch.arange(s, min(s + ORDER_BLOCK, k)).flip(0) for s in range(0, k, ORDER_BLOCK)])
 
 
 def _check_low_rank(x: torch.Tensor) -> tuple[bool, str]:

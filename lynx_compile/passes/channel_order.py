@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from ..calibration import resolve
+from ..codegen import self_check
 from ..config import LynxConfig
 from .decision import Decision
 from .gemms import GemmSite
@@ -48,20 +49,28 @@ def check(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: Lynx
         resolve(config.calibration).check([(s.name, s.k, s.n) for s in sparse])
 
 
-def in_kernel(decision: Decision) -> bool:
-    """Whether the prune+compress kernel permutes the order in its tiles (the 16-bit standalone kernel, with or
-    without norm sums or a ones column); elsewhere ``x[..., order]`` is a gather in the graph, a pass over x
-    unless Inductor fuses it into x's producer (the fp8 kernel, fused low-rank branches, the reference path)."""
-    return decision.path.on_cusparselt and not decision.fp8 and not decision.low_rank_columns
+def in_kernel(site: GemmSite, decision: Decision, compensate: bool) -> tuple[bool, str]:
+    """(whether the prune+compress kernel permutes the order in its tiles, where the report says it happens).
+    The 16-bit standalone kernel does (with or without norm sums or a ones column) once its self-check passed;
+    elsewhere ``x[..., order]`` is a gather in the graph, a pass over x unless Inductor fuses it into x's producer
+    (the fp8 kernel, fused low-rank branches, the reference path, a kernel that failed its self-check)."""
+    if not decision.path.on_cusparselt or decision.fp8 or decision.low_rank_columns:
+        return False, "in the graph"
+    variant = {"ones_column": decision.fold_bias, "norms": compensate}
+    if not self_check.fast_compress_ok(site.device, site.dtype, ordered=True, **variant):  # logged once
+        return False, "in the graph: the prune kernel's permutation failed its self-check"
+    return True, "in the prune kernel"
 
 
-def annotated(sites: Sequence[GemmSite], decisions: Sequence[Decision], found: Orders) -> list[Decision]:
-    """The decisions, each sparse one in ``found`` saying where its order is gathered."""
+def annotated(
+    sites: Sequence[GemmSite], decisions: Sequence[Decision], found: Orders, compensate: bool
+) -> list[Decision]:
+    """The decisions, each sparse one in ``found`` saying where its order is gathered (``order_in_kernel``)."""
     out = []
     for site, d in zip(sites, decisions, strict=True):
         if d.sparse and site.name in found:
-            where = "in the prune kernel" if in_kernel(d) else "in the graph"
-            d = dataclasses.replace(d, reason=f"{d.reason}; channels permuted ({where})")
+            kernel, where = in_kernel(site, d, compensate)
+            d = dataclasses.replace(d, order_in_kernel=kernel, reason=f"{d.reason}; channels permuted ({where})")
         out.append(d)
     return out
 

@@ -21,6 +21,7 @@ class Decision:
     fallback: str | None = None  # why the reference or compat path rather than the fast one (logged once)
     fp8: bool = False  # option precision="fp8" holds for this GEMM: e4m3 operands (docs/design.md, "FP8")
     low_rank_columns: int = 0  # 2R: the low-rank branches of its activation group in the GEMM (``passes/low_rank.py``)
+    order_in_kernel: bool = False  # permute_channels: the prune kernel permutes x's order (``passes/channel_order.py``)
 
     @classmethod
     def dense(cls, reason: str) -> Decision:

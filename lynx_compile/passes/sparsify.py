@@ -41,7 +41,6 @@ from torch import fx
 from .. import ops
 from ..report import GemmPath, PruneSite
 from ..semantics import compensation_scale, prune_2to4, quantise_fp8_rows
-from . import channel_order
 from .decision import Decision
 from .fold_bias import FoldedWeights, register_constant
 from .gemms import GemmSite
@@ -87,7 +86,7 @@ def sparsify(
                 if x not in order_nodes:
                     name = register_constant(gm, f"_lynx_channel_order_{rewritten}", order)
                     order_nodes[x] = graph.get_attr(name)
-                if channel_order.in_kernel(decision):
+                if decision.order_in_kernel:
                     gather = order_nodes[x]
                 else:
                     if x not in in_order:
@@ -158,7 +157,7 @@ def _prepare(
     """The pruned (reference) or compressed (cuSPARSELt) activation, or its fp8 quantisation with its
     row scales, and the compensation scale. ``a``: fused low-rank branches' A, whose columns the
     compression appends (never with fp8 or compensation). ``order``: the channel order the 16-bit kernel
-    gathers x in (``channel_order.in_kernel``)."""
+    gathers x in (``Decision.order_in_kernel``)."""
     if decision.path == GemmPath.REFERENCE:
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(compensation_scale, (x, pruned)) if compensate else None
