@@ -82,7 +82,7 @@ def compress_2to4(
     self-check fails).
     ``ones_column``: compress ``with_ones_column(x)`` (K + BIAS_COLUMNS), for a GEMM whose weight
     carries the bias (``passes/fold_bias.py``).
-    ``order``: compress ``x[:, order]`` (option ``permute_channels``): the Triton kernel gathers as it loads.
+    ``order``: compress ``x[:, order]`` (option ``permute_channels``): the Triton kernel permutes each tile it loads.
     """
     return _compress(x, rows, method, ones_column, order=order)[0]
 

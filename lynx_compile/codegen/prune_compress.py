@@ -186,9 +186,10 @@ def zero_tail(bytes_ptr, pid_m, TAIL_START, TAIL_BYTES, TAIL_BLOCK: tl.constexpr
 @triton.jit
 def in_order(x, order_ptr, cols, start, K_X):
     """The tile's columns permuted: ``x[:, order[cols] - start]``. The tile is loaded with 16-byte loads and
-    permuted in the SM (``tl.gather``): a gather from memory would issue one 2-byte load per element, and made
-    FLUX's prune kernels instruction-bound. It needs ``order`` to permute within the tile's own columns:
-    ``_checked_order`` holds it to blocks of ``ORDER_BLOCK`` columns, and every tile is whole blocks."""
+    permuted in the SM (``tl.gather``): loaded from memory at permuted offsets (one 2-byte load per element,
+    likely) the order cost FLUX 1.0-1.3 ms per forward (docs/design.md, "Channel order"). It needs ``order`` to
+    permute within the tile's own columns: ``_checked_order`` holds it to blocks of ``ORDER_BLOCK`` columns, and
+    every tile is whole blocks."""
     local = tl.where(cols < K_X, tl.load(order_ptr + cols, mask=cols < K_X, other=0) - start, cols - start)
     return tl.gather(x, tl.broadcast_to(local[None, :], x.shape), axis=1)
 
