@@ -12,10 +12,14 @@ from test_emulated_fast_path import Block, _emulated, _inputs
 from test_low_rank import Qkv
 
 import lynx_compile
-from lynx_compile import Calibration
+from lynx_compile import Calibration, ops
 from lynx_compile.calibration import CalibrationMismatch, balanced_order
 from lynx_compile.codegen import self_check
+from lynx_compile.codegen.cusparselt_layout import compress_reference
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_with_norms
+from lynx_compile.passes import channel_order
+from lynx_compile.passes.decision import Decision
+from lynx_compile.report import GemmPath, PruneSite
 from lynx_compile.semantics import ORDER_BLOCK, prune_2to4, prune_2to4_in_order
 
 OPTIONS = {"min_rows": 16}
@@ -257,3 +261,16 @@ def test_the_kernel_refuses_an_order_across_blocks_and_checks_it_again_after_a_c
     order.copy_(across)
     with pytest.raises(ValueError, match="within its block"):
         prune_compress(x, order=order)
+
+
+def test_the_compat_path_gathers_in_its_op_without_a_kernel_self_check(monkeypatch) -> None:
+    """cusparselt-compat (the Triton kernel failed its self-check): the op gathers x[:, order] before
+    torch._cslt_compress, so no permuting kernel is checked; its result is that of the gathered activation."""
+    monkeypatch.setattr(self_check, "fast_compress_ok", lambda *a, **k: pytest.fail("no kernel to check"))
+    decision = Decision(True, GemmPath.CUSPARSELT_COMPAT, "sparse", prune=PruneSite.CSLT)
+    assert channel_order.in_kernel(None, decision, compensate=False) == (True, "in the compression op")
+    monkeypatch.setattr(torch, "_cslt_compress", compress_reference, raising=False)
+    x = torch.randn(20, 128).to(torch.bfloat16)
+    order = balanced_order(torch.rand(128))
+    got = ops.compress_activation(x, PruneSite.CSLT.value, False, order)
+    assert torch.equal(got, ops.compress_activation(x[:, order].contiguous(), PruneSite.CSLT.value))

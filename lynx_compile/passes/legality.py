@@ -132,7 +132,7 @@ def _prune_site(site: GemmSite, config: LynxConfig, fp8: bool = False) -> tuple[
     if not config.fuse_producers:
         return PruneSite.TRITON, f"{standalone} (fuse_producers=False)"
     if config.permute_channels:
-        return PruneSite.TRITON, f"{standalone} (permute_channels=True: the kernel gathers the channel order)"
+        return PruneSite.TRITON, f"{standalone} (permute_channels=True: the kernel permutes the channel order)"
     if config.compensate and fp8:
         return PruneSite.TRITON, f"{standalone} (compensate=True: the norm sums read x in a kernel of their own)"
     if config.compensate and site.k % NORM_CHUNK:  # the template sums whole chunks in a tile
