@@ -433,8 +433,8 @@ def main() -> None:
         faulthandler.dump_traceback_later(args.case_timeout, exit=True)
         name, batch, *variant = args.case.split(":")
         row = run_case(name, int(batch), args.runs, *variant, max_autotune=args.max_autotune)
+        args.row_json.write_text(json.dumps(dataclasses.asdict(row)))  # first: an outer timeout may come any time
         print(row, flush=True)
-        args.row_json.write_text(json.dumps(dataclasses.asdict(row)))
         return
     stem = result_stem("e2e", args.out)
     meta = stamp({k: v for k, v in vars(args).items() if k not in ("case", "row_json")}, PROTOCOL)
