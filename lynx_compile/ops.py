@@ -226,25 +226,28 @@ def _scaled(out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("lynx::compress_fp8", mutates_args=())
 def compress_fp8(
-    x: torch.Tensor, amax: torch.Tensor | None, rows: int, method: str
+    x: torch.Tensor, amax: torch.Tensor | None, rows: int, method: str, order: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch._cslt_compress(q)`` as flat int64 and the float32 row scales (M,), ``q, scale =
     quantise_fp8_rows(prune_2to4(x zero-padded to rows))``. ``amax``: ``row_amax(x)``, an input so that
     the graph computes it with x's producer and the kernel reads x once; None where nothing needs it.
     ``method``: ``fused`` (Inductor's template, which takes the amax from its own load of x; eager, or
     where the template does not apply, the kernel), ``triton`` (the kernel) or ``cslt`` (its slow exact
-    twin, when the kernel failed its self-check)."""
+    twin, when the kernel failed its self-check). ``order``: of ``x[:, order]`` (option ``permute_channels``):
+    the kernel permutes each tile it loads (the template gathers no order: the kernel runs)."""
     if method in (PruneSite.FUSED, PruneSite.TRITON):
-        compressed, scale = prune_quantise_compress(x, rows, amax=amax)
+        compressed, scale = prune_quantise_compress(x, rows, amax=amax, order=order)
     elif method == PruneSite.CSLT:
-        compressed, scale = cusparselt.compress_compat_fp8(x, rows)
+        compressed, scale = cusparselt.compress_compat_fp8(x if order is None else x.index_select(1, order), rows)
     else:
         raise ValueError(f"unknown fp8 compress method {method!r}; valid: ['fused', 'triton', 'cslt']")
     return compressed.reshape(-1).view(torch.int64), scale
 
 
 @compress_fp8.register_fake
-def _(x: torch.Tensor, amax: torch.Tensor | None, rows: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _(
+    x: torch.Tensor, amax: torch.Tensor | None, rows: int, method: str, order: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     return (
         x.new_empty((compressed_int64_numel(rows, x.shape[1], FP8),), dtype=torch.int64),
         x.new_empty((x.shape[0],), dtype=torch.float32),
@@ -267,14 +270,18 @@ def _(
     return wq.new_empty((rows, wq.shape[0]), dtype=out_dtype)
 
 
-def compress_activation_fp8(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def compress_activation_fp8(
+    x: torch.Tensor, method: str, order: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The compressed e4m3 activation and its row scales, shaped ``x.shape[:-1]``. For the standalone
     kernel the row amax is plain torch ops, traced into the graph, where Inductor can fuse it into the
-    kernel that produces x; the template (``fused``) takes it from its own load of x, and ``cslt`` needs none."""
+    kernel that produces x; the template (``fused``) takes it from its own load of x, and ``cslt`` needs none.
+    ``order``: of ``x[..., order]``, which the kernel (never the template) permutes in its tiles."""
     rows = x.numel() // x.shape[-1]
     x2d = x.reshape(-1, x.shape[-1])
-    amax = row_amax(x2d) if method == PruneSite.TRITON else None
-    compressed, scale = torch.ops.lynx.compress_fp8(x2d, amax, padded_rows(rows), method)
+    kernel = method == PruneSite.TRITON or (method == PruneSite.FUSED and order is not None)
+    amax = row_amax(x2d) if kernel else None
+    compressed, scale = torch.ops.lynx.compress_fp8(x2d, amax, padded_rows(rows), method, order)
     return compressed, scale.view(x.shape[:-1])
 
 

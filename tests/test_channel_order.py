@@ -9,18 +9,27 @@ from helpers import rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_emulated_fast_path import Block, _emulated, _inputs
+from test_fp8_pass import MLP, _emulate_fast_path
 from test_low_rank import Qkv
 
 import lynx_compile
 from lynx_compile import Calibration, ops
 from lynx_compile.calibration import CalibrationMismatch, balanced_order
 from lynx_compile.codegen import self_check
-from lynx_compile.codegen.cusparselt_layout import compress_reference
+from lynx_compile.codegen.cusparselt_layout import FP8_MULTIPLE, compress_reference, probe_matrix, same_compressed
 from lynx_compile.codegen.prune_compress import prune_compress, prune_compress_with_norms
+from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress, tile_configs
 from lynx_compile.passes import channel_order
 from lynx_compile.passes.decision import Decision
 from lynx_compile.report import GemmPath, PruneSite
-from lynx_compile.semantics import ORDER_BLOCK, prune_2to4, prune_2to4_in_order
+from lynx_compile.semantics import (
+    ORDER_BLOCK,
+    fp8_linear,
+    prune_2to4,
+    prune_2to4_in_order,
+    quantise_fp8_rows,
+    round_up,
+)
 
 OPTIONS = {"min_rows": 16}
 
@@ -61,6 +70,21 @@ def test_the_kernel_gathering_the_order_equals_the_kernel_on_the_gathered_activa
     else:
         got, want = prune_compress(x, order=order.int()), prune_compress(gathered)
     assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+@settings(max_examples=12, deadline=None)
+@given(m=st.integers(1, 70), k32=st.integers(1, 20), seed=st.integers(0, 2**16), tile=st.sampled_from(tile_configs()))
+def test_the_fp8_kernel_gathering_the_order_equals_it_on_the_gathered_activation(m, k32, seed, tile) -> None:
+    """The fp8 kernel permutes its tiles as the 16-bit one does: the same bytes and row scales as on x[:, order],
+    with NaN, inf and ties in x (``probe_matrix``), for every tile the autotuner may pick."""
+    k = 32 * k32
+    x = probe_matrix(m, k, torch.bfloat16, seed=seed)
+    order = balanced_order(torch.rand(k, generator=torch.Generator().manual_seed(seed)))
+    got, got_scale = prune_quantise_compress(x, None, tile, order=order)
+    want, want_scale = prune_quantise_compress(x[:, order].contiguous(), None, tile)
+    assert same_compressed(got, want, round_up(m, FP8_MULTIPLE), k)  # the bytes cuSPARSELt reads
+    assert torch.equal(got_scale.nan_to_num(), want_scale.nan_to_num())
+    assert torch.equal(got_scale.isnan(), want_scale.isnan())
 
 
 def test_the_kernel_refuses_an_order_of_another_shape() -> None:
@@ -274,3 +298,38 @@ def test_the_compat_path_gathers_in_its_op_without_a_kernel_self_check(monkeypat
     order = balanced_order(torch.rand(128))
     got = ops.compress_activation(x, PruneSite.CSLT.value, False, order)
     assert torch.equal(got, ops.compress_activation(x[:, order].contiguous(), PruneSite.CSLT.value))
+
+
+@pytest.mark.parametrize("compensate", [False, True], ids=["plain", "compensated"])
+def test_fp8_prunes_in_the_order_in_its_kernel_unless_compensated(monkeypatch, compensate: bool) -> None:
+    """precision="fp8" on the emulated cuSPARSELt path: the fp8 kernel permutes the order in its tiles (no gather
+    in the graph), and the result is the fp8 semantics of the pruning in the order, to rounding. With norm
+    compensation, whose scale Inductor computes from the ordered x, the order is gathered in the graph."""
+    _emulate_fast_path(monkeypatch)
+    torch.manual_seed(0)
+    model = MLP().bfloat16()
+    xs = [torch.randn(2, 40, 64, dtype=torch.bfloat16) * torch.rand(64).add(0.1).bfloat16() for _ in range(2)]
+    calibration = lynx_compile.calibrate(
+        model, xs, options={**OPTIONS, "permute_channels": True, "compensate": compensate}, progress=False
+    )
+    options = {**OPTIONS, "precision": "fp8", "cost_model": False, "cudagraphs": False, "compensate": compensate}
+    n = len(lynx_compile.reports())
+    with torch.no_grad():
+        out = torch.compile(
+            model, backend="lynx", options={**options, "permute_channels": True, "calibration": calibration}
+        )(xs[0])
+    reasons = [layer.reason for r in lynx_compile.reports()[n:] for layer in r.layers if layer.sparse]
+    where = "in the graph)" if compensate else "in the prune kernel)"
+    assert len(reasons) == 2 and all(f"channels permuted ({where}" in reason for reason in reasons)
+    if compensate:
+        return  # the compensated numbers are test_fp8_pass's, gathered as on the reference path
+
+    def layer(lin: torch.nn.Linear, h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        wq, ws = quantise_fp8_rows(lin.weight)
+        out = fp8_linear(prune_2to4_in_order(h, order), wq, ws)
+        return out if lin.bias is None else out + lin.bias
+
+    with torch.no_grad():
+        h = torch.nn.functional.gelu(layer(model.up, xs[0], calibration.orders["up"]))
+        want = layer(model.down, h, calibration.orders["down"])
+    assert rel(out, want) < 2e-2

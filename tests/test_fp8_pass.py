@@ -20,7 +20,7 @@ from lynx_compile.passes import legality
 from lynx_compile.passes.decision import Decision
 from lynx_compile.report import GemmPath, PruneSite
 from lynx_compile.semantics import FP8 as FP8_DTYPE
-from lynx_compile.semantics import fp8_linear, prune_2to4, quantise_fp8_rows
+from lynx_compile.semantics import compensation_scale, fp8_linear, prune_2to4, quantise_fp8_rows
 
 FP8 = {"min_rows": 16, "precision": "fp8"}
 
@@ -157,17 +157,21 @@ def _emulate_fast_path(monkeypatch) -> None:
     torch._dynamo.reset()
 
 
-def test_emulated_fp8_fast_path_equals_the_reference(monkeypatch):
+@pytest.mark.parametrize("compensate", [False, True], ids=["plain", "compensated"])
+def test_emulated_fp8_fast_path_equals_the_reference(monkeypatch, compensate):
     """The fast path's graph (custom ops, fake kernels, the Triton kernel in the interpreter, the
-    epilogue Inductor fuses) on a CPU, cuSPARSELt emulated: the same numbers as the semantics."""
+    epilogue Inductor fuses) on a CPU, cuSPARSELt emulated: the same numbers as the semantics; with norm
+    compensation too, whose scale is computed in the graph (``ops.per_row``)."""
     _emulate_fast_path(monkeypatch)
     lin = nn.Linear(64, 128).bfloat16()
     x = torch.randn(2, 40, 64, dtype=torch.bfloat16)
     n = len(lynx_compile.reports())
+    options = {**FP8, "cost_model": False, "cudagraphs": False, "compensate": compensate}
     with torch.no_grad():
-        out = torch.compile(lin, backend="lynx", options={**FP8, "cost_model": False, "cudagraphs": False})(x)
+        out = torch.compile(lin, backend="lynx", options=options)(x)
         wq, ws = quantise_fp8_rows(lin.weight)
-        want = fp8_linear(prune_2to4(x), wq, ws) + lin.bias
+        pruned = prune_2to4(x)
+        want = fp8_linear(pruned, wq, ws, compensation_scale(x, pruned) if compensate else None) + lin.bias
     [report] = lynx_compile.reports()[n:]
     assert report.layers[0].path == GemmPath.CUSPARSELT and report.layers[0].precision == "fp8"
     # the emulated GEMM rounds its float32 accumulator to bf16 before the epilogue (as the GPU's does);

@@ -20,6 +20,7 @@ VARIANTS = [
     {"fp8": True},
     {"ordered": True},
     {"ordered": True, "norms": True},
+    {"ordered": True, "fp8": True},
 ]
 
 
@@ -30,7 +31,9 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=["plain", "ones_column", "norms", "fp8", "ordered", "ordered_norms"])
+@pytest.mark.parametrize(
+    "variant", VARIANTS, ids=["plain", "ones_column", "norms", "fp8", "ordered", "ordered_norms", "ordered_fp8"]
+)
 def test_every_variant_passes_against_the_reference_layout(emulated, variant, caplog):
     with caplog.at_level(logging.WARNING, logger="lynx_compile"):
         assert self_check.fast_compress_ok("cpu", torch.bfloat16, **variant)

@@ -226,11 +226,12 @@ def register() -> None:
 
     @register_lowering(op_fp8, type_promotion_kind=None)
     def _lower_fp8(
-        x: ir.TensorBox, amax: ir.TensorBox | None, rows: int, method: str
+        x: ir.TensorBox, amax: ir.TensorBox | None, rows: int, method: str, order: ir.TensorBox | None = None
     ) -> tuple[ir.TensorBox, ir.TensorBox]:
         k = _template_k(x, rows, method, eligible_fp8)
-        if k is None or amax is not None:  # the template takes the amax from its own load of x
-            return fallback_fp8(x, amax, rows, method)
+        # the template takes the amax from its own load of x, and gathers no channel order
+        if k is None or amax is not None or order is not None:
+            return fallback_fp8(x, amax, rows, method, order)
         return _compress_fp8(x, rows, k)
 
 

@@ -188,7 +188,7 @@ def in_order(x, order_ptr, cols, start, K_X):
     """The tile's columns permuted: ``x[:, order[cols] - start]``. The tile is loaded with 16-byte loads and
     permuted in the SM (``tl.gather``): loaded from memory at permuted offsets (one 2-byte load per element,
     likely) the order cost FLUX 1.0-1.3 ms per forward (docs/design.md, "Channel order"). It needs ``order`` to
-    permute within the tile's own columns: ``_checked_order`` holds it to blocks of ``ORDER_BLOCK`` columns, and
+    permute within the tile's own columns: ``checked_order`` holds it to blocks of ``ORDER_BLOCK`` columns, and
     every tile is whole blocks."""
     local = tl.where(cols < K_X, tl.load(order_ptr + cols, mask=cols < K_X, other=0) - start, cols - start)
     return tl.gather(x, tl.broadcast_to(local[None, :], x.shape), axis=1)
@@ -297,7 +297,7 @@ def prune_compress(
     K, option ``permute_channels``), read in place.
     """
     m_pad = _padded(x, rows)
-    return launch(x, m_pad, _config(m_pad, x.shape[1]), ones_column, order=_checked_order(x, order))
+    return launch(x, m_pad, _config(m_pad, x.shape[1]), ones_column, order=checked_order(x, order))
 
 
 def prune_compress_with_norms(
@@ -307,10 +307,10 @@ def prune_compress_with_norms(
     of squares that norm compensation needs (``semantics.scale_from_partials``), without reading x again."""
     m_pad = _padded(x, rows)
     norms = norms_buffer(x)
-    return launch(x, m_pad, _config(m_pad, x.shape[1]), norms=norms, order=_checked_order(x, order)), norms
+    return launch(x, m_pad, _config(m_pad, x.shape[1]), norms=norms, order=checked_order(x, order)), norms
 
 
-def _checked_order(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor | None:
+def checked_order(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor | None:
     """``order``, checked (``semantics.check_order``) the first time the kernel sees it and after each in-place
     change: the check reads it back from the device, so a model's order buffers pay it once, before any CUDA
     graph is captured, not per call."""

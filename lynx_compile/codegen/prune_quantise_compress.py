@@ -29,7 +29,7 @@ import triton.testing
 
 from ..semantics import FP8, FP8_SCALE_EXP_MIN, round_up
 from .cusparselt_layout import FP8_MULTIPLE, FP8_TILE_COLS, TILE_ROWS, compressed_shape, metadata_nbytes
-from .prune_compress import INTERPRET, MAGNITUDE_BITS, checked_rows, fixed_tile, select_2to4
+from .prune_compress import INTERPRET, MAGNITUDE_BITS, checked_order, checked_rows, fixed_tile, in_order, select_2to4
 
 
 @triton.jit
@@ -147,6 +147,7 @@ def quantise_compress_kernel(
     values_ptr,
     meta_ptr,
     scale_ptr,
+    order_ptr,
     M,
     M_PAD,
     K,
@@ -158,6 +159,7 @@ def quantise_compress_kernel(
     IS_BF16: tl.constexpr,
     EXP_MIN: tl.constexpr,
     HW_CAST: tl.constexpr,
+    ORDERED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -173,6 +175,8 @@ def quantise_compress_kernel(
 
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=in_x[:, None] & (cols < K)[None, :], other=0.0)
+    if ORDERED:  # option permute_channels: the row's amax, so its scale, does not depend on the order
+        x = in_order(x, order_ptr, cols, pid_k * BLOCK_K, K)
     first, last, q_first, q_last = select_quantised(x, s[:, None], ABS_MASK, MAG_MAX, IS_BF16, HW_CAST)
     vals = tl.reshape(tl.join(q_first, q_last), (BLOCK_M, BLOCK_K // 2)).to(tl.uint8)
     vcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
@@ -215,6 +219,7 @@ def prune_quantise_compress(
     rows: int | None = None,
     config: triton.Config | None = None,
     amax: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(torch._cslt_compress(q), scale)``, ``q, scale = quantise_fp8_rows(prune_2to4(x zero-padded to rows))``.
 
@@ -224,10 +229,13 @@ def prune_quantise_compress(
     it is computed beside x's producer, so that this pass reads x once. Returns the compressed e4m3
     operand (``compressed_shape(rows, K, FP8)``) and the float32 row scales, shape (M,): NaN for a row
     with a NaN or inf (``semantics.quantise_fp8_rows``). ``config``: one of ``tile_configs()`` (the
-    self-check runs each); default: fixed for small inputs and the interpreter, else autotuned.
+    self-check runs each); default: fixed for small inputs and the interpreter, else autotuned. ``order``:
+    quantise and compress ``x[:, order]`` (option ``permute_channels``), permuted in each tile as
+    ``prune_compress`` does; the scales are the same, as the amax is.
     """
     m_pad = checked_rows(x, rows, FP8_MULTIPLE, "prune_quantise_compress", index_rows=TILE_ROWS)
     m, k = x.shape
+    order = checked_order(x, order)
     if amax is None:
         amax = row_amax(x)
     elif amax.shape != (m,) or amax.dtype != x.dtype or amax.device != x.device:
@@ -253,15 +261,17 @@ def prune_quantise_compress(
         IS_BF16=x.dtype == torch.bfloat16,
         EXP_MIN=FP8_SCALE_EXP_MIN,
         HW_CAST=HW_CAST,
+        ORDERED=order is not None,
     )
 
     def grid(cfg: dict[str, int]) -> tuple[int, int]:
         return meta_rows // cfg["BLOCK_M"], triton.cdiv(k, cfg["BLOCK_K"])
 
     amax = amax.contiguous()  # the kernel indexes it by row
+    operands = (x, amax, raw, meta, scale, scale if order is None else order)  # order: read only if ORDERED
     if config is None and not fixed_tile(m_pad, k):
-        quantise_compress_autotuned[grid](x, amax, raw, meta, scale, **args)
+        quantise_compress_autotuned[grid](*operands, **args)
     else:
         config = config or _FIXED
-        quantise_compress_kernel[grid(config.kwargs)](x, amax, raw, meta, scale, **args, **config.all_kwargs())
+        quantise_compress_kernel[grid(config.kwargs)](*operands, **args, **config.all_kwargs())
     return out, scale

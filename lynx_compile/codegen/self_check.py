@@ -49,7 +49,7 @@ def fast_compress_ok(
     with a fused low-rank branch's columns (``prune_compress_low_rank``, with and without a ones column),
     against ``torch._cslt_compress`` of ``[x | spread_2to4(u)]`` pruned, u the kernel's own ``round(x A)``.
     ``ordered``: the kernel permuting a channel order in its tiles (``permute_channels``, with or without
-    ``norms``), against the compression of the gathered x.
+    ``norms``, and the fp8 kernel), against the compression of the gathered x.
     """
     device = torch.device(device)
     key = (str(device), dtype, torch.backends.cusparselt.version(), ones_column, norms, fp8, low_rank, ordered)
@@ -57,7 +57,11 @@ def fast_compress_ok(
         try:
             x = probe_matrix(200, 544 if fp8 else 528, dtype, seed=0).to(device)  # K % 32 for fp8
             ok, detail = (
-                _check_fp8(x) if fp8 else _check_low_rank(x) if low_rank else _check(x, ones_column, norms, ordered)
+                _check_fp8(x, ordered)
+                if fp8
+                else _check_low_rank(x)
+                if low_rank
+                else _check(x, ones_column, norms, ordered)
             )
         except Exception as e:  # a kernel that cannot run is as unusable as a wrong one
             ok, detail = False, repr(e)
@@ -128,12 +132,14 @@ def _check_low_rank(x: torch.Tensor) -> tuple[bool, str]:
     return True, ""
 
 
-def _check_fp8(x: torch.Tensor) -> tuple[bool, str]:
-    """(ok, what differs): the fp8 kernel against cuSPARSELt's compression of the quantised pruning."""
+def _check_fp8(x: torch.Tensor, ordered: bool) -> tuple[bool, str]:
+    """(ok, what differs): the fp8 kernel against cuSPARSELt's compression of the quantised pruning (with
+    ``ordered``, of x gathered in a channel order)."""
     m_pad = round_up(x.shape[0], FP8_MULTIPLE)
-    expected, expected_scale = compress_compat_fp8(x, m_pad)
+    order = block_order(x.shape[1]).to(x.device) if ordered else None
+    expected, expected_scale = compress_compat_fp8(x if order is None else x[:, order], m_pad)
     for config in fp8_tile_configs():
-        got, scale = prune_quantise_compress(x, m_pad, config)
+        got, scale = prune_quantise_compress(x, m_pad, config, order=order)
         if not same_compressed(got, expected, m_pad, x.shape[1]):
             return False, f"fp8 layout differs (tile {config.kwargs})"
         if not torch.equal(scale.nan_to_num(), expected_scale.nan_to_num()) or not torch.equal(

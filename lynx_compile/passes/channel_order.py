@@ -52,15 +52,16 @@ def check(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: Lynx
 
 def in_kernel(site: GemmSite, decision: Decision, compensate: bool) -> tuple[bool, str]:
     """(whether the prune+compress kernel permutes the order in its tiles, where the report says it happens).
-    The 16-bit standalone kernel does (with or without norm sums or a ones column) once its self-check passed, and
-    the ``cusparselt-compat`` op gathers before ``torch._cslt_compress`` (no kernel of its own to check);
-    elsewhere ``x[..., order]`` is a gather in the graph, a pass over x unless Inductor fuses it into x's producer
-    (the fp8 kernel, fused low-rank branches, the reference path, a kernel that failed its self-check)."""
-    if not decision.path.on_cusparselt or decision.fp8 or decision.low_rank_columns:
+    The standalone kernels do (16-bit with or without norm sums or a ones column, and fp8) once their self-check
+    passed, and the ``cusparselt-compat`` op gathers before ``torch._cslt_compress`` (no kernel of its own to
+    check); elsewhere ``x[..., order]`` is a gather in the graph, a pass over x unless Inductor fuses it into x's
+    producer (fused low-rank branches, fp8 with norm compensation, whose scale Inductor computes from the ordered
+    x, the reference path, a kernel that failed its self-check)."""
+    if not decision.path.on_cusparselt or decision.low_rank_columns or (decision.fp8 and compensate):
         return False, "in the graph"
     if decision.prune == PruneSite.CSLT:  # cusparselt-compat: the op gathers before torch._cslt_compress
         return True, "in the compression op"
-    variant = {"ones_column": decision.fold_bias, "norms": compensate}
+    variant = {"fp8": True} if decision.fp8 else {"ones_column": decision.fold_bias, "norms": compensate}
     if not self_check.fast_compress_ok(site.device, site.dtype, ordered=True, **variant):  # logged once
         return False, "in the graph: the prune kernel's permutation failed its self-check"
     return True, "in the prune kernel"

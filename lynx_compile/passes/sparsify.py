@@ -6,9 +6,9 @@
     bias folded        ->   c = compress_activation(x, method, ones_column=True)
                             sparse_linear(c, x, Wb, alg_id)           # Wb = [W | b | 0...], a buffer
     reference path     ->   p = prune_2to4(x); reference_linear(p, W[, scale]) + b
-    permute_channels   ->   c = compress_activation(x, method, ..., order)   # the 16-bit kernel gathers x[:, order]
+    permute_channels   ->   c = compress_activation(x, method, ..., order)   # the kernel gathers x[:, order]
                             ... Wo = W[:, order] (a buffer, with b and B^T columns as above; fp8: quantised)
-                            fp8, fused low rank, reference path: xo = x[..., order] in the graph, then as above
+                            fused low rank, fp8 compensated, reference path: xo = x[..., order] in the graph
     low_rank           ->   u = x @ A                                 # once per x and A (q, k, v share A)
                             ... + u @ B                               # A and B buffers
     ... fused          ->   c = compress_activation_low_rank(x, A[, ones_column=True])   # A: the group's, a buffer
@@ -156,8 +156,8 @@ def _prepare(
 ) -> tuple[fx.Node, fx.Node | None, fx.Node | None]:
     """The pruned (reference) or compressed (cuSPARSELt) activation, or its fp8 quantisation with its
     row scales, and the compensation scale. ``a``: fused low-rank branches' A, whose columns the
-    compression appends (never with fp8 or compensation). ``order``: the channel order the 16-bit kernel
-    gathers x in (``Decision.order_in_kernel``)."""
+    compression appends (never with fp8 or compensation). ``order``: the channel order the kernel gathers x
+    in (``Decision.order_in_kernel``)."""
     if decision.path == GemmPath.REFERENCE:
         pruned = graph.call_function(prune_2to4, (x,))
         scale = graph.call_function(compensation_scale, (x, pruned)) if compensate else None
@@ -170,11 +170,11 @@ def _prepare(
             )
         return pruned, None, scale
     if decision.fp8:
-        pair = graph.call_function(ops.compress_activation_fp8, (x, decision.prune.value))
+        pair = graph.call_function(ops.compress_activation_fp8, (x, decision.prune.value, order))
         scale = None
         if compensate:  # the fp8 kernel sums no norms: Inductor computes them in a kernel of its own
             scale = graph.call_function(compensation_scale, (x, graph.call_function(prune_2to4, (x,))))
-            scale = graph.call_function(ops.per_row, (scale,))
+            scale = graph.call_function(torch.ops.lynx.per_row.default, (scale,))  # the OpOverload: FX names it
         return (
             graph.call_function(operator.getitem, (pair, 0)),
             graph.call_function(operator.getitem, (pair, 1)),

@@ -8,6 +8,7 @@ from helpers import rel
 
 import lynx_compile
 from lynx_compile import PruneSite, ops, zoo
+from lynx_compile.calibration import balanced_order
 from lynx_compile.codegen import cusparselt, self_check
 from lynx_compile.codegen.cusparselt_layout import compressed_shape, padded_rows, probe_matrix, same_compressed
 from lynx_compile.codegen.prune_quantise_compress import prune_quantise_compress, row_amax
@@ -27,6 +28,20 @@ def test_kernel_is_bit_exact_with_cslt_compress_of_the_quantised_pruning(dtype, 
     q, want_scale = quantise_fp8_rows(prune_2to4(F.pad(x, (0, 0, 0, rows - m))))
     want = torch._cslt_compress(q)
     assert same_compressed(got, want, rows, k)
+    assert torch.equal(scale.nan_to_num(), want_scale[:m].nan_to_num())
+    assert torch.equal(scale.isnan(), want_scale[:m].isnan())
+
+
+@pytest.mark.parametrize("m, k", [(4608, 3072), (4096, 12288), (200, 544)])
+def test_kernel_permuting_its_tiles_is_bit_exact_with_cslt_compress_of_the_gathered(m, k):
+    """Option permute_channels with fp8: every tile the autotuner picks permutes what it loaded (``tl.gather``
+    on the GPU), and its bytes and scales are those of the gathered activation."""
+    x = probe_matrix(m, k, torch.bfloat16, seed=m + k).cuda()
+    order = balanced_order(torch.rand(k)).cuda()
+    rows = padded_rows(m)
+    got, scale = prune_quantise_compress(x, rows, order=order)
+    q, want_scale = quantise_fp8_rows(prune_2to4(F.pad(x[:, order], (0, 0, 0, rows - m))))
+    assert same_compressed(got, torch._cslt_compress(q), rows, k)
     assert torch.equal(scale.nan_to_num(), want_scale[:m].nan_to_num())
     assert torch.equal(scale.isnan(), want_scale[:m].isnan())
 
@@ -55,9 +70,10 @@ def test_the_amax_a_compiled_graph_computes_gives_cusparselts_bytes(dtype):
     assert torch.equal(scale.isnan(), want_scale[:1000].isnan())
 
 
-def test_self_check_passes():
+@pytest.mark.parametrize("ordered", [False, True], ids=["plain", "ordered"])
+def test_self_check_passes(ordered):
     self_check._CHECKED.clear()
-    assert self_check.fast_compress_ok("cuda", torch.bfloat16, fp8=True)
+    assert self_check.fast_compress_ok("cuda", torch.bfloat16, fp8=True, ordered=ordered)
 
 
 def test_fp8_linear_matches_the_reference_path():
