@@ -147,6 +147,7 @@ VARIANTS: dict[str, Variant] = {
     "budget_lo": Variant({"error_budget": 0.05}),
     "budget_hi": Variant({"error_budget": 0.2}),
     "permute": Variant({"permute_channels": True}),
+    "fp8_permute": Variant({"precision": "fp8", "permute_channels": True}),
     # the recovery that meets the quality targets on the yardstick (CPU): its cost on FLUX
     "permute_budget_hi": Variant({"permute_channels": True, "error_budget": 0.2}),
     "permute_budget_hi_lowrank32": Variant({"permute_channels": True, "error_budget": 0.2, "low_rank": 32}),
@@ -303,11 +304,11 @@ Qwen-Image's double-stream blocks, zimage = Z-Image's main blocks after its 2 + 
 defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensation); `variant=fp8` adds
 `precision="fp8"`, `fp8_fused` also `fuse_producers=True`; `variant=budget_lo` / `budget_hi` add
 `error_budget=0.05` / `0.2` (sensitivities measured on the case's random weights and inputs: which layers stay
-dense, not a quality figure); `variant=lowrankR` adds
-`low_rank=R`, calibrated on one call of the case's random inputs (the branch's cost, not its quality; the
-cost model keeps dense the GEMMs whose branch eats their gain); `variant=permute` adds `permute_channels=True`,
-calibrated the same way (the order's cost), `permute_budget_hi` and `permute_budget_hi_lowrank32` add it to
-`budget_hi` and to `budget_hi` with `low_rank=32`; `torchao_fp8_*`: torchao's dense fp8 (per-row
+dense, not a quality figure); `variant=lowrankR` adds `low_rank=R`, calibrated on one call of the case's random
+inputs (the branch's cost, not its quality; the cost model keeps dense the GEMMs whose branch eats their gain);
+`variant=permute` adds `permute_channels=True`, calibrated the same way (the order's cost), `fp8_permute` adds it
+with `precision="fp8"`, `permute_budget_hi` and `permute_budget_hi_lowrank32` add it to `budget_hi` and to
+`budget_hi` with `low_rank=32`; `torchao_fp8_*`: torchao's dense fp8 (per-row
 `Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`,
 `set_inductor_config=False`: Inductor's settings as for dense and lynx), timed in the same run. `*_ms`: CUDA events
 around each synchronised call (the GPU also waits for the call's ~1 ms of CPU work: guards, CUDA-graph input
