@@ -105,7 +105,8 @@ def test_kernel_compiles_for_sm90_with_every_tile_and_variant():
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_fp8_kernel_compiles_for_sm90_with_the_hardware_conversion(dtype):
-    """Every tile, with x and its row amax in ``dtype`` and the e4m3 conversion instruction the GPU path uses."""
+    """Every tile, with x and its row amax in ``dtype`` and the e4m3 conversion instruction the GPU path uses;
+    plain and permuting a channel order in its tiles (permute_channels)."""
     bits, bf16 = (BF16, True) if dtype == "bf16" else (FP16, False)
     spec = dict(
         module="lynx_compile.codegen.prune_quantise_compress",
@@ -116,8 +117,12 @@ def test_fp8_kernel_compiles_for_sm90_with_the_hardware_conversion(dtype):
             "values_ptr": "*u8",
             "meta_ptr": "*u8",
             "scale_ptr": "*fp32",
+            "order_ptr": "*i64",
         },
         tiles="tile_configs",
-        variants=[{**bits, "IS_BF16": bf16, "EXP_MIN": FP8_SCALE_EXP_MIN, "HW_CAST": True}],
+        variants=[
+            {**bits, "IS_BF16": bf16, "EXP_MIN": FP8_SCALE_EXP_MIN, "HW_CAST": True, "ORDERED": ordered}
+            for ordered in (False, True)
+        ],
     )
-    assert _compile(spec).count("compiled") == 5
+    assert _compile(spec).count("compiled") == 10
