@@ -127,6 +127,26 @@ def test_a_transform_variant_runs_what_it_returns() -> None:
     assert result.rows[1]["psnr_db"] is None and result.rows[1]["ssim"] == 1.0 and result.rows[1]["options"] is None
 
 
+def test_a_run_cut_short_keeps_the_rows_it_measured(tmp_path: Path) -> None:
+    """The files are written after each configuration: a configuration that fails leaves the earlier rows."""
+
+    def broken(module: torch.nn.Module) -> torch.nn.Module:
+        raise RuntimeError("out of time")
+
+    with pytest.raises(RuntimeError, match="out of time"):
+        compare(
+            tiny_pipeline(),
+            ["a small red circle top left, plain background"],
+            {"copy": Variant(transform=copy.deepcopy), "broken": Variant(transform=broken)},
+            steps=1,
+            out=tmp_path,
+            progress=False,
+        )
+    rows = json.loads((tmp_path / "quality.json").read_text())["rows"]
+    assert [row["config"] for row in rows] == ["dense", "copy"] and rows[1]["ssim"] == 1.0
+    assert (tmp_path / "quality.png").exists() and "| copy |" in (tmp_path / "quality.md").read_text()
+
+
 def test_captured_rows_are_spread_over_the_guidance_batch() -> None:
     """Two prompts with classifier-free guidance are 4 transformer rows, [uncond; cond]: 2 rows are 0 and 3."""
     pipe, prompts = tiny_pipeline(), ["a small red circle top left, plain background"] * 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import inspect as pyinspect
 import json
 import logging
@@ -171,7 +172,7 @@ def compare(
     distance (both: ``lynx_compile.yardstick.evaluator``). The per-GEMM error is measured at the
     steps ``rel_err_steps`` (default every 4th) of the first batch, on ``rel_err_rows`` of its
     transformer's batch rows spread over the batch (default: all). ``out``: a directory for
-    ``quality.{json,md,png}``.
+    ``quality.{json,md,png}``, written after each configuration (a run cut short keeps what it measured).
     """
     variants = _variants(DEFAULT_CONFIGS if configs is None else configs)
     runner = _Runner(pipe, prompts, seeds, steps, guidance_scale, pipe_kwargs, batch_size)
@@ -186,6 +187,17 @@ def compare(
     rows: list[dict[str, Any]] = []
     images: dict[str, torch.Tensor] = {}
     captured: dict[int, Inputs] = {}
+    reference_features = None
+    if evaluator is not None and reference_images is not None:
+        reference_features = features(evaluator, reference_images)
+    grade = functools.partial(_grade, images=images, evaluator=evaluator, scenes=scenes, reference=reference_features)
+    result = QualityResult(
+        rows,
+        images,
+        {},
+        [p if isinstance(p, str) else f"prompt {i}" for i, p in enumerate(prompts)],
+        str(_dtype(transformer)).removeprefix("torch."),
+    )
     with torch.no_grad(), bar, runner.quiet(), follow_steps(pipe):  # for option dense_steps
         for name, variant in variants.items():
             bar.set_postfix_str(name)
@@ -197,79 +209,94 @@ def compare(
                     images[name], seconds = runner.sample(transformer)
                 finally:
                     hook.remove()
-                rows.append(_row(name, None, seconds, sparse=[], rel_err=None))
-                continue
-            module = variant.transform(transformer) if variant.transform else transformer
-            options = None if variant.options is None else LynxConfig.from_options(variant.options)
-            if options is None:
-                images[name], seconds = runner.sample(module)
-                rows.append(_row(name, variant, seconds, sparse=[], rel_err=None))
-                continue
-            # A fresh compile, so that this configuration's reports are its own: Dynamo would otherwise reuse
-            # code compiled for an equal configuration (of this or another instance of the same model class).
-            torch.compiler.reset()
-            before = len(reports())
-            compiled = torch.compile(module, backend="lynx", options=options, dynamic=False)
-            for args, kwargs in variant.warmup:
-                compiled(*args, **kwargs)
-            images[name], seconds = runner.sample(compiled)
-            new = reports()[before:]
-            if not new:
-                raise RuntimeError(
-                    f"config {name!r}: torch.compile never called the lynx backend (the transformer "
-                    "ran eagerly), so its images are not lynx's"
-                )
-            sparse = [layer for report in new for layer in report.layers if layer.sparse]
-            rel_err = (
-                _mean_rel_err(module, list(captured.values()), options, {layer.name for layer in sparse})
-                if sparse
-                else 0.0
-            )
-            rows.append(_row(name, variant, seconds, sparse=sparse, rel_err=rel_err))
+                rows.append(grade(_row(name, None, seconds, sparse=[], rel_err=None)))
+            else:
+                images[name], row = _sample_variant(runner, transformer, name, variant, list(captured.values()))
+                rows.append(grade(row))
+            result.meta = _meta(rows, transformer, pipe, model, len(prompts), steps, runner.guidance)
+            if out is not None:  # after every configuration: a run cut short keeps what it measured
+                result.files = write(result, Path(out))
+    return result
 
-    dense = images[DENSE]
-    if evaluator is not None and reference_images is not None:
-        reference_features = features(evaluator, reference_images)
-    for row in rows:
-        sample = images[row["config"]]
-        row["nonfinite"] = (~sample.isfinite()).float().mean().item()  # share of nan/inf pixels: 0 unless broken
-        if row["nonfinite"]:
-            log.warning(
-                "lynx quality: config %r drew %.2f%% nan or inf pixels; its metrics are not meaningful",
-                row["config"],
-                100 * row["nonfinite"],
-            )
-        if row["config"] != DENSE:
-            row["psnr_db"] = _finite_or_none(psnr(sample, dense).mean().item())
-            row["ssim"] = ssim(sample, dense).mean().item()
-        if evaluator is not None and scenes is not None:
-            row["adherence"] = float(adherence(evaluator, sample, list(scenes)))
-        if evaluator is not None and reference_images is not None:
-            row["fid_like"] = _finite_or_none(frechet_distance(features(evaluator, sample), reference_features))
+
+def _sample_variant(
+    runner: _Runner, transformer: torch.nn.Module, name: str, variant: Variant, captured: list[Inputs]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Sample one configuration (a fresh compile for a lynx one): its images and its row, ungraded."""
+    module = variant.transform(transformer) if variant.transform else transformer
+    options = None if variant.options is None else LynxConfig.from_options(variant.options)
+    if options is None:
+        images, seconds = runner.sample(module)
+        return images, _row(name, variant, seconds, sparse=[], rel_err=None)
+    # A fresh compile, so that this configuration's reports are its own: Dynamo would otherwise reuse
+    # code compiled for an equal configuration (of this or another instance of the same model class).
+    torch.compiler.reset()
+    before = len(reports())
+    compiled = torch.compile(module, backend="lynx", options=options, dynamic=False)
+    for args, kwargs in variant.warmup:
+        compiled(*args, **kwargs)
+    images, seconds = runner.sample(compiled)
+    new = reports()[before:]
+    if not new:
+        raise RuntimeError(
+            f"config {name!r}: torch.compile never called the lynx backend (the transformer "
+            "ran eagerly), so its images are not lynx's"
+        )
+    sparse = [layer for report in new for layer in report.layers if layer.sparse]
+    rel_err = _mean_rel_err(module, captured, options, {layer.name for layer in sparse}) if sparse else 0.0
+    return images, _row(name, variant, seconds, sparse=sparse, rel_err=rel_err)
+
+
+def _grade(
+    row: dict[str, Any],
+    *,
+    images: dict[str, torch.Tensor],
+    evaluator: Any,
+    scenes: Sequence[Any] | None,
+    reference: torch.Tensor | None,
+) -> dict[str, Any]:
+    """``row`` with its metrics: against the dense samples (sampled first), and by the evaluator."""
+    sample = images[row["config"]]
+    row["nonfinite"] = (~sample.isfinite()).float().mean().item()  # share of nan/inf pixels: 0 unless broken
+    if row["nonfinite"]:
+        log.warning(
+            "lynx quality: config %r drew %.2f%% nan or inf pixels; its metrics are not meaningful",
+            row["config"],
+            100 * row["nonfinite"],
+        )
+    if row["config"] != DENSE:
+        row["psnr_db"] = _finite_or_none(psnr(sample, images[DENSE]).mean().item())
+        row["ssim"] = ssim(sample, images[DENSE]).mean().item()
+    if evaluator is not None and scenes is not None:
+        row["adherence"] = float(adherence(evaluator, sample, list(scenes)))
+    if reference is not None:
+        row["fid_like"] = _finite_or_none(frechet_distance(features(evaluator, sample), reference))
+    return row
+
+
+def _meta(
+    rows: list[dict[str, Any]],
+    transformer: torch.nn.Module,
+    pipe: Any,
+    model: str | None,
+    captions: int,
+    steps: int,
+    guidance: float | None,
+) -> dict[str, Any]:
     paths = sorted({p for row in rows for p in row["path"].split(",") if p != DENSE}) or [DENSE]
     device = _device(transformer)
-    meta = {
+    return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "torch": torch.__version__,
         "triton": triton.__version__,
         "commit": source_commit(),
         "date": datetime.date.today().isoformat(),
         "model": model or _model_name(pipe, transformer),
-        "captions": len(prompts),
+        "captions": captions,
         "steps": steps,
-        "guidance": runner.guidance,
+        "guidance": guidance,
         "path": ",".join(paths),
     }
-    result = QualityResult(
-        rows,
-        images,
-        meta,
-        [p if isinstance(p, str) else f"prompt {i}" for i, p in enumerate(prompts)],
-        str(_dtype(transformer)).removeprefix("torch."),
-    )
-    if out is not None:
-        result.files = write(result, Path(out))
-    return result
 
 
 def write(result: QualityResult, out: Path) -> list[Path]:
