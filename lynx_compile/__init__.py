@@ -6,8 +6,6 @@ report = lynx_compile.inspect(model, *args, **kwargs)
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.lynx.*)
@@ -44,9 +42,9 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-logging.getLogger("lynx_compile").addHandler(logging.NullHandler())
-# Shell: TORCH_LOGS=+lynx_compile (debug) or TORCH_LOGS=lynx_compile (info); Python:
-# torch._logging.set_logs(modules={"lynx_compile": logging.INFO}).
+# No NullHandler: where the application configures no logging, Python's last-resort handler prints the
+# fallbacks' warnings (each once) to stderr, so that none is silent. More: TORCH_LOGS=+lynx_compile (debug) or
+# TORCH_LOGS=lynx_compile (info); Python: torch._logging.set_logs(modules={"lynx_compile": logging.INFO}).
 
 inductor_lowering.register()  # prune+compress fused into producers (docs/design.md, "Producer fusion")
 

@@ -2,6 +2,8 @@
 
 import functools
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -214,6 +216,20 @@ def test_cpu_reference_path_is_logged_once(caplog, monkeypatch):
             torch.compile(nn.Linear(32, n).eval(), backend="lynx", options={"min_rows": 1})(torch.randn(8, 32))
     assert caplog.text.count("run on the reference path") == 1
     assert "cpu has no sparse tensor cores" in caplog.text
+
+
+def test_the_fallback_warning_reaches_stderr_where_no_logging_is_configured():
+    """A user who configured no logging still sees each fallback's warning (Python's last-resort handler);
+    the INFO lines stay for TORCH_LOGS=lynx_compile."""
+    code = (
+        "import torch, torch.nn as nn, lynx_compile\n"
+        "with torch.no_grad(): torch.compile(nn.Linear(32, 16), backend='lynx', options={'min_rows': 1})"
+        "(torch.randn(8, 32))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.count("run on the reference path") == 1 and "cpu has no sparse tensor cores" in run.stderr
+    assert sum(line.startswith("lynx: ") for line in run.stderr.splitlines()) == 1  # the decisions are INFO
 
 
 class Qkv(nn.Module):

@@ -116,6 +116,24 @@ def test_fake_inputs_keep_the_graph_dense(toy_sites, caplog):
     assert any("output error not measured" in d.reason for d in decisions)
 
 
+@pytest.mark.parametrize("cost_model", [True, False])
+def test_the_knapsack_values_measured_time_only_with_the_cost_model(toy_sites, monkeypatch, cost_model):
+    """With ``cost_model=False`` nothing is timed, so the knapsack values the FLOPs 2:4 skips (on a small model,
+    measured time would call every GEMM a loss and keep all of them dense, whatever the budget)."""
+    seen = []
+
+    def time_saved(sites, decisions, measured, compensate=False):
+        seen.append(measured)
+        return {i: 1.0 for i, d in enumerate(decisions) if d.sparse}, "GFLOP"
+
+    monkeypatch.setattr(policy.profitability, "time_saved", time_saved)
+    monkeypatch.setattr(policy.profitability, "with_alg", lambda site, d: d)
+    monkeypatch.setattr(policy.profitability, "apply_cost_model", lambda sites, decisions, *a: decisions)
+    config = LynxConfig(min_rows=16, error_budget=0.5, cost_model=cost_model)
+    policy.plan(toy_sites, config, output_error=lambda names: 0.0)
+    assert seen == [cost_model]
+
+
 def test_bad_budget_is_refused():
     with pytest.raises(TypeError, match="error_budget"):
         LynxConfig(error_budget=-0.1)

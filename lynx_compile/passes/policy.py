@@ -48,7 +48,9 @@ def plan(
         if config.cost_model:
             decisions = profitability.apply_cost_model(sites, decisions, config.min_speedup, config.compensate)
     if config.error_budget is not None:
-        saved, unit = profitability.time_saved(sites, decisions, measure, config.compensate)
+        # without the cost model nothing is timed: its FLOP proxy, as on the reference path (on a small model
+        # measured time would call every GEMM a loss and keep all of them dense, whatever the budget)
+        saved, unit = profitability.time_saved(sites, decisions, measure and config.cost_model, config.compensate)
         decisions = sensitivity.within_output_budget(sites, decisions, config.error_budget, output_error, saved, unit)
     return decisions
 

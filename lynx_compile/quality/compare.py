@@ -266,7 +266,7 @@ def _grade(
         )
     if row["config"] != DENSE:
         row["psnr_db"] = _finite_or_none(psnr(sample, images[DENSE]).mean().item())
-        row["ssim"] = ssim(sample, images[DENSE]).mean().item()
+        row["ssim"] = _finite_or_none(ssim(sample, images[DENSE]).mean().item())
     if evaluator is not None and scenes is not None:
         row["adherence"] = float(adherence(evaluator, sample, list(scenes)))
     if reference is not None:
