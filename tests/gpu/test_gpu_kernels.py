@@ -140,7 +140,11 @@ def test_bias_epilogue_is_per_row() -> None:
     assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
 
 
-@pytest.mark.parametrize("variant", [{}, {"ones_column": True}, {"norms": True}], ids=["plain", "ones_column", "norms"])
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"ones_column": True}, {"norms": True}, {"ordered": True}, {"ordered": True, "norms": True}],
+    ids=["plain", "ones_column", "norms", "ordered", "ordered_norms"],
+)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_self_check_passes(dtype: torch.dtype, variant: dict[str, bool]) -> None:
     assert self_check.fast_compress_ok(torch.device("cuda"), dtype, **variant)
