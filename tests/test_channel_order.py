@@ -73,7 +73,12 @@ def test_the_kernel_gathering_the_order_equals_the_kernel_on_the_gathered_activa
 
 
 @settings(max_examples=12, deadline=None)
-@given(m=st.integers(1, 70), k32=st.integers(1, 20), seed=st.integers(0, 2**16), tile=st.sampled_from(tile_configs()))
+@given(
+    m=st.integers(1, 70),
+    k32=st.integers(1, 20),
+    seed=st.integers(0, 2**16),
+    tile=st.sampled_from(tile_configs(ordered=True)),
+)
 def test_the_fp8_kernel_gathering_the_order_equals_it_on_the_gathered_activation(m, k32, seed, tile) -> None:
     """The fp8 kernel permutes its tiles as the 16-bit one does: the same bytes and row scales as on x[:, order],
     with NaN, inf and ties in x (``probe_matrix``), for every tile the autotuner may pick."""

@@ -138,7 +138,7 @@ def _check_fp8(x: torch.Tensor, ordered: bool) -> tuple[bool, str]:
     m_pad = round_up(x.shape[0], FP8_MULTIPLE)
     order = block_order(x.shape[1]).to(x.device) if ordered else None
     expected, expected_scale = compress_compat_fp8(x if order is None else x[:, order], m_pad)
-    for config in fp8_tile_configs():
+    for config in fp8_tile_configs(ordered):
         got, scale = prune_quantise_compress(x, m_pad, config, order=order)
         if not same_compressed(got, expected, m_pad, x.shape[1]):
             return False, f"fp8 layout differs (tile {config.kwargs})"
