@@ -194,7 +194,7 @@ def compare(
     result = QualityResult(
         rows,
         images,
-        {},
+        _meta(transformer, pipe, model, len(prompts), steps, runner.guidance),
         [p if isinstance(p, str) else f"prompt {i}" for i, p in enumerate(prompts)],
         str(_dtype(transformer)).removeprefix("torch."),
     )
@@ -213,7 +213,9 @@ def compare(
             else:
                 images[name], row = _sample_variant(runner, transformer, name, variant, list(captured.values()))
                 rows.append(grade(row))
-            result.meta = _meta(rows, transformer, pipe, model, len(prompts), steps, runner.guidance)
+            result.meta["path"] = ",".join(
+                sorted({p for r in rows for p in r["path"].split(",") if p != DENSE}) or [DENSE]
+            )
             if out is not None:  # after every configuration: a run cut short keeps what it measured
                 result.files = write(result, Path(out))
     return result
@@ -275,15 +277,9 @@ def _grade(
 
 
 def _meta(
-    rows: list[dict[str, Any]],
-    transformer: torch.nn.Module,
-    pipe: Any,
-    model: str | None,
-    captions: int,
-    steps: int,
-    guidance: float | None,
+    transformer: torch.nn.Module, pipe: Any, model: str | None, captions: int, steps: int, guidance: float | None
 ) -> dict[str, Any]:
-    paths = sorted({p for row in rows for p in row["path"].split(",") if p != DENSE}) or [DENSE]
+    """The run's meta data, once (its commit asks git); ``path`` grows with the rows."""
     device = _device(transformer)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
@@ -295,7 +291,7 @@ def _meta(
         "captions": captions,
         "steps": steps,
         "guidance": guidance,
-        "path": ",".join(paths),
+        "path": DENSE,
     }
 
 
