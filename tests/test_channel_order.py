@@ -9,7 +9,7 @@ from helpers import rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_emulated_fast_path import Block, _emulated, _inputs
-from test_fp8_pass import MLP, _emulate_fast_path
+from test_fp8_pass import MLP, _emulate_fast_path, _expected
 from test_low_rank import Qkv
 
 import lynx_compile
@@ -24,10 +24,8 @@ from lynx_compile.passes.decision import Decision
 from lynx_compile.report import GemmPath, PruneSite
 from lynx_compile.semantics import (
     ORDER_BLOCK,
-    fp8_linear,
     prune_2to4,
     prune_2to4_in_order,
-    quantise_fp8_rows,
     round_up,
 )
 
@@ -328,13 +326,6 @@ def test_fp8_prunes_in_the_order_in_its_kernel_unless_compensated(monkeypatch, c
     assert len(reasons) == 2 and all(f"channels permuted ({where}" in reason for reason in reasons)
     if compensate:
         return  # the compensated numbers are test_fp8_pass's, gathered as on the reference path
-
-    def layer(lin: torch.nn.Linear, h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        wq, ws = quantise_fp8_rows(lin.weight)
-        out = fp8_linear(prune_2to4_in_order(h, order), wq, ws)
-        return out if lin.bias is None else out + lin.bias
-
     with torch.no_grad():
-        h = torch.nn.functional.gelu(layer(model.up, xs[0], calibration.orders["up"]))
-        want = layer(model.down, h, calibration.orders["down"])
+        want = _expected(model, xs[0], calibration.orders)
     assert rel(out, want) < 2e-2

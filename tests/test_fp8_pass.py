@@ -20,7 +20,7 @@ from lynx_compile.passes import legality
 from lynx_compile.passes.decision import Decision
 from lynx_compile.report import GemmPath, PruneSite
 from lynx_compile.semantics import FP8 as FP8_DTYPE
-from lynx_compile.semantics import compensation_scale, fp8_linear, prune_2to4, quantise_fp8_rows
+from lynx_compile.semantics import compensation_scale, fp8_linear, prune_2to4, prune_2to4_in_order, quantise_fp8_rows
 
 FP8 = {"min_rows": 16, "precision": "fp8"}
 
@@ -34,13 +34,16 @@ class MLP(nn.Module):
         return self.down(torch.nn.functional.gelu(self.up(x)))
 
 
-def _expected(model: MLP, x: torch.Tensor) -> torch.Tensor:
-    def layer(lin: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+def _expected(model: MLP, x: torch.Tensor, orders: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The fp8 semantics of the MLP, each GEMM's activation pruned in its channel order of ``orders``, if any."""
+    orders = orders or {}
+
+    def layer(lin: nn.Linear, h: torch.Tensor, name: str) -> torch.Tensor:
         wq, ws = quantise_fp8_rows(lin.weight)
-        out = fp8_linear(prune_2to4(h), wq, ws)
+        out = fp8_linear(prune_2to4_in_order(h, orders.get(name)), wq, ws)
         return out if lin.bias is None else out + lin.bias
 
-    return layer(model.down, torch.nn.functional.gelu(layer(model.up, x)))
+    return layer(model.down, torch.nn.functional.gelu(layer(model.up, x, "up")), "down")
 
 
 def test_fp8_reference_path_equals_the_semantics():
