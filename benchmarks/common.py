@@ -43,9 +43,12 @@ def activation_mb(layers: Sequence[Any], dense: bool = False) -> float:
     )
 
 
-def torchao_fp8(module: torch.nn.Module) -> torch.nn.Module | None:
+def torchao_fp8(module: torch.nn.Module, activation_value_lb: float | None = None) -> torch.nn.Module | None:
     """A copy of ``module`` with every nn.Linear in torchao's dense fp8, dynamic per-row activation and
     per-row weight scales: what FP8 serving runs today. None, said once, without torchao.
+
+    ``activation_value_lb``: torchao's lower bound on a row's amax. Its default (none) scales an all-zero
+    activation row by 0 and quantises it to 0/0 = NaN; the quality benchmark sets it (see there).
 
     ``set_inductor_config=False``: torchao's default turns on Inductor's coordinate-descent tuning for
     the whole process, which made FLUX's compile run past 5 minutes on the H100 and would tune every
@@ -57,7 +60,10 @@ def torchao_fp8(module: torch.nn.Module) -> torch.nn.Module | None:
         _say_once(f"torchao not importable ({e}): torchao_fp8 left empty; pip install -e '.[bench]'")
         return None
     copied = copy.deepcopy(module)
-    quantize_(copied, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
+    config = Float8DynamicActivationFloat8WeightConfig(
+        granularity=PerRow(), set_inductor_config=False, activation_value_lb=activation_value_lb
+    )
+    quantize_(copied, config)
     return copied
 
 

@@ -232,8 +232,9 @@ def _fake_torchao(monkeypatch) -> dict:
         module.weight.data.zero_()
 
     class Config:
-        def __init__(self, granularity, set_inductor_config=True):
+        def __init__(self, granularity, set_inductor_config=True, activation_value_lb=None):
             self.set_inductor_config = set_inductor_config
+            self.activation_value_lb = activation_value_lb
 
     fake = types.SimpleNamespace(
         Float8DynamicActivationFloat8WeightConfig=Config, PerRow=lambda: "per-row", quantize_=quantize_
@@ -252,6 +253,17 @@ def test_torchao_baseline_leaves_inductor_settings_alone(monkeypatch):
     copied = common.torchao_fp8(original)
     assert copied is not original and torch.equal(original.weight, weight)
     assert seen["config"].set_inductor_config is False
+    assert seen["config"].activation_value_lb is None  # the speed baselines run torchao's defaults
+
+
+def test_quality_torchao_row_bounds_the_amax_of_all_zero_rows(monkeypatch):
+    """The yardstick's unconditional pooled embedding is an all-zero row: torchao's default scale for it is 0
+    and its quantised row NaN, so the quality benchmark bounds the amax from below (and changes nothing else)."""
+    from benchmarks.quality.__main__ import CONFIGS
+
+    seen = _fake_torchao(monkeypatch)
+    CONFIGS["torchao_fp8"].transform(nn.Linear(8, 8))
+    assert 0 < seen["config"].activation_value_lb <= 1e-12
 
 
 def test_linear_benchmark_compiles_the_quantised_copy(monkeypatch):
