@@ -147,6 +147,7 @@ VARIANTS: dict[str, Variant] = {
     "budget_lo": Variant({"error_budget": 0.05}),
     "budget_hi": Variant({"error_budget": 0.2}),
     "permute": Variant({"permute_channels": True}),
+    "refit": Variant({"refit": True}),
     "fp8_permute": Variant({"precision": "fp8", "permute_channels": True}),
     # the recovery that meets the quality targets on the yardstick (CPU): its cost on FLUX
     "permute_budget_hi": Variant({"permute_channels": True, "error_budget": 0.2}),
@@ -156,12 +157,12 @@ VARIANTS: dict[str, Variant] = {
 
 def prepare(model: torch.nn.Module, variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Apply ``variant`` to ``model`` (in place) and return the lynx options it compiles with. A low-rank or
-    channel-order variant calibrates on ``kwargs``, one call: random weights make its factors and orders
+    channel-order or refit variant calibrates on ``kwargs``, one call: random weights make its factors and orders
     meaningless for quality, but their cost (what this benchmark times) is that of any rank-r branch or order."""
     if VARIANTS[variant].fuse_qkv:
         model.fuse_qkv_projections()
     options = VARIANTS[variant].options
-    if options.get("low_rank") or options.get("permute_channels"):
+    if options.get("low_rank") or options.get("permute_channels") or options.get("refit"):
         calibration = lynx_compile.calibrate(model, [kwargs], options={**options, "low_rank": 0}, progress=False)
         options = {**options, "calibration": calibration}
     return options
@@ -306,7 +307,8 @@ defaults); `variant=compensate` adds `compensate=True` (RT-Lynx's norm compensat
 `error_budget=0.05` / `0.2` (sensitivities measured on the case's random weights and inputs: which layers stay
 dense, not a quality figure); `variant=lowrankR` adds `low_rank=R`, calibrated on one call of the case's random
 inputs (the branch's cost, not its quality; the cost model keeps dense the GEMMs whose branch eats their gain);
-`variant=permute` adds `permute_channels=True`, calibrated the same way (the order's cost), `fp8_permute` adds it
+`variant=permute` adds `permute_channels=True`, calibrated the same way (the order's cost), `variant=refit` adds
+`refit=True` (the same kernels on refitted weight copies: what the copies cost), `fp8_permute` adds it
 with `precision="fp8"`, `permute_budget_hi` and `permute_budget_hi_lowrank32` add it to `budget_hi` and to
 `budget_hi` with `low_rank=32`; `torchao_fp8_*`: torchao's dense fp8 (per-row
 `Float8DynamicActivationFloat8WeightConfig`, every nn.Linear, `torch.compile(mode="reduce-overhead")`,

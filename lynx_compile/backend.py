@@ -22,7 +22,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from . import steps
 from .config import INDUCTOR_MODES, LynxConfig, dtype_name
-from .passes import channel_order, low_rank, policy, profitability
+from .passes import channel_order, low_rank, policy, profitability, refit
 from .passes import errors as pruning
 from .passes.decision import Decision
 from .passes.errors import PruningError
@@ -49,24 +49,32 @@ def plan_graph(
     gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any] = (), *, measure: bool = True
 ) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None]:
     """Each GEMM with its decision, and the pruning errors the decisions used (option ``max_layer_error``)."""
-    plan, errors, _, _ = _plan(gm, config, example_inputs, measure=measure)
+    plan, errors, _, _, _ = _plan(gm, config, example_inputs, measure=measure)
     return plan, errors
 
 
 def _plan(
     gm: fx.GraphModule, config: LynxConfig, example_inputs: Sequence[Any], *, measure: bool = True
-) -> tuple[list[tuple[GemmSite, Decision]], dict[str, PruningError] | None, OutputError | None, channel_order.Orders]:
-    """``plan_graph``, the output error measurement of option ``error_budget`` (for the report), and the channel
-    orders of option ``permute_channels`` (every measurement prunes in them)."""
+) -> tuple[
+    list[tuple[GemmSite, Decision]],
+    dict[str, PruningError] | None,
+    OutputError | None,
+    channel_order.Orders,
+    refit.Maps,
+]:
+    """``plan_graph``, the output error measurement of option ``error_budget`` (for the report), the channel
+    orders of option ``permute_channels`` and the maps of option ``refit`` (every measurement uses them)."""
     sites = find_gemms(gm)
     orders = channel_order.orders(sites, config)
-    errors = pruning_errors(gm, sites, config, example_inputs, orders)
+    refits = refit.maps(sites, config)
+    errors = pruning_errors(gm, sites, config, example_inputs, orders, refits)
     output_error = None
     if config.error_budget is not None and _real("error_budget", example_inputs):
-        output_error = OutputError(gm, sites, [example_inputs], config.compensate, orders)
+        output_error = OutputError(gm, sites, [example_inputs], config.compensate, orders, refits)
     decisions = policy.plan(sites, config, measure=measure, errors=errors, output_error=output_error)
     channel_order.check(sites, decisions, config)
-    return list(zip(sites, decisions)), errors, output_error, orders
+    refit.check(sites, decisions, config)
+    return list(zip(sites, decisions)), errors, output_error, orders, refits
 
 
 def pruning_errors(
@@ -75,12 +83,13 @@ def pruning_errors(
     config: LynxConfig,
     example_inputs: Sequence[Any],
     orders: channel_order.Orders | None = None,
+    refits: refit.Maps | None = None,
 ) -> dict[str, PruningError] | None:
     """Each GEMM's pruning error on the inputs the graph is compiled with, for option
     ``max_layer_error`` (None without it, or when the inputs are fake: then nothing goes sparse)."""
     if config.max_layer_error is None or not _real("max_layer_error", example_inputs):
         return None
-    return pruning.measure(gm, sites, example_inputs, config.compensate, orders)
+    return pruning.measure(gm, sites, example_inputs, config.compensate, orders, refits)
 
 
 def _real(option: str, example_inputs: Sequence[Any]) -> bool:
@@ -134,7 +143,7 @@ def lynx_backend(
     the two, so option ``inductor_mode`` gives Inductor's mode together with lynx options."""
     config = LynxConfig.from_options(options)
     mode = _inductor_mode(mode, config)
-    plan, errors, output_error, orders = _plan(gm, config, example_inputs)
+    plan, errors, output_error, orders, refits = _plan(gm, config, example_inputs)
     branches = low_rank.factors([s for s, _ in plan], [d for _, d in plan], config)
     if branches:  # which branches go into their sparse GEMMs (the reasons say), then what they cost
         sites = [s for s, _ in plan]
@@ -189,6 +198,7 @@ def lynx_backend(
     )
     folds = FoldedWeights(gm)
     orders = {s.name: orders[s.name] for s, d in plan if d.sparse and s.name in orders}
+    refits = {s.name: refits[s.name] for s, d in plan if d.sparse and s.name in refits}
     sparsify(
         gm,
         plan,
@@ -197,12 +207,15 @@ def lynx_backend(
         example_inputs=example_inputs,
         branches=branches,
         orders=orders,
+        refits=refits,
     )
     if orders:
         report.notes.append(channel_order.note(orders, config))
+    if refits:
+        report.notes.append(refit.note(refits, config))
     if folds.nbytes:
         report.notes.append(
-            f"{len(folds)} weight copies (bias appended, low-rank columns, channel order, or fp8), "
+            f"{len(folds)} weight copies (bias appended, low-rank columns, channel order, refit, or fp8), "
             f"{folds.nbytes / 2**20:.1f} MiB"
         )
     _dump(gm, config, graph, "after")

@@ -6,12 +6,15 @@ norm compensation when the calibration assumed it, its groups in the channel ord
 ``permute_channels`` when it assumed that), ``sum ||t||^2`` and the number of rows. Accumulated in float64,
 streaming: memory is K x (K + N) per GEMM whatever the number of rows. The file keeps the statistics, not
 factors, so that any rank can be fitted at compile time (``lowrank.fit``); factors only where
-``lynx_compile.distill`` refined them for a rank: those cannot be recomputed from the statistics.
+``lynx_compile.distill`` refined them for a rank: those cannot be recomputed from the statistics. A calibration
+made for option ``refit`` also keeps ``Spp = sum P P^T`` and ``Spe = sum P e^T`` (K x K, e = x - P(x)) and
+``sum ||e||^2``: 2 K x K more per GEMM (``lynx_compile.refit``).
 
 File: ``PATH`` (safetensors, ``<name>/sxx`` and ``<name>/sxt`` per GEMM, ``<name>/a<r>`` and ``<name>/b<r>``
-per distilled GEMM and rank, ``<name>/order`` per GEMM of a calibration made with ``permute_channels``) and
-``PATH.json`` beside it (format version, GEMM names with K, N, rows and ``sum ||t||^2``, the model dtype, the
-pruning options assumed, and per distilled rank its steps, learning rate and losses).
+per distilled GEMM and rank, ``<name>/order`` per GEMM of a calibration made with ``permute_channels``,
+``<name>/spp`` and ``<name>/spe`` with ``refit``) and ``PATH.json`` beside it (format version, GEMM names with
+K, N, rows, ``sum ||t||^2`` and with ``refit`` ``sum ||e||^2``, the model dtype, the pruning options assumed,
+and per distilled rank its steps, learning rate and losses).
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import lowrank
+from . import refit as weight_refit
 from .semantics import GROUP, ORDER_BLOCK, check_order, pruning
 
-# 3: channel orders (option permute_channels); 2: distilled factors; 1: statistics only. Each is written only
-# when the file has what needs it, so that a plain calibration stays readable by older lynx_compile versions.
-FORMAT = 3
+# 4: the moments of option refit; 3: channel orders (option permute_channels); 2: distilled factors; 1: statistics
+# only. Each is written only when the file has what needs it, so that a plain calibration stays readable by
+# older lynx_compile versions.
+FORMAT = 4
 # The options of LynxConfig that change t = (x - P(x)) W^T: a calibration made under other values
 # fits the wrong error. Files of formats 1 and 2 predate permute_channels: they assumed it off.
 PRUNING_OPTIONS = ("compensate", "permute_channels")
@@ -65,18 +70,24 @@ class CalibrationMismatch(ValueError):
 
 @dataclasses.dataclass
 class GemmStatistics:
-    """The streaming moments of one GEMM (float64, on the device of the activations that fed them)."""
+    """The streaming moments of one GEMM (float64, on the device of the activations that fed them). With
+    ``refit`` (made by ``empty(..., refit=True)``) also those of option ``refit``: ``Spp = sum P P^T`` and
+    ``Spe = sum P e^T`` (K x K), e = x - P(x), and ``sum ||e||^2``."""
 
     sxx: torch.Tensor  # (K, K)
     sxt: torch.Tensor  # (K, N)
     rows: int = 0
     tt: float = 0.0  # sum ||t||^2: the pruning error's energy without the branch
+    spp: torch.Tensor | None = None  # (K, K), option refit
+    spe: torch.Tensor | None = None  # (K, K), option refit
+    ee: float = 0.0  # sum ||e||^2, option refit
 
     @classmethod
-    def empty(cls, k: int, n: int, device: torch.device | str = "cpu") -> GemmStatistics:
-        return cls(
-            torch.zeros(k, k, dtype=torch.float64, device=device), torch.zeros(k, n, dtype=torch.float64, device=device)
-        )
+    def empty(cls, k: int, n: int, device: torch.device | str = "cpu", refit: bool = False) -> GemmStatistics:
+        def zeros(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=torch.float64, device=device)
+
+        return cls(zeros(k, k), zeros(k, n), spp=zeros(k, k) if refit else None, spe=zeros(k, k) if refit else None)
 
     @property
     def k(self) -> int:
@@ -86,26 +97,28 @@ class GemmStatistics:
     def n(self) -> int:
         return self.sxt.shape[1]
 
+    @property
+    def refit(self) -> bool:
+        """Whether it has the moments of option ``refit``."""
+        return self.spp is not None
+
     def add(self, x: torch.Tensor, weight: torch.Tensor, compensate: bool, order: torch.Tensor | None = None) -> None:
         """Add the rows of ``x`` (any leading dims, K last; the GEMM's activation as the model computes it) for
         the weight ``weight`` (N, K). P(x) is computed in x's own dtype, as the pruned layer computes it, its
         groups in ``order`` (``permute_channels``)."""
         x = x.reshape(-1, x.shape[-1])
-        pruned = pruning(compensate, order)(x)
+        pruned = pruning(compensate, order)(x).double()
         x64 = x.double()
-        t = (x64 - pruned.double()) @ weight.double().mT
+        e = x64 - pruned
+        t = e @ weight.double().mT
         self.sxx += x64.mT @ x64
         self.sxt += x64.mT @ t
         self.rows += x.shape[0]
         self.tt += t.square().sum().item()
-
-    def merged(self, other: GemmStatistics) -> GemmStatistics:
-        return GemmStatistics(
-            self.sxx + other.sxx.to(self.sxx.device),
-            self.sxt + other.sxt.to(self.sxt.device),
-            self.rows + other.rows,
-            self.tt + other.tt,
-        )
+        if self.spp is not None and self.spe is not None:
+            self.spp += pruned.mT @ pruned
+            self.spe += pruned.mT @ e
+            self.ee += e.square().sum().item()
 
 
 class Calibration:
@@ -131,6 +144,7 @@ class Calibration:
         # the channel orders its statistics were collected in (made with permute_channels), by GEMM name
         self.orders = {name: order.cpu() for name, order in (orders or {}).items()}
         self._fits: dict[tuple[str | tuple[str, ...], int], tuple[torch.Tensor, torch.Tensor]] = {}  # by name(s)
+        self._refits: dict[str, torch.Tensor] = {}  # name -> G of option refit
         # (name, rank) -> (A, B) refined by lynx_compile.distill; rank -> its record (steps, lr, loss_before/after)
         self.refined: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.distilled: dict[int, dict[str, Any]] = {}
@@ -169,6 +183,29 @@ class Calibration:
             a, b = lowrank.fit(s.sxx, s.sxt, rank, s.rows, s.tt)
             self._fits[key] = (a.cpu(), b.cpu())
         return self._fits[key]
+
+    @property
+    def refit(self) -> bool:
+        """Whether it has the moments of option ``refit`` (made with ``calibrate(..., options={"refit": True})``)."""
+        return bool(self.stats) and all(s.refit for s in self.stats.values())
+
+    def refit_map(self, name: str) -> torch.Tensor:
+        """Option ``refit``: this GEMM's ``G`` (K x K, float64 on the CPU; ``lynx_compile.refit``), cached; GEMMs
+        with the same moments (those reading one activation) share one tensor."""
+        s = self.stats[name]
+        if s.spp is None or s.spe is None:
+            raise CalibrationMismatch(
+                f"calibration {self.source} has no refit statistics: calibrate with options={{'refit': True}} "
+                "(`lynx-compile calibrate -o refit=true`)"
+            )
+        for other, g in self._refits.items():
+            o = self.stats[other]
+            if o.rows == s.rows and o.ee == s.ee and torch.equal(o.spp, s.spp) and torch.equal(o.spe, s.spe):
+                self._refits[name] = g
+                break
+        else:
+            self._refits[name] = weight_refit.refit_map(s.spp, s.spe, s.rows, s.ee).cpu()
+        return self._refits[name]
 
     def shared_factors(self, names: Sequence[str], rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``factors`` of GEMMs that read one activation (q, k, v), with one A for all: ``lowrank.fit`` of their
@@ -257,16 +294,21 @@ class Calibration:
         tensors = {}
         for name, s in self.stats.items():
             tensors[f"{name}/sxx"], tensors[f"{name}/sxt"] = s.sxx.cpu().contiguous(), s.sxt.cpu().contiguous()
+            if s.spp is not None and s.spe is not None:
+                tensors[f"{name}/spp"], tensors[f"{name}/spe"] = s.spp.cpu().contiguous(), s.spe.cpu().contiguous()
         for (name, rank), (a, b) in self.refined.items():
             tensors[f"{name}/a{rank}"], tensors[f"{name}/b{rank}"] = a.contiguous(), b.contiguous()
         for name, order in self.orders.items():
             tensors[f"{name}/order"] = order.contiguous()
         save_file(tensors, path)
         meta: dict[str, Any] = {
-            "format": 3 if self.orders else 2 if self.distilled else 1,
+            "format": 4 if self.refit else 3 if self.orders else 2 if self.distilled else 1,
             "dtype": self.dtype,
             "options": self.options,
-            "gemms": {name: {"k": s.k, "n": s.n, "rows": s.rows, "tt": s.tt} for name, s in self.stats.items()},
+            "gemms": {
+                name: {"k": s.k, "n": s.n, "rows": s.rows, "tt": s.tt, **({"ee": s.ee} if s.refit else {})}
+                for name, s in self.stats.items()
+            },
         }
         if self.distilled:
             meta["distilled"] = [{"rank": rank, **record} for rank, record in sorted(self.distilled.items())]
@@ -300,7 +342,12 @@ class Calibration:
                     f"calibration {path}: {name}'s tensors {tuple(sxx.shape)}, "
                     f"{tuple(sxt.shape)} disagree with its K={g['k']}, N={g['n']}"
                 )
-            stats[name] = GemmStatistics(sxx, sxt, g["rows"], g["tt"])
+            spp, spe = tensors.get(f"{name}/spp"), tensors.get(f"{name}/spe")
+            if (spp is None) != (spe is None) or (spp is not None and (spp.shape, spe.shape) != ((g["k"],) * 2,) * 2):
+                raise CalibrationMismatch(
+                    f"calibration {path}: {name}'s refit moments are incomplete or not K x K (K={g['k']})"
+                )
+            stats[name] = GemmStatistics(sxx, sxt, g["rows"], g["tt"], spp, spe, g.get("ee", 0.0))
         orders = {name: tensors[f"{name}/order"] for name in stats if f"{name}/order" in tensors}
         for name, order in orders.items():
             try:

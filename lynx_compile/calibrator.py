@@ -35,12 +35,13 @@ class _Collector(GemmInterpreter):
         stats: dict[str, GemmStatistics],
         compensate: bool,
         orders: Mapping[str, torch.Tensor],
+        refit: bool,
     ) -> None:
         super().__init__(gm, sites)
-        self.stats, self.compensate, self.orders = stats, compensate, orders
+        self.stats, self.compensate, self.orders, self.refit = stats, compensate, orders, refit
 
     def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        stats = self.stats.setdefault(site.name, GemmStatistics.empty(site.k, site.n, x.device))
+        stats = self.stats.setdefault(site.name, GemmStatistics.empty(site.k, site.n, x.device, self.refit))
         order = self.orders.get(site.name)
         stats.add(x, weight, self.compensate, None if order is None else order.to(x.device))
 
@@ -83,7 +84,7 @@ def calibrate(
 ) -> Calibration:
     """Statistics of every GEMM the lynx pass may make sparse under ``options`` (the pruning it assumes:
     ``compensate``, and ``permute_channels``: then the channel orders too, from a first run over the same inputs),
-    on the dense model's activations.
+    on the dense model's activations; with option ``refit`` also the moments that option fits its weights from.
 
     ``model_or_pipe``: a module (or any callable) with ``inputs_or_prompts`` its example inputs, each a tensor
     (``model(x)``), a tuple (``model(*args)``) or a dict (``model(**kwargs)``); or a diffusers pipeline (it
@@ -93,11 +94,17 @@ def calibrate(
     classifier-free guidance, both halves of its batch).
     """
     given = options if isinstance(options, LynxConfig) else dict(options or {})
-    permute = given.permute_channels if isinstance(given, LynxConfig) else given.pop("permute_channels", False)
-    if not isinstance(permute, bool):
-        raise TypeError(f"lynx option 'permute_channels' must be a bool, got {permute!r}")
+    # options that need a calibration: what this one is made for
+    permute, refit = (
+        (given.permute_channels, given.refit)
+        if isinstance(given, LynxConfig)
+        else (given.pop("permute_channels", False), given.pop("refit", False))
+    )
+    for name, value in (("permute_channels", permute), ("refit", refit)):
+        if not isinstance(value, bool):
+            raise TypeError(f"lynx option {name!r} must be a bool, got {value!r}")
     config = LynxConfig.from_options(
-        dataclasses.replace(given, permute_channels=False) if isinstance(given, LynxConfig) else given
+        dataclasses.replace(given, permute_channels=False, refit=False) if isinstance(given, LynxConfig) else given
     )
     stats: dict[str, GemmStatistics] = {}
     energies: dict[str, torch.Tensor] = {}
@@ -109,7 +116,7 @@ def calibrate(
         return _Energies(gm, sites, energies, owners)
 
     def statistics_pass(gm: fx.GraphModule, sites: list[GemmSite]) -> GemmInterpreter:
-        return _Collector(gm, sites, stats, config.compensate, orders)
+        return _Collector(gm, sites, stats, config.compensate, orders, refit)
 
     current = [statistics_pass]  # what the compiled graphs run now: one compilation serves both passes
 

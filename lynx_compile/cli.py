@@ -35,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     insp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     insp.add_argument("--dump-graph", metavar="DIR", help="write the FX graphs before/after the pass")
     _quality_args(sub.add_parser("quality", help="dense and lynx images from the same seeds, measured side by side"))
-    _calibrate_args(sub.add_parser("calibrate", help="statistics of a pipeline's dense sampling for option low_rank"))
+    _calibrate_args(
+        sub.add_parser(
+            "calibrate",
+            help="statistics of a pipeline's dense sampling for options low_rank, permute_channels and refit",
+        )
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.command == "quality":
@@ -146,7 +151,10 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         steps_help="sampling steps: every one is calibrated",
         seed=1000,
     )
-    _option_arg(p, "a lynx option the compiled model will use (the selection, compensate), VALUE as JSON")
+    _option_arg(
+        p,
+        "a lynx option the compiled model will use (the selection, compensate, permute_channels, refit), VALUE as JSON",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the calibration file (FILE and FILE.json)")
     p.add_argument("--rank", type=int, help="the option low_rank the compiled model will use (needed to distil)")
     p.add_argument(

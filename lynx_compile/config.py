@@ -100,6 +100,10 @@ class LynxConfig:
     # (the channels' energies: calibration.balanced_order), each weight a copy with its columns in that order
     # (docs/design.md, "Channel order"). Changes which values pruning keeps, not what the GEMM computes
     permute_channels: bool = False
+    # each sparse GEMM runs with its weight refitted to its pruned input, W G^T, G (K x K) fitted in closed form
+    # from ``calibration`` (made with option refit) so that P(x) G ~ x (lynx_compile.refit). No extra work at
+    # inference; a weight copy per sparse GEMM (memory, in the report). Not with low_rank
+    refit: bool = False
     # "fp8": sparse GEMMs run on float8_e4m3fn operands (per-row activation and per-channel weight
     # power-of-two scales, applied after the GEMM; docs/design.md, "FP8"). Needs a 16-bit activation
     # and an sm90+ GPU; elsewhere the GEMM runs 2:4 in its own dtype, with the reason in the report.
@@ -123,7 +127,15 @@ class LynxConfig:
         speedup = self.min_speedup
         if isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not speedup > 0:
             raise TypeError(f"lynx option 'min_speedup' must be a positive number, got {speedup!r}")
-        for field in ("compensate", "cost_model", "cudagraphs", "fuse_producers", "fold_bias", "permute_channels"):
+        for field in (
+            "compensate",
+            "cost_model",
+            "cudagraphs",
+            "fuse_producers",
+            "fold_bias",
+            "permute_channels",
+            "refit",
+        ):
             if not isinstance(getattr(self, field), bool):
                 raise TypeError(f"lynx option {field!r} must be a bool, got {getattr(self, field)!r}")
         budget = self.max_layer_error
@@ -166,6 +178,16 @@ class LynxConfig:
             raise ValueError(
                 "lynx option permute_channels needs option 'calibration': the channel order comes from the "
                 "activations' energies that lynx_compile.calibrate(...) measures"
+            )
+        if self.refit and self.calibration is None:
+            raise ValueError(
+                "lynx option refit needs option 'calibration': a file of `lynx-compile calibrate -o refit=true` or "
+                "lynx_compile.calibrate(..., options={'refit': True})'s result"
+            )
+        if self.refit and self.low_rank:
+            raise ValueError(
+                "lynx options 'refit' and 'low_rank' cannot be combined: both are fitted to the pruned layer's "
+                "error as it is without the other, and together they would correct it twice"
             )
         if self.fold_bias and self.compensate:
             raise ValueError(

@@ -3,7 +3,8 @@
 The model is captured by Dynamo exactly as ``backend="lynx"`` would capture it (same graphs, same
 GEMM names, same decisions), then each graph runs through ``passes.errors.MeasuringInterpreter``: every
 GEMM's own pruning error, in float32, from the same dense input; with option ``low_rank``, also with the
-fitted branch added (for every GEMM the calibration covers, dense ones included).
+fitted branch added (for every GEMM the calibration covers, dense ones included); with option ``refit``, the
+pruned input against the refitted weight.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import fx
 from .backend import layer_report
 from .calibration import resolve
 from .config import LynxConfig
-from .passes import channel_order, low_rank
+from .passes import channel_order, low_rank, refit
 from .passes.errors import MeasuringInterpreter, PruningError
 from .passes.gemms import GemmSite, find_gemms
 from .passes.policy import plan
@@ -90,16 +91,17 @@ def _inspect_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any
         if session is None:  # called outside inspect(): behave as the plain graph
             return gm(*inputs)
         config = session.config
-        orders = channel_order.orders(sites, config)
-        out = MeasuringInterpreter(gm, sites, session.errors, config.compensate, _branches(sites, config), orders).run(
-            *inputs
-        )
+        orders, refits = channel_order.orders(sites, config), refit.maps(sites, config)
+        out = MeasuringInterpreter(
+            gm, sites, session.errors, config.compensate, _branches(sites, config), orders, refits
+        ).run(*inputs)
         new = [site for site in sites if site.name not in session.layers]  # decided once, after a first measurement
         output_error = (
-            None if config.error_budget is None else OutputError(gm, sites, [inputs], config.compensate, orders)
+            None if config.error_budget is None else OutputError(gm, sites, [inputs], config.compensate, orders, refits)
         )
         decisions = plan(new, config, errors=session.errors, output_error=output_error)
         channel_order.check(new, decisions, config)
+        refit.check(new, decisions, config)
         decisions = channel_order.annotated(new, decisions, orders, config.compensate)
         ranks = {name: a.shape[1] for name, (a, _) in low_rank.factors(new, decisions, config).items()}
         for site, decision in zip(new, decisions):

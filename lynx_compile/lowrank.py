@@ -30,10 +30,28 @@ def fit(
     ``sxt`` (K x N), ``tt = sum ||t||^2`` (exactly the best rank-r map at lam = 0). ``ridge``: lam relative
     to Sxx's mean eigenvalue; default: the one of ``RIDGES`` with the least ``gcv``. ``rank`` above
     min(K, N) is clipped to it."""
-    if sxx.dim() != 2 or sxx.shape[0] != sxx.shape[1] or sxt.dim() != 2 or sxt.shape[0] != sxx.shape[0]:
-        raise ValueError(f"fit needs Sxx (K x K) and Sxt (K x N), got {tuple(sxx.shape)} and {tuple(sxt.shape)}")
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
+    q, c, d = _ridge_solution(sxx, sxt, rows, tt, ridge)
+    # L = Q diag(d)^1/2 (L L^T = Sxx + lam I): L^T M = diag(d)^-1/2 C, and M = Q diag(d)^-1 C
+    _, _, vh = torch.linalg.svd(c / d.sqrt()[:, None], full_matrices=False)
+    v = vh[: min(rank, vh.shape[0])].mT  # N x r
+    return q @ (c / d[:, None]) @ v, v.mT.contiguous()
+
+
+def ridge_map(sxx: torch.Tensor, sxt: torch.Tensor, rows: int, tt: float, ridge: float | None = None) -> torch.Tensor:
+    """The full-rank ridge least-squares map ``M = (Sxx + lam I)^-1 Sxt`` (K x N, float64), lam as in ``fit``."""
+    q, c, d = _ridge_solution(sxx, sxt, rows, tt, ridge)
+    return q @ (c / d[:, None])
+
+
+def _ridge_solution(
+    sxx: torch.Tensor, sxt: torch.Tensor, rows: int, tt: float, ridge: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Q, C = Q^T Sxt, d = e + lam): Sxx = Q diag(e) Q^T, lam relative to e's mean (``RIDGES`` by ``gcv``
+    where not given), so that ``M = Q diag(d)^-1 C``."""
+    if sxx.dim() != 2 or sxx.shape[0] != sxx.shape[1] or sxt.dim() != 2 or sxt.shape[0] != sxx.shape[0]:
+        raise ValueError(f"the fit needs Sxx (K x K) and Sxt (K x N), got {tuple(sxx.shape)} and {tuple(sxt.shape)}")
     evals, q = torch.linalg.eigh(sxx.double())
     evals = evals.clamp(min=0)  # rounding may leave a null direction slightly negative
     c = q.mT @ sxt.double()  # Sxt in Sxx's eigenbasis
@@ -41,11 +59,7 @@ def fit(
     if ridge is None:
         energy = c.square().sum(1)
         ridge = min(RIDGES, key=lambda r: gcv(evals, energy, rows, tt, r * scale))
-    d = evals + ridge * scale
-    # L = Q diag(d)^1/2 (L L^T = Sxx + lam I): L^T M = diag(d)^-1/2 C, and M = Q diag(d)^-1 C
-    _, _, vh = torch.linalg.svd(c / d.sqrt()[:, None], full_matrices=False)
-    v = vh[: min(rank, vh.shape[0])].mT  # N x r
-    return q @ (c / d[:, None]) @ v, v.mT.contiguous()
+    return q, c, evals + ridge * scale
 
 
 def gcv(evals: torch.Tensor, energy: torch.Tensor, rows: int, tt: float, lam: float) -> float:

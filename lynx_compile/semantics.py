@@ -191,6 +191,12 @@ def compensated(x: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     return (pruned.float() * compensation_scale(x, pruned).unsqueeze(-1)).to(x.dtype)
 
 
+def refit_weight(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Option ``refit``: the (N, K) weight ``W G^T`` that the GEMM runs with on P(x) (``lynx_compile.refit``), a
+    float32 product rounded once to W's dtype. Every path uses this one copy, made at compile time."""
+    return (w.float() @ g.to(w.device, torch.float32).mT).to(w.dtype)
+
+
 def pruning(compensate: bool, order: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The reference pruning of one GEMM's activation under options ``compensate`` and ``permute_channels``
     (``order``): what the measurements (errors, sensitivities, calibration statistics) apply."""

@@ -13,6 +13,7 @@ from torch import nn
 
 import lynx_compile
 from lynx_compile import Calibration, CalibrationMismatch, cli, yardstick, zoo
+from lynx_compile.calibration import FORMAT
 
 OPTIONS = {"min_rows": 16}
 
@@ -90,8 +91,8 @@ def test_a_plain_calibration_keeps_format_1_and_a_newer_file_is_refused(calibrat
     sidecar = calibration.save(path)
     meta = json.loads(sidecar.read_text())
     assert meta["format"] == 1 and "distilled" not in meta  # readable by a lynx_compile that reads format 1 only
-    sidecar.write_text(json.dumps({**meta, "format": 4}))
-    with pytest.raises(CalibrationMismatch, match=r"format 4.*newer lynx_compile"):
+    sidecar.write_text(json.dumps({**meta, "format": FORMAT + 1}))
+    with pytest.raises(CalibrationMismatch, match=rf"format {FORMAT + 1}.*newer lynx_compile"):
         Calibration.load(path)
 
 

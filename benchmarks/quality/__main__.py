@@ -18,7 +18,8 @@ pipeline's own guidance. ``lowrank16/32/64_distill``: the same calibration, its 
 distilled end to end (``lynx_compile.distill``) against the dense transformer's outputs on the same calibration
 captions and noise, DISTILL_STEPS Adam steps at DISTILL_LR (``--distill-steps``, ``--distill-lr``), one call of
 DISTILL_BATCH captions each. ``permute*``: option ``permute_channels``, its channel order from a calibration made
-with it on the same captions (one more run over them).
+with it on the same captions (one more run over them). ``*refit``: option ``refit``, from a calibration made with
+it on the same captions.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ CONFIGS: dict[str, dict[str, Any] | quality.Variant | None] = {
     "permute_budget_hi": {"permute_channels": True, "error_budget": 0.2, **_NO_COST_MODEL},
     "permute_budget_hi_lowrank32": {"permute_channels": True, "error_budget": 0.2, "low_rank": 32, **_NO_COST_MODEL},
     "permute_budget_mid_lowrank32": {"permute_channels": True, "error_budget": 0.1, "low_rank": 32, **_NO_COST_MODEL},
+    "refit": {"refit": True, **_NO_COST_MODEL},
+    "permute_refit": {"permute_channels": True, "refit": True, **_NO_COST_MODEL},
+    "budget_hi_refit": {"error_budget": 0.2, "refit": True, **_NO_COST_MODEL},
+    "permute_budget_hi_refit": {"permute_channels": True, "error_budget": 0.2, "refit": True, **_NO_COST_MODEL},
     "fp8": {"precision": "fp8", **_NO_COST_MODEL},
     # dense fp8, no lynx. The yardstick's unconditional pooled text embedding is an all-zero row, which torchao's
     # default quantises to NaN (scale 0): a lower bound on the amax, far below any nonzero row's, keeps it 0.
@@ -150,11 +155,16 @@ def main(argv: list[str] | None = None) -> None:
     calibrated = {
         name: options
         for name, options in configs.items()
-        if isinstance(options, dict) and (options.get("low_rank") or options.get("permute_channels"))
+        if isinstance(options, dict) and any(options.get(o) for o in ("low_rank", "permute_channels", "refit"))
     }
     if calibrated:
         captions = calibration_captions(args.calibration_captions)
         calibrations: dict[bool, Calibration] = {}  # permute_channels -> the calibration made with it
+        # with the refit moments too where a configuration with that permute_channels needs them
+        refit = {
+            p: any(o.get("refit") and o.get("permute_channels", False) == p for o in calibrated.values())
+            for p in (False, True)
+        }
         distilled: dict[tuple[int, bool], Calibration] = {}  # (rank, permute_channels) -> distilled at that rank
         for name, options in calibrated.items():
             permute, rank = options.get("permute_channels", False), options.get("low_rank", 0)
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                 calibrations[permute] = calibrate(
                     pipe,
                     captions,
-                    options={"permute_channels": permute},
+                    options={"permute_channels": permute, "refit": refit[permute]},
                     steps=args.steps,
                     batch_size=args.batch_size,
                     seed=CALIBRATION_NOISE_SEED,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from .. import lowrank
-from ..semantics import compensated, prune_2to4_in_order
+from ..semantics import compensated, prune_2to4_in_order, refit_weight
 from .gemms import GemmSite
 
 
@@ -58,13 +58,16 @@ class PruningError:
         compensate: bool,
         branch: tuple[torch.Tensor, torch.Tensor] | None = None,
         order: torch.Tensor | None = None,
+        refit: torch.Tensor | None = None,
     ) -> None:
-        """``order``: the channel order of option ``permute_channels`` (None: the model's own)."""
-        x, weight = x.float(), weight.float()
+        """``order``: the channel order of option ``permute_channels`` (None: the model's own); ``refit``: G of
+        option ``refit``, the pruned input then meets the refitted weight."""
+        pruned_weight = weight if refit is None else refit_weight(weight, refit)
+        x, weight, pruned_weight = x.float(), weight.float(), pruned_weight.float()
         bias = None if bias is None else bias.float()
         pruned = prune_2to4_in_order(x, order)
         dense = F.linear(x, weight, bias)
-        sparse = F.linear(compensated(x, pruned) if compensate else pruned, weight, bias)
+        sparse = F.linear(compensated(x, pruned) if compensate else pruned, pruned_weight, bias)
         self.err_sq += (sparse - dense).square().sum().item()
         if branch is not None:
             with_branch = sparse + lowrank.branch(x, branch[0].float(), branch[1].float())
@@ -116,7 +119,7 @@ class GemmInterpreter(fx.Interpreter):
 class MeasuringInterpreter(GemmInterpreter):
     """Runs ``gm`` and adds every GEMM's pruning error to ``errors[site.name]`` (created as needed);
     ``branches``: low-rank factors (A, B) by GEMM name, measured with and without; ``orders``: channel orders
-    by GEMM name (option ``permute_channels``)."""
+    by GEMM name (option ``permute_channels``); ``refits``: the maps G of option ``refit`` by GEMM name."""
 
     def __init__(
         self,
@@ -126,13 +129,21 @@ class MeasuringInterpreter(GemmInterpreter):
         compensate: bool,
         branches: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         orders: Mapping[str, torch.Tensor] | None = None,
+        refits: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(gm, sites)
-        self.errors, self.compensate, self.branches, self.orders = errors, compensate, branches or {}, orders or {}
+        self.errors, self.compensate, self.branches = errors, compensate, branches or {}
+        self.orders, self.refits = orders or {}, refits or {}
 
     def visit(self, site: GemmSite, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.errors.setdefault(site.name, PruningError()).add(
-            x, weight, bias, self.compensate, self.branches.get(site.name), self.orders.get(site.name)
+            x,
+            weight,
+            bias,
+            self.compensate,
+            self.branches.get(site.name),
+            self.orders.get(site.name),
+            self.refits.get(site.name),
         )
 
 
@@ -142,9 +153,10 @@ def measure(
     inputs: Iterable[Any],
     compensate: bool,
     orders: Mapping[str, torch.Tensor] | None = None,
+    refits: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, PruningError]:
     """Every GEMM's pruning error on one run of ``gm`` with ``inputs``."""
     errors: dict[str, PruningError] = {}
     with torch.no_grad():
-        MeasuringInterpreter(gm, sites, errors, compensate, orders=orders).run(*inputs)
+        MeasuringInterpreter(gm, sites, errors, compensate, orders=orders, refits=refits).run(*inputs)
     return errors

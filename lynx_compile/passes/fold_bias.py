@@ -17,7 +17,8 @@ call the compiled function checks the weight and bias it was made from (address 
 counter) and refreshes the copy in place when they changed, so in-place weight updates
 (``load_state_dict``, fused LoRA) are never missed. The cost is memory: one weight copy per folded
 GEMM, in the report, and 64 more K per GEMM (one more K step of cuSPARSELt's kernels). A fused low-rank
-branch's weight copy ``[W | spread_2to4(B^T)]`` (``passes/low_rank.py``) is made and kept current here too.
+branch's weight copy ``[W | spread_2to4(B^T)]`` (``passes/low_rank.py``), the column-permuted copies of option
+``permute_channels``, the refitted ``W G^T`` of option ``refit`` and fp8 weights are made and kept current here too.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch._dynamo.source import ConstantSource
 
 from ..codegen import self_check
 from ..report import PruneSite
-from ..semantics import quantise_fp8_rows, with_bias_column, with_branch_columns
+from ..semantics import quantise_fp8_rows, refit_weight, with_bias_column, with_branch_columns
 from .decision import Decision, activation_groups
 from .gemms import GemmSite, is_transpose
 from .producers import EXTERN_FUNCTIONS, is_norm, is_view
@@ -138,28 +139,34 @@ class FoldedWeights:
         fold_bias: bool = True,
         branch: torch.Tensor | None = None,
         order: torch.Tensor | None = None,
+        refit: torch.Tensor | None = None,
     ) -> str:
         """Make ``[W | b | 0 ...]`` for ``site`` (``fold_bias``), with ``branch``: ``[W | spread_2to4(B^T)]``
         (B: ``branch``, (R, N), a fused low-rank branch), before the bias columns if both, W's columns in
-        ``order`` (option ``permute_channels``); register it on the graph module; returns its name."""
+        ``order`` (option ``permute_channels``), W refitted first with ``refit`` (G of option ``refit``: W G^T);
+        register it on the graph module; returns its name."""
         nk = site.weight_is_nk
         if fold_bias:
             assert site.bias is not None, "only GEMMs with a bias are folded"
-            nodes, make = (site.weight, site.bias), lambda w, b: (_folded(w, nk, branch, b, order),)
+            nodes, make = (site.weight, site.bias), lambda w, b: (_folded(w, nk, branch, b, order, refit),)
         else:
-            nodes, make = (site.weight,), lambda w: (_folded(w, nk, branch, order=order),)
+            nodes, make = (site.weight,), lambda w: (_folded(w, nk, branch, order=order, refit=refit),)
         (name,) = self._register(nodes, make, example_inputs)
         return name
 
     def add_fp8(
-        self, site: GemmSite, example_inputs: Sequence[Any], order: torch.Tensor | None = None
+        self,
+        site: GemmSite,
+        example_inputs: Sequence[Any],
+        order: torch.Tensor | None = None,
+        refit: torch.Tensor | None = None,
     ) -> tuple[str, str]:
-        """Quantise ``site``'s weight (its columns in ``order``) to e4m3 per output channel
-        (``quantise_fp8_rows`` of the (N, K) weight), register the values and the float32 scales; returns
-        their names."""
+        """Quantise ``site``'s weight (refitted with ``refit``, its columns in ``order``) to e4m3 per output
+        channel (``quantise_fp8_rows`` of the (N, K) weight), register the values and the float32 scales;
+        returns their names."""
         nk = site.weight_is_nk
         wq, scale = self._register(
-            (site.weight,), lambda w: quantise_fp8_rows(_folded(w, nk, order=order)), example_inputs
+            (site.weight,), lambda w: quantise_fp8_rows(_folded(w, nk, order=order, refit=refit)), example_inputs
         )
         return wq, scale
 
@@ -212,9 +219,12 @@ def _folded(
     branch: torch.Tensor | None = None,
     b: torch.Tensor | None = None,
     order: torch.Tensor | None = None,
+    refit: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The (N, K) weight, its columns in ``order``, with the branch's columns and the bias's."""
+    """The (N, K) weight, refitted (``semantics.refit_weight``), its columns in ``order``, with the branch's
+    columns and the bias's."""
     w = w if weight_is_nk else w.t()
+    w = w if refit is None else refit_weight(w, refit)
     w = w if order is None else w.index_select(1, order.to(w.device))
     w = w if branch is None else with_branch_columns(w, branch)
     return w if b is None else with_bias_column(w, b)

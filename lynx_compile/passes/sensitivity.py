@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..semantics import pruning
+from ..semantics import pruning, refit_weight
 from .decision import Decision
 from .errors import GemmInterpreter
 from .gemms import GemmSite
@@ -36,7 +36,7 @@ KNAPSACK_NODES = 1_000_000  # branch-and-bound nodes before the best packing fou
 
 class _PruningInterpreter(GemmInterpreter):
     """Runs ``gm`` with the GEMMs named in ``pruned`` on pruned activations (the reference semantics; ``orders``:
-    the channel orders of option ``permute_channels``)."""
+    the channel orders of option ``permute_channels``; ``refits``: the maps G of option ``refit``)."""
 
     def __init__(
         self,
@@ -45,15 +45,18 @@ class _PruningInterpreter(GemmInterpreter):
         pruned: Collection[str],
         compensate: bool,
         orders: Mapping[str, torch.Tensor],
+        refits: Mapping[str, torch.Tensor],
     ) -> None:
         super().__init__(gm, [site for site in sites if site.name in pruned])
-        self.compensate, self.orders = compensate, orders
+        self.compensate, self.orders, self.refits = compensate, orders, refits
 
     def run_node(self, node: fx.Node) -> Any:
         site = self.sites.get(node)
         if site is None:
             return super().run_node(node)
         x, weight, bias = self.operands(site)
+        g = self.refits.get(site.name)
+        weight = weight if g is None else refit_weight(weight, g)
         return F.linear(pruning(self.compensate, self.orders.get(site.name))(x), weight, bias)
 
 
@@ -68,8 +71,10 @@ class OutputError:
         inputs: Iterable[Sequence[Any]],
         compensate: bool,
         orders: Mapping[str, torch.Tensor] | None = None,
+        refits: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
-        self.gm, self.sites, self.compensate, self.orders = gm, list(sites), compensate, orders or {}
+        self.gm, self.sites, self.compensate = gm, list(sites), compensate
+        self.orders, self.refits = orders or {}, refits or {}
         self.inputs = [tuple(call) for call in inputs]
         if not self.inputs:
             raise ValueError("error_budget: no inputs to measure the output error on")
@@ -79,7 +84,7 @@ class OutputError:
 
     def _outputs(self, call: tuple[Any, ...], pruned: Collection[str]) -> list[torch.Tensor]:
         with torch.no_grad():
-            out = _PruningInterpreter(self.gm, self.sites, pruned, self.compensate, self.orders).run(*call)
+            out = _PruningInterpreter(self.gm, self.sites, pruned, self.compensate, self.orders, self.refits).run(*call)
         flat = torch.utils._pytree.tree_leaves(out)
         return [t.detach().float() for t in flat if isinstance(t, torch.Tensor) and t.is_floating_point()]
 

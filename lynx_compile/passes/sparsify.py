@@ -9,6 +9,7 @@
     permute_channels   ->   c = compress_activation(x, method, ..., order)   # the kernel gathers x[:, order]
                             ... Wo = W[:, order] (a buffer, with b and B^T columns as above; fp8: quantised)
                             fused low rank, fp8 compensated, reference path: xo = x[..., order] in the graph
+    refit              ->   ... sparse_linear(c, x, Wg, alg_id)       # Wg = W G^T (a buffer; before the order)
     low_rank           ->   u = x @ A                                 # once per x and A (q, k, v share A)
                             ... + u @ B                               # A and B buffers
     ... fused          ->   c = compress_activation_low_rank(x, A[, ones_column=True])   # A: the group's, a buffer
@@ -56,13 +57,15 @@ def sparsify(
     example_inputs: Sequence[Any] = (),
     branches: Factors | None = None,
     orders: Mapping[str, torch.Tensor] | None = None,
+    refits: Mapping[str, torch.Tensor] | None = None,
 ) -> int:
     """Rewrite in place; returns the number of GEMMs rewritten. Decisions with ``fold_bias`` or ``fp8``
     need ``folds`` (where the weight copies go) and the graph's real ``example_inputs`` (to make them).
     ``branches``: the low-rank factors (A, B) of GEMMs that add ``(x A) B`` (option ``low_rank``): in the
     sparse GEMM where the decision says so (``low_rank_columns``, which needs ``folds`` too), else in the graph.
     ``orders``: the channel orders of option ``permute_channels`` by GEMM name (needs ``folds``: the weights'
-    copies with their columns in order); GEMMs that read one activation share its order."""
+    copies with their columns in order); GEMMs that read one activation share its order. ``refits``: the maps G
+    of option ``refit`` by GEMM name (needs ``folds``: the refitted weights ``W G^T`` are copies)."""
     graph = gm.graph
     fused = fused_factors([s for s, _ in plan], [d for _, d in plan], branches or {})
     replaced: dict[fx.Node, fx.Node] = {}  # a GEMM output that an earlier rewrite replaced
@@ -71,7 +74,7 @@ def sparsify(
     projected: dict[tuple[fx.Node, int], fx.Node] = {}  # (x, id of A) -> x A, for unfused branches
     order_nodes: dict[fx.Node, fx.Node] = {}  # x -> its order, a buffer
     in_order: dict[fx.Node, fx.Node] = {}  # x -> x[..., order], a gather in the graph
-    orders = orders or {}
+    orders, refits = orders or {}, refits or {}
     rewritten = 0
     for site, decision in plan:
         if not decision.sparse:
@@ -79,7 +82,7 @@ def sparsify(
         node = site.node
         x = replaced.get(site.x, site.x)
         bias = replaced.get(site.bias, site.bias)
-        order = orders.get(site.name)
+        order, g = orders.get(site.name), refits.get(site.name)
         with graph.inserting_before(node):  # sites come in graph order: the first user of x
             xo, gather = x, None  # the activation in the GEMM's channel order, or x and the order the kernel gathers
             if order is not None:
@@ -104,7 +107,7 @@ def sparsify(
             extra = () if scale is None else (scale,)
             if decision.fp8:
                 assert folds is not None, "fp8 decisions need a FoldedWeights"
-                wq, w_scale = (graph.get_attr(name) for name in folds.add_fp8(site, example_inputs, order))
+                wq, w_scale = (graph.get_attr(name) for name in folds.add_fp8(site, example_inputs, order, g))
                 if decision.path == GemmPath.REFERENCE:
                     out = graph.call_function(ops.reference_linear_fp8, (operand, x_scale, xo, wq, w_scale, *extra))
                 else:
@@ -112,10 +115,12 @@ def sparsify(
                         ops.sparse_linear_fp8, (operand, x_scale, xo, wq, w_scale, decision.alg_id, *extra)
                     )
             else:
-                if decision.fold_bias or decision.low_rank_columns or order is not None:
-                    assert folds is not None, "fold_bias, fused low-rank and ordered decisions need a FoldedWeights"
+                if decision.fold_bias or decision.low_rank_columns or order is not None or g is not None:
+                    assert folds is not None, (
+                        "fold_bias, fused low-rank, ordered and refitted decisions need a FoldedWeights"
+                    )
                     branch = fused[site.name][1] if decision.low_rank_columns else None
-                    weight = graph.get_attr(folds.add(site, example_inputs, decision.fold_bias, branch, order))
+                    weight = graph.get_attr(folds.add(site, example_inputs, decision.fold_bias, branch, order, g))
                     bias = None if decision.fold_bias else bias
                 elif site.weight_is_nk:
                     weight = site.weight

@@ -1,0 +1,57 @@
+"""Option ``refit``: the map G (K x K) each sparse GEMM's weight is refitted with, ``W' = W G^T``
+(``lynx_compile.refit``; the copies are made by ``FoldedWeights``, every measurement prunes with them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..calibration import PRUNING_OPTIONS, CalibrationMismatch, resolve
+from ..config import LynxConfig
+from .decision import Decision
+from .gemms import GemmSite
+from .low_rank import covered_readers
+
+Maps = dict[str, torch.Tensor]  # GEMM name -> G (float64, its device), one tensor per activation
+
+
+def maps(sites: Sequence[GemmSite], config: LynxConfig) -> Maps:
+    """G of every GEMM the calibration covers (its K x N); none without option ``refit``. Raises
+    ``CalibrationMismatch`` for a calibration made without the refit moments."""
+    if not config.refit:
+        return {}
+    assert config.calibration is not None  # LynxConfig refuses refit without it
+    calibration = resolve(config.calibration)
+    if not calibration.refit:
+        raise CalibrationMismatch(
+            f"lynx option refit: calibration {calibration.source} has no refit moments: calibrate with "
+            "options={'refit': True} (`lynx-compile calibrate -o refit=true`)"
+        )
+    out: Maps = {}
+    for group in covered_readers(sites, calibration).values():
+        moved: dict[int, torch.Tensor] = {}  # id of a CPU map -> its copy on the device: shared maps stay shared
+        for site in group:
+            g = calibration.refit_map(site.name)
+            out[site.name] = moved.setdefault(id(g), g.to(site.device))
+    return out
+
+
+def check(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: LynxConfig) -> None:
+    """``CalibrationMismatch`` unless the calibration covers every sparse GEMM, and prunes as they do."""
+    if config.refit:
+        assert config.calibration is not None
+        sparse = [s for s, d in zip(sites, decisions, strict=True) if d.sparse]
+        resolve(config.calibration).check(
+            [(s.name, s.k, s.n) for s in sparse], {o: getattr(config, o) for o in PRUNING_OPTIONS}
+        )
+
+
+def note(found: Maps, config: LynxConfig) -> str:
+    """The report's line on option ``refit``."""
+    assert config.calibration is not None
+    activations = len({id(g) for g in found.values()})
+    return (
+        f"refit: {len(found)} sparse GEMMs ({activations} activations) run with their weights refitted to their "
+        f"pruned inputs, from {resolve(config.calibration).source}"
+    )
