@@ -99,10 +99,19 @@ def test_the_channel_order_variant_calibrates_on_the_case_inputs(monkeypatch: py
     assert sparse and all("channels permuted" in layer.reason for layer in sparse)
 
 
+def test_the_refit_variant_calibrates_on_the_case_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(e2e.VARIANTS, "refit", e2e.Variant({"refit": True, "min_rows": 1}))
+    built = zoo.build("flux", size="tiny")
+    options = e2e.prepare(built.model, "refit", built.example_kwargs)
+    assert options["calibration"].refit
+    report = lynx_compile.inspect(built.model, **built.example_kwargs, options=options)
+    assert any(layer.sparse for layer in report.layers)
+
+
 @pytest.mark.parametrize("variant", sorted(e2e.VARIANTS))
 def test_every_variant_is_valid_lynx_options(variant: str) -> None:
     options = dict(e2e.VARIANTS[variant].options)
-    for needs_calibration in ("low_rank", "permute_channels"):  # prepare() makes it (their tests are above)
+    for needs_calibration in ("low_rank", "permute_channels", "refit"):  # prepare() makes it (their tests are above)
         options.pop(needs_calibration, None)
     lynx_compile.LynxConfig.from_options(options)  # raises on an unknown option or a bad value
 
