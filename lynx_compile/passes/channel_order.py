@@ -21,9 +21,10 @@ from ..calibration import resolve
 from ..codegen import self_check
 from ..config import LynxConfig
 from ..report import PruneSite
+from . import calibrated
+from .calibrated import covered_readers
 from .decision import Decision
 from .gemms import GemmSite
-from .low_rank import covered_readers
 
 Orders = dict[str, torch.Tensor]  # GEMM name -> the order of its activation's channels (int64, its device)
 
@@ -45,9 +46,7 @@ def orders(sites: Sequence[GemmSite], config: LynxConfig) -> Orders:
 def check(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: LynxConfig) -> None:
     """``CalibrationMismatch`` unless the calibration has (so the orders cover) every sparse GEMM."""
     if config.permute_channels:
-        assert config.calibration is not None
-        sparse = [s for s, d in zip(sites, decisions, strict=True) if d.sparse]
-        resolve(config.calibration).check([(s.name, s.k, s.n) for s in sparse])
+        calibrated.check_sparse(sites, decisions, config)
 
 
 def in_kernel(site: GemmSite, decision: Decision, compensate: bool) -> tuple[bool, str]:
@@ -82,9 +81,4 @@ def annotated(
 
 def note(found: Orders, config: LynxConfig) -> str:
     """The report's line on option ``permute_channels``."""
-    assert config.calibration is not None
-    activations = len({id(order) for order in found.values()})
-    return (
-        f"permute_channels: {len(found)} sparse GEMMs ({activations} activations) prune in the channel order of "
-        f"{resolve(config.calibration).source}"
-    )
+    return calibrated.note("permute_channels", found, config, "prune in the channel order of")

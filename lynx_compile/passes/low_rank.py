@@ -33,6 +33,7 @@ from ..codegen.prune_compress_low_rank import RANK_MULTIPLE
 from ..config import LynxConfig
 from ..report import PruneSite
 from . import profitability
+from .calibrated import covered_readers
 from .decision import Decision, activation_groups
 from .gemms import GemmSite
 
@@ -52,16 +53,6 @@ def factors(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: Ly
     calibration = resolve(config.calibration)
     calibration.check([(s.name, s.k, s.n) for s in sparse], {o: getattr(config, o) for o in PRUNING_OPTIONS})
     return fitted(sites, {s.name for s in sparse}, calibration, config.low_rank, to_dtype=True)
-
-
-def covered_readers(sites: Sequence[GemmSite], calibration: Calibration) -> dict[object, list[GemmSite]]:
-    """The GEMMs the calibration covers (its K x N), grouped by the activation they read."""
-    readers: dict[object, list[GemmSite]] = {}
-    for site in sites:
-        stats = calibration.stats.get(site.name)
-        if stats is not None and (stats.k, stats.n) == (site.k, site.n):
-            readers.setdefault(site.x, []).append(site)
-    return readers
 
 
 def fitted(sites: Sequence[GemmSite], wanted: set[str], calibration: Calibration, rank: int, to_dtype: bool) -> Factors:

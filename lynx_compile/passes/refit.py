@@ -9,9 +9,10 @@ import torch
 
 from ..calibration import PRUNING_OPTIONS, CalibrationMismatch, resolve
 from ..config import LynxConfig
+from . import calibrated
+from .calibrated import covered_readers
 from .decision import Decision
 from .gemms import GemmSite
-from .low_rank import covered_readers
 
 Maps = dict[str, torch.Tensor]  # GEMM name -> G (float64, its device), one tensor per activation
 
@@ -40,18 +41,9 @@ def maps(sites: Sequence[GemmSite], config: LynxConfig) -> Maps:
 def check(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: LynxConfig) -> None:
     """``CalibrationMismatch`` unless the calibration covers every sparse GEMM, and prunes as they do."""
     if config.refit:
-        assert config.calibration is not None
-        sparse = [s for s, d in zip(sites, decisions, strict=True) if d.sparse]
-        resolve(config.calibration).check(
-            [(s.name, s.k, s.n) for s in sparse], {o: getattr(config, o) for o in PRUNING_OPTIONS}
-        )
+        calibrated.check_sparse(sites, decisions, config, {o: getattr(config, o) for o in PRUNING_OPTIONS})
 
 
 def note(found: Maps, config: LynxConfig) -> str:
     """The report's line on option ``refit``."""
-    assert config.calibration is not None
-    activations = len({id(g) for g in found.values()})
-    return (
-        f"refit: {len(found)} sparse GEMMs ({activations} activations) run with their weights refitted to their "
-        f"pruned inputs, from {resolve(config.calibration).source}"
-    )
+    return calibrated.note("refit", found, config, "run with their weights refitted to their pruned inputs, from")

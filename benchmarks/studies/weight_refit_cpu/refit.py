@@ -35,6 +35,25 @@ def pruned_linears(transformer: nn.Module) -> dict[str, nn.Linear]:
     }
 
 
+def sample_hooked(pipe, captions: list[str], steps: int, batch: int, handles: list, desc: str) -> None:
+    """The dense sampling loop on the calibration captions and noise, then the hooks removed."""
+    try:
+        with torch.no_grad():
+            sample_pipeline(
+                pipe,
+                captions,
+                steps=steps,
+                batch_size=batch,
+                seed=CALIBRATION_NOISE_SEED,
+                pipe_kwargs=None,
+                progress=True,
+                desc=desc,
+            )
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def moments(pipe, captions: list[str], steps: int) -> dict[str, list]:
     """Per GEMM [Spp, Spt, sum ||t||^2, rows] (float64 sums of float32 products), over the dense
     sampling loop on ``captions``."""
@@ -53,21 +72,7 @@ def moments(pipe, captions: list[str], steps: int) -> dict[str, list]:
         return add
 
     handles = [m.register_forward_hook(hook(n)) for n, m in pruned_linears(pipe.transformer).items()]
-    try:
-        with torch.no_grad():
-            sample_pipeline(
-                pipe,
-                captions,
-                steps=steps,
-                batch_size=len(captions),
-                seed=CALIBRATION_NOISE_SEED,
-                pipe_kwargs=None,
-                progress=True,
-                desc="refit moments",
-            )
-    finally:
-        for h in handles:
-            h.remove()
+    sample_hooked(pipe, captions, steps, len(captions), handles, "refit moments")
     return stats
 
 
@@ -107,21 +112,7 @@ def lockstep_moments(pipe, captions: list[str], steps: int, deltas: dict[str, to
     handles = [m.register_forward_hook(record(n)) for n, m in pruned_linears(pipe.transformer).items()]
     handles += [m.register_forward_hook(prune(n)) for n, m in pruned_linears(pruned).items()]
     handles.append(pipe.transformer.register_forward_hook(run_pruned, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            sample_pipeline(
-                pipe,
-                captions,
-                steps=steps,
-                batch_size=8,
-                seed=CALIBRATION_NOISE_SEED,
-                pipe_kwargs=None,
-                progress=True,
-                desc="refit moments (lockstep)",
-            )
-    finally:
-        for h in handles:
-            h.remove()
+    sample_hooked(pipe, captions, steps, 8, handles, "refit moments (lockstep)")
     return stats
 
 
