@@ -208,3 +208,18 @@ def test_the_header_grows_with_wrapped_names(tmp_path: Path) -> None:
     grid.write_grid(tmp_path / "g.png", images, ["a prompt"])
     with Image.open(tmp_path / "g.png") as image:
         assert image.size[1] == grid.HEADER + grid.LINE + grid.cell_size(64, 64)[0] + 2 * grid.PAD
+
+
+def test_captured_inputs_keep_broadcast_dims_so_a_warm_up_call_guards_like_the_pipeline_s() -> None:
+    """A pipeline passes the timestep as ``t.expand(batch)`` (stride 0). A contiguous copy fails Dynamo's stride
+    guard: the error budget's warm-up call compiled one graph and sampling a second, measured again on the
+    sampling's first call, and the benchmark counted the sparse GEMMs of both."""
+    from lynx_compile.quality.compare import _rows
+
+    t = torch.tensor([0.5]).expand(4)
+    h = torch.randn(4, 3)
+    args, kwargs = _rows((h,), {"timestep": t, "scale": torch.tensor(2.0).expand(4, 3), "n": 1}, None)
+    assert kwargs["timestep"].stride() == (0,) and torch.equal(kwargs["timestep"], t)
+    assert kwargs["scale"].stride() == (0, 0) and torch.equal(kwargs["scale"], torch.full((4, 3), 2.0))
+    assert args[0].stride() == h.stride() and torch.equal(args[0], h) and args[0].data_ptr() != h.data_ptr()
+    assert kwargs["timestep"].data_ptr() != t.data_ptr() and kwargs["n"] == 1

@@ -481,9 +481,20 @@ def _rows(args: tuple[Any, ...], kwargs: dict[str, Any], rows: int | None) -> In
             return v
         if index is not None and v.dim() > 0 and v.shape[0] == batch:
             return v[index.to(v.device)].clone()
-        return v.clone()
+        return _copy(v)
 
     return tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()}
+
+
+def _copy(v: torch.Tensor) -> torch.Tensor:
+    """A copy with v's broadcast dims kept broadcast (stride 0): a pipeline passes ``t.expand(batch)`` as the
+    timestep, and a contiguous copy fails Dynamo's stride guard, so a warm-up call made from it would compile a
+    graph that sampling then compiles again (with option error_budget, measured again on the sampling's call)."""
+    broadcast = [d for d in range(v.dim()) if v.stride(d) == 0 and v.shape[d] > 1]
+    if not broadcast:
+        return v.clone()
+    base = v[tuple(slice(0, 1) if d in broadcast else slice(None) for d in range(v.dim()))]
+    return base.clone().expand(v.shape)
 
 
 def _variants(configs: Mapping[str, Any]) -> dict[str, Variant]:
