@@ -4,9 +4,8 @@ covers, grouped by activation, the check that it covers every sparse one, and th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from ..calibration import Calibration, resolve
+from ..calibration import PRUNING_OPTIONS, Calibration, resolve
 from ..config import LynxConfig
 from .decision import Decision
 from .gemms import GemmSite
@@ -26,12 +25,13 @@ def check_sparse(
     sites: Sequence[GemmSite],
     decisions: Sequence[Decision],
     config: LynxConfig,
-    options: Mapping[str, Any] | None = None,
+    same_pruning: bool = False,
 ) -> None:
-    """``CalibrationMismatch`` unless the calibration covers every sparse GEMM (its K x N), and with ``options``
-    prunes as they do."""
+    """``CalibrationMismatch`` unless the calibration covers every sparse GEMM (its K x N), and with
+    ``same_pruning`` assumed the pruning options (``PRUNING_OPTIONS``) ``config`` has."""
     assert config.calibration is not None
     sparse = [s for s, d in zip(sites, decisions, strict=True) if d.sparse]
+    options = {o: getattr(config, o) for o in PRUNING_OPTIONS} if same_pruning else None
     resolve(config.calibration).check([(s.name, s.k, s.n) for s in sparse], options)
 
 

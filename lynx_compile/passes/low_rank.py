@@ -27,12 +27,12 @@ from collections.abc import Sequence
 
 import torch
 
-from ..calibration import PRUNING_OPTIONS, Calibration, resolve
+from ..calibration import Calibration, resolve
 from ..codegen import self_check
 from ..codegen.prune_compress_low_rank import RANK_MULTIPLE
 from ..config import LynxConfig
 from ..report import PruneSite
-from . import profitability
+from . import calibrated, profitability
 from .calibrated import covered_readers
 from .decision import Decision, activation_groups
 from .gemms import GemmSite
@@ -50,9 +50,8 @@ def factors(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: Ly
     if not config.low_rank or not sparse:
         return {}
     assert config.calibration is not None  # LynxConfig refuses low_rank without it
-    calibration = resolve(config.calibration)
-    calibration.check([(s.name, s.k, s.n) for s in sparse], {o: getattr(config, o) for o in PRUNING_OPTIONS})
-    return fitted(sites, {s.name for s in sparse}, calibration, config.low_rank, to_dtype=True)
+    calibrated.check_sparse(sites, decisions, config, same_pruning=True)
+    return fitted(sites, {s.name for s in sparse}, resolve(config.calibration), config.low_rank, to_dtype=True)
 
 
 def fitted(sites: Sequence[GemmSite], wanted: set[str], calibration: Calibration, rank: int, to_dtype: bool) -> Factors:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..calibration import PRUNING_OPTIONS, CalibrationMismatch, resolve
+from ..calibration import CalibrationMismatch, resolve
 from ..config import LynxConfig
 from . import calibrated
 from .calibrated import covered_readers
@@ -41,7 +41,7 @@ def maps(sites: Sequence[GemmSite], config: LynxConfig) -> Maps:
 def check(sites: Sequence[GemmSite], decisions: Sequence[Decision], config: LynxConfig) -> None:
     """``CalibrationMismatch`` unless the calibration covers every sparse GEMM, and prunes as they do."""
     if config.refit:
-        calibrated.check_sparse(sites, decisions, config, {o: getattr(config, o) for o in PRUNING_OPTIONS})
+        calibrated.check_sparse(sites, decisions, config, same_pruning=True)
 
 
 def note(found: Maps, config: LynxConfig) -> str:
