@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from helpers import rel
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
 from test_channel_order import outlier_activations
-from test_emulated_fast_path import _emulated, _inputs
+from test_emulated_fast_path import Block, _emulated, _inputs
 from test_low_rank import Qkv
 
 import lynx_compile
@@ -156,8 +157,6 @@ def test_the_emulated_fast_path_multiplies_the_refitted_weight_copies(monkeypatc
     monkeypatch.setattr(self_check, "_CHECKED", {})
     with torch.random.fork_rng(devices=[]):  # Block's weights as _emulated makes them
         torch.manual_seed(0)
-        from test_emulated_fast_path import Block
-
         block = Block().to(torch.bfloat16)
     calibration = lynx_compile.calibrate(
         block, [_inputs(seed=s) for s in range(3)], options={**OPTIONS, "refit": True}, progress=False
@@ -216,8 +215,6 @@ def test_the_refit_moments_survive_save_and_load_and_a_broken_file_is_refused(qk
     assert meta["format"] == 4 and meta["gemms"]["q"]["ee"] == calibration.stats["q"].ee
     loaded = Calibration.load(path)
     assert loaded.refit and torch.equal(loaded.refit_map("v"), calibration.refit_map("v"))
-    from safetensors.torch import load_file, save_file
-
     tensors = load_file(path)
     del tensors["k/spe"]
     save_file(tensors, path)
