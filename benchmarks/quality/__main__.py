@@ -150,7 +150,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: config torchao_fp8 skipped: {skip}", flush=True)
         names.remove("torchao_fp8")
     pipe = yardstick.load_pipeline(device=device, dtype=dtype)
-    scenes = yardstick.sample_scenes(args.captions, torch.Generator().manual_seed(CAPTION_SEED))
     configs: dict[str, Any] = {name: CONFIGS[name] for name in names}
     calibrated = {
         name: options
@@ -215,22 +214,38 @@ def main(argv: list[str] | None = None) -> None:
             )[CALIBRATION_STEP]
         ]
         configs.update({name: Variant(options=configs[name], warmup=warmup) for name in measuring})
-    result = quality.compare(
+    result = compare_on_yardstick(
         pipe,
-        [yardstick.caption(s) for s in scenes],
         configs,
-        seeds=range(args.captions),
+        captions=args.captions,
         steps=args.steps,
-        guidance_scale=pipe.default_guidance_scale,
         batch_size=args.batch_size,
-        evaluator=yardstick.load_evaluator(device=device),
-        scenes=scenes,
-        reference_images=pipelines.reference_images(REFERENCES),
-        model="yardstick (trained)",
         out=args.out or RESULTS / (gpu_slug() if device.type == "cuda" else "cpu"),
     )
     print(result)
     print("wrote " + ", ".join(str(f) for f in result.files))
+
+
+def compare_on_yardstick(
+    pipe: Any, configs: dict[str, Any], *, captions: int, steps: int, batch_size: int, out: Path
+) -> quality.QualityResult:
+    """``quality.compare`` under this benchmark's protocol: ``captions`` scenes from CAPTION_SEED, sample i from
+    seed i, the yardstick's guidance, graded by its evaluator and against REFERENCES renders (for studies too)."""
+    scenes = yardstick.sample_scenes(captions, torch.Generator().manual_seed(CAPTION_SEED))
+    return quality.compare(
+        pipe,
+        [yardstick.caption(s) for s in scenes],
+        configs,
+        seeds=range(captions),
+        steps=steps,
+        guidance_scale=pipe.default_guidance_scale,
+        batch_size=batch_size,
+        evaluator=yardstick.load_evaluator(device=pipe.transformer.device),
+        scenes=scenes,
+        reference_images=pipelines.reference_images(REFERENCES),
+        model="yardstick (trained)",
+        out=out,
+    )
 
 
 def calibration_captions(n: int) -> list[str]:

@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.quality.__main__ import CALIBRATION_NOISE_SEED, CAPTION_SEED, CONFIGS, REFERENCES, calibration_captions
+from benchmarks.quality.__main__ import CALIBRATION_NOISE_SEED, CONFIGS, calibration_captions, compare_on_yardstick
 from lynx_compile import lowrank, quality, yardstick
 from lynx_compile.calibrator import sample_pipeline
-from lynx_compile.quality import pipelines
 from lynx_compile.semantics import prune_2to4
 
 
@@ -160,20 +159,8 @@ def main() -> None:
         deltas = {n: d + more[n] for n, d in deltas.items()}
         print(f"refit_lockstep{i}: in sample, {left:.3f} of the residual's energy left", flush=True)
         configs[f"refit_lockstep{i}"] = quality.Variant(options=CONFIGS["naive"], transform=refitted(deltas))
-    scenes = yardstick.sample_scenes(args.captions, torch.Generator().manual_seed(CAPTION_SEED))
-    result = quality.compare(
-        pipe,
-        [yardstick.caption(s) for s in scenes],
-        configs,
-        seeds=range(args.captions),
-        steps=args.steps,
-        guidance_scale=pipe.default_guidance_scale,
-        batch_size=args.captions,
-        evaluator=yardstick.load_evaluator(device="cpu"),
-        scenes=scenes,
-        reference_images=pipelines.reference_images(REFERENCES),
-        model="yardstick (trained)",
-        out=args.out,
+    result = compare_on_yardstick(
+        pipe, configs, captions=args.captions, steps=args.steps, batch_size=args.captions, out=args.out
     )
     print(result)
 
